@@ -1,0 +1,42 @@
+# CareerShaper Jobs. `make demo` and `make test` work on a fresh machine with Python 3.11/3.12.
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help install demo dev test lint format typecheck clean
+
+help:
+	@echo "make demo   run one job of each kind on a local stack, then stop"
+	@echo "make dev    run the local stack until Ctrl-C"
+	@echo "make test   run the whole test suite (real Redis and Postgres, embedded)"
+	@echo "make lint   ruff check, ruff format --check and mypy"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[worker,dev,test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m scripts.devstack demo
+
+dev: $(STAMP)
+	$(PY) -m scripts.devstack dev
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .devstack .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,135 @@
+"""Shared glue of the producer's Vercel functions (a leading `_` keeps this out of routing).
+
+Each function file builds its Flask app with `create_app()` and declares only its routes. The
+services are built once per process (a warm Vercel instance reuses them).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from lib import config, logs
+from lib.auth import Verifier
+from lib.errors import AppError, AuthError
+from lib.models import ErrorCode
+from lib.service import Producer
+
+log = logging.getLogger("cs.api")
+
+_HTTP_CODES = {
+    400: ErrorCode.INVALID_INPUT,
+    401: ErrorCode.UNAUTHORIZED,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+}
+
+
+@cache
+def producer() -> Producer:
+    """The process-wide producer services, built on first use."""
+    from lib import auth, state, store
+    from lib.queue import producer as queue
+
+    settings = config.settings("api")
+    return Producer(
+        settings,
+        store.from_settings(settings, pool_size=4),
+        state.from_settings(settings),
+        queue.from_settings(settings),
+        auth.from_settings(settings),
+    )
+
+
+def error_response(code: str, message: str, status: int, details: Any = None,
+                   retry_after: float | None = None) -> Response:
+    response = jsonify({"error": {"code": code, "message": message, "details": details}})
+    response.status_code = status
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+    return response
+
+
+def bearer() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("missing bearer token")
+    return token.strip()
+
+
+def verifier() -> Verifier:
+    return producer().verifier
+
+
+def current_user() -> str:
+    """The caller's user id from `Authorization: Bearer <Supabase access token>`."""
+    return verifier().user_id(bearer())
+
+
+def create_app(name: str) -> Flask:
+    """A Flask app with the SPEC's error shape, CORS and the body size limit."""
+    settings = config.settings("api")
+    logs.setup(settings.log_level, settings.log_format)
+    app = Flask(name)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    @app.errorhandler(AppError)
+    def _app_error(exc: AppError) -> Response:
+        return error_response(exc.code, exc.message, exc.status, exc.details, exc.retry_after)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> Response:
+        return error_response(ErrorCode.PAYLOAD_TOO_LARGE,
+                              f"the body is larger than {settings.max_body_bytes} bytes", 413)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, ErrorCode.INTERNAL)
+        return error_response(code, exc.description or exc.name, status)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error", extra={"path": request.path})
+        return error_response(ErrorCode.INTERNAL, "internal error", 500)
+
+    @app.before_request
+    def _preflight() -> Response | None:
+        if request.method == "OPTIONS":
+            return Response(status=204)
+        return None
+
+    @app.after_request
+    def _cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin and (origin in settings.allowed_origins or "*" in settings.allowed_origins):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Allow-Headers"] = (
+                "Authorization, Content-Type, Idempotency-Key, Last-Event-ID")
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Max-Age"] = "600"
+        return response
+
+    return app
+
+
+def json_body() -> Any:
+    """The request's JSON body. Raises 415 for another media type, 400 for malformed JSON."""
+    from lib.errors import InputError
+
+    if not request.mimetype or request.mimetype != "application/json":
+        raise AppError("send the body as application/json",
+                       code=ErrorCode.UNSUPPORTED_MEDIA_TYPE, status=415)
+    body = request.get_json(silent=True)
+    if body is None:
+        raise InputError("the body is not valid JSON", details={"body": "malformed JSON"})
+    return body

@@ -1,0 +1,33 @@
+"""Vercel function: the Server-Sent-Events stream of one job (`/api/jobs/<id>/events`)."""
+
+from __future__ import annotations
+
+from flask import Response, request, stream_with_context
+
+from api._common import bearer, create_app, producer
+from lib.errors import AuthError
+from lib.service import validate_job_id
+
+app = create_app(__name__)
+
+
+@app.get("/api/jobs/<job_id>/events")
+def events(job_id: str) -> Response:
+    job_id = validate_job_id(job_id)
+    service = producer()
+    token = request.args.get("token")
+    if token:
+        user_id = service.verifier.stream_user(token, job_id)
+    elif request.headers.get("Authorization"):
+        user_id = service.verifier.user_id(bearer())
+    else:
+        raise AuthError("pass the stream token (?token=) or an Authorization header")
+    job = service.get(job_id, user_id)  # 404 for another user's job
+    service.heal_stream(job)
+    after = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    frames = service.stream(job_id, after)
+    return Response(
+        stream_with_context(frames),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"},
+    )

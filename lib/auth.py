@@ -1,0 +1,117 @@
+"""Supabase access tokens and our per-job stream tokens.
+
+Access tokens are verified locally: HS256 with `SUPABASE_JWT_SECRET`, or ES256/RS256 against the
+project's JWKS (cached). We require `aud=authenticated`, a valid `exp` and a UUID `sub`. The
+algorithm is chosen by which key we have, never by the token: an HS256 token is only checked
+with the shared secret and an asymmetric one only with JWKS keys, so `alg: none` and HS/RS
+confusion are refused.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from functools import cached_property
+from typing import Any
+
+import jwt
+
+from lib.errors import AuthError
+
+ACCESS_AUDIENCE = "authenticated"
+STREAM_AUDIENCE = "careershaper-stream"
+ASYMMETRIC = ("ES256", "RS256")
+LEEWAY_SECONDS = 30
+
+
+def _uuid(value: Any) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise AuthError("the token's subject is not a user id") from None
+
+
+class Verifier:
+    """Verifies Supabase access tokens and mints/verifies stream tokens."""
+
+    def __init__(
+        self,
+        *,
+        jwt_secret: str = "",
+        jwks_url: str = "",
+        stream_secret: str = "",
+        stream_ttl: int = 3600,
+    ) -> None:
+        self.jwt_secret = jwt_secret
+        self.jwks_url = jwks_url
+        self.stream_secret = stream_secret
+        self.stream_ttl = stream_ttl
+
+    @cached_property
+    def _jwks(self) -> jwt.PyJWKClient:
+        return jwt.PyJWKClient(self.jwks_url, cache_keys=True, lifespan=600, timeout=5)
+
+    def user_id(self, token: str) -> str:
+        """Return the user id (`sub`) of a valid access token. Raises AuthError otherwise."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthError("malformed access token") from None
+        alg = header.get("alg")
+        try:
+            if alg == "HS256" and self.jwt_secret:
+                key: Any = self.jwt_secret
+            elif alg in ASYMMETRIC and self.jwks_url:
+                key = self._jwks.get_signing_key_from_jwt(token).key
+            else:
+                raise AuthError("unsupported token algorithm")
+            claims = jwt.decode(
+                token, key, algorithms=[alg], audience=ACCESS_AUDIENCE, leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "sub", "aud"]},
+            )
+        except jwt.PyJWKClientError:
+            raise AuthError("unknown signing key") from None
+        except jwt.ExpiredSignatureError:
+            raise AuthError("the access token has expired") from None
+        except jwt.PyJWTError:
+            raise AuthError("invalid access token") from None
+        return _uuid(claims["sub"])
+
+    def mint_stream_token(self, job_id: str, user_id: str, *, now: float | None = None) -> str:
+        """A token that lets its holder stream one job's events until it expires."""
+        issued = int(now if now is not None else time.time())
+        claims = {"aud": STREAM_AUDIENCE, "sub": user_id, "job": job_id, "iat": issued,
+                  "exp": issued + self.stream_ttl}
+        return jwt.encode(claims, self.stream_secret, algorithm="HS256")
+
+    def stream_user(self, token: str, job_id: str) -> str:
+        """Return the user id of a valid stream token for `job_id`. Raises AuthError otherwise."""
+        try:
+            claims = jwt.decode(
+                token, self.stream_secret, algorithms=["HS256"], audience=STREAM_AUDIENCE,
+                leeway=LEEWAY_SECONDS, options={"require": ["exp", "sub", "job"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("the stream token has expired") from None
+        except jwt.PyJWTError:
+            raise AuthError("invalid stream token") from None
+        if claims.get("job") != job_id:
+            raise AuthError("the stream token is for another job")
+        return _uuid(claims["sub"])
+
+
+def mint_access_token(user_id: str, secret: str, *, ttl: int = 3600, email: str = "") -> str:
+    """An HS256 access token shaped like Supabase's (dev tools and tests only)."""
+    now = int(time.time())
+    claims = {"aud": ACCESS_AUDIENCE, "sub": user_id, "role": "authenticated", "iat": now,
+              "exp": now + ttl, "iss": "supabase-dev", "email": email}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def from_settings(settings: Any) -> Verifier:
+    return Verifier(
+        jwt_secret=settings.supabase_jwt_secret,
+        jwks_url=settings.jwks_url,
+        stream_secret=settings.stream_secret,
+        stream_ttl=settings.stream_token_ttl_seconds,
+    )

@@ -1,0 +1,243 @@
+"""Typed configuration, read once: the environment, then `.env`, then the defaults.
+
+`load(role)` validates everything the given process needs and raises one `ConfigError` whose
+message lists every problem found, so a misconfigured deployment fails at start with the whole
+list rather than one variable at a time. This module is the only place that reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import Literal
+
+from dotenv import dotenv_values
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lib.errors import ConfigError
+
+Role = Literal["api", "worker", "any"]
+
+# Providers reachable through the OpenAI-compatible API. A model spec is "provider:model".
+PROVIDER_DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "deepseek": "https://api.deepseek.com",
+    "glm": "https://open.bigmodel.cn/api/paas/v4",
+}
+# Providers that implement `response_format: json_schema`; the rest get `json_object`.
+JSON_SCHEMA_PROVIDERS = {"openai"}
+
+DEV_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"  # noqa: S105
+
+
+class Settings(BaseSettings):
+    """Every variable in `.env.example`, with its type and default."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    app_env: Literal["development", "production", "test"] = "development"
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    # Redis: Upstash REST, or a redis:// / rediss:// URL.
+    redis_url: str = ""
+    upstash_redis_rest_url: str = ""
+    upstash_redis_rest_token: str = ""
+    redis_prefix: str = "cs:"
+
+    # Database: supabase-py over PostgREST, or a direct Postgres connection.
+    database_url: str = ""
+    supabase_url: str = ""
+    supabase_service_role_key: str = ""
+    supabase_jwt_secret: str = ""
+    supabase_jwks_url: str = ""
+    store_backend: Literal["auto", "postgres", "supabase"] = "auto"
+
+    # Stream tokens (scoped to one job) are HS256 JWTs signed with this secret.
+    stream_token_secret: str = ""
+    stream_token_ttl_seconds: int = Field(3600, ge=60)
+
+    # QStash.
+    qstash_url: str = "https://qstash.upstash.io"
+    qstash_token: str = ""
+    qstash_current_signing_key: str = ""
+    qstash_next_signing_key: str = ""
+    qstash_mode: Literal["broker", "direct"] = "broker"
+    qstash_clock_tolerance_seconds: int = Field(30, ge=0, le=600)
+    worker_url: str = ""
+    job_retries: int = Field(3, ge=0, le=20)
+    job_timeout_seconds: int = Field(900, ge=10)
+
+    # Admission and quotas (SPEC "Limits, fairness, coins").
+    queue_max_free: int = Field(20, ge=0)
+    queue_max_paid: int = Field(100, ge=0)
+    user_max_active_free: int = Field(1, ge=0)
+    user_max_active_paid: int = Field(3, ge=0)
+    free_daily_jobs: int = Field(3, ge=0)
+    initial_coins: int = Field(5, ge=0)
+    admission_ttl_seconds: int = Field(1800, ge=5)
+    retry_after_seconds: int = Field(5, ge=1)
+
+    # Execution.
+    lease_ttl_seconds: int = Field(30, ge=1)
+    events_ttl_seconds: int = Field(172800, ge=86400)
+    events_publish: bool = True
+    delta_flush_ms: int = Field(200, ge=0)
+    delta_flush_chars: int = Field(600, ge=1)
+    worker_drain_seconds: float = Field(20.0, ge=0)
+    llm_connect_timeout_seconds: float = Field(10.0, gt=0)
+    llm_read_timeout_seconds: float = Field(60.0, gt=0)
+    llm_max_concurrency_free: int = Field(8, ge=1)
+    llm_max_concurrency_paid: int = Field(32, ge=1)
+
+    # LLM providers. Model specs are "provider:model"; overrides are keyed "tier.kind".
+    openai_api_key: str = ""
+    openai_base_url: str = ""
+    deepseek_api_key: str = ""
+    deepseek_base_url: str = ""
+    glm_api_key: str = ""
+    glm_base_url: str = ""
+    llm_model_free: str = "openai:gpt-4o-mini"
+    llm_model_paid: str = "openai:gpt-4o"
+    llm_model_overrides: dict[str, str] = Field(default_factory=dict)
+
+    # Worker process model (worker/gunicorn.conf.py).
+    port: int = Field(8080, ge=1, le=65535)
+    web_concurrency: int = Field(2, ge=1)
+    gunicorn_threads: int = Field(64, ge=1)
+    gunicorn_worker_class: str = "gthread"
+    prometheus_multiproc_dir: str = ""
+
+    # HTTP.
+    allowed_origins: list[str] = Field(default_factory=list)
+    sse_max_seconds: float = Field(280.0, gt=0)
+    sse_heartbeat_seconds: float = Field(15.0, gt=0, le=15)
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str) and not value.startswith("["):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == "production"
+
+    @property
+    def signing_keys(self) -> list[str]:
+        return [k for k in (self.qstash_current_signing_key, self.qstash_next_signing_key) if k]
+
+    @property
+    def execute_url(self) -> str:
+        return self.worker_url.rstrip("/") + "/v1/execute"
+
+    @property
+    def failed_url(self) -> str:
+        return self.worker_url.rstrip("/") + "/v1/failed"
+
+    @property
+    def uses_postgres(self) -> bool:
+        if self.store_backend != "auto":
+            return self.store_backend == "postgres"
+        return bool(self.database_url)
+
+    @property
+    def jwks_url(self) -> str:
+        if self.supabase_jwks_url:
+            return self.supabase_jwks_url
+        if self.supabase_url:
+            return self.supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json"
+        return ""
+
+    @property
+    def stream_secret(self) -> str:
+        return self.stream_token_secret or self.supabase_jwt_secret
+
+    def cost(self, kind: str, default: int) -> int:
+        """The coin cost of `kind`: `COST_<KIND>` when set, else the handler's default."""
+        raw = _extra_env().get(f"COST_{kind.upper()}")
+        return int(raw) if raw is not None else default
+
+    def model_for(self, tier: str, kind: str) -> str:
+        """The "provider:model" spec for a tier and kind."""
+        override = self.llm_model_overrides.get(f"{tier}.{kind}")
+        if override:
+            return override
+        return self.llm_model_paid if tier == "paid" else self.llm_model_free
+
+    def provider(self, name: str) -> tuple[str, str]:
+        """Return (base_url, api_key) for an OpenAI-compatible provider name."""
+        base = getattr(self, f"{name}_base_url", "") or PROVIDER_DEFAULT_BASE_URLS.get(name, "")
+        return base, getattr(self, f"{name}_api_key", "")
+
+
+def _extra_env() -> dict[str, str]:
+    values = {k.upper(): v for k, v in dotenv_values(".env").items() if v is not None}
+    values.update({k.upper(): v for k, v in os.environ.items()})
+    return values
+
+
+def _problems(s: Settings, role: Role) -> list[str]:
+    problems: list[str] = []
+    if role == "any":
+        return problems
+    if not s.redis_url and not (s.upstash_redis_rest_url and s.upstash_redis_rest_token):
+        problems.append("set REDIS_URL, or UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN")
+    if s.uses_postgres and not s.database_url:
+        problems.append("STORE_BACKEND=postgres needs DATABASE_URL")
+    if not s.uses_postgres and not (s.supabase_url and s.supabase_service_role_key):
+        problems.append("set DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
+    if not s.worker_url.startswith(("http://", "https://")):
+        problems.append("WORKER_URL must be the worker's public http(s) base URL")
+    if role == "api":
+        if not s.supabase_jwt_secret and not s.jwks_url:
+            problems.append("set SUPABASE_JWT_SECRET or SUPABASE_URL (for JWKS) to verify tokens")
+        if len(s.stream_secret) < 32:
+            problems.append("STREAM_TOKEN_SECRET (or SUPABASE_JWT_SECRET) must be >= 32 chars")
+        if s.qstash_mode == "broker" and not s.qstash_token:
+            problems.append("QSTASH_TOKEN is required when QSTASH_MODE=broker")
+        if s.qstash_mode == "direct" and not s.qstash_current_signing_key:
+            problems.append("QSTASH_MODE=direct signs deliveries: set QSTASH_CURRENT_SIGNING_KEY")
+        if s.qstash_mode == "direct" and s.is_production:
+            problems.append("QSTASH_MODE=direct is for development only")
+        if s.is_production and s.supabase_jwt_secret == DEV_JWT_SECRET:
+            problems.append("SUPABASE_JWT_SECRET is the public dev secret; never use it in production")
+    if role == "worker":
+        if not s.signing_keys:
+            problems.append("set QSTASH_CURRENT_SIGNING_KEY and QSTASH_NEXT_SIGNING_KEY")
+        for tier in ("free", "paid"):
+            spec = s.llm_model_paid if tier == "paid" else s.llm_model_free
+            specs = [spec, *s.llm_model_overrides.values()]
+            for item in specs:
+                provider, sep, model = item.partition(":")
+                if not sep or not model:
+                    problems.append(f"model spec {item!r} must look like 'provider:model'")
+                elif not s.provider(provider)[0]:
+                    problems.append(f"no base URL for provider {provider!r}; set "
+                                    f"{provider.upper()}_BASE_URL")
+    return sorted(set(problems))
+
+
+def load(role: Role = "any", **overrides: object) -> Settings:
+    """Read and validate the configuration for `role` ("api", "worker" or "any").
+
+    Raises ConfigError listing every problem (type errors and missing settings) at once.
+    """
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines)) from None
+    problems = _problems(settings, role)
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+    return settings
+
+
+@cache
+def settings(role: Role = "any") -> Settings:
+    """The process-wide settings, loaded once."""
+    return load(role)

@@ -1,0 +1,153 @@
+"""Building, batching and serialising a job's events.
+
+`JobEvents` is what an attempt uses to talk to the browser: status, progress, batched deltas,
+the result and errors. Deltas are flushed by size or by time, and the first one at once, so the
+first tokens show up quickly while a long answer costs few Redis commands.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from lib.models import EventType, StreamStatus
+from lib.state import State
+
+
+class StreamClosed(Exception):
+    """The job's stream was closed by a terminal event (usually a cancel); stop working."""
+
+
+def data(job_id: str, **fields: Any) -> dict[str, Any]:
+    """An event's `data`: its fields plus `job_id` and `ts` (unix seconds)."""
+    return {**fields, "job_id": job_id, "ts": round(time.time(), 3)}
+
+
+def sse_frame(entry_id: str, event_type: str, payload: str) -> str:
+    """One Server-Sent-Events frame for a stream entry."""
+    return f"id: {entry_id}\nevent: {event_type}\ndata: {payload}\n\n"
+
+
+def is_terminal(event_type: str, payload: str) -> bool:
+    if event_type != EventType.STATUS:
+        return False
+    status = json.loads(payload).get("status")
+    return status in ("succeeded", "failed", "cancelled")
+
+
+class JobEvents:
+    """The event writer of one attempt of one job."""
+
+    def __init__(
+        self,
+        state: State,
+        job_id: str,
+        attempt: int,
+        *,
+        flush_ms: int = 200,
+        flush_chars: int = 600,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.state = state
+        self.job_id = job_id
+        self.attempt = attempt
+        self.flush_s = flush_ms / 1000
+        self.flush_chars = flush_chars
+        self._clock = clock
+        self._buffer: list[str] = []
+        self._buffered = 0
+        self._last_flush: float | None = None
+        self.flushes = 0
+
+    def _emit(
+        self, events: list[tuple[str, dict[str, Any]]], *, terminal: str | None = None,
+        refresh_ttl: bool = False,
+    ) -> str:
+        entry = self.state.emit(self.job_id, events, terminal=terminal, refresh_ttl=refresh_ttl)
+        if entry is None:
+            raise StreamClosed(self.job_id)
+        return entry
+
+    def _pending(self) -> list[tuple[str, dict[str, Any]]]:
+        if not self._buffer:
+            return []
+        text = "".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        self._last_flush = self._clock()
+        self.flushes += 1
+        return [(EventType.DELTA, data(self.job_id, text=text, attempt=self.attempt))]
+
+    def running(self) -> None:
+        """Announce the attempt; a higher attempt tells clients to drop earlier text."""
+        self._emit(
+            [(EventType.STATUS, data(self.job_id, status=StreamStatus.RUNNING,
+                                     attempt=self.attempt))],
+            refresh_ttl=True,
+        )
+
+    def progress(self, stage: str, pct: int) -> None:
+        self._emit(self._pending() + [
+            (EventType.PROGRESS, data(self.job_id, stage=stage, pct=max(0, min(100, pct))))
+        ])
+
+    def delta(self, text: str) -> None:
+        """Buffer model output; flush the first piece at once, then by size or by time."""
+        if not text:
+            return
+        self._buffer.append(text)
+        self._buffered += len(text)
+        now = self._clock()
+        if (
+            self._last_flush is None
+            or self._buffered >= self.flush_chars
+            or now - self._last_flush >= self.flush_s
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        pending = self._pending()
+        if pending:
+            self._emit(pending)
+
+    def succeeded(self, result: dict[str, Any]) -> None:
+        """Flush, then the result and the terminal `succeeded` status, in one atomic step."""
+        self.state.emit(
+            self.job_id,
+            self._pending() + [
+                (EventType.RESULT, data(self.job_id, result=result)),
+                (EventType.STATUS, data(self.job_id, status=StreamStatus.SUCCEEDED,
+                                        attempt=self.attempt)),
+            ],
+            terminal=StreamStatus.SUCCEEDED,
+        )
+
+    def retrying(self, code: str, message: str) -> None:
+        """The attempt failed but the broker will redeliver."""
+        self.state.emit(
+            self.job_id,
+            self._pending() + [
+                (EventType.ERROR, data(self.job_id, code=code, message=message, retryable=True)),
+                (EventType.STATUS, data(self.job_id, status=StreamStatus.RETRYING,
+                                        attempt=self.attempt)),
+            ],
+        )
+
+
+def emit_terminal(state: State, job_id: str, status: str, *, result: dict[str, Any] | None,
+                  error: dict[str, Any] | None, attempt: int) -> str | None:
+    """Close the job's stream with its final events, once: a second call writes nothing.
+
+    Used by every path that makes a job terminal (worker, cancel, failure callback), so whoever
+    gets there first writes the terminal event and the stream always ends with exactly one.
+    """
+    events: list[tuple[str, dict[str, Any]]] = []
+    if status == StreamStatus.SUCCEEDED and result is not None:
+        events.append((EventType.RESULT, data(job_id, result=result)))
+    if status != StreamStatus.SUCCEEDED and error:
+        events.append((EventType.ERROR, data(job_id, code=error.get("code", "internal"),
+                                             message=error.get("message", ""), retryable=False)))
+    events.append((EventType.STATUS, data(job_id, status=status, attempt=attempt)))
+    return state.emit(job_id, events, terminal=status)

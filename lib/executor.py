@@ -1,0 +1,300 @@
+"""Run one delivery of one job: lease, attempt, result, events, release.
+
+The executor does not depend on HTTP: `execute()` takes the delivery's fields and returns an
+`Outcome` (status, headers, body) that the worker's Flask view serialises. Every effect is made
+once by the SQL functions and the Lua scripts, so a duplicate delivery, sequential or concurrent,
+never runs a handler twice at the same time and never overwrites a terminal job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from lib import handlers
+from lib.config import Settings
+from lib.errors import PermanentError, RetryableError
+from lib.events import JobEvents, StreamClosed, emit_terminal
+from lib.handlers.base import Context
+from lib.models import ErrorCode, Job, JobStatus
+from lib.state import State
+from lib.store import Store
+
+log = logging.getLogger("cs.executor")
+
+NON_RETRYABLE = {"Upstash-NonRetryable-Error": "true"}
+
+
+@dataclass
+class Outcome:
+    """What the worker answers the broker."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Lease:
+    job_id: str
+    tier: str
+    user_id: str
+    token: str
+    lost: bool = False
+    done: str | None = None
+
+
+class Leases:
+    """One heartbeat thread renews every running attempt's lease and admission deadlines."""
+
+    def __init__(self, state: State, interval: float) -> None:
+        self.state = state
+        self.interval = interval
+        self._held: dict[str, _Lease] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def add(self, lease: _Lease) -> None:
+        with self._lock:
+            self._held[lease.token] = lease
+
+    def remove(self, lease: _Lease) -> None:
+        with self._lock:
+            self._held.pop(lease.token, None)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                held = list(self._held.values())
+            for lease in held:
+                try:
+                    ok, done = self.state.renew(lease.job_id, lease.tier, lease.user_id, lease.token)
+                except Exception:  # Redis down: the attempt goes on; the lease may lapse
+                    log.warning("lease renewal failed", extra={"job_id": lease.job_id})
+                    continue
+                lease.lost = lease.lost or not ok
+                lease.done = done
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Executor:
+    """Executes deliveries; thread-safe, one instance per worker process."""
+
+    def __init__(self, settings: Settings, store: Store, state: State, llm: Any,
+                 metrics: Any = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.state = state
+        self.llm = llm
+        self.metrics = metrics
+        self.leases = Leases(state, max(0.2, settings.lease_ttl_seconds / 3))
+        self._draining_since: float | None = None
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._slots_lock = threading.Lock()
+
+    # Shutdown ----------------------------------------------------------------------------------
+    def drain(self) -> None:
+        """Stop taking work; running attempts get WORKER_DRAIN_SECONDS to finish."""
+        if self._draining_since is None:
+            self._draining_since = time.monotonic()
+            log.info("draining", extra={"running": self.leases.count()})
+
+    @property
+    def draining(self) -> bool:
+        return self._draining_since is not None
+
+    def running(self) -> int:
+        return self.leases.count()
+
+    # Delivery ----------------------------------------------------------------------------------
+    def execute(self, job_id: str, user_id: str, tier: str, *, retried: int,
+                max_retries: int) -> Outcome:
+        """Run one delivery of a job and say what to answer the broker."""
+        if self.draining:
+            return _retry("the worker is shutting down", ErrorCode.WORKER_SHUTTING_DOWN, 5)
+        lease = _Lease(job_id, tier, user_id, uuid.uuid4().hex)
+        status, detail = self.state.acquire(job_id, tier, user_id, lease.token)
+        if status == "done":
+            self.state.release(job_id, tier, user_id)
+            return Outcome(200, {"job_id": job_id, "status": detail, "note": "already finished"})
+        if status == "busy":
+            wait = max(1, math.ceil(int(detail or 1000) / 1000))
+            return _retry("another attempt holds this job", "busy", wait, status=429)
+        self.leases.add(lease)
+        try:
+            return self._attempt(lease, retried=retried, last=retried >= max_retries)
+        finally:
+            self.leases.remove(lease)
+
+    def _attempt(self, lease: _Lease, *, retried: int, last: bool) -> Outcome:
+        job_id = lease.job_id
+        started = self.store.start_attempt(job_id)
+        if started.outcome == "not_found":
+            log.warning("delivery for an unknown job", extra={"job_id": job_id})
+            self.state.release(job_id, lease.tier, lease.user_id, lease.token)
+            return Outcome(200, {"job_id": job_id, "note": "unknown job"})
+        job = started.job
+        assert job is not None
+        if started.outcome == "terminal":
+            self._close(job)
+            self.state.release(job_id, lease.tier, lease.user_id, lease.token)
+            return Outcome(200, {"job_id": job_id, "status": job.status})
+        extra = {"job_id": job_id, "attempt": job.attempts, "kind": job.kind, "tier": job.tier}
+        log.info("attempt started", extra=extra)
+        began = time.monotonic()
+        try:
+            outcome = self._run(job, started.input or {}, lease)
+        except StreamClosed:
+            outcome = self._finish(job, lease, JobStatus.CANCELLED,
+                                   error={"code": "cancelled", "message": "cancelled"})
+        except PermanentError as exc:
+            outcome = self._fail(job, lease, exc.code, exc.message)
+        except RetryableError as exc:
+            outcome = self._retryable(job, lease, exc.code, exc.message, exc.retry_after, last,
+                                      status=429 if exc.status == 429 else 503)
+        except Exception:
+            log.exception("attempt crashed", extra=extra)
+            outcome = self._retryable(job, lease, ErrorCode.INTERNAL, "internal error", 5, last)
+        log.info("attempt ended", extra={**extra, "http_status": outcome.status,
+                                         "seconds": round(time.monotonic() - began, 3)})
+        if self.metrics:
+            self.metrics.attempt(job, outcome.status, time.monotonic() - began)
+        return outcome
+
+    def _run(self, job: Job, raw_input: dict[str, Any], lease: _Lease) -> Outcome:
+        handler = handlers.get(job.kind)
+        if handler is None:
+            raise PermanentError(f"unknown job kind {job.kind!r}", code=ErrorCode.INVALID_INPUT)
+        try:
+            job_input = handler.input_model.model_validate(raw_input)
+        except ValidationError as exc:
+            raise PermanentError("the stored input is invalid", code=ErrorCode.INVALID_INPUT) \
+                from exc
+        model = self.settings.model_for(job.tier, job.kind)
+        events = JobEvents(self.state, job.id, job.attempts,
+                           flush_ms=self.settings.delta_flush_ms,
+                           flush_chars=self.settings.delta_flush_chars)
+        events.running()
+        with self._model_slot(job.tier, model):
+            ctx = Context(job_id=job.id, kind=job.kind, tier=job.tier, attempt=job.attempts,
+                          model=model, events=events, llm=self.llm,
+                          check=lambda: self._check(lease), expected_chars=handler.expected_chars)
+            result = handler.handle(ctx, job_input)
+        payload = result.model_dump(mode="json")
+        finished = self.store.finish(job.id, JobStatus.SUCCEEDED, result=payload)
+        if finished.changed:
+            events.succeeded(payload)
+        elif finished.job:
+            self._close(finished.job)
+        self.state.release(job.id, lease.tier, lease.user_id, lease.token)
+        return Outcome(200, {"job_id": job.id, "status": "succeeded", "usage": ctx.usage})
+
+    def _check(self, lease: _Lease) -> None:
+        if lease.done:
+            raise StreamClosed(lease.job_id)
+        if lease.lost:
+            raise RetryableError("the job's lease was lost", code="lease_lost", retry_after=1)
+        since = self._draining_since
+        if since is not None and time.monotonic() - since > self.settings.worker_drain_seconds:
+            raise RetryableError("the worker is shutting down",
+                                 code=ErrorCode.WORKER_SHUTTING_DOWN, retry_after=5)
+
+    def _model_slot(self, tier: str, model: str) -> _Held:
+        key = f"{tier}:{model}"
+        with self._slots_lock:
+            slot = self._slots.get(key)
+            if slot is None:
+                limit = (self.settings.llm_max_concurrency_paid if tier == "paid"
+                         else self.settings.llm_max_concurrency_free)
+                slot = self._slots[key] = threading.BoundedSemaphore(limit)
+        if not slot.acquire(timeout=0.5):
+            raise RetryableError("model concurrency limit reached", code=ErrorCode.RATE_LIMITED,
+                                 status=429, retry_after=10)
+        return _Held(slot)
+
+    # Endings -----------------------------------------------------------------------------------
+    def _finish(self, job: Job, lease: _Lease, status: JobStatus, *,
+                error: dict[str, Any]) -> Outcome:
+        finished = self.store.finish(job.id, status, error=error)
+        final = finished.job or job
+        self._close(final)
+        self.state.release(job.id, lease.tier, lease.user_id, lease.token)
+        return Outcome(200, {"job_id": job.id, "status": final.status})
+
+    def _fail(self, job: Job, lease: _Lease, code: str, message: str) -> Outcome:
+        log.info("job failed", extra={"job_id": job.id, "code": code})
+        finished = self.store.finish(job.id, JobStatus.FAILED,
+                                     error={"code": code, "message": message})
+        self._close(finished.job or job)
+        self.state.release(job.id, lease.tier, lease.user_id, lease.token)
+        return Outcome(489, {"job_id": job.id, "status": "failed", "code": code},
+                       dict(NON_RETRYABLE))
+
+    def _retryable(self, job: Job, lease: _Lease, code: str, message: str,
+                   retry_after: float | None, last: bool, status: int = 503) -> Outcome:
+        if last:
+            return self._fail(job, lease, code, f"{message} (retries exhausted)")
+        try:
+            JobEvents(self.state, job.id, job.attempts).retrying(code, message)
+        except Exception:
+            log.warning("could not emit retrying", extra={"job_id": job.id})
+        self.state.release(job.id, lease.tier, lease.user_id, lease.token, slots=False)
+        return _retry(message, code, retry_after or 5, status=status)
+
+    def _close(self, job: Job) -> None:
+        """Write the job's terminal events if nobody has yet (idempotent)."""
+        emit_terminal(
+            self.state, job.id, job.status,
+            result=job.result, error=job.error.model_dump() if job.error else None,
+            attempt=job.attempts,
+        )
+
+    # Failure callback --------------------------------------------------------------------------
+    def fail_delivery(self, job_id: str, user_id: str, tier: str, reason: str) -> Outcome:
+        """The broker gave up on the job: fail it and refund once, close its stream."""
+        finished = self.store.finish(
+            job_id, JobStatus.FAILED,
+            error={"code": ErrorCode.RETRIES_EXHAUSTED, "message": reason},
+        )
+        if finished.job:
+            self._close(finished.job)
+        self.state.release(job_id, tier, user_id)
+        log.info("failure callback", extra={"job_id": job_id, "changed": finished.changed})
+        return Outcome(200, {"job_id": job_id, "changed": finished.changed})
+
+    def close(self) -> None:
+        self.leases.stop()
+
+
+class _Held:
+    """An acquired model-concurrency slot; leaving the `with` block releases it."""
+
+    def __init__(self, slot: threading.BoundedSemaphore) -> None:
+        self.slot = slot
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.slot.release()
+
+
+def _retry(message: str, code: str, retry_after: float, *, status: int = 503) -> Outcome:
+    seconds = max(1, math.ceil(retry_after))
+    return Outcome(status, {"error": {"code": code, "message": message}},
+                   {"Retry-After": str(seconds)})

@@ -1,0 +1,113 @@
+"""What a handler sees: the `Context` of one attempt, and the `Handler` record a kind registers.
+
+A handler owns only its prompts and its result model. The executor owns retries, timeouts,
+leases and events; `Context.structured` does the streaming, batching and validation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from lib.errors import PermanentError
+from lib.events import JobEvents
+from lib.models import ErrorCode, JobInput
+
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+Prompts = dict[str, tuple[str, str]]  # language -> (system prompt, user prompt template)
+
+
+def detect_language(*texts: str) -> str:
+    """"zh" when a noticeable share of the text is Chinese, else "en"."""
+    joined = "".join(texts)
+    letters = sum(1 for ch in joined if ch.isalpha())
+    cjk = len(_CJK.findall(joined))
+    return "zh" if letters and cjk / letters > 0.2 else "en"
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A registered job kind."""
+
+    kind: str
+    cost: int
+    input_model: type[JobInput]
+    result_model: type[BaseModel]
+    handle: Callable[[Context, Any], BaseModel]
+    expected_chars: int = 1500
+
+
+@dataclass
+class Context:
+    """One attempt of one job, as a handler sees it."""
+
+    job_id: str
+    kind: str
+    tier: str
+    attempt: int
+    model: str
+    events: JobEvents
+    llm: Any  # lib.llm.LLM; typed loosely so api/ never imports openai through here
+    check: Callable[[], None] = lambda: None
+    expected_chars: int = 1500
+    usage: dict[str, Any] = field(default_factory=dict)
+
+    def progress(self, stage: str, pct: int) -> None:
+        self.check()
+        self.events.progress(stage, pct)
+
+    def structured(
+        self, result_model: type[BaseModel], prompts: Prompts, fields: dict[str, str]
+    ) -> BaseModel:
+        """Ask the model for a `result_model` instance, streaming its output as deltas.
+
+        Raises PermanentError(invalid_model_output) when the answer is not a valid instance.
+        """
+        from lib.llm import parse_json
+
+        lang = detect_language(*fields.values())
+        system, user = prompts[lang]
+        schema = result_model.model_json_schema()
+        system = f"{system}\n\n<json_schema>\n{json.dumps(schema, ensure_ascii=False)}\n</json_schema>"
+        self.progress("generating", 10)
+        received = 0
+        next_mark = 0.25
+
+        def on_text(text: str) -> None:
+            nonlocal received, next_mark
+            self.check()
+            self.events.delta(text)
+            received += len(text)
+            if received / self.expected_chars >= next_mark and next_mark < 1:
+                self.events.progress("generating", 10 + int(80 * next_mark))
+                next_mark += 0.25
+
+        completion = self.llm.stream_json(
+            self.model,
+            system=system,
+            user=user.format(**fields),
+            schema_name=self.kind,
+            schema=schema,
+            on_text=on_text,
+        )
+        self.events.flush()
+        self.usage = {
+            "prompt_tokens": completion.usage.prompt_tokens,
+            "completion_tokens": completion.usage.completion_tokens,
+            "first_token_s": completion.first_token_s,
+        }
+        self.progress("validating", 95)
+        try:
+            return result_model.model_validate(parse_json(completion.text))
+        except ValidationError as exc:
+            raise PermanentError(
+                "the model's output does not match the expected result",
+                code=ErrorCode.INVALID_MODEL_OUTPUT,
+                details=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()][:10],
+            ) from exc

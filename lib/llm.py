@@ -1,0 +1,152 @@
+"""LLM calls through OpenAI-compatible APIs (OpenAI, DeepSeek, GLM, the offline dev server).
+
+Only the worker imports this module: `openai` is heavy and `api/` must not pay for it.
+A model is named by a "provider:model" spec from config; the provider gives the base URL and key.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from lib.config import JSON_SCHEMA_PROVIDERS, Settings
+from lib.errors import PermanentError, RetryableError
+from lib.models import ErrorCode
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Completion:
+    text: str
+    model: str
+    usage: Usage = field(default_factory=Usage)
+    first_token_s: float | None = None
+
+
+class LLM:
+    """A client per provider, created on first use; thread-safe."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._clients: dict[str, openai.OpenAI] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, provider: str) -> openai.OpenAI:
+        with self._lock:
+            client = self._clients.get(provider)
+            if client is None:
+                base_url, api_key = self.settings.provider(provider)
+                client = openai.OpenAI(
+                    base_url=base_url,
+                    api_key=api_key or "not-needed",
+                    max_retries=0,  # the broker owns retries; a retry here would double-stream
+                    timeout=openai.Timeout(
+                        self.settings.llm_read_timeout_seconds,
+                        connect=self.settings.llm_connect_timeout_seconds,
+                    ),
+                )
+                self._clients[provider] = client
+            return client
+
+    def stream_json(
+        self,
+        model_spec: str,
+        *,
+        system: str,
+        user: str,
+        schema_name: str,
+        schema: dict[str, Any],
+        on_text: Callable[[str], None],
+    ) -> Completion:
+        """Stream a JSON answer, calling `on_text` with each piece of output.
+
+        Raises RetryableError (llm_unavailable, llm_timeout) for transient provider failures
+        and PermanentError (model_refused, or a 4xx the provider will repeat).
+        """
+        import time
+
+        provider, _, model = model_spec.partition(":")
+        if provider in JSON_SCHEMA_PROVIDERS:
+            response_format: dict[str, Any] = {
+                "type": "json_schema",
+                "json_schema": {"name": schema_name, "schema": schema, "strict": False},
+            }
+        else:
+            response_format = {"type": "json_object"}
+        started = time.monotonic()
+        pieces: list[str] = []
+        refusal: list[str] = []
+        usage = Usage()
+        first: float | None = None
+        try:
+            stream = self._client(provider).chat.completions.create(
+                model=model,
+                messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+                stream=True,
+                stream_options={"include_usage": True},
+                response_format=response_format,  # type: ignore[arg-type]
+                temperature=0.3,
+            )
+            for chunk in stream:
+                if chunk.usage:
+                    usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                for choice in chunk.choices:
+                    delta = choice.delta
+                    if getattr(delta, "refusal", None):
+                        refusal.append(delta.refusal)
+                    if delta.content:
+                        if first is None:
+                            first = time.monotonic() - started
+                        pieces.append(delta.content)
+                        on_text(delta.content)
+        except openai.APITimeoutError as exc:
+            raise RetryableError("the model did not answer in time", code=ErrorCode.LLM_TIMEOUT,
+                                 retry_after=5) from exc
+        except openai.APIConnectionError as exc:
+            raise RetryableError("the model provider is unreachable",
+                                 code=ErrorCode.LLM_UNAVAILABLE, retry_after=5) from exc
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            if status == 429 or status >= 500:
+                retry_after = _retry_after(exc.response.headers.get("retry-after"))
+                raise RetryableError(f"the model provider answered {status}",
+                                     code=ErrorCode.LLM_UNAVAILABLE,
+                                     retry_after=retry_after) from exc
+            raise PermanentError(f"the model provider refused the request ({status})",
+                                 code=ErrorCode.LLM_UNAVAILABLE) from exc
+        if refusal:
+            raise PermanentError("the model declined to answer", code=ErrorCode.MODEL_REFUSED)
+        return Completion("".join(pieces), model_spec, usage, first)
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return max(1.0, float(value)) if value else 5.0
+    except ValueError:
+        return 5.0
+
+
+def parse_json(text: str) -> Any:
+    """Parse a model's JSON answer, tolerating a ```json fence around it.
+
+    Raises PermanentError(invalid_model_output) when it is not JSON.
+    """
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.split("\n", 1)[1] if "\n" in body else ""
+        body = body.rsplit("```", 1)[0]
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise PermanentError("the model's output is not valid JSON",
+                             code=ErrorCode.INVALID_MODEL_OUTPUT) from exc

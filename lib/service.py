@@ -1,0 +1,245 @@
+"""The producer's operations: submit, read, list, cancel, me, and the event stream.
+
+`api/` parses HTTP and calls these; nothing here knows about Flask. Submit's order is chosen so
+that a failure at any step charges nothing and leaves nothing queued: idempotency and tier
+check (no charge), admission (Redis), insert and charge (one SQL transaction), queued event,
+publish, and on a broker failure the job is failed and refunded in one SQL call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from lib import handlers
+from lib.auth import Verifier
+from lib.config import Settings
+from lib.errors import (
+    AppError,
+    ConflictError,
+    InputError,
+    NotFoundError,
+    QuotaError,
+    UnavailableError,
+)
+from lib.events import data, emit_terminal, is_terminal, sse_frame
+from lib.models import ErrorCode, EventType, Job, Me, StreamStatus, SubmitRequest
+from lib.queue.producer import Publisher
+from lib.state import State
+from lib.store import Store
+
+log = logging.getLogger("cs.producer")
+
+
+def _field_errors(exc: ValidationError, prefix: str = "") -> dict[str, str]:
+    return {
+        (prefix + ".".join(str(p) for p in e["loc"])) or "body": e["msg"] for e in exc.errors()
+    }
+
+
+def request_hash(kind: str, job_input: dict[str, Any], tier: str) -> str:
+    canonical = json.dumps({"kind": kind, "input": job_input, "tier": tier}, sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def validate_job_id(job_id: str) -> str:
+    """Job ids are UUIDs; anything else cannot name a job (404, not 400: nothing leaks)."""
+    try:
+        return str(uuid.UUID(job_id))
+    except (ValueError, TypeError):
+        raise NotFoundError("no such job") from None
+
+
+@dataclass
+class Submitted:
+    job: Job
+    created: bool
+    stream_token: str
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "job": self.job.public(),
+            "events_url": f"/api/jobs/{self.job.id}/events?token={self.stream_token}",
+            "stream_token": self.stream_token,
+        }
+
+
+class Producer:
+    def __init__(self, settings: Settings, store: Store, state: State, publisher: Publisher,
+                 verifier: Verifier) -> None:
+        self.settings = settings
+        self.store = store
+        self.state = state
+        self.publisher = publisher
+        self.verifier = verifier
+
+    # Submit ------------------------------------------------------------------------------------
+    def parse(self, body: Any) -> tuple[SubmitRequest, dict[str, Any], int]:
+        """Validate a submit body. Returns (request, normalised input, cost); raises InputError."""
+        if not isinstance(body, dict):
+            raise InputError("the body must be a JSON object", details={"body": "not an object"})
+        try:
+            req = SubmitRequest.model_validate(body)
+        except ValidationError as exc:
+            raise InputError("the request is invalid", details=_field_errors(exc)) from None
+        handler = handlers.get(req.kind)
+        if handler is None:
+            raise InputError("unknown job kind", details={
+                "kind": f"must be one of {sorted(handlers.registry())}"})
+        try:
+            job_input = handler.input_model.model_validate(req.input)
+        except ValidationError as exc:
+            raise InputError("the input is invalid",
+                             details=_field_errors(exc, "input.")) from None
+        normalised = job_input.model_dump(mode="json", exclude_none=True)
+        return req, normalised, self.settings.cost(req.kind, handler.cost)
+
+    def submit(self, user_id: str, body: Any, idempotency_key: str | None) -> Submitted:
+        """Admit, charge and enqueue a job. Raises AppError subclasses; charges nothing then."""
+        req, job_input, cost = self.parse(body)
+        digest = request_hash(req.kind, job_input, req.tier)
+        prep = self.store.prepare_submit(user_id, cost, req.tier, idempotency_key, digest)
+        if prep["outcome"] != "ok":
+            return self._settled(prep, user_id)
+        tier = prep["tier"]
+        model = self.settings.model_for(tier, req.kind)
+        job_id = str(uuid.uuid4())
+        self.state.admit(job_id, tier, user_id)
+        try:
+            result = self.store.submit(
+                job_id=job_id, user_id=user_id, kind=req.kind, tier=tier, cost=cost,
+                input=job_input, idempotency_key=idempotency_key, request_hash=digest,
+            )
+        except Exception:
+            self._release_quietly(job_id, tier, user_id)
+            raise
+        if result["outcome"] != "created":
+            self._release_quietly(job_id, tier, user_id)
+            return self._settled(result, user_id)
+        job = Job.model_validate(result["job"])
+        try:
+            self.state.emit(job_id, [(EventType.STATUS, data(job_id, status=StreamStatus.QUEUED,
+                                                             attempt=0))], refresh_ttl=True)
+            self.publisher.publish(job_id, user_id=user_id, tier=tier, model=model)
+        except AppError as exc:
+            self._abort(job, user_id, exc)
+            raise UnavailableError("the job could not be queued; nothing was charged") from exc
+        try:
+            self.store.mark_enqueued(job_id)
+        except AppError:
+            log.warning("could not mark the job enqueued", extra={"job_id": job_id})
+        log.info("job submitted", extra={"job_id": job_id, "kind": req.kind, "tier": tier})
+        return Submitted(job, True, self.verifier.mint_stream_token(job_id, user_id))
+
+    def _settled(self, outcome: dict[str, Any], user_id: str) -> Submitted:
+        kind = outcome["outcome"]
+        if kind == "existing":
+            job = Job.model_validate(outcome["job"])
+            if not outcome.get("enqueued") and job.status == "queued":
+                # The first submit died before publishing: publish now (dedup id = job id).
+                self.publisher.publish(job.id, user_id=user_id, tier=job.tier,
+                                       model=self.settings.model_for(job.tier, job.kind))
+                self.store.mark_enqueued(job.id)
+            return Submitted(job, False, self.verifier.mint_stream_token(job.id, user_id))
+        if kind == "idempotency_conflict":
+            raise ConflictError("this Idempotency-Key was used with a different request",
+                                code=ErrorCode.IDEMPOTENCY_CONFLICT)
+        details = {k: outcome[k] for k in ("coins", "free_jobs_left_today") if k in outcome}
+        raise QuotaError("not enough coins and no free jobs left today", details=details or None)
+
+    def _abort(self, job: Job, user_id: str, exc: AppError) -> None:
+        log.warning("enqueue failed; refunding", extra={"job_id": job.id, "code": exc.code})
+        self.store.abort_submit(job.id, ErrorCode.UNAVAILABLE, "the job could not be queued")
+        try:
+            emit_terminal(self.state, job.id, StreamStatus.FAILED, result=None,
+                          error={"code": ErrorCode.UNAVAILABLE,
+                                 "message": "the job could not be queued"}, attempt=0)
+        except AppError:
+            pass  # Redis is down too; the stream expires and the DB says failed.
+        self._release_quietly(job.id, job.tier, user_id)
+
+    def _release_quietly(self, job_id: str, tier: str, user_id: str) -> None:
+        try:
+            self.state.release(job_id, tier, user_id)
+        except AppError:
+            log.warning("could not release admission; it expires by itself",
+                        extra={"job_id": job_id})
+
+    # Reads -------------------------------------------------------------------------------------
+    def get(self, job_id: str, user_id: str) -> Job:
+        job = self.store.get_job(validate_job_id(job_id), user_id)
+        if job is None:
+            raise NotFoundError("no such job")
+        return job
+
+    def list(self, user_id: str, limit: int, before: str | None) -> list[Job]:
+        if before is not None:
+            try:
+                before = str(uuid.UUID(before))
+            except ValueError:
+                raise InputError("invalid cursor", details={"before": "not a job id"}) from None
+        return self.store.list_jobs(user_id, limit, before)
+
+    def me(self, user_id: str) -> Me:
+        return self.store.me(user_id)
+
+    def cancel(self, job_id: str, user_id: str) -> Job:
+        """Cancel a queued or running job and refund it. Raises NotFound/ConflictError."""
+        outcome, job = self.store.cancel(validate_job_id(job_id), user_id)
+        if outcome == "not_found" or job is None:
+            raise NotFoundError("no such job")
+        if outcome == "already_finished":
+            raise ConflictError("the job has already finished", code=ErrorCode.ALREADY_FINISHED,
+                                details={"status": job.status})
+        try:
+            # Closing the stream is also the worker's cancel flag.
+            emit_terminal(self.state, job.id, StreamStatus.CANCELLED, result=None,
+                          error=job.error.model_dump() if job.error else None,
+                          attempt=job.attempts)
+            self.state.release(job.id, job.tier, user_id)
+        except AppError:
+            log.warning("cancel recorded; the worker will close the stream",
+                        extra={"job_id": job.id})
+        log.info("job cancelled", extra={"job_id": job.id})
+        return job
+
+    # Events ------------------------------------------------------------------------------------
+    def stream(self, job_id: str, after: str | None, *, max_seconds: float | None = None,
+               heartbeat: float | None = None) -> Iterator[str]:
+        """SSE frames of a job's events after `after`, ending after the terminal status or at
+        `max_seconds` (the client reconnects with Last-Event-ID). Waits by blocking read."""
+        max_s = max_seconds if max_seconds is not None else self.settings.sse_max_seconds
+        beat = heartbeat if heartbeat is not None else self.settings.sse_heartbeat_seconds
+        deadline = time.monotonic() + max_s
+        cursor = after or "0"
+        yield "retry: 1000\n\n"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            entries = self.state.wait(job_id, cursor, timeout=min(beat, remaining))
+            if not entries:
+                yield ": keep-alive\n\n"
+                continue
+            for entry_id, fields in entries:
+                event_type, payload = fields.get("t", ""), fields.get("d", "{}")
+                yield sse_frame(entry_id, event_type, payload)
+                cursor = entry_id
+                if is_terminal(event_type, payload):
+                    return
+
+    def heal_stream(self, job: Job) -> None:
+        """A terminal job whose stream expired or was never closed gets its final events."""
+        if job.status.terminal:
+            emit_terminal(self.state, job.id, job.status, result=job.result,
+                          error=job.error.model_dump() if job.error else None,
+                          attempt=job.attempts)

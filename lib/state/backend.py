@@ -1,0 +1,39 @@
+"""The small interface in front of Redis, and its two adapters' shared types.
+
+A backend runs the project's Lua scripts, reads a stream after an id, and waits for new stream
+entries: by blocking XREAD over TCP, or through Upstash's REST `subscribe` endpoint over REST
+(Upstash REST serves no blocking commands). `tests/test_state_contract.py` runs the same suite
+against both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from lib.state.scripts import Script
+
+Entry = tuple[str, dict[str, str]]
+
+
+class RedisBackend(Protocol):
+    def run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
+        """Run a Lua script atomically; strings come back as str, Lua false as None."""
+
+    def read(self, stream: str, after: str, count: int) -> list[Entry]:
+        """Entries of `stream` strictly after id `after` ("0" = from the start), oldest first."""
+
+    def wait(self, stream: str, channel: str, after: str, timeout: float, count: int) -> list[Entry]:
+        """Like `read`, but wait up to `timeout` seconds for an entry when there is none yet."""
+
+    def ping(self) -> None:
+        """Return if Redis answers; raise UnavailableError otherwise."""
+
+    def command(self, *args: str | int) -> Any:
+        """Run one plain command (tests and health checks)."""
+
+    def close(self) -> None: ...
+
+
+def pairs(flat: list[Any]) -> dict[str, str]:
+    """Turn a flat [field, value, ...] list into a dict."""
+    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}

@@ -1,0 +1,41 @@
+"""Every Redis key template, in one place. All keys start with `REDIS_PREFIX` (default `cs:`).
+
+Per-job keys share the hash tag `{<job id>}`, so a multi-key script over one job stays on one
+slot on clustered Redis. TTLs:
+
+| key                          | type   | TTL                                                   |
+|------------------------------|--------|-------------------------------------------------------|
+| `job:{id}:ev`                | stream | EVENTS_TTL_SECONDS (>= 24 h), refreshed on each status |
+| `job:{id}:done`              | string | EVENTS_TTL_SECONDS; the terminal status, also the cancel flag |
+| `job:{id}:lease`             | string | LEASE_TTL_SECONDS, renewed by the running attempt      |
+| `job:{id}:notify`            | pubsub | (a channel, not a key)                                |
+| `adm:tier:<tier>`            | zset   | none (one per tier); members expire by score (deadline) |
+| `adm:user:<user id>`         | zset   | ADMISSION_TTL_SECONDS past its latest deadline          |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "cs:"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}job:{{{job_id}}}:ev"
+
+    def done(self, job_id: str) -> str:
+        return f"{self.prefix}job:{{{job_id}}}:done"
+
+    def lease(self, job_id: str) -> str:
+        return f"{self.prefix}job:{{{job_id}}}:lease"
+
+    def notify(self, job_id: str) -> str:
+        return f"{self.prefix}job:{{{job_id}}}:notify"
+
+    def tier(self, tier: str) -> str:
+        return f"{self.prefix}adm:tier:{tier}"
+
+    def user(self, user_id: str) -> str:
+        return f"{self.prefix}adm:user:{user_id}"

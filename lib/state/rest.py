@@ -1,0 +1,104 @@
+"""Upstash Redis over its REST API, with the official `upstash-redis` client.
+
+Upstash REST serves no blocking commands, so `wait` subscribes to the job's notify channel
+through Upstash's `GET /subscribe/<channel>` Server-Sent-Events endpoint (the EMIT script
+PUBLISHes each new entry id there) and then reads the stream.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+from upstash_redis import Redis
+from upstash_redis.errors import UpstashError
+
+from lib.errors import UnavailableError
+from lib.state.backend import Entry, pairs
+from lib.state.scripts import Script
+
+_DOWN = (httpx.TransportError,)
+
+
+class RestBackend:
+    """The Upstash REST API; every call is one HTTPS request with a bounded timeout."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 5.0) -> None:
+        self._url = url.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+        # rest_retries=0: a retried EVAL could run twice; our callers decide about retrying.
+        self._client = Redis(url=self._url, token=token, rest_retries=0, allow_telemetry=False)
+        # upstash-redis builds its httpx client with no timeout at all; bound every call.
+        self._client._http._client = httpx.Client(timeout=httpx.Timeout(timeout))  # noqa: SLF001
+        self._sse = httpx.Client(timeout=httpx.Timeout(timeout))
+        self._loaded: set[str] = set()
+
+    def run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
+        str_args = [str(a) for a in args]
+        try:
+            if script.sha in self._loaded:
+                try:
+                    return self._client.evalsha(script.sha, keys=keys, args=str_args)
+                except UpstashError as exc:
+                    if "NOSCRIPT" not in str(exc):
+                        raise
+            result = self._client.eval(script.source, keys=keys, args=str_args)
+            self._loaded.add(script.sha)
+            return result
+        except _DOWN as exc:
+            raise UnavailableError("redis is unavailable") from exc
+
+    def read(self, stream: str, after: str, count: int) -> list[Entry]:
+        start = "-" if after in ("", "0", "0-0") else f"({after}"
+        try:
+            rows = self._client.execute(["XRANGE", stream, start, "+", "COUNT", str(count)])
+        except _DOWN as exc:
+            raise UnavailableError("redis is unavailable") from exc
+        return [(str(row[0]), pairs(row[1])) for row in rows or []]
+
+    def wait(self, stream: str, channel: str, after: str, timeout: float, count: int) -> list[Entry]:
+        deadline = time.monotonic() + timeout
+        url = f"{self._url}/subscribe/{channel}"
+        headers = {"Authorization": f"Bearer {self._token}", "Accept": "text/event-stream"}
+        try:
+            with self._sse.stream(
+                "GET", url, headers=headers, timeout=httpx.Timeout(self._timeout, read=timeout)
+            ) as response:
+                if response.status_code != 200:
+                    raise UnavailableError(f"redis subscribe answered {response.status_code}")
+                lines = response.iter_lines()
+                # Read only after the subscription is confirmed, so no PUBLISH slips between.
+                for line in lines:
+                    if line.startswith("data:") and "subscribe" in line:
+                        break
+                rows = self.read(stream, after, count)
+                if rows:
+                    return rows
+                for line in lines:
+                    if line.startswith("data:") and line[5:].lstrip().startswith("message"):
+                        break
+                    if time.monotonic() >= deadline:
+                        break
+        except httpx.ReadTimeout:
+            pass
+        except _DOWN as exc:
+            raise UnavailableError("redis is unavailable") from exc
+        return self.read(stream, after, count)
+
+    def ping(self) -> None:
+        try:
+            self._client.ping()
+        except _DOWN as exc:
+            raise UnavailableError("redis is unavailable") from exc
+
+    def command(self, *args: str | int) -> Any:
+        try:
+            return self._client.execute([str(a) for a in args])
+        except _DOWN as exc:
+            raise UnavailableError("redis is unavailable") from exc
+
+    def close(self) -> None:
+        self._client.close()
+        self._sse.close()

@@ -1,0 +1,139 @@
+"""The Lua scripts: every multi-key atomic step on Redis. Both adapters run these same sources,
+so the TCP and Upstash REST paths cannot drift apart."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())  # noqa: S324
+
+
+# Admit a job into its tier and its user's live sets. Members are job ids scored by a deadline
+# (ms); expired members are dropped first, so a crashed job frees its slot by itself.
+# KEYS: tier set, user set. ARGV: job id, now ms, deadline ms, tier max, user max, user ttl ms.
+# Returns {"ok"} | {"backpressure"} | {"user_concurrency"}.
+ADMIT = Script(
+    "admit",
+    """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return {'ok'}
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return {'backpressure'}
+end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
+  return {'user_concurrency'}
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return {'ok'}
+""",
+)
+
+# Take the job's lease for one attempt, unless the job's stream is closed (terminal/cancelled)
+# or another attempt holds it. Also re-registers the job in its admission sets with a fresh
+# deadline, so a job that waited long at the broker is counted while it runs.
+# KEYS: lease, done, tier set, user set. ARGV: token, lease ms, job id, deadline ms, user ttl ms.
+# Returns {"acquired"} | {"done", status} | {"busy", pttl ms}.
+ACQUIRE = Script(
+    "acquire",
+    """
+local done = redis.call('GET', KEYS[2])
+if done then
+  return {'done', done}
+end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {'busy', redis.call('PTTL', KEYS[1])}
+end
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+redis.call('PEXPIRE', KEYS[4], ARGV[5])
+return {'acquired'}
+""",
+)
+
+# Heartbeat of a running attempt: renew the lease and the admission deadlines, if we still hold
+# the lease. KEYS: lease, done, tier set, user set. ARGV: token, lease ms, job id, deadline ms,
+# user ttl ms. Returns {held 0|1, done status or false}.
+RENEW = Script(
+    "renew",
+    """
+local done = redis.call('GET', KEYS[2])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return {0, done}
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[4], 'XX', ARGV[4], ARGV[3])
+redis.call('PEXPIRE', KEYS[4], ARGV[5])
+return {1, done}
+""",
+)
+
+# Release the job's lease if `token` holds it (an empty token holds nothing), and its admission
+# slots unless the job goes back to the broker for a retry.
+# KEYS: lease, tier set, user set. ARGV: token, job id, free slots 0|1. Returns 1.
+RELEASE = Script(
+    "release",
+    """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+if ARGV[3] == '1' then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[2])
+end
+return 1
+""",
+)
+
+# Append events to a job's stream unless it is closed. A terminal status closes it: the `done`
+# key records the status, and every later emit is refused, so the terminal event is always last
+# and is written once. KEYS: stream, done, notify channel.
+# ARGV: ttl s, set ttl 0|1, publish 0|1, terminal status or '', then (type, data) pairs.
+# Returns the id of the last entry, or false when the stream was already closed.
+EMIT = Script(
+    "emit",
+    """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return false
+end
+local id = false
+for i = 5, #ARGV, 2 do
+  id = redis.call('XADD', KEYS[1], '*', 't', ARGV[i], 'd', ARGV[i + 1])
+end
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[1])
+end
+if ARGV[2] == '1' or ARGV[4] ~= '' then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+if ARGV[3] == '1' and id then
+  redis.call('PUBLISH', KEYS[3], id)
+end
+return id
+""",
+)
+
+# Live members of an admission set (expired deadlines dropped first). KEYS: set. ARGV: now ms.
+LIVE = Script(
+    "live",
+    """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+return redis.call('ZCARD', KEYS[1])
+""",
+)
+
+ALL = (ADMIT, ACQUIRE, RENEW, RELEASE, EMIT, LIVE)

@@ -1,0 +1,178 @@
+"""Durable state: jobs, coins and the ledger, through the SQL functions in supabase/migrations.
+
+`Store` is the only interface the rest of the code uses. Every method is one SQL function call,
+so every transition is atomic in the database, and the two backends (psycopg, supabase-py) behave
+identically; `tests/test_store.py` runs one contract suite against both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lib.models import Job, Me
+from lib.store.backends import PostgresBackend, StoreBackend, SupabaseBackend
+
+__all__ = ["Store", "StoreBackend", "Started", "Finished", "from_settings"]
+
+
+@dataclass(frozen=True)
+class Started:
+    """The result of `start_attempt`: outcome is started, terminal or not_found."""
+
+    outcome: str
+    job: Job | None
+    user_id: str | None
+    input: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The result of `finish`: whether this call made the job terminal, and the job after it."""
+
+    changed: bool
+    job: Job | None
+    user_id: str | None
+
+
+def _job(data: Any) -> Job | None:
+    return Job.model_validate(data) if data else None
+
+
+class Store:
+    """Domain operations over a `StoreBackend`."""
+
+    def __init__(self, backend: StoreBackend, *, initial_coins: int, free_daily: int) -> None:
+        self.backend = backend
+        self.initial_coins = initial_coins
+        self.free_daily = free_daily
+
+    def prepare_submit(
+        self, user_id: str, cost: int, tier: str, idempotency_key: str | None, request_hash: str
+    ) -> dict[str, Any]:
+        """Choose a tier without charging. Returns the SQL outcome dict (see the migration)."""
+        result: dict[str, Any] = self.backend.call(
+            "cs_prepare_submit",
+            {
+                "p_user_id": user_id,
+                "p_cost": cost,
+                "p_tier": tier,
+                "p_idempotency_key": idempotency_key,
+                "p_request_hash": request_hash,
+                "p_initial_coins": self.initial_coins,
+                "p_free_daily": self.free_daily,
+            },
+        )
+        return result
+
+    def submit(
+        self,
+        *,
+        job_id: str,
+        user_id: str,
+        kind: str,
+        tier: str,
+        cost: int,
+        input: dict[str, Any],
+        idempotency_key: str | None,
+        request_hash: str,
+    ) -> dict[str, Any]:
+        """Insert and charge the job in one transaction. Outcome: created, existing,
+        idempotency_conflict or quota_exhausted."""
+        result: dict[str, Any] = self.backend.call(
+            "cs_submit",
+            {
+                "p_job_id": job_id,
+                "p_user_id": user_id,
+                "p_kind": kind,
+                "p_tier": tier,
+                "p_cost": cost,
+                "p_input": input,
+                "p_idempotency_key": idempotency_key,
+                "p_request_hash": request_hash,
+                "p_initial_coins": self.initial_coins,
+                "p_free_daily": self.free_daily,
+            },
+        )
+        return result
+
+    def mark_enqueued(self, job_id: str) -> None:
+        self.backend.call("cs_mark_enqueued", {"p_job_id": job_id})
+
+    def abort_submit(self, job_id: str, code: str, message: str) -> bool:
+        """Fail and refund a job the broker never accepted; True if this call did it."""
+        result = self.backend.call(
+            "cs_abort_submit", {"p_job_id": job_id, "p_error": {"code": code, "message": message}}
+        )
+        return bool(result and result.get("outcome") == "aborted")
+
+    def start_attempt(self, job_id: str) -> Started:
+        """Begin a delivery attempt: running, attempts + 1, unless the job is terminal."""
+        r = self.backend.call("cs_start_attempt", {"p_job_id": job_id})
+        return Started(r["outcome"], _job(r.get("job")), r.get("user_id"), r.get("input"))
+
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> Finished:
+        """Make the job terminal once; failed/cancelled refund in the same transaction."""
+        r = self.backend.call(
+            "cs_finish",
+            {"p_job_id": job_id, "p_status": status, "p_result": result, "p_error": error},
+        )
+        return Finished(bool(r["changed"]), _job(r.get("job")), r.get("user_id"))
+
+    def refund(self, job_id: str) -> bool:
+        """Refund a failed or cancelled job at most once; True if this call refunded it."""
+        return bool(self.backend.call("cs_refund", {"p_job_id": job_id})["refunded"])
+
+    def cancel(self, job_id: str, user_id: str) -> tuple[str, Job | None]:
+        """Cancel the user's job: (cancelled | already_finished | not_found, job)."""
+        r = self.backend.call("cs_cancel", {"p_job_id": job_id, "p_user_id": user_id})
+        return r["outcome"], _job(r.get("job"))
+
+    def get_job(self, job_id: str, user_id: str) -> Job | None:
+        return _job(self.backend.call("cs_get_job", {"p_job_id": job_id, "p_user_id": user_id}))
+
+    def list_jobs(self, user_id: str, limit: int = 20, before: str | None = None) -> list[Job]:
+        rows = self.backend.call(
+            "cs_list_jobs", {"p_user_id": user_id, "p_limit": limit, "p_before": before}
+        )
+        return [Job.model_validate(row) for row in rows or []]
+
+    def me(self, user_id: str) -> Me:
+        return Me.model_validate(
+            self.backend.call(
+                "cs_me",
+                {
+                    "p_user_id": user_id,
+                    "p_initial_coins": self.initial_coins,
+                    "p_free_daily": self.free_daily,
+                },
+            )
+        )
+
+    def sweep_unenqueued(self, older_than_seconds: int) -> list[str]:
+        """Fail and refund jobs whose submit died before the broker accepted them."""
+        ids = self.backend.call("cs_sweep_unenqueued", {"p_older_than_seconds": older_than_seconds})
+        return [str(i) for i in ids or []]
+
+    def ping(self) -> None:
+        self.backend.ping()
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def from_settings(settings: Any, *, pool_size: int = 10) -> Store:
+    """Build the configured store: psycopg when DATABASE_URL is used, else supabase-py."""
+    backend: StoreBackend
+    if settings.uses_postgres:
+        backend = PostgresBackend(settings.database_url, max_size=pool_size)
+    else:
+        backend = SupabaseBackend(settings.supabase_url, settings.supabase_service_role_key)
+    return Store(backend, initial_coins=settings.initial_coins, free_daily=settings.free_daily_jobs)

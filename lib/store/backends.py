@@ -1,0 +1,142 @@
+"""The two ways to call the SQL functions: psycopg (direct) and supabase-py (PostgREST rpc).
+
+Both expose one method, `call(fn, params)`, and return the function's JSON result, so the
+`Store` above them is identical whichever is configured. Connection failures become
+`UnavailableError`, so callers can answer 503 without knowing the backend.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Protocol
+
+from lib.errors import UnavailableError
+
+
+class StoreBackend(Protocol):
+    def call(self, fn: str, params: dict[str, Any]) -> Any:
+        """Call `public.<fn>` with named arguments; return its JSON result."""
+
+    def ping(self) -> None:
+        """Return if the database answers; raise UnavailableError otherwise."""
+
+    def close(self) -> None: ...
+
+
+class PostgresBackend:
+    """Direct connection through a psycopg pool (the worker, and local runs)."""
+
+    def __init__(self, database_url: str, *, max_size: int = 10, timeout: float = 5.0) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self._timeout = timeout
+        self._pool = ConnectionPool(
+            database_url,
+            min_size=1,
+            max_size=max_size,
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout))},
+            open=False,
+            check=ConnectionPool.check_connection,
+        )
+        self._opened = False
+        self._lock = threading.Lock()
+        self._signatures: dict[str, list[tuple[str, str]]] = {}
+
+    def _open(self) -> None:
+        if not self._opened:
+            with self._lock:
+                if not self._opened:
+                    self._pool.open(wait=False)
+                    self._opened = True
+
+    def _signature(self, conn: Any, fn: str) -> list[tuple[str, str]]:
+        # Cast every argument to its declared type, as PostgREST does, so Python ints and strs
+        # resolve to exactly the function's parameters.
+        if fn not in self._signatures:
+            row = conn.execute(
+                "select p.proargnames, array(select format_type(t, null)"
+                " from unnest(p.proargtypes) t) from pg_proc p"
+                " join pg_namespace n on n.oid = p.pronamespace"
+                " where n.nspname = 'public' and p.proname = %s",
+                (fn,),
+            ).fetchone()
+            if row is None:
+                raise LookupError(f"no SQL function public.{fn}")
+            self._signatures[fn] = list(zip(row[0] or [], row[1], strict=False))
+        return self._signatures[fn]
+
+    def call(self, fn: str, params: dict[str, Any]) -> Any:
+        import psycopg
+        from psycopg.types.json import Jsonb
+
+        self._open()
+        try:
+            with self._pool.connection(timeout=self._timeout) as conn:
+                types = dict(self._signature(conn, fn))
+                args = ", ".join(f"{name} => %({name})s::{types[name]}" for name in params)
+                values = {
+                    k: Jsonb(v) if types[k] in ("jsonb", "json") and v is not None else v
+                    for k, v in params.items()
+                }
+                row = conn.execute(f"select public.{fn}({args})", values).fetchone()  # noqa: S608
+        except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+            raise UnavailableError("the database is unavailable") from exc
+        except TimeoutError as exc:  # pool exhausted or unreachable
+            raise UnavailableError("the database is unavailable") from exc
+        except Exception as exc:
+            if type(exc).__name__ == "PoolTimeout":
+                raise UnavailableError("the database is unavailable") from exc
+            raise
+        return row[0] if row else None
+
+    def ping(self) -> None:
+        import psycopg
+
+        self._open()
+        try:
+            with self._pool.connection(timeout=self._timeout) as conn:
+                conn.execute("select 1")
+        except Exception as exc:
+            if isinstance(exc, psycopg.Error) or type(exc).__name__ == "PoolTimeout":
+                raise UnavailableError("the database is unavailable") from exc
+            raise
+
+    def close(self) -> None:
+        if self._opened:
+            self._pool.close()
+
+
+class SupabaseBackend:
+    """Supabase's PostgREST through supabase-py's `rpc` (serverless functions on Vercel)."""
+
+    def __init__(self, url: str, service_role_key: str, *, timeout: float = 10.0) -> None:
+        import httpx
+        from supabase import create_client
+        from supabase.lib.client_options import SyncClientOptions
+
+        # No client-side retry: an rpc such as cs_submit must not run twice on a lost reply.
+        options = SyncClientOptions(
+            httpx_client=httpx.Client(timeout=httpx.Timeout(timeout, connect=3.0)),
+            postgrest_client_retry=False,
+        )
+        self._client = create_client(url, service_role_key, options=options)
+
+    def call(self, fn: str, params: dict[str, Any]) -> Any:
+        import httpx
+        from postgrest.exceptions import APIError
+
+        try:
+            response = self._client.rpc(fn, params).execute()
+        except httpx.TransportError as exc:
+            raise UnavailableError("the database is unavailable") from exc
+        except APIError as exc:
+            if str(exc.code or "").startswith(("5", "PGRST0")):
+                raise UnavailableError("the database is unavailable") from exc
+            raise
+        return response.data
+
+    def ping(self) -> None:
+        self.call("cs_ping", {})
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,387 @@
+"""A QStash-compatible dev broker: in memory, no Docker, the token and signing keys of `qstash dev`.
+
+Run it with `python -m scripts.dev_broker --host 127.0.0.1 --port 8081`. `QSTASH_TOKEN`,
+`QSTASH_CURRENT_SIGNING_KEY` and `QSTASH_NEXT_SIGNING_KEY` override the dev defaults;
+`DEV_BROKER_TIME_SCALE` (default 1) shortens delays, and `--time-scale` wins over it.
+
+REST API, as the official SDK calls it (https://upstash.com/docs/qstash/api-reference):
+`POST /v2/publish/<url>`, `GET|DELETE /v2/messages/<id>`, `DELETE /v2/messages`, `GET|DELETE
+/v2/dlq`, `GET|DELETE /v2/dlq/<dlqId>`, `GET /v2/keys`; plus the dev-only `GET /v2/_dev/stats`
+(counters) and `GET /healthz`. Each publish and each delivery attempt is logged on one line with
+the message id, destination (no query string), attempt and status; never bodies or tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any, NoReturn
+from urllib.parse import unquote
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from werkzeug.datastructures import Headers
+from werkzeug.serving import make_server
+
+from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
+from scripts.dev_broker_core import Broker
+from scripts.dev_broker_model import (
+    CALLBACK_RETRIES,
+    Message,
+    RuleError,
+    evaluate_retry_delay,
+    new_message_id,
+    parse_duration,
+    parse_flow_control,
+)
+
+log = logging.getLogger("dev_broker")
+
+DEFAULT_RETRIES = 3
+# The free plan's maximum HTTP response time, the default when `Upstash-Timeout` is absent.
+DEFAULT_TIMEOUT_SECONDS = 900.0
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+PUBLISH_PREFIX = "/v2/publish/"
+DLQ_PAGE_MAX = 100
+_FORWARD_PREFIXES = {
+    "upstash-forward-": "destination",
+    "upstash-callback-forward-": "callback",
+    "upstash-failure-callback-forward-": "failure_callback",
+}
+
+
+def _error(status: int, message: str) -> Response:
+    resp = jsonify(error=message)
+    resp.status_code = status
+    return resp
+
+
+def _abort(message: str) -> NoReturn:
+    raise RuleError(message)
+
+
+def _destination(environ: Mapping[str, Any]) -> str:
+    # The destination is the rest of the raw request target, query string included; routing
+    # would merge the `//` of `http://` and drop the query.
+    raw = str(environ.get("RAW_URI") or environ.get("REQUEST_URI") or "")
+    if raw and PUBLISH_PREFIX in raw:
+        destination = raw.split(PUBLISH_PREFIX, 1)[1]
+    else:
+        path = str(environ.get("PATH_INFO", ""))
+        query = str(environ.get("QUERY_STRING", ""))
+        destination = path[len(PUBLISH_PREFIX) :] + (f"?{query}" if query else "")
+    if destination.lower().startswith(("http%3a", "https%3a")):
+        destination = unquote(destination)
+    if not destination.startswith(("http://", "https://")):
+        _abort("destination must be an http:// or https:// URL (URL groups are not supported)")
+    return destination
+
+
+def _int_header(headers: Headers, name: str, default: int) -> int:
+    raw = headers.get(name)
+    if raw is None:
+        return default
+    if not raw.strip().isdigit():
+        _abort(f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+def _url_header(headers: Headers, name: str) -> str | None:
+    url = headers.get(name)
+    if url is not None and not url.startswith(("http://", "https://")):
+        _abort(f"{name} must be an http:// or https:// URL")
+    return url
+
+
+def _forwarded(headers: Headers) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {target: {} for target in _FORWARD_PREFIXES.values()}
+    for name, value in headers.items():
+        for prefix, target in _FORWARD_PREFIXES.items():
+            if name.lower().startswith(prefix):
+                out[target][name[len(prefix) :]] = value
+    return out
+
+
+def _not_before(headers: Headers, now: float, time_scale: float) -> float:
+    # QStash gives Upstash-Not-Before precedence over Upstash-Delay. Not-Before is a wall-clock
+    # instant and is kept as given; Upstash-Delay is a duration and is scaled like retry delays.
+    if "Upstash-Not-Before" in headers:
+        return float(_int_header(headers, "Upstash-Not-Before", 0))
+    if "Upstash-Delay" in headers:
+        return now + parse_duration(headers["Upstash-Delay"]) * time_scale
+    return now
+
+
+def _dedup_key(headers: Headers, message: Message) -> str | None:
+    if "Upstash-Deduplication-Id" in headers:
+        return "id:" + headers["Upstash-Deduplication-Id"]
+    if headers.get("Upstash-Content-Based-Deduplication", "").lower() != "true":
+        return None
+    # QStash hashes the destination, the body, Content-Type and the forwarded headers.
+    digest = hashlib.sha256(message.url.encode() + b"\0" + message.body)
+    for name, value in sorted((k.lower(), v) for k, v in message.headers.items()):
+        digest.update(f"\0{name}:{value}".encode())
+    return "content:" + digest.hexdigest()
+
+
+def parse_publish(
+    environ: Mapping[str, Any],
+    headers: Headers,
+    body: bytes,
+    *,
+    time_scale: float,
+    caller_ip: str | None = None,
+) -> tuple[Message, str | None]:
+    """Turn a `POST /v2/publish/<url>` request into a Message and its deduplication key.
+
+    Raises RuleError, whose message is safe to return to the client, on any invalid header.
+    """
+    now = time.time()
+    destination = _destination(environ)
+    forwarded = _forwarded(headers)
+    if headers.get("Content-Type"):
+        forwarded["destination"]["Content-Type"] = headers["Content-Type"]
+    method = headers.get("Upstash-Method", "POST").upper()
+    if method not in METHODS:
+        _abort(f"Upstash-Method must be one of {', '.join(sorted(METHODS))}")
+    retry_delay = headers.get("Upstash-Retry-Delay")
+    if retry_delay is not None:
+        evaluate_retry_delay(retry_delay, 0)
+    timeout = DEFAULT_TIMEOUT_SECONDS
+    if "Upstash-Timeout" in headers:
+        timeout = parse_duration(headers["Upstash-Timeout"])
+    flow_key = headers.get("Upstash-Flow-Control-Key")
+    message = Message(
+        message_id=new_message_id(),
+        url=destination,
+        method=method,
+        body=body,
+        headers=forwarded["destination"],
+        max_retries=_int_header(headers, "Upstash-Retries", DEFAULT_RETRIES),
+        not_before=_not_before(headers, now, time_scale),
+        timeout=timeout if timeout > 0 else DEFAULT_TIMEOUT_SECONDS,
+        created_at=now,
+        retry_delay=retry_delay,
+        callback=_url_header(headers, "Upstash-Callback"),
+        failure_callback=_url_header(headers, "Upstash-Failure-Callback"),
+        callback_headers=forwarded["callback"],
+        failure_callback_headers=forwarded["failure_callback"],
+        callback_retries=_int_header(headers, "Upstash-Callback-Retries", CALLBACK_RETRIES),
+        failure_callback_retries=_int_header(
+            headers, "Upstash-Failure-Callback-Retries", CALLBACK_RETRIES
+        ),
+        flow=parse_flow_control(flow_key, headers.get("Upstash-Flow-Control-Value", ""))
+        if flow_key
+        else None,
+        label=headers.get("Upstash-Label"),
+        caller_ip=caller_ip,
+    )
+    return message, _dedup_key(headers, message)
+
+
+def _dlq_page(broker: Broker, args: Mapping[str, str]) -> dict[str, Any]:
+    filters = {name: args[name] for name in ("messageId", "url", "label") if name in args}
+    entries = [
+        entry
+        for entry in broker.dlq_list()
+        if all(entry.get(name) == value for name, value in filters.items())
+        and ("responseStatus" not in args or str(entry["responseStatus"]) == args["responseStatus"])
+    ]
+    if args.get("order", "latestFirst") == "latestFirst":
+        entries.reverse()
+    start = int(args["cursor"]) if args.get("cursor", "").isdigit() else 0
+    count = min(int(args["count"]), DLQ_PAGE_MAX) if args.get("count", "").isdigit() else 100
+    page: dict[str, Any] = {"messages": entries[start : start + count]}
+    if start + count < len(entries):
+        page["cursor"] = str(start + count)
+    return page
+
+
+api = Blueprint("dev_broker", __name__)
+
+
+def _broker() -> Broker:
+    broker: Broker = current_app.extensions["dev_broker"]
+    return broker
+
+
+def _bad_request(exc: RuleError) -> Response:
+    return _error(400, str(exc))
+
+
+def _not_found(_exc: Exception) -> Response:
+    return _error(404, "not found")
+
+
+def _not_allowed(_exc: Exception) -> Response:
+    return _error(405, "method not allowed")
+
+
+def _authenticate() -> Response | None:
+    if not request.path.startswith("/v2/"):
+        return None
+    token: str = current_app.config["QSTASH_TOKEN"]
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        return _error(401, "invalid or missing bearer token")
+    return None
+
+
+@api.post("/v2/publish/<path:_destination>")
+def publish(_destination: str) -> Response:
+    broker = _broker()
+    message, dedup_key = parse_publish(
+        request.environ,
+        request.headers,
+        request.get_data(),
+        time_scale=broker.time_scale,
+        caller_ip=request.remote_addr,
+    )
+    message_id, deduplicated = broker.publish(message, dedup_key)
+    resp = jsonify(messageId=message_id, deduplicated=deduplicated)
+    # QStash answers a duplicate with 202 Accepted and the first message's id.
+    resp.status_code = 202 if deduplicated else 200
+    return resp
+
+
+@api.get("/v2/messages/<message_id>")
+def get_message(message_id: str) -> Response:
+    found = _broker().get(message_id)
+    return jsonify(found) if found is not None else _error(404, "message not found")
+
+
+@api.delete("/v2/messages/<message_id>")
+def cancel_message(message_id: str) -> Response:
+    if not _broker().cancel(message_id):
+        return _error(404, "message not found or already finished")
+    return Response("OK", status=202, mimetype="text/plain")
+
+
+@api.delete("/v2/messages")
+def cancel_messages() -> Response:
+    ids = (request.get_json(silent=True) or {}).get("messageIds")
+    return jsonify(cancelled=_broker().cancel_many(ids))
+
+
+@api.get("/v2/dlq")
+def list_dlq() -> Response:
+    return jsonify(_dlq_page(_broker(), request.args))
+
+
+@api.delete("/v2/dlq")
+def delete_dlq_many() -> Response:
+    ids = (request.get_json(silent=True) or {}).get("dlqIds") or []
+    return jsonify(deleted=sum(1 for dlq_id in ids if _broker().dlq_delete(dlq_id)))
+
+
+@api.get("/v2/dlq/<dlq_id>")
+def get_dlq(dlq_id: str) -> Response:
+    entry = _broker().dlq_get(dlq_id)
+    return jsonify(entry) if entry is not None else _error(404, "DLQ message not found")
+
+
+@api.delete("/v2/dlq/<dlq_id>")
+def delete_dlq(dlq_id: str) -> Response:
+    if not _broker().dlq_delete(dlq_id):
+        return _error(404, "DLQ message not found")
+    return Response(status=200)
+
+
+@api.get("/v2/keys")
+def keys() -> Response:
+    return jsonify(current_app.config["QSTASH_SIGNING_KEYS"])
+
+
+@api.get("/v2/_dev/stats")
+def stats() -> Response:
+    return jsonify(_broker().stats())
+
+
+@api.get("/healthz")
+def healthz() -> Response:
+    return Response("ok", mimetype="text/plain")
+
+
+def create_app(
+    *,
+    token: str = DEV_TOKEN,
+    current_signing_key: str = DEV_CURRENT_SIGNING_KEY,
+    next_signing_key: str = DEV_NEXT_SIGNING_KEY,
+    time_scale: float = 1.0,
+) -> Flask:
+    """Return the broker's WSGI app with its scheduler already running.
+
+    `time_scale` multiplies the default backoff, `Upstash-Retry-Delay` and `Upstash-Delay`; it
+    never changes `Upstash-Not-Before`, a destination's `Retry-After`, timeouts or flow-control
+    periods. Call `app.broker.stop()` (the same object as `app.extensions["dev_broker"]`) to stop
+    scheduling. Raises ValueError when `time_scale` is not positive.
+    """
+    if time_scale <= 0:
+        raise ValueError("time_scale must be positive")
+    broker = Broker(signing_key=current_signing_key, time_scale=time_scale)
+    app = Flask(__name__)
+    app.url_map.merge_slashes = False
+    app.config["QSTASH_TOKEN"] = token
+    app.config["QSTASH_SIGNING_KEYS"] = {"current": current_signing_key, "next": next_signing_key}
+    app.extensions["dev_broker"] = broker
+    app.broker = broker  # type: ignore[attr-defined]
+    app.register_error_handler(RuleError, _bad_request)
+    app.register_error_handler(404, _not_found)
+    app.register_error_handler(405, _not_allowed)
+    app.before_request(_authenticate)
+    app.register_blueprint(api)
+    broker.start()
+    return app
+
+
+def _sigterm(_signum: int, _frame: object) -> NoReturn:
+    raise SystemExit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the dev broker (werkzeug, threaded) until interrupted or sent SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m scripts.dev_broker", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=None,
+        help="multiply retry delays and Upstash-Delay (default: $DEV_BROKER_TIME_SCALE or 1)",
+    )
+    args = parser.parse_args(argv)
+    env_scale = os.environ.get("DEV_BROKER_TIME_SCALE", "")
+    try:
+        time_scale = args.time_scale if args.time_scale is not None else float(env_scale or 1.0)
+    except ValueError:
+        parser.error("DEV_BROKER_TIME_SCALE must be a number")
+    if time_scale <= 0:
+        parser.error("the time scale must be positive")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # werkzeug's access log would print every destination URL with its query string.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    app = create_app(
+        token=os.environ.get("QSTASH_TOKEN") or DEV_TOKEN,
+        current_signing_key=os.environ.get("QSTASH_CURRENT_SIGNING_KEY") or DEV_CURRENT_SIGNING_KEY,
+        next_signing_key=os.environ.get("QSTASH_NEXT_SIGNING_KEY") or DEV_NEXT_SIGNING_KEY,
+        time_scale=time_scale,
+    )
+    server = make_server(args.host, args.port, app, threaded=True)
+    signal.signal(signal.SIGTERM, _sigterm)
+    log.info("dev broker on http://%s:%d time_scale=%g", args.host, server.port, time_scale)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.extensions["dev_broker"].stop()
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""Upstash Redis REST API stand-in: a local HTTP server that forwards every command to a real Redis.
+
+It speaks the documented REST protocol (https://upstash.com/docs/redis/features/restapi), so the
+official `upstash_redis.Redis(url=..., token=...)` client works against it unchanged:
+
+- `POST /` with a JSON array command answers `{"result": ...}`, or `{"error": "ERR ..."}` with 400.
+- `POST /pipeline` and `POST /multi-exec` take an array of commands and answer an array of
+  `{"result"}` / `{"error"}`; `/multi-exec` runs them inside MULTI/EXEC.
+- `GET|POST|PUT /<command>/<arg>/...` is the path form; a POST body is the last argument, and query
+  parameters (`?EX=100`) follow it.
+- `GET|POST /subscribe/<channel>` (and `/psubscribe/<pattern>`) stream Server-Sent Events:
+  `data: subscribe,<channel>,1`, then `data: message,<channel>,<payload>`.
+- `Upstash-Encoding: base64` base64-encodes every string in a result except the status "OK".
+- `Authorization: Bearer <token>` (or `?_token=`) is required; otherwise 401
+  `{"error": "Unauthorized"}`.
+
+Commands that Upstash REST does not serve (blocking reads, WATCH, subscriptions outside
+`/subscribe`, connection state) are refused with an error, as the real service does.
+
+Command arguments carry user data, so nothing here logs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import redis
+from flask import Flask, Response, current_app, request
+from redis._parsers import _RESP2Parser
+from redis.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import make_server
+
+log = logging.getLogger("upstash_standin")
+
+EXTENSION = "upstash_standin"
+KEEPALIVE_SECONDS = 15.0
+_JSON = "application/json"
+# Upstash REST serves none of these ("REST - Redis API Compatibility" in the docs): blocking
+# commands, optimistic locking, pub/sub beyond PUBLISH/PUBSUB, and connection state that a
+# stateless request cannot keep. SHUTDOWN and friends would take the shared test server down.
+_REFUSED = frozenset(
+    {
+        "BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP",
+        "WATCH", "UNWATCH", "MULTI", "EXEC", "DISCARD",
+        "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE",
+        "MONITOR", "SELECT", "AUTH", "HELLO", "QUIT", "RESET", "CLIENT", "WAIT", "WAITAOF",
+        "SYNC", "PSYNC", "REPLICAOF", "SLAVEOF", "SHUTDOWN", "DEBUG",
+    }
+)  # fmt: skip
+_BLOCK_OPTION_COMMANDS = frozenset({"XREAD", "XREADGROUP"})
+
+Arg = str | bytes
+Reply = Any  # what the RESP2 parser yields: bytes, int, None, ResponseError, or lists of those
+
+
+class _CommandError(Exception):
+    """A command that is refused or malformed before it reaches Redis."""
+
+
+class _VerbatimErrorParser(_RESP2Parser):
+    """A RESP2 parser that keeps error lines whole, as Upstash relays them.
+
+    redis-py strips a known prefix ("ERR value is not an integer" becomes "value is not an
+    integer") and maps it to an exception class; REST clients expect the original text.
+    """
+
+    @classmethod
+    def parse_error(cls, response: str) -> ResponseError:
+        return ResponseError(response)
+
+
+@dataclass
+class _State:
+    pool: redis.ConnectionPool
+    token: str
+    keepalive_seconds: float
+
+
+def create_app(
+    redis_url: str, token: str, *, keepalive_seconds: float = KEEPALIVE_SECONDS
+) -> Flask:
+    """Build the stand-in for the Redis at `redis_url`, guarded by the bearer `token`.
+
+    `keepalive_seconds` is the longest silence on a subscription stream before a comment line
+    goes out; writing it is also how a vanished client is noticed. Call `close(app)` to release
+    the Redis connections. Raises ValueError for an empty token.
+    """
+    if not token:
+        raise ValueError("the stand-in needs a non-empty token")
+    app = Flask(__name__)
+    # RESP2, because the REST API answers in RESP2 shapes (flat HGETALL, string scores).
+    pool = redis.ConnectionPool.from_url(
+        redis_url, protocol=2, parser_class=_VerbatimErrorParser, socket_timeout=60
+    )
+    app.extensions[EXTENSION] = _State(pool=pool, token=token, keepalive_seconds=keepalive_seconds)
+    app.before_request(_authenticate)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(RedisConnectionError, _redis_down)
+    app.register_error_handler(RedisTimeoutError, _redis_down)
+    app.add_url_rule("/", view_func=_single, methods=["GET", "POST", "PUT"])
+    app.add_url_rule("/pipeline", view_func=_pipeline, methods=["POST"])
+    app.add_url_rule("/multi-exec", view_func=_multi_exec, methods=["POST"])
+    app.add_url_rule("/subscribe/<path:names>", view_func=_subscribe, methods=["GET", "POST"])
+    app.add_url_rule("/psubscribe/<path:names>", view_func=_psubscribe, methods=["GET", "POST"])
+    app.add_url_rule("/<path:_>", view_func=_path_form, methods=["GET", "POST", "PUT"])
+    return app
+
+
+def close(app: Flask) -> None:
+    """Release the stand-in's Redis connections."""
+    app.extensions[EXTENSION].pool.disconnect()
+
+
+def _state() -> _State:
+    state: _State = current_app.extensions[EXTENSION]
+    return state
+
+
+def _authenticate() -> Response | None:
+    header = request.headers.get("Authorization", "")
+    supplied = header[len("Bearer ") :] if header.startswith("Bearer ") else ""
+    supplied = supplied or request.args.get("_token", "")
+    if hmac.compare_digest(supplied.encode(), _state().token.encode()):
+        return None
+    return _json({"error": "Unauthorized"}, 401)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    return _json({"error": f"ERR {exc.description}"}, exc.code or 400)
+
+
+def _redis_down(exc: Exception) -> Response:
+    log.warning("redis unreachable: %s", type(exc).__name__)
+    return _json({"error": "ERR the backing Redis is unreachable"}, 503)
+
+
+def _single() -> Response:
+    try:
+        command = _command(_body_json())
+    except _CommandError as exc:
+        return _json({"error": str(exc)}, 400)
+    return _one(command)
+
+
+def _path_form(_: str) -> Response:
+    try:
+        command = _command(_path_args())
+    except _CommandError as exc:
+        return _json({"error": str(exc)}, 400)
+    return _one(command)
+
+
+def _one(command: tuple[Arg, ...]) -> Response:
+    reply = _run(_state().pool, [command])[0]
+    if isinstance(reply, ResponseError):
+        return _json({"error": str(reply)}, 400)
+    return _json({"result": _render(reply, _base64())})
+
+
+def _pipeline() -> Response:
+    try:
+        commands = _commands(_body_json())
+    except _CommandError as exc:
+        return _json({"error": str(exc)}, 400)
+    # A refused command fails alone; the others still run, in order, as in Upstash.
+    replies = iter(_run(_state().pool, [c for c in commands if not isinstance(c, _CommandError)]))
+    return _json([_entry(c if isinstance(c, _CommandError) else next(replies)) for c in commands])
+
+
+def _multi_exec() -> Response:
+    try:
+        parsed = _commands(_body_json())
+        refused = next((c for c in parsed if isinstance(c, _CommandError)), None)
+        if refused is not None:
+            raise refused
+    except _CommandError as exc:
+        # One unsupported command discards the whole transaction, as documented.
+        return _json({"error": str(exc)}, 400)
+    commands = [c for c in parsed if not isinstance(c, _CommandError)]
+    replies = _run(_state().pool, [("MULTI",), *commands, ("EXEC",)])
+    queued, outcome = replies[1:-1], replies[-1]
+    if isinstance(outcome, ResponseError):
+        # Discarded by Redis (EXECABORT): report the queuing error that caused it.
+        cause = next((r for r in queued if isinstance(r, ResponseError)), outcome)
+        return _json({"error": str(cause)}, 400)
+    return _json([_entry(r) for r in outcome])
+
+
+def _subscribe(names: str) -> Response:
+    return _stream("subscribe", names)
+
+
+def _psubscribe(names: str) -> Response:
+    return _stream("psubscribe", names)
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(json.dumps(payload), status=status, mimetype=_JSON)
+
+
+def _base64() -> bool:
+    return request.headers.get("Upstash-Encoding", "").lower() == "base64"
+
+
+def _body_json() -> Any:
+    try:
+        return json.loads(request.get_data() or b"null")
+    except ValueError:
+        raise _CommandError("ERR the request body is not valid JSON") from None
+
+
+def _commands(body: Any) -> list[tuple[Arg, ...] | _CommandError]:
+    if not isinstance(body, list) or not body:
+        raise _CommandError("ERR the body must be a non-empty JSON array of commands")
+    parsed: list[tuple[Arg, ...] | _CommandError] = []
+    for item in body:
+        try:
+            parsed.append(_command(item))
+        except _CommandError as exc:
+            parsed.append(exc)
+    return parsed
+
+
+def _command(body: Any) -> tuple[Arg, ...]:
+    """Validate one command (a list of scalars) and turn its arguments into Redis strings."""
+    if not isinstance(body, list) or not body:
+        raise _CommandError('ERR a command is a non-empty JSON array, e.g. ["GET", "key"]')
+    args = tuple(_arg(value) for value in body)
+    name = args[0].decode() if isinstance(args[0], bytes) else args[0]
+    name = name.upper()
+    if name in _REFUSED or (name in _BLOCK_OPTION_COMMANDS and _has_block_option(args)):
+        raise _CommandError(f"ERR Command is not available: '{name}'")
+    return args
+
+
+def _has_block_option(args: tuple[Arg, ...]) -> bool:
+    # Options come before STREAMS; after it, "block" could be a key name.
+    for arg in args[1:]:
+        word = arg.upper() if isinstance(arg, str) else ""
+        if word == "STREAMS":
+            return False
+        if word == "BLOCK":
+            return True
+    return False
+
+
+def _arg(value: Any) -> Arg:
+    # bool before int: JSON true is a Python bool, which is also an int.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, bytes)):
+        return value
+    if isinstance(value, (int, float)):
+        return str(value)
+    raise _CommandError("ERR command arguments must be strings or numbers")
+
+
+def _path_args() -> list[Arg]:
+    """The path form's command: path segments, then the POST body, then query parameters."""
+    raw = str(request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or "")
+    if raw.startswith("/"):
+        # Undecoded path, so an escaped "/" (%2F) stays inside its argument.
+        args: list[Arg] = [unquote(s) for s in raw.split("?", 1)[0].split("/")[1:]]
+    else:
+        args = list(request.path.split("/")[1:])
+    body = request.get_data()
+    if request.method in ("POST", "PUT") and body:
+        args.append(body)
+    for key, value in request.args.items(multi=True):
+        if key != "_token":
+            args.extend([key, value] if value else [key])
+    return args
+
+
+def _run(pool: redis.ConnectionPool, commands: Sequence[tuple[Arg, ...]]) -> list[Reply]:
+    """Send `commands` in one round trip on one connection; one reply (or error) per command."""
+    if not commands:
+        return []
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command(conn.pack_commands(commands))
+        replies: list[Reply] = []
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        log.debug("ran %s", ",".join(_name(c) for c in commands))
+        return replies
+    except BaseException:
+        # The connection may hold unread replies; never hand it to the next request.
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+
+
+def _name(command: tuple[Arg, ...]) -> str:
+    head = command[0]
+    return (head.decode(errors="replace") if isinstance(head, bytes) else head).upper()
+
+
+def _entry(reply: Reply | _CommandError) -> dict[str, Any]:
+    if isinstance(reply, (ResponseError, _CommandError)):
+        return {"error": str(reply)}
+    return {"result": _render(reply, _base64())}
+
+
+def _render(value: Reply, encode: bool) -> Any:
+    """JSON for a Redis reply; with `encode`, every string but the status "OK" is base64."""
+    if value is None or isinstance(value, int):
+        return value
+    if isinstance(value, list):
+        return [_render(v, encode) for v in value]
+    if isinstance(value, ResponseError):
+        # An error nested in an array (a Lua table or an EXEC slot) travels as its text.
+        value = str(value)
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    if not encode:
+        # Upstash replaces invalid UTF-8 with U+FFFD unless base64 was asked for.
+        return raw.decode("utf-8", errors="replace")
+    return "OK" if raw == b"OK" else base64.b64encode(raw).decode("ascii")
+
+
+def _stream(kind: str, path: str) -> Response:
+    names = [n for n in path.split("/") if n]
+    if not names:
+        return _json({"error": "ERR name at least one channel"}, 400)
+    state = _state()
+    pubsub = redis.Redis(connection_pool=state.pool).pubsub()
+    try:
+        getattr(pubsub, kind)(*names)
+    except BaseException:
+        pubsub.close()
+        raise
+    log.info("%s to %d channel(s)", kind, len(names))
+    return Response(
+        _events(pubsub, state.keepalive_seconds),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _events(pubsub: PubSub, keepalive_seconds: float) -> Iterator[str]:
+    """Relay pub/sub messages as SSE until the client goes away.
+
+    The server closes this generator when a write to the client fails; the keep-alive comment
+    guarantees a write at least every `keepalive_seconds`, so an abandoned stream is noticed
+    and its Redis connection released instead of holding a thread forever.
+    """
+    try:
+        last_write = time.monotonic()
+        while True:
+            message = pubsub.get_message(timeout=min(1.0, keepalive_seconds))
+            now = time.monotonic()
+            if message is not None:
+                yield _frame(message)
+                last_write = now
+            elif now - last_write >= keepalive_seconds:
+                yield ": keep-alive\n\n"
+                last_write = now
+    finally:
+        pubsub.close()
+        log.info("subscription closed")
+
+
+def _frame(message: dict[str, Any]) -> str:
+    def text(value: Any) -> str:
+        return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+    kind = text(message["type"])
+    fields = [kind]
+    if kind == "pmessage":
+        fields.append(text(message["pattern"]))
+    fields += [text(message["channel"]), text(message["data"])]
+    # A payload with line breaks becomes several data lines; SSE clients join them with "\n".
+    lines = ",".join(fields).splitlines() or [""]
+    return "".join(f"data: {line}\n" for line in lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve the stand-in until interrupted; returns the process exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.upstash_standin",
+        description="Upstash Redis REST API stand-in that forwards to a real Redis.",
+    )
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
+    parser.add_argument("--token", default=os.environ.get("UPSTASH_REDIS_REST_TOKEN", ""))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8079)
+    parser.add_argument("--keepalive-seconds", type=float, default=KEEPALIVE_SECONDS)
+    args = parser.parse_args(argv)
+    if not args.redis_url:
+        parser.error("set --redis-url or REDIS_URL")
+    if not args.token:
+        parser.error("set --token or UPSTASH_REDIS_REST_TOKEN")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # werkzeug's access log prints request paths, and the path form carries command arguments.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    app = create_app(args.redis_url, args.token, keepalive_seconds=args.keepalive_seconds)
+    server = make_server(args.host, args.port, app, threaded=True)
+    log.info("Upstash REST stand-in on http://%s:%d", args.host, server.server_port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        server.server_close()
+        close(app)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

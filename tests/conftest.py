@@ -1,0 +1,118 @@
+"""Session-wide real servers: Redis and Postgres, embedded unless REDIS_URL / DATABASE_URL are set.
+
+Every test gets its own Redis key prefix, so tests never see each other's keys even on a shared
+server. With DATABASE_URL set, the suite creates (and drops) a database of its own on that server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from lib.store import migrate
+from scripts import embedded
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    server = embedded.start_redis()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    base = os.environ.get("DATABASE_URL")
+    if not base:
+        server = embedded.start_postgres()
+        try:
+            migrate.apply(server.url)
+            yield server.url
+        finally:
+            server.stop()
+        return
+    name = f"cs_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    url = make_conninfo(**{**conninfo_to_dict(base), "dbname": name})
+    try:
+        migrate.apply(url)
+        yield url
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix unique to this test."""
+    return f"cs-test:{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture(scope="session")
+def upstash_url(redis_url: str) -> Iterator[str]:
+    """An Upstash-REST stand-in that forwards to the real test Redis."""
+    from scripts.upstash_standin import create_app
+    from support import serve_wsgi
+
+    with serve_wsgi(create_app(redis_url, UPSTASH_TOKEN)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgrest_url(database_url: str) -> Iterator[str]:
+    """A PostgREST stand-in serving /rest/v1/rpc/<fn> from the real test Postgres."""
+    from scripts.postgrest_standin import create_app
+    from support import serve_wsgi
+
+    with serve_wsgi(create_app(database_url, SERVICE_ROLE_KEY)) as url:
+        yield url
+
+
+@pytest.fixture(params=["tcp", "rest"])
+def redis_backend(request: pytest.FixtureRequest, redis_url: str) -> Iterator[object]:
+    """Each Redis adapter in turn: redis-py over TCP, upstash-redis over REST."""
+    if request.param == "tcp":
+        from lib.state.tcp import TcpBackend
+
+        backend: object = TcpBackend(redis_url)
+    else:
+        from lib.state.rest import RestBackend
+
+        backend = RestBackend(request.getfixturevalue("upstash_url"), UPSTASH_TOKEN)
+    yield backend
+    backend.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(params=["postgres", "supabase"])
+def store_backend(request: pytest.FixtureRequest, database_url: str) -> Iterator[object]:
+    """Each store adapter in turn: psycopg direct, supabase-py rpc through PostgREST."""
+    if request.param == "postgres":
+        from lib.store.backends import PostgresBackend
+
+        backend: object = PostgresBackend(database_url, max_size=4)
+    else:
+        from lib.store.backends import SupabaseBackend
+
+        backend = SupabaseBackend(request.getfixturevalue("postgrest_url"), SERVICE_ROLE_KEY)
+    yield backend
+    backend.close()  # type: ignore[attr-defined]
+
+
+UPSTASH_TOKEN = "upstash-test-token"  # noqa: S105
+# The Supabase CLI's local service-role key shape: a JWT signed with the dev secret.
+SERVICE_ROLE_KEY = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIiwiaXNzIjoic3VwYWJhc2UtZ"
+    "GVtbyIsImV4cCI6MTk4MzgxMjk5Nn0.VkcJ801Bd30muD6WhyO-U6YR4hiCG96YZmkBFWN3QqI"
+)

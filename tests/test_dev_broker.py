@@ -1,0 +1,649 @@
+"""The dev broker, driven through the official qstash SDK against a real recording destination.
+
+The broker runs at time_scale=0.001, so the documented backoff (12 s, 2 min 28 s, ...) takes
+milliseconds. Every request the destination receives is checked with both `qstash.Receiver` and
+`lib.queue.receiver.verify`; a fixture fails the test if any signature did not verify.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask, Response, request
+from qstash import QStash, Receiver
+from qstash.errors import QStashError
+from support import free_port, serve_wsgi, wait_for
+from werkzeug.exceptions import NotFound
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+from lib.queue import receiver
+from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
+from scripts.dev_broker import create_app
+from scripts.dev_broker_model import RuleError, evaluate_retry_delay, parse_duration
+
+SCALE = 0.001
+AUTH = {"Authorization": f"Bearer {DEV_TOKEN}"}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Delivery:
+    """One request the destination received."""
+
+    method: str
+    path: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+    signature_errors: list[str] = field(default_factory=list)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Destination:
+    """A loopback HTTP endpoint that records requests and answers what each test scripts."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.deliveries: list[Delivery] = []
+        self.replies: dict[str, list[tuple[int, dict[str, str], str]]] = {}
+        self.holds: dict[str, float] = {}
+        self.resets: dict[str, int] = {}
+        self.release = threading.Event()
+        self.in_flight: dict[str, int] = {}
+        self.max_in_flight: dict[str, int] = {}
+        self.url = ""
+        self.app = Flask("destination")
+        self.app.add_url_rule(
+            "/<path:path>", "any", self._handle, methods=["GET", "POST", "PUT", "DELETE"]
+        )
+
+    def script(self, path: str, *replies: tuple[int, dict[str, str], str]) -> None:
+        """Answer the next requests to `path` with `replies`, then 200 "ok"."""
+        self.replies[f"/{path}"] = list(replies)
+
+    def hold(self, path: str, seconds: float) -> None:
+        """Keep requests to `path` open `seconds`, or until `release` is set."""
+        self.holds[f"/{path}"] = seconds
+
+    def reset(self, path: str, times: int) -> None:
+        """Drop the connection of the next `times` requests to `path` without an answer."""
+        self.resets[f"/{path}"] = times
+
+    def to(self, path: str) -> list[Delivery]:
+        with self.lock:
+            return [d for d in self.deliveries if d.path == f"/{path}"]
+
+    def _verify(self, delivery: Delivery) -> None:
+        signature = delivery.headers.get("Upstash-Signature", "")
+        try:
+            Receiver(DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY).verify(
+                signature=signature, body=delivery.body.decode(), url=delivery.url
+            )
+        except Exception as exc:  # noqa: BLE001 - recorded, then asserted by the fixture
+            delivery.signature_errors.append(f"qstash.Receiver: {exc!r}")
+        try:
+            receiver.verify(
+                signature,
+                delivery.body,
+                keys=[DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY],
+                url=delivery.url,
+            )
+        except receiver.InvalidSignature as exc:
+            delivery.signature_errors.append(f"lib.queue.receiver: {exc!r}")
+
+    def _handle(self, path: str) -> Response:
+        delivery = Delivery(
+            method=request.method,
+            path=f"/{path}",
+            url=request.url,
+            headers=dict(request.headers),
+            body=request.get_data(),
+            at=time.time(),
+        )
+        self._verify(delivery)
+        with self.lock:
+            self.deliveries.append(delivery)
+            current = self.in_flight.get(delivery.path, 0) + 1
+            self.in_flight[delivery.path] = current
+            self.max_in_flight[delivery.path] = max(
+                current, self.max_in_flight.get(delivery.path, 0)
+            )
+            queue = self.replies.get(delivery.path)
+            status, headers, body = queue.pop(0) if queue else (200, {}, "ok")
+            drop = self.resets.get(delivery.path, 0) > 0
+            if drop:
+                self.resets[delivery.path] -= 1
+        try:
+            if drop:
+                # What a SIGKILLed worker leaves behind: the connection ends mid-request.
+                request.environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+            if delivery.path in self.holds:
+                self.release.wait(self.holds[delivery.path])
+        finally:
+            with self.lock:
+                self.in_flight[delivery.path] -= 1
+        return Response(body, status=status, headers=headers)
+
+
+@dataclass
+class RunningBroker:
+    url: str
+    app: Flask
+    client: QStash
+
+    def stats(self) -> dict[str, int]:
+        resp = requests.get(f"{self.url}/v2/_dev/stats", headers=AUTH, timeout=5)
+        resp.raise_for_status()
+        stats: dict[str, int] = resp.json()
+        return stats
+
+    def state(self, message_id: str) -> str:
+        resp = requests.get(f"{self.url}/v2/messages/{message_id}", headers=AUTH, timeout=5)
+        resp.raise_for_status()
+        return str(resp.json()["state"])
+
+
+_mount_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def mounts() -> Iterator[tuple[str, DispatcherMiddleware]]:
+    """One loopback server for the module; each test mounts its own apps under a fresh prefix.
+
+    Starting and shutting down a server per test costs half a second each; a fresh prefix also
+    keeps a stopped broker's last in-flight request from reaching the next test's destination.
+    """
+    dispatcher = DispatcherMiddleware(NotFound(), {})
+    with serve_wsgi(dispatcher) as url:
+        yield url, dispatcher
+
+
+def _mount(mounts: tuple[str, DispatcherMiddleware], app: Any) -> tuple[str, str]:
+    url, dispatcher = mounts
+    prefix = f"/m{next(_mount_ids)}"
+    dispatcher.mounts[prefix] = app
+    return url + prefix, prefix
+
+
+@pytest.fixture
+def broker(mounts: tuple[str, DispatcherMiddleware]) -> Iterator[RunningBroker]:
+    app = create_app(time_scale=SCALE)
+    url, prefix = _mount(mounts, app)
+    try:
+        yield RunningBroker(url, app, QStash(DEV_TOKEN, base_url=url))
+    finally:
+        app.broker.stop()
+        del mounts[1].mounts[prefix]
+
+
+@pytest.fixture
+def dest(mounts: tuple[str, DispatcherMiddleware]) -> Iterator[Destination]:
+    destination = Destination()
+    destination.url, prefix = _mount(mounts, destination.app)
+    try:
+        yield destination
+    finally:
+        destination.release.set()
+        del mounts[1].mounts[prefix]
+    unsigned = [(d.path, d.signature_errors) for d in destination.deliveries if d.signature_errors]
+    assert not unsigned, f"deliveries whose signature did not verify: {unsigned}"
+
+
+def b64decode(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def test_a_published_message_is_delivered_once_with_its_body_headers_and_a_valid_signature(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    url = f"{dest.url}/execute?job=j1&tier=free"
+    res = broker.client.message.publish(
+        url=url,
+        body='{"job_id": "j1"}',
+        content_type="application/json",
+        headers={"X-Job-Id": "j1"},
+    )
+
+    [got] = wait_for(lambda: dest.to("execute"), what="the delivery")
+    assert got.method == "POST"
+    assert res.deduplicated is False and res.message_id.startswith("msg_")
+    assert got.url == url
+    assert got.body == b'{"job_id": "j1"}'
+    assert got.headers["Content-Type"] == "application/json"
+    assert got.headers["X-Job-Id"] == "j1"
+    assert got.headers["Upstash-Message-Id"] == res.message_id
+    assert got.headers["Upstash-Retried"] == "0"
+    assert not any(name.lower().startswith("upstash-forward") for name in got.headers)
+    wait_for(lambda: broker.state(res.message_id) == "DELIVERED", what="DELIVERED state")
+    assert broker.stats() == {
+        "published": 1,
+        "deduplicated": 0,
+        "deliveries": 1,
+        "delivered": 1,
+        "retried": 0,
+        "failed": 0,
+        "callbacks": 0,
+    }
+
+
+def test_upstash_method_picks_the_http_method_of_the_delivery(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    broker.client.message.publish(url=f"{dest.url}/put", body="x", method="PUT")
+
+    [got] = wait_for(lambda: dest.to("put"), what="the delivery")
+    assert got.method == "PUT" and got.body == b"x"
+
+
+def test_a_failing_destination_is_retried_with_upstash_retried_counting_up(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    dest.script("flaky", (500, {}, "down"), (503, {}, "down"))
+    res = broker.client.message.publish(url=f"{dest.url}/flaky", body="b", retries=3)
+
+    wait_for(lambda: broker.stats()["delivered"] == 1, what="delivery after two retries")
+    attempts = dest.to("flaky")
+    assert [d.headers["Upstash-Retried"] for d in attempts] == ["0", "1", "2"]
+    assert {d.headers["Upstash-Message-Id"] for d in attempts} == {res.message_id}
+    assert broker.stats()["retried"] == 2 and broker.stats()["failed"] == 0
+
+
+def test_the_retry_delay_expression_spaces_retries_by_its_scaled_value(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    dest.script("spaced", (500, {}, ""), (500, {}, ""))
+    # retried is 0 before the first retry: 200 s then 400 s, i.e. 0.2 s then 0.4 s at this scale.
+    broker.client.message.publish(
+        url=f"{dest.url}/spaced", body="b", retries=2, retry_delay="200000 * (1 + retried)"
+    )
+
+    attempts = wait_for(lambda: len(dest.to("spaced")) == 3 and dest.to("spaced"), what="3 tries")
+    assert attempts[1].at - attempts[0].at >= 0.2
+    assert attempts[2].at - attempts[1].at >= 0.4
+
+
+@pytest.mark.parametrize(
+    ("expression", "retried", "millis"),
+    [
+        ("1000", 4, 1000.0),
+        ("pow(2, retried) * 1000", 3, 8000.0),
+        ("max(1000, pow(2, retried) * 100)", 1, 1000.0),
+        ("floor(sqrt(retried)) + ceil(0.2) + round(1.6) + abs(-1) + min(1, 2)", 4, 7.0),
+        ("exp(retried) - 1", 0, 0.0),
+    ],
+)
+def test_retry_delay_expressions_use_the_documented_functions(
+    expression: str, retried: int, millis: float
+) -> None:
+    assert evaluate_retry_delay(expression, retried) == millis
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "__import__('os').system('true')",
+        "retried.__class__",
+        "open('/etc/passwd')",
+        "[1, 2]",
+        "lambda: 1",
+        "pow(10, 100000)",
+        "1 / 0",
+        "retried if retried else 1",
+    ],
+)
+def test_a_retry_delay_expression_that_is_not_plain_arithmetic_is_rejected(
+    broker: RunningBroker, dest: Destination, expression: str
+) -> None:
+    with pytest.raises(RuleError):
+        evaluate_retry_delay(expression, 0)
+    with pytest.raises(QStashError, match="400"):
+        broker.client.message.publish(url=f"{dest.url}/x", body="b", retry_delay=expression)
+    assert broker.stats()["published"] == 0
+
+
+def test_durations_follow_the_qstash_format() -> None:
+    assert parse_duration("50s") == 50
+    assert parse_duration("2m") == 120
+    assert parse_duration("1d10h30m") == 86400 + 36000 + 1800
+    assert parse_duration("250ms") == 0.25
+    assert parse_duration("7") == 7
+    for bad in ("", "10x", "-5s", "s10"):
+        with pytest.raises(RuleError):
+            parse_duration(bad)
+
+
+def test_exhausted_retries_go_to_the_dlq_and_the_failure_callback_gets_the_source_message(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    dest.script("doomed", (500, {"X-Why": "db"}, "boom"), (500, {"X-Why": "db"}, "boom"))
+    body = '{"job_id": "j2"}'
+    res = broker.client.message.publish(
+        url=f"{dest.url}/doomed",
+        body=body,
+        content_type="application/json",
+        retries=1,
+        failure_callback=f"{dest.url}/failed",
+    )
+
+    [callback] = wait_for(lambda: dest.to("failed"), what="the failure callback")
+    payload = callback.json()
+    assert callback.headers["Content-Type"] == "application/json"
+    assert payload["status"] == 500
+    assert payload["header"]["X-Why"] == ["db"]
+    assert b64decode(payload["body"]) == b"boom"
+    assert payload["retried"] == 1 and payload["maxRetries"] == 1
+    assert payload["sourceMessageId"] == res.message_id
+    assert payload["url"] == f"{dest.url}/doomed" and payload["method"] == "POST"
+    assert b64decode(payload["sourceBody"]) == body.encode()
+    assert payload["sourceHeader"]["Content-Type"] == ["application/json"]
+    assert int(payload["createdAt"]) <= int(payload["notBefore"]) + 1
+
+    [entry] = broker.client.dlq.list().messages
+    assert entry.dlq_id == payload["dlqId"]
+    assert entry.message_id == res.message_id and entry.url == f"{dest.url}/doomed"
+    assert entry.body == body and entry.max_retries == 1
+    assert entry.response_status == 500 and entry.response_body == "boom"
+    assert entry.failure_callback == f"{dest.url}/failed"
+    assert broker.client.dlq.get(entry.dlq_id).message_id == res.message_id
+    assert broker.state(res.message_id) == "ERROR"
+    assert len(dest.to("doomed")) == 2
+
+    again = broker.client.message.publish(url=entry.url, body=entry.body)
+    wait_for(lambda: broker.state(again.message_id) == "DELIVERED", what="the republished one")
+
+    broker.client.dlq.delete(entry.dlq_id)
+    assert broker.client.dlq.list().messages == []
+    with pytest.raises(QStashError, match="404"):
+        broker.client.dlq.delete(entry.dlq_id)
+
+
+def test_a_489_with_upstash_nonretryable_error_fails_at_once_without_retries(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    dest.script("bad", (489, {"Upstash-NonRetryable-Error": "true"}, "invalid input"))
+    res = broker.client.message.publish(
+        url=f"{dest.url}/bad", body="b", retries=3, failure_callback=f"{dest.url}/failed"
+    )
+
+    [callback] = wait_for(lambda: dest.to("failed"), what="the failure callback")
+    assert callback.json()["status"] == 489 and callback.json()["retried"] == 0
+    assert callback.json()["sourceMessageId"] == res.message_id
+    assert len(dest.to("bad")) == 1
+    [entry] = broker.client.dlq.list().messages
+    assert entry.response_status == 489 and entry.response_body == "invalid input"
+    assert broker.stats()["retried"] == 0 and broker.stats()["failed"] == 1
+
+
+def test_a_489_without_the_nonretryable_header_is_retried_like_any_error(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    dest.script("odd", (489, {}, "x"))
+    broker.client.message.publish(url=f"{dest.url}/odd", body="b", retries=1)
+
+    wait_for(lambda: broker.stats()["delivered"] == 1, what="the retry")
+    assert [d.headers["Upstash-Retried"] for d in dest.to("odd")] == ["0", "1"]
+
+
+def test_retry_after_from_the_destination_is_honoured_unscaled(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    dest.script("busy", (429, {"Retry-After": "1"}, "later"))
+    broker.client.message.publish(url=f"{dest.url}/busy", body="b", retries=2)
+
+    first, second = wait_for(lambda: len(dest.to("busy")) == 2 and dest.to("busy"), what="retry")
+    assert second.at - first.at >= 1.0
+    assert second.headers["Upstash-Retried"] == "1"
+
+
+def test_a_deduplication_id_accepts_the_duplicate_but_delivers_once(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    first = broker.client.message.publish(url=f"{dest.url}/d", body="1", deduplication_id="job-1")
+    second = broker.client.message.publish(url=f"{dest.url}/d", body="2", deduplication_id="job-1")
+    other = broker.client.message.publish(url=f"{dest.url}/d", body="3", deduplication_id="job-2")
+
+    assert second.message_id == first.message_id and second.deduplicated is True
+    assert other.message_id != first.message_id and other.deduplicated is False
+    wait_for(lambda: broker.stats()["delivered"] == 2, what="both distinct messages")
+    assert sorted(d.body for d in dest.to("d")) == [b"1", b"3"]
+    assert broker.stats()["published"] == 2 and broker.stats()["deduplicated"] == 1
+
+
+def test_content_based_deduplication_compares_destination_body_and_forwarded_headers(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    def publish(path: str, body: str, job: str) -> Any:
+        return broker.client.message.publish(
+            url=f"{dest.url}/{path}",
+            body=body,
+            headers={"X-Job-Id": job},
+            content_based_deduplication=True,
+        )
+
+    first = publish("c", "same", "j1")
+    assert publish("c", "same", "j1").deduplicated is True
+    assert publish("c", "same", "j1").message_id == first.message_id
+    assert publish("c", "other", "j1").deduplicated is False
+    assert publish("c", "same", "j2").deduplicated is False
+    assert publish("c2", "same", "j1").deduplicated is False
+    wait_for(lambda: broker.stats()["delivered"] == 4, what="the four distinct messages")
+    assert broker.stats()["deduplicated"] == 2
+
+
+def test_a_delayed_message_waits_its_scaled_delay_while_undelayed_ones_go_first(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    start = time.time()
+    late = broker.client.message.publish(url=f"{dest.url}/late", body="b", delay="1000s")
+    pending = broker.client.message.get(late.message_id)
+    assert pending.not_before >= int((start + 1.0) * 1000)
+    assert broker.state(late.message_id) == "CREATED"
+    broker.client.message.publish(url=f"{dest.url}/early", body="a")
+
+    [got] = wait_for(lambda: dest.to("late"), what="the delayed delivery")
+    [early] = dest.to("early")
+    assert early.at < got.at
+    assert got.at >= start + 1000 * SCALE
+
+
+def test_not_before_holds_delivery_until_that_wall_clock_second(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    not_before = int(time.time()) + 1
+    broker.client.message.publish(url=f"{dest.url}/nb", body="b", not_before=not_before)
+
+    [got] = wait_for(lambda: dest.to("nb"), what="the delivery")
+    assert got.at >= not_before
+
+
+def test_flow_control_parallelism_caps_concurrent_deliveries_per_key(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    dest.hold("fc", 0.25)
+    for n in range(6):
+        broker.client.message.publish(
+            url=f"{dest.url}/fc", body=str(n), flow_control={"key": "model-a", "parallelism": 2}
+        )
+
+    wait_for(lambda: broker.stats()["delivered"] == 6, what="all six deliveries")
+    assert dest.max_in_flight["/fc"] == 2
+
+
+def test_flow_control_rate_caps_delivery_starts_per_period(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    start = time.time()
+    for n in range(4):
+        broker.client.message.publish(
+            url=f"{dest.url}/rate", body=str(n), flow_control={"key": "k", "rate": 2, "period": 1}
+        )
+
+    wait_for(lambda: len(dest.to("rate")) == 4, what="all four deliveries")
+    arrivals = sorted(d.at for d in dest.to("rate"))
+    assert arrivals[2] >= start + 1.0
+
+
+def test_a_cancelled_message_is_never_delivered(broker: RunningBroker, dest: Destination) -> None:
+    doomed = broker.client.message.publish(url=f"{dest.url}/never", body="x", delay="500s")
+    broker.client.message.cancel(doomed.message_id)
+    assert broker.state(doomed.message_id) == "CANCELLED"
+    with pytest.raises(QStashError, match="404"):
+        broker.client.message.cancel(doomed.message_id)
+    # Due after the cancelled one would have been: once it arrives, the other one had its turn.
+    broker.client.message.publish(url=f"{dest.url}/later", body="y", delay="600s")
+
+    wait_for(lambda: dest.to("later"), what="the later message")
+    assert dest.to("never") == []
+    assert broker.stats()["deliveries"] == 1
+
+
+def test_signing_keys_are_served_in_the_shape_the_sdk_parses(broker: RunningBroker) -> None:
+    keys = broker.client.signing_key.get()
+    assert (keys.current, keys.next) == (DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY)
+
+
+def test_requests_without_the_bearer_token_are_refused_with_401(broker: RunningBroker) -> None:
+    target = f"{broker.url}/v2/publish/http://127.0.0.1:9/x"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": DEV_TOKEN}):
+        resp = requests.post(target, data="b", headers=headers, timeout=5)
+        assert resp.status_code == 401
+        assert isinstance(resp.json()["error"], str)
+    assert requests.get(f"{broker.url}/v2/dlq", timeout=5).status_code == 401
+    with pytest.raises(QStashError, match="401"):
+        QStash("not-the-token", base_url=broker.url).signing_key.get()
+    assert broker.stats()["published"] == 0
+
+
+def test_an_unreachable_destination_is_retried_then_dead_lettered(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/execute"
+    res = broker.client.message.publish(
+        url=closed, body="b", retries=2, failure_callback=f"{dest.url}/failed"
+    )
+
+    [callback] = wait_for(lambda: dest.to("failed"), what="the failure callback")
+    assert callback.json()["status"] == 0 and callback.json()["retried"] == 2
+    assert callback.json()["sourceMessageId"] == res.message_id
+    [entry] = broker.client.dlq.list(filter={"url": closed}).messages
+    assert entry.response_status == 0
+    assert broker.stats()["retried"] == 2
+
+
+def test_a_connection_dropped_mid_request_is_retried(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    dest.reset("killed", 1)
+    broker.client.message.publish(url=f"{dest.url}/killed", body="b", retries=3)
+
+    wait_for(lambda: broker.stats()["delivered"] == 1, what="the redelivery")
+    assert [d.headers["Upstash-Retried"] for d in dest.to("killed")] == ["0", "1"]
+
+
+def test_a_delivery_that_outlives_upstash_timeout_is_a_failed_attempt(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    dest.hold("slow", 10)
+    started = time.time()
+    broker.client.message.publish(
+        url=f"{dest.url}/slow", body="b", retries=0, timeout="1s", failure_callback=f"{dest.url}/f"
+    )
+
+    wait_for(lambda: dest.to("f"), what="the failure callback")
+    assert time.time() - started < 5
+    assert dest.to("f")[0].json()["status"] == 0
+
+
+def test_a_success_callback_carries_the_response_and_is_signed(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    dest.script("work", (200, {"X-Answer": "42"}, "done"))
+    res = broker.client.message.publish(
+        url=f"{dest.url}/work", body="b", callback=f"{dest.url}/cb", headers={"X-Job-Id": "j9"}
+    )
+
+    [callback] = wait_for(lambda: dest.to("cb"), what="the callback")
+    payload = callback.json()
+    assert payload["status"] == 200 and b64decode(payload["body"]) == b"done"
+    assert payload["header"]["X-Answer"] == ["42"]
+    assert payload["sourceMessageId"] == res.message_id and payload["retried"] == 0
+    assert payload["sourceHeader"]["X-Job-Id"] == ["j9"]
+    assert "dlqId" not in payload
+    wait_for(lambda: broker.stats()["delivered"] == 2, what="the callback to be settled")
+    assert broker.stats()["callbacks"] == 1
+
+
+def test_three_hundred_deliveries_can_be_held_open_at_once(
+    broker: RunningBroker, dest: Destination
+) -> None:
+    dest.hold("long", 30)
+    for n in range(300):
+        broker.client.message.publish(url=f"{dest.url}/long", body=str(n))
+
+    wait_for(lambda: dest.in_flight.get("/long") == 300, timeout=20, what="300 open deliveries")
+    dest.release.set()
+    wait_for(lambda: broker.stats()["delivered"] == 300, timeout=20, what="300 deliveries")
+    assert broker.stats()["retried"] == 0
+
+
+def test_stopping_the_broker_ends_its_scheduler_thread() -> None:
+    app = create_app(time_scale=SCALE)
+    scheduler = app.broker
+    assert scheduler.running
+    app.broker.stop()
+    assert not scheduler.running
+    assert all(t.daemon for t in threading.enumerate() if t.name.startswith("dev-broker"))
+
+
+def test_the_cli_reads_its_environment_lets_the_flag_win_and_exits_cleanly_on_sigterm() -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "QSTASH_TOKEN": "custom-token",
+        "DEV_BROKER_TIME_SCALE": "0.5",
+        "PYTHONPATH": str(ROOT),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.dev_broker", "--port", str(port), "--time-scale", "0.25"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            try:
+                return requests.get(f"{base}/healthz", timeout=1).ok
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, timeout=15, what="the CLI broker")
+        custom = {"Authorization": "Bearer custom-token"}
+        assert requests.get(f"{base}/v2/keys", headers=custom, timeout=5).status_code == 200
+        assert requests.get(f"{base}/v2/keys", headers=AUTH, timeout=5).status_code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "time_scale=0.25" in stderr
+    assert "custom-token" not in stderr

@@ -1,0 +1,174 @@
+"""The Redis state contract: every test runs on both adapters (TCP and Upstash REST)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import pytest
+
+from lib.errors import RateLimitError
+from lib.events import JobEvents, StreamClosed, emit_terminal
+from lib.state import State
+
+
+@pytest.fixture
+def state(redis_backend: object, redis_prefix: str) -> State:
+    return State(redis_backend, prefix=redis_prefix,  # type: ignore[arg-type]
+                 limits={"free": (2, 1), "paid": (3, 2)}, admission_ttl=60, lease_ttl=5)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def test_admission_enforces_the_per_user_limit_with_retry_after(state: State) -> None:
+    user = new_id()
+    state.admit(new_id(), "free", user)
+    with pytest.raises(RateLimitError) as caught:
+        state.admit(new_id(), "free", user)
+    assert caught.value.code == "user_concurrency"
+    assert caught.value.retry_after and caught.value.retry_after > 0
+
+
+def test_admission_enforces_the_tier_limit_as_backpressure(state: State) -> None:
+    state.admit(new_id(), "free", new_id())
+    state.admit(new_id(), "free", new_id())
+    with pytest.raises(RateLimitError) as caught:
+        state.admit(new_id(), "free", new_id())
+    assert caught.value.code == "backpressure"
+    assert state.live("free") == 2
+
+
+def test_admitting_the_same_job_twice_takes_one_slot(state: State) -> None:
+    job, user = new_id(), new_id()
+    state.admit(job, "paid", user)
+    state.admit(job, "paid", user)
+    assert state.live("paid") == 1
+
+
+def test_release_frees_both_slots_and_is_idempotent(state: State) -> None:
+    job, user = new_id(), new_id()
+    state.admit(job, "free", user)
+    state.release(job, "free", user)
+    state.release(job, "free", user)
+    assert state.live("free") == 0
+    assert state.live_for_user(user) == 0
+    state.admit(new_id(), "free", user)
+
+
+def test_a_crashed_jobs_slot_frees_itself_when_its_deadline_passes(redis_backend: object,
+                                                                    redis_prefix: str) -> None:
+    short = State(redis_backend, prefix=redis_prefix,  # type: ignore[arg-type]
+                  limits={"free": (1, 1), "paid": (1, 1)}, admission_ttl=0.3)
+    user = new_id()
+    short.admit(new_id(), "free", user)
+    with pytest.raises(RateLimitError):
+        short.admit(new_id(), "free", user)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            short.admit(new_id(), "free", user)
+            break
+        except RateLimitError:
+            assert time.monotonic() < deadline, "slot never expired"
+            time.sleep(0.05)
+    assert short.live("free") == 1
+
+
+def test_a_second_attempt_cannot_take_a_held_lease(state: State) -> None:
+    job, user = new_id(), new_id()
+    assert state.acquire(job, "free", user, "a") == ("acquired", None)
+    status, pttl = state.acquire(job, "free", user, "b")
+    assert status == "busy" and 0 < int(pttl) <= 5000
+    state.release(job, "free", user, "a", slots=False)
+    assert state.acquire(job, "free", user, "b")[0] == "acquired"
+
+
+def test_renew_reports_a_lost_lease_and_a_closed_stream(state: State) -> None:
+    job, user = new_id(), new_id()
+    state.acquire(job, "free", user, "a")
+    assert state.renew(job, "free", user, "a") == (True, None)
+    assert state.renew(job, "free", user, "other") == (False, None)
+    emit_terminal(state, job, "cancelled", result=None, error=None, attempt=1)
+    assert state.renew(job, "free", user, "a") == (True, "cancelled")
+
+
+def test_a_closed_stream_refuses_the_lease(state: State) -> None:
+    job = new_id()
+    emit_terminal(state, job, "succeeded", result={"x": 1}, error=None, attempt=1)
+    assert state.acquire(job, "free", new_id(), "a") == ("done", "succeeded")
+
+
+def test_the_terminal_event_is_written_once_and_is_last(state: State) -> None:
+    job = new_id()
+    events = JobEvents(state, job, 1, flush_ms=0)
+    events.running()
+    events.delta("hello")
+    assert emit_terminal(state, job, "cancelled", result=None,
+                         error={"code": "cancelled", "message": "x"}, attempt=1)
+    assert emit_terminal(state, job, "failed", result=None, error=None, attempt=1) is None
+    with pytest.raises(StreamClosed):
+        events.delta(" world")
+    entries = state.read(job)
+    types = [fields["t"] for _, fields in entries]
+    assert types == ["status", "delta", "error", "status"]
+    assert json.loads(entries[-1][1]["d"])["status"] == "cancelled"
+    assert state.done(job) == "cancelled"
+
+
+def test_read_after_an_id_returns_only_later_entries(state: State) -> None:
+    job = new_id()
+    ids = [state.emit(job, [("progress", {"pct": i})]) for i in range(5)]
+    later = state.read(job, after=ids[1])  # type: ignore[arg-type]
+    assert [entry_id for entry_id, _ in later] == ids[2:]
+
+
+def test_wait_returns_at_once_when_entries_exist(state: State) -> None:
+    job = new_id()
+    first = state.emit(job, [("progress", {"pct": 1})])
+    started = time.monotonic()
+    assert [e for e, _ in state.wait(job, "0", timeout=5)] == [first]
+    assert time.monotonic() - started < 2
+
+
+def test_wait_wakes_up_when_an_event_is_emitted(state: State) -> None:
+    job = new_id()
+    first = state.emit(job, [("progress", {"pct": 1})])
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(state.wait(job, first, timeout=10)))
+    waiter.start()
+    time.sleep(0.3)  # let the waiter block first; the assertion below does not depend on it
+    second = state.emit(job, [("progress", {"pct": 2})])
+    waiter.join(10)
+    assert got and [e for e, _ in got[0]] == [second]  # type: ignore[index]
+
+
+def test_wait_times_out_empty_without_new_events(state: State) -> None:
+    job = new_id()
+    first = state.emit(job, [("progress", {"pct": 1})])
+    assert state.wait(job, first, timeout=0.3) == []
+
+
+def test_every_per_job_key_has_a_ttl(state: State) -> None:
+    job, user = new_id(), new_id()
+    state.admit(job, "free", user)
+    state.acquire(job, "free", user, "a")
+    JobEvents(state, job, 1).running()
+    emit_terminal(state, job, "succeeded", result={}, error=None, attempt=1)
+    for key in (state.keys.events(job), state.keys.done(job), state.keys.lease(job),
+                state.keys.user(user)):
+        assert int(state.backend.command("TTL", key)) > 0, key
+
+
+def test_every_key_carries_the_prefix(state: State, redis_url: str) -> None:
+    import redis
+
+    job, user = new_id(), new_id()
+    state.admit(job, "free", user)
+    JobEvents(state, job, 1).running()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    mine = [k for k in client.scan_iter(match="*") if job in k or user in k]
+    assert mine and all(k.startswith(state.keys.prefix) for k in mine)

@@ -1,0 +1,144 @@
+"""The worker: the QStash delivery target. Flask, run by gunicorn (worker/gunicorn.conf.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+
+from lib import config, logs
+from lib.errors import AppError
+from lib.executor import Executor, Outcome
+from lib.queue.receiver import InvalidSignature, verify
+
+log = logging.getLogger("cs.worker")
+
+
+def _respond(outcome: Outcome) -> Response:
+    response = jsonify(outcome.body)
+    response.status_code = outcome.status
+    response.headers.update(outcome.headers)
+    return response
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None
+           ) -> Response:
+    response = jsonify({"error": {"code": code, "message": message, "details": None}})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def _delivery(body: bytes) -> dict[str, Any] | None:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(payload, dict) or not all(
+        isinstance(payload.get(k), str) for k in ("job_id", "user_id", "tier")
+    ):
+        return None
+    return payload
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the worker app. `test_config` overrides settings (tests); services may be
+    injected as `executor`."""
+    overrides = dict(test_config or {})
+    executor: Executor | None = overrides.pop("executor", None)
+    settings = config.load("worker", **overrides) if overrides else config.settings("worker")
+    logs.setup(settings.log_level, settings.log_format)
+    if executor is None:
+        from lib import state, store
+        from lib.llm import LLM
+        from lib.metrics import Metrics
+
+        executor = Executor(settings, store.from_settings(settings, pool_size=20),
+                            state.from_settings(settings), LLM(settings), Metrics())
+    app = Flask(__name__)
+    app.extensions["executor"] = executor
+    keys = settings.signing_keys
+
+    def verified(url: str) -> bytes | Response:
+        body = request.get_data(cache=False)
+        try:
+            verify(request.headers.get("Upstash-Signature"), body, keys=keys, url=url,
+                   clock_tolerance=settings.qstash_clock_tolerance_seconds)
+        except InvalidSignature:
+            log.warning("rejected a delivery with an invalid signature", extra={"path": url})
+            return _error(401, "unauthorized", "invalid Upstash-Signature")
+        return body
+
+    @app.post("/v1/execute")
+    def execute() -> Response:
+        body = verified(settings.execute_url)
+        if isinstance(body, Response):
+            return body
+        payload = _delivery(body)
+        if payload is None:
+            return _error(489, "invalid_input", "malformed delivery body",
+                          {"Upstash-NonRetryable-Error": "true"})
+        try:
+            retried = int(request.headers.get("Upstash-Retried", "0"))
+        except ValueError:
+            retried = 0
+        max_retries = int(payload.get("retries", settings.job_retries))
+        try:
+            outcome = executor.execute(payload["job_id"], payload["user_id"], payload["tier"],
+                                       retried=retried, max_retries=max_retries)
+        except AppError as exc:  # Redis or the DB is down: let the broker retry later
+            log.warning("delivery failed", extra={"job_id": payload["job_id"], "code": exc.code})
+            return _error(503, exc.code, exc.message, {"Retry-After": "10"})
+        return _respond(outcome)
+
+    @app.post("/v1/failed")
+    def failed() -> Response:
+        body = verified(settings.failed_url)
+        if isinstance(body, Response):
+            return body
+        try:
+            callback = json.loads(body)
+            source = _delivery(base64.b64decode(callback.get("sourceBody") or ""))
+        except (ValueError, TypeError):
+            source = None
+        if source is None:
+            log.warning("failure callback without a usable source body")
+            return jsonify({"ignored": True})
+        reason = f"delivery failed after {callback.get('retried', 0)} retries " \
+                 f"(last status {callback.get('status')})"
+        try:
+            outcome = executor.fail_delivery(source["job_id"], source["user_id"], source["tier"],
+                                             reason)
+        except AppError as exc:
+            return _error(503, exc.code, exc.message, {"Retry-After": "10"})
+        return _respond(outcome)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify({"ok": True, "draining": executor.draining, "running": executor.running()})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        checks: dict[str, bool] = {}
+        for name, ping in (("redis", executor.state.ping), ("db", executor.store.ping)):
+            try:
+                ping()
+                checks[name] = True
+            except Exception:
+                checks[name] = False
+        ok = all(checks.values()) and not executor.draining
+        response = jsonify({"ok": ok, "checks": checks, "draining": executor.draining})
+        response.status_code = 200 if ok else 503
+        return response
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        from lib.metrics import render
+
+        text, content_type = render()
+        return Response(text, content_type=content_type)
+
+    return app

@@ -1,0 +1,63 @@
+"""gunicorn settings for the worker: many concurrent, long-held LLM requests per process.
+
+gthread: each delivery holds one thread for the job's whole run (10 s to 7 min), mostly waiting
+on the LLM's stream, so threads are cheap and plentiful. See docs/performance.md for the
+gthread/gevent measurements behind the defaults. Everything comes from the environment
+(PORT, WEB_CONCURRENCY, GUNICORN_THREADS, GUNICORN_WORKER_CLASS) through lib.config.
+"""
+
+import os
+import shutil
+import signal
+import tempfile
+
+from lib.config import load as _load_settings
+
+_settings = _load_settings("any")
+
+bind = f"0.0.0.0:{_settings.port}"
+workers = _settings.web_concurrency
+worker_class = _settings.gunicorn_worker_class
+threads = _settings.gunicorn_threads
+worker_connections = _settings.gunicorn_threads + 100
+# gthread's timeout is the worker heartbeat, not a request limit: a 7-minute job is fine.
+timeout = 60
+# SIGTERM: in-flight jobs get WORKER_DRAIN_SECONDS to finish, then answer the broker retryably;
+# gunicorn waits a little longer than that before it kills the process.
+graceful_timeout = int(_settings.worker_drain_seconds) + 15
+keepalive = 5
+accesslog = None
+errorlog = "-"
+loglevel = _settings.log_level.lower()
+
+_metrics_dir = _settings.prometheus_multiproc_dir or os.path.join(
+    tempfile.gettempdir(), f"cs-metrics-{os.getpid()}"
+)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+
+def on_starting(server):  # noqa: ARG001
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    os.makedirs(_metrics_dir, exist_ok=True)
+
+
+def post_worker_init(worker):
+    """Chain a drain onto gunicorn's SIGTERM handler: stop taking work, finish what runs."""
+    executor = worker.wsgi.extensions["executor"]
+    original = worker.handle_exit
+
+    def handle_term(sig, frame):
+        executor.drain()
+        original(sig, frame)
+
+    signal.signal(signal.SIGTERM, handle_term)
+
+
+def child_exit(server, worker):  # noqa: ARG001
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ARG001
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
