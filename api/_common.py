@@ -87,6 +87,7 @@ def create_app(name: str) -> Flask:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge) -> Response:
+        _discard_body()
         return error_response(ErrorCode.PAYLOAD_TOO_LARGE,
                               f"the body is larger than {settings.max_body_bytes} bytes", 413)
 
@@ -120,6 +121,21 @@ def create_app(name: str) -> Flask:
         return response
 
     return app
+
+
+_DISCARD_LIMIT = 5 * 1024 * 1024  # Vercel refuses bodies over 4.5 MB before they reach us
+
+
+def _discard_body() -> None:
+    """Read and drop an oversized body (up to a bound), so the client, still sending, gets
+    our 413 instead of a connection reset."""
+    stream = request.environ.get("wsgi.input")
+    remaining = min(request.content_length or 0, _DISCARD_LIMIT)
+    while stream is not None and remaining > 0:
+        chunk = stream.read(min(65536, remaining))
+        if not chunk:
+            break
+        remaining -= len(chunk)
 
 
 def json_body() -> Any:

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     qstash_clock_tolerance_seconds: int = Field(30, ge=0, le=600)
     worker_url: str = ""
     job_retries: int = Field(3, ge=0, le=20)
+    # QStash `Upstash-Retry-Delay` expression in ms (e.g. "1000 * (1 + retried)"); empty keeps
+    # QStash's default exponential backoff.
+    job_retry_delay: str = ""
     job_timeout_seconds: int = Field(900, ge=10)
 
     # Admission and quotas (SPEC "Limits, fairness, coins").

@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -14,8 +13,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -126,8 +126,15 @@ class Streamed:
 
 @dataclass
 class Llm:
-    app: Flask
+    """A running offline LLM: its app (None when it runs in another process) and base URL."""
+
+    app: Flask | None
     url: str
+
+    @property
+    def state(self) -> Any:
+        assert self.app is not None
+        return self.app.extensions[EXTENSION]
 
     def client(self, timeout: float = 10.0) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="x", max_retries=0, timeout=timeout)
@@ -143,19 +150,15 @@ class Llm:
 
 
 @pytest.fixture
-def serve() -> Iterator[Any]:
-    """Start offline LLM apps on free ports; all stop at the end of the test."""
-    servers: list[Any] = []
+def serve() -> Iterator[Callable[..., Llm]]:
+    """Start offline LLM apps of this test's own; they all stop when it ends."""
+    with ExitStack() as stack:
 
-    def start(tokens_per_second: float = 2000.0, hang_seconds: float = 10.0) -> Llm:
-        app = create_app(tokens_per_second=tokens_per_second, hang_seconds=hang_seconds)
-        server = serve_wsgi(app)
-        servers.append(server)
-        return Llm(app, server.__enter__())
+        def start(tokens_per_second: float = 2000.0, hang_seconds: float = 10.0) -> Llm:
+            app = create_app(tokens_per_second=tokens_per_second, hang_seconds=hang_seconds)
+            return Llm(app, stack.enter_context(serve_wsgi(app)))
 
-    yield start
-    for server in reversed(servers):
-        server.__exit__(None, None, None)
+        yield start
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +286,9 @@ def test_a_fail_marker_answers_every_call_with_that_status(llm: Llm) -> None:
         llm.stream(client, messages=user("[[llm:fail=429]] hi"))
 
 
-def test_a_fail_once_marker_fails_the_first_call_for_those_messages_only(serve: Any) -> None:
+def test_a_fail_once_marker_fails_the_first_call_for_those_messages_only(
+    serve: Callable[..., Llm],
+) -> None:
     llm, fresh = serve(), serve()
     messages = user(f"{RESUME} [[llm:fail_once=503]]")
 
@@ -297,7 +302,7 @@ def test_a_fail_once_marker_fails_the_first_call_for_those_messages_only(serve: 
 
 
 def test_a_hang_marker_sends_nothing_until_the_client_gives_up(llm: Llm) -> None:
-    state = llm.app.extensions[EXTENSION]
+    state = llm.state
     started = time.monotonic()
 
     with pytest.raises(openai.APITimeoutError):
@@ -308,10 +313,10 @@ def test_a_hang_marker_sends_nothing_until_the_client_gives_up(llm: Llm) -> None
 
 
 def test_a_hanging_request_does_not_block_others_and_ends_when_the_server_stops(
-    serve: Any,
+    serve: Callable[..., Llm],
 ) -> None:
     llm = serve()
-    state = llm.app.extensions[EXTENSION]
+    state = llm.state
     errors: list[BaseException] = []
 
     def hang() -> None:
@@ -332,7 +337,7 @@ def test_a_hanging_request_does_not_block_others_and_ends_when_the_server_stops(
     assert [type(e) for e in errors] == [openai.APIConnectionError]
 
 
-def test_a_hang_ends_without_a_response_after_hang_seconds(serve: Any) -> None:
+def test_a_hang_ends_without_a_response_after_hang_seconds(serve: Callable[..., Llm]) -> None:
     llm = serve(hang_seconds=0.5)
     started = time.monotonic()
 
@@ -356,7 +361,7 @@ def test_a_slow_marker_spaces_tokens_at_least_that_far_apart(llm: Llm) -> None:
     assert arrivals[-1] - arrivals[1] >= 0.8 * 0.08 * len(gaps)
 
 
-def test_tokens_per_second_sets_the_pace_of_a_stream(serve: Any) -> None:
+def test_tokens_per_second_sets_the_pace_of_a_stream(serve: Callable[..., Llm]) -> None:
     llm = serve(tokens_per_second=50)
     streamed = llm.stream(messages=user("hi"), response_format=schema_format(Tiny))
 
@@ -450,14 +455,15 @@ def test_the_cli_serves_at_the_env_rate_and_never_logs_message_content(tmp_path:
             stderr=log_file,
         )
     try:
-        llm = Llm(create_app(), f"http://127.0.0.1:{port}")
+        llm = Llm(None, f"http://127.0.0.1:{port}")
         wait_for(lambda: "offline LLM on" in log_path.read_text(), timeout=15, what="startup")
         assert llm.stream(model="cli-model", messages=user(RESUME)).content
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.terminate()
         assert proc.wait(10) == 0
 
     log = log_path.read_text()
     assert "at 1000.0 tokens/s" in log
+    assert log.rstrip().endswith("stopped")
     assert re.search(r"model=cli-model status=200 tokens=\d+ stream$", log, re.M)
     assert "payments" not in log

@@ -55,7 +55,7 @@ def test_release_frees_both_slots_and_is_idempotent(state: State) -> None:
     state.release(job, "free", user)
     state.release(job, "free", user)
     assert state.live("free") == 0
-    assert state.live_for_user(user) == 0
+    assert state.live_for_user(user, "free") == 0
     state.admit(new_id(), "free", user)
 
 
@@ -159,7 +159,7 @@ def test_every_per_job_key_has_a_ttl(state: State) -> None:
     JobEvents(state, job, 1).running()
     emit_terminal(state, job, "succeeded", result={}, error=None, attempt=1)
     for key in (state.keys.events(job), state.keys.done(job), state.keys.lease(job),
-                state.keys.user(user)):
+                state.keys.user(user, "free")):
         assert int(state.backend.command("TTL", key)) > 0, key
 
 

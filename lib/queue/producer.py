@@ -65,6 +65,7 @@ class QStashPublisher:
                 body=message_body(job_id, user_id, tier, s.job_retries).decode(),
                 content_type="application/json",
                 retries=s.job_retries,
+                retry_delay=s.job_retry_delay or None,
                 deduplication_id=job_id,
                 failure_callback=s.failed_url,
                 flow_control={"key": flow_control_key(tier, model), "parallelism": parallelism},

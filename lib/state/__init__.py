@@ -59,7 +59,7 @@ class State:
         now = _now_ms()
         result = self.backend.run(
             scripts.ADMIT,
-            [self.keys.tier(tier), self.keys.user(user_id)],
+            [self.keys.tier(tier), self.keys.user(user_id, tier)],
             [job_id, now, now + self.admission_ttl_ms, tier_max, user_max,
              self.admission_ttl_ms * 2],
         )
@@ -82,7 +82,7 @@ class State:
         `slots=False` (the job goes back to the broker for a retry). Idempotent."""
         self.backend.run(
             scripts.RELEASE,
-            [self.keys.lease(job_id), self.keys.tier(tier), self.keys.user(user_id)],
+            [self.keys.lease(job_id), self.keys.tier(tier), self.keys.user(user_id, tier)],
             [token, job_id, int(slots)],
         )
 
@@ -91,7 +91,7 @@ class State:
         return int(self.backend.run(scripts.LIVE, [self.keys.tier(tier)], [_now_ms()]))
 
     def live_for_user(self, user_id: str) -> int:
-        return int(self.backend.run(scripts.LIVE, [self.keys.user(user_id)], [_now_ms()]))
+        return int(self.backend.run(scripts.LIVE, [self.keys.user(user_id, tier)], [_now_ms()]))
 
     # Leases ----------------------------------------------------------------------------------
     def acquire(self, job_id: str, tier: str, user_id: str, token: str) -> tuple[str, Any]:
@@ -104,7 +104,7 @@ class State:
         result = self.backend.run(
             scripts.ACQUIRE,
             [self.keys.lease(job_id), self.keys.done(job_id), self.keys.tier(tier),
-             self.keys.user(user_id)],
+             self.keys.user(user_id, tier)],
             [token, self.lease_ttl_ms, job_id, deadline, self.admission_ttl_ms * 2],
         )
         return str(result[0]), (result[1] if len(result) > 1 else None)
@@ -115,7 +115,7 @@ class State:
         result = self.backend.run(
             scripts.RENEW,
             [self.keys.lease(job_id), self.keys.done(job_id), self.keys.tier(tier),
-             self.keys.user(user_id)],
+             self.keys.user(user_id, tier)],
             [token, self.lease_ttl_ms, job_id, deadline, self.admission_ttl_ms * 2],
         )
         done = result[1] if len(result) > 1 else None

@@ -10,7 +10,7 @@ slot on clustered Redis. TTLs:
 | `job:{id}:lease`             | string | LEASE_TTL_SECONDS, renewed by the running attempt      |
 | `job:{id}:notify`            | pubsub | (a channel, not a key)                                |
 | `adm:tier:<tier>`            | zset   | none (one per tier); members expire by score (deadline) |
-| `adm:user:<user id>`         | zset   | ADMISSION_TTL_SECONDS past its latest deadline          |
+| `adm:user:<tier>:<user id>`  | zset   | 2 x ADMISSION_TTL_SECONDS, refreshed on each admission  |
 """
 
 from __future__ import annotations
@@ -37,5 +37,5 @@ class Keys:
     def tier(self, tier: str) -> str:
         return f"{self.prefix}adm:tier:{tier}"
 
-    def user(self, user_id: str) -> str:
-        return f"{self.prefix}adm:user:{user_id}"
+    def user(self, user_id: str, tier: str) -> str:
+        return f"{self.prefix}adm:user:{tier}:{user_id}"

@@ -1,0 +1,259 @@
+"""lib/config.py: one ConfigError listing every problem, environment over `.env` over defaults."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic_settings import SettingsError
+
+from lib.config import DEV_JWT_SECRET, Settings, load
+from lib.errors import ConfigError
+from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
+
+COMMON = {
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "DATABASE_URL": "postgresql://127.0.0.1/cs",
+    "WORKER_URL": "http://127.0.0.1:8080",
+}
+API = {**COMMON, "SUPABASE_JWT_SECRET": DEV_JWT_SECRET, "QSTASH_TOKEN": DEV_TOKEN}
+WORKER = {
+    **COMMON,
+    "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
+    "QSTASH_NEXT_SIGNING_KEY": DEV_NEXT_SIGNING_KEY,
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """No variable Settings reads leaks in from the process, and no `.env` but the test's own."""
+    import os
+
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+        monkeypatch.delenv(name, raising=False)
+    for name in list(os.environ):
+        if name.upper().startswith("COST_"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+
+
+def set_env(monkeypatch: pytest.MonkeyPatch, values: dict[str, str]) -> None:
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+def config_error(role: str = "any", **overrides: object) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(role, **overrides)  # type: ignore[arg-type]
+    return str(caught.value)
+
+
+def test_an_empty_api_configuration_lists_every_missing_setting_in_one_error() -> None:
+    message = config_error("api")
+    for name in ("REDIS_URL", "DATABASE_URL", "WORKER_URL", "SUPABASE_JWT_SECRET", "QSTASH_TOKEN",
+                 "STREAM_TOKEN_SECRET"):
+        assert name in message
+    assert message.count("\n  - ") >= 5
+
+
+def test_a_complete_api_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env(monkeypatch, API)
+    settings = load("api")
+    assert settings.redis_url == API["REDIS_URL"]
+    assert settings.execute_url == "http://127.0.0.1:8080/v1/execute"
+
+
+def test_type_errors_are_reported_together_by_variable_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(monkeypatch, {**API, "QUEUE_MAX_FREE": "abc", "JOB_RETRIES": "-1",
+                          "APP_ENV": "staging"})
+    message = config_error("api")
+    assert "QUEUE_MAX_FREE" in message
+    assert "JOB_RETRIES" in message
+    assert "APP_ENV" in message
+
+
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="bug: a type error hides the missing-setting problems",
+)
+def test_a_type_error_and_a_missing_setting_are_reported_in_the_same_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QUEUE_MAX_FREE", "abc")
+    message = config_error("api")
+    assert "QUEUE_MAX_FREE" in message
+    assert "REDIS_URL" in message
+
+
+def test_the_role_any_needs_no_settings_and_gives_the_defaults() -> None:
+    settings = load()
+    assert settings.queue_max_free == 20
+    assert settings.redis_prefix == "cs:"
+    assert settings.allowed_origins == []
+
+
+def test_a_dotenv_file_in_the_working_directory_is_read(
+    monkeypatch: pytest.MonkeyPatch, clean_env: Path
+) -> None:
+    (clean_env / ".env").write_text("QUEUE_MAX_FREE=7\nREDIS_PREFIX=app2:\n")
+    settings = load()
+    assert settings.queue_max_free == 7
+    assert settings.redis_prefix == "app2:"
+
+
+def test_the_environment_beats_the_dotenv_file(
+    monkeypatch: pytest.MonkeyPatch, clean_env: Path
+) -> None:
+    (clean_env / ".env").write_text("QUEUE_MAX_FREE=7\n")
+    monkeypatch.setenv("QUEUE_MAX_FREE", "9")
+    assert load().queue_max_free == 9
+
+
+def test_keyword_overrides_beat_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUEUE_MAX_FREE", "9")
+    assert load(queue_max_free=3).queue_max_free == 3
+
+
+def test_allowed_origins_given_as_a_json_list_in_the_environment_is_a_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ALLOWED_ORIGINS", '["https://a.example", "https://b.example"]')
+    assert load().allowed_origins == ["https://a.example", "https://b.example"]
+
+
+def test_allowed_origins_given_as_a_comma_separated_string_is_split_and_trimmed() -> None:
+    settings = load(allowed_origins=" https://a.example, https://b.example ,,")
+    assert settings.allowed_origins == ["https://a.example", "https://b.example"]
+
+
+@pytest.mark.xfail(
+    strict=True, raises=SettingsError,
+    reason="bug: comma-separated ALLOWED_ORIGINS from the environment is JSON-decoded before "
+    "the splitting validator runs, and load() crashes",
+)
+def test_allowed_origins_comma_separated_in_the_environment_is_split(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ALLOWED_ORIGINS", "https://a.example, https://b.example")
+    assert load().allowed_origins == ["https://a.example", "https://b.example"]
+
+
+def test_model_for_uses_the_tier_default_without_an_override() -> None:
+    settings = load(llm_model_free="deepseek:deepseek-chat", llm_model_paid="openai:gpt-4o")
+    assert settings.model_for("free", "job_match") == "deepseek:deepseek-chat"
+    assert settings.model_for("paid", "job_match") == "openai:gpt-4o"
+
+
+def test_model_for_prefers_the_tier_and_kind_override_from_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    overrides = {"paid.interview_prep": "glm:glm-4-plus", "free.job_match": "deepseek:chat"}
+    monkeypatch.setenv("LLM_MODEL_OVERRIDES", json.dumps(overrides))
+    monkeypatch.setenv("LLM_MODEL_PAID", "openai:gpt-4o")
+    settings = load()
+    assert settings.model_for("paid", "interview_prep") == "glm:glm-4-plus"
+    assert settings.model_for("free", "job_match") == "deepseek:chat"
+    assert settings.model_for("paid", "job_match") == "openai:gpt-4o"
+
+
+@pytest.mark.xfail(
+    strict=True, raises=SettingsError,
+    reason="bug: malformed JSON in LLM_MODEL_OVERRIDES escapes load() as SettingsError, "
+    "not ConfigError",
+)
+def test_malformed_json_in_llm_model_overrides_is_a_config_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LLM_MODEL_OVERRIDES", "paid.job_match=openai:gpt-4o")
+    assert "LLM_MODEL_OVERRIDES" in config_error()
+
+
+def test_cost_is_the_handler_default_without_an_override() -> None:
+    assert load().cost("job_match", 1) == 1
+
+
+def test_cost_reads_cost_kind_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COST_RESUME_CUSTOMIZE", "5")
+    settings = load()
+    assert settings.cost("resume_customize", 2) == 5
+    assert settings.cost("interview_prep", 2) == 2
+
+
+def test_cost_reads_cost_kind_from_dotenv_and_the_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, clean_env: Path
+) -> None:
+    (clean_env / ".env").write_text("COST_JOB_MATCH=4\nCOST_INTERVIEW_PREP=6\n")
+    monkeypatch.setenv("COST_INTERVIEW_PREP", "8")
+    settings = load()
+    assert settings.cost("job_match", 1) == 4
+    assert settings.cost("interview_prep", 2) == 8
+
+
+@pytest.mark.xfail(
+    strict=True, raises=pytest.fail.Exception,
+    reason="bug: load() never validates COST_<KIND>; a bad value fails every submit instead "
+    "of failing the start",
+)
+def test_a_non_integer_or_negative_cost_is_reported_by_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COST_JOB_MATCH", "abc")
+    monkeypatch.setenv("COST_INTERVIEW_PREP", "-2")
+    message = config_error()
+    assert "COST_JOB_MATCH" in message
+    assert "COST_INTERVIEW_PREP" in message
+
+
+def test_the_api_refuses_direct_mode_and_the_dev_jwt_secret_in_production(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(monkeypatch, {**API, "APP_ENV": "production", "QSTASH_MODE": "direct",
+                          "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY})
+    message = config_error("api")
+    assert "QSTASH_MODE=direct is for development only" in message
+    assert "SUPABASE_JWT_SECRET is the public dev secret" in message
+
+
+def test_the_api_accepts_direct_mode_and_the_dev_jwt_secret_in_development(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(monkeypatch, {**API, "QSTASH_MODE": "direct",
+                          "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY})
+    settings = load("api")
+    assert settings.qstash_mode == "direct"
+    assert not settings.is_production
+
+
+def test_the_api_in_production_loads_with_a_real_secret_and_the_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(monkeypatch, {**API, "APP_ENV": "production",
+                          "SUPABASE_JWT_SECRET": "a-production-secret-of-forty-characters!"})
+    assert load("api").is_production
+
+
+def test_the_worker_requires_signing_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env(monkeypatch, COMMON)
+    assert "QSTASH_CURRENT_SIGNING_KEY" in config_error("worker")
+
+
+def test_the_worker_loads_with_both_signing_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env(monkeypatch, WORKER)
+    settings = load("worker")
+    assert settings.signing_keys == [DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY]
+
+
+def test_the_worker_reports_malformed_model_specs_and_unknown_providers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(monkeypatch, {**WORKER, "LLM_MODEL_FREE": "gpt-4o-mini",
+                          "LLM_MODEL_PAID": "acme:big-model"})
+    message = config_error("worker")
+    assert "'gpt-4o-mini' must look like 'provider:model'" in message
+    assert "ACME_BASE_URL" in message

@@ -1,0 +1,383 @@
+"""End to end: the stack started the way `make dev` starts it, driven over HTTP only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from e2e_support import (
+    JD,
+    RESUME,
+    User,
+    events,
+    follow,
+    is_terminal,
+    terminal_count,
+    text_of_last_attempt,
+)
+from support import free_port, wait_for
+
+from lib.handlers import registry
+from scripts.devstack import Ports, Stack
+
+pytestmark = pytest.mark.e2e
+
+KINDS = ["job_match", "resume_customize", "interview_prep"]
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[Stack]:
+    ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
+    logs = tmp_path_factory.mktemp("stack-logs")
+    overrides = {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "REDIS_PREFIX": f"e2e-{uuid.uuid4().hex[:6]}:",
+        "OPENAI_API_KEY": "",
+        "QSTASH_URL": "",
+        "QSTASH_MODE": "broker",
+        "QUEUE_MAX_FREE": "2",
+        "USER_MAX_ACTIVE_FREE": "1",
+        "USER_MAX_ACTIVE_PAID": "3",
+        "FREE_DAILY_JOBS": "2",
+        "INITIAL_COINS": "5",
+        "JOB_RETRIES": "5",
+        "JOB_RETRY_DELAY": "400 * (1 + retried)",
+        "DEV_BROKER_TIME_SCALE": "1",
+        "LEASE_TTL_SECONDS": "2",
+        "OFFLINE_LLM_TOKENS_PER_SECOND": "500",
+        "WORKER_DRAIN_SECONDS": "2",
+        "WEB_CONCURRENCY": "2",
+        "LOG_FORMAT": "json",
+    }
+    with Stack(ports=ports, overrides=overrides, log_dir=Path(logs), quiet=True) as running:
+        yield running
+
+
+@pytest.fixture
+def user(stack: Stack) -> User:
+    return User(stack.producer_url)
+
+
+def submitted(response: httpx.Response) -> dict[str, object]:
+    assert response.status_code == 202, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_succeeds_with_deltas_and_a_valid_result(stack: Stack, user: User,
+                                                           kind: str) -> None:
+    body = submitted(user.submit(kind))
+    job = body["job"]
+    assert job["status"] == "queued" and job["tier"] == "paid"  # type: ignore[index]
+    stream = follow(stack.producer_url, body["events_url"])  # type: ignore[arg-type]
+    types = [e.type for e in stream]
+    assert types[0] == "status" and stream[0].data["status"] == "queued"
+    assert "delta" in types and "progress" in types
+    assert types[-2:] == ["result", "status"] and stream[-1].data["status"] == "succeeded"
+    assert terminal_count(stream) == 1
+    assert all(e.data["job_id"] == job["id"] and "ts" in e.data for e in stream)  # type: ignore[index]
+    final = user.job(job["id"])  # type: ignore[index]
+    assert final["status"] == "succeeded" and final["attempts"] == 1
+    registry()[kind].result_model.model_validate(final["result"])
+    assert stream[-2].data["result"] == final["result"]
+    assert text_of_last_attempt(stream).strip().startswith("{")
+    assert user.me()["coins"] == 5 - final["cost"]
+
+
+def test_a_reconnect_with_last_event_id_loses_nothing_and_repeats_nothing(stack: Stack,
+                                                                         user: User) -> None:
+    body = submitted(user.submit("job_match", resume=RESUME + " [[llm:slow=15]]"))
+    url = body["events_url"]
+    first = events(stack.producer_url, url, stop_after=4)  # type: ignore[arg-type]
+    rest = follow_from(stack, url, first[-1].id)  # type: ignore[arg-type]
+    whole = events(stack.producer_url, url)  # type: ignore[arg-type]
+    assert [e.id for e in first + rest] == [e.id for e in whole]
+    assert len({e.id for e in whole}) == len(whole)
+    via_query = events(stack.producer_url, f"{url}&last_event_id={first[-1].id}")
+    assert [e.id for e in via_query] == [e.id for e in rest]
+
+
+def follow_from(stack: Stack, url: str, last_id: str) -> list:  # type: ignore[type-arg]
+    out = events(stack.producer_url, url, last_event_id=last_id)
+    while not is_terminal(out[-1]):
+        out += events(stack.producer_url, url, last_event_id=out[-1].id)
+    return out
+
+
+def test_a_finished_jobs_stream_replays_from_the_first_event(stack: Stack, user: User) -> None:
+    body = submitted(user.submit("job_match"))
+    live = follow(stack.producer_url, body["events_url"])  # type: ignore[arg-type]
+    replay = events(stack.producer_url, body["events_url"])  # type: ignore[arg-type]
+    assert [e.id for e in replay] == [e.id for e in live]
+
+
+def test_cancel_while_running_stops_the_job_and_refunds(stack: Stack, user: User) -> None:
+    body = submitted(user.submit("job_match", resume=RESUME + " [[llm:slow=40]]"))
+    job_id = body["job"]["id"]  # type: ignore[index]
+    seen = events(stack.producer_url, body["events_url"], stop_after=3)  # type: ignore[arg-type]
+    assert any(e.type == "status" and e.data["status"] == "running" for e in seen) or len(seen) == 3
+    response = user.post(f"/api/jobs/{job_id}/cancel")
+    assert response.status_code == 202 and response.json()["job"]["status"] == "cancelled"
+    stream = follow(stack.producer_url, body["events_url"])  # type: ignore[arg-type]
+    assert stream[-1].data["status"] == "cancelled" and terminal_count(stream) == 1
+    assert user.me()["coins"] == 5
+    again = user.post(f"/api/jobs/{job_id}/cancel")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "already_finished"
+    wait_for(lambda: user.me()["active_jobs"] == 0, 10, what="no active jobs")
+    time.sleep(0.5)  # give a wrongly-continuing worker the chance to write; then check it didn't
+    assert user.job(job_id)["status"] == "cancelled"
+
+
+def test_cancel_while_queued_refunds_and_the_delivery_is_acknowledged(stack: Stack,
+                                                                       user: User) -> None:
+    worker = stack.component("worker")
+    assert worker.proc is not None
+    os.killpg(worker.proc.pid, signal.SIGSTOP)
+    try:
+        body = submitted(user.submit("job_match"))
+        job_id = body["job"]["id"]  # type: ignore[index]
+        response = user.post(f"/api/jobs/{job_id}/cancel")
+        assert response.status_code == 202
+    finally:
+        os.killpg(worker.proc.pid, signal.SIGCONT)
+    stream = follow(stack.producer_url, body["events_url"])  # type: ignore[arg-type]
+    assert [e.data.get("status") for e in stream if e.type == "status"] == ["queued", "cancelled"]
+    final = user.job(job_id)
+    assert final["status"] == "cancelled" and final["attempts"] == 0
+    assert user.me()["coins"] == 5
+
+
+def test_quota_exhausted_when_coins_and_free_jobs_run_out(stack: Stack, user: User) -> None:
+    slow = RESUME + " [[llm:slow=30]]"
+    ids = [submitted(user.submit(k, resume=slow))["job"]["id"]  # type: ignore[index]
+           for k in ("interview_prep", "resume_customize", "job_match")]
+    assert user.me()["coins"] == 0
+    for _ in range(2):  # the free daily allowance, one at a time (one active free job per user)
+        free = submitted(user.submit("job_match"))
+        assert free["job"]["tier"] == "free"  # type: ignore[index]
+        assert follow(stack.producer_url, free["events_url"])[-1].data["status"] == "succeeded"  # type: ignore[arg-type]
+    assert user.me()["free_jobs_left_today"] == 0
+    refused = user.submit("job_match")
+    assert refused.status_code == 402
+    assert refused.json()["error"]["code"] == "quota_exhausted"
+    paid = user.submit("job_match", tier="paid")
+    assert paid.status_code == 402
+    for job_id in ids:
+        assert user.post(f"/api/jobs/{job_id}/cancel").status_code == 202
+    assert user.me()["coins"] == 5
+
+
+def test_user_concurrency_and_backpressure_answer_429_with_retry_after(stack: Stack) -> None:
+    slow = RESUME + " [[llm:slow=30]]"
+    alice = User(stack.producer_url)
+    first = submitted(alice.submit("job_match", resume=slow, tier="free"))
+    second = alice.submit("job_match", resume=slow, tier="free")
+    assert second.status_code == 429
+    assert second.json()["error"]["code"] == "user_concurrency"
+    assert int(second.headers["Retry-After"]) >= 1
+    bob, carol = User(stack.producer_url), User(stack.producer_url)
+    other = submitted(bob.submit("job_match", resume=slow, tier="free"))
+    full = carol.submit("job_match", resume=slow, tier="free")
+    assert full.status_code == 429 and full.json()["error"]["code"] == "backpressure"
+    assert int(full.headers["Retry-After"]) >= 1
+    assert carol.me()["coins"] == 5 and carol.me()["free_jobs_left_today"] == 2
+    alice.post(f"/api/jobs/{first['job']['id']}/cancel")  # type: ignore[index]
+    bob.post(f"/api/jobs/{other['job']['id']}/cancel")  # type: ignore[index]
+    assert alice.me()["free_jobs_left_today"] == 2  # the cancelled free job is given back
+
+
+def test_the_idempotency_key_returns_the_same_job_without_a_second_charge(user: User) -> None:
+    first = user.submit("job_match", key="key-1")
+    again = user.submit("job_match", key="key-1")
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["job"]["id"] == first.json()["job"]["id"]
+    conflict = user.submit("interview_prep", key="key-1")
+    assert conflict.status_code == 409
+    assert conflict.json()["error"]["code"] == "idempotency_conflict"
+    assert user.me()["coins"] == 4
+
+
+def test_another_user_gets_404_on_every_endpoint_naming_the_job(stack: Stack, user: User) -> None:
+    body = submitted(user.submit("job_match"))
+    job_id = body["job"]["id"]  # type: ignore[index]
+    mallory = User(stack.producer_url)
+    assert mallory.get(f"/api/jobs/{job_id}").status_code == 404
+    assert mallory.post(f"/api/jobs/{job_id}/cancel").status_code == 404
+    with mallory.client() as client:
+        streamed = client.get(f"/api/jobs/{job_id}/events")
+    assert streamed.status_code == 404
+    assert streamed.json()["error"]["code"] == "not_found"
+    assert job_id not in [j["id"] for j in mallory.get("/api/jobs").json()["jobs"]]
+    other = submitted(mallory.submit("job_match"))
+    with httpx.Client(base_url=stack.producer_url) as client:
+        wrong = client.get(f"/api/jobs/{job_id}/events?token={other['stream_token']}")
+    assert wrong.status_code == 401
+    follow(stack.producer_url, body["events_url"])  # type: ignore[arg-type]
+    follow(stack.producer_url, other["events_url"])  # type: ignore[arg-type]
+
+
+def test_a_job_survives_a_worker_sigkill_and_is_charged_once(stack: Stack, user: User) -> None:
+    body = submitted(user.submit("job_match", resume=RESUME + " [[llm:slow=25]]"))
+    job_id = body["job"]["id"]  # type: ignore[index]
+    seen = events(stack.producer_url, body["events_url"], stop_after=4)  # type: ignore[arg-type]
+    assert any(e.type == "delta" for e in seen)
+    worker = stack.component("worker")
+    assert worker.proc is not None
+    os.killpg(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait(10)
+    stack.restart("worker")
+    stream = follow(stack.producer_url, body["events_url"], timeout=120)  # type: ignore[arg-type]
+    final = user.job(job_id)
+    assert final["status"] == "succeeded" and final["attempts"] >= 2
+    assert terminal_count(stream) == 1
+    attempts = [e.data["attempt"] for e in stream
+                if e.type == "status" and e.data["status"] == "running"]
+    assert attempts == sorted(attempts) and attempts[-1] == final["attempts"]
+    assert user.me()["coins"] == 4
+    text_of_last_attempt(stream)  # the client view is well defined across attempts
+
+
+def test_a_transient_llm_failure_succeeds_on_a_later_attempt(stack: Stack, user: User) -> None:
+    body = submitted(user.submit("job_match", resume=RESUME + " [[llm:fail_once=503]]"))
+    stream = follow(stack.producer_url, body["events_url"])  # type: ignore[arg-type]
+    final = user.job(body["job"]["id"])  # type: ignore[index]
+    assert final["status"] == "succeeded" and final["attempts"] == 2
+    statuses = [e.data["status"] for e in stream if e.type == "status"]
+    assert statuses == ["queued", "running", "retrying", "running", "succeeded"]
+    assert any(e.type == "error" and e.data["retryable"] for e in stream)
+    assert user.me()["coins"] == 4
+
+
+def test_a_persistent_llm_failure_fails_after_retries_and_refunds_once(stack: Stack,
+                                                                      user: User) -> None:
+    body = submitted(user.submit("job_match", resume=RESUME + " [[llm:fail=500]]"))
+    stream = follow(stack.producer_url, body["events_url"], timeout=120)  # type: ignore[arg-type]
+    final = user.job(body["job"]["id"])  # type: ignore[index]
+    assert final["status"] == "failed" and final["attempts"] == 6
+    assert final["error"]["code"] == "llm_unavailable"
+    assert stream[-1].data["status"] == "failed" and terminal_count(stream) == 1
+    assert user.me()["coins"] == 5
+
+
+def test_invalid_model_output_fails_the_job_and_refunds(stack: Stack, user: User) -> None:
+    body = submitted(user.submit("job_match", resume=RESUME + " [[llm:invalid_json]]"))
+    stream = follow(stack.producer_url, body["events_url"])  # type: ignore[arg-type]
+    final = user.job(body["job"]["id"])  # type: ignore[index]
+    assert final["status"] == "failed" and final["attempts"] == 1
+    assert final["error"]["code"] == "invalid_model_output"
+    assert final["result"] is None
+    assert stream[-1].data["status"] == "failed"
+    assert user.me()["coins"] == 5
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"kind": "nope", "input": {"resume_text": "r", "job_description": "d"}}, "kind"),
+        ({"kind": "job_match", "input": {"job_description": "d"}}, "input.resume_text"),
+        ({"kind": "job_match", "input": {"resume_text": "r" * 20_001, "job_description": "d"}},
+         "input.resume_text"),
+        ({"kind": "job_match", "input": {"resume_text": "r", "job_description": "d" * 10_001}},
+         "input.job_description"),
+        ({"kind": "job_match", "input": {"resume_text": "r", "job_description": "d"},
+          "tier": "gold"}, "tier"),
+        ({"kind": "job_match", "input": {"resume_text": "r", "job_description": "d",
+                                          "extra": 1}}, "input.extra"),
+        ([1, 2], "body"),
+    ],
+)
+def test_invalid_input_gets_400_with_field_details_and_charges_nothing(
+    user: User, body: object, field: str
+) -> None:
+    with user.client() as client:
+        response = client.post("/api/jobs", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_input" and field in error["details"]
+    assert user.me()["coins"] == 5 and user.get("/api/jobs").json()["jobs"] == []
+
+
+def test_malformed_requests_get_the_spec_error_shape(stack: Stack, user: User) -> None:
+    with user.client() as client:
+        too_big = client.post("/api/jobs", content=b"{" + b" " * 300_000 + b"}",
+                              headers={"Content-Type": "application/json"})
+        wrong_type = client.post("/api/jobs", content=b"kind=job_match",
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+        bad_json = client.post("/api/jobs", content=b"{nope",
+                               headers={"Content-Type": "application/json"})
+        long_key = client.post("/api/jobs", json={"kind": "job_match", "input": {}},
+                               headers={"Idempotency-Key": "k" * 129})
+    with httpx.Client(base_url=stack.producer_url) as anonymous:
+        no_auth = anonymous.get("/api/me")
+        bad_auth = anonymous.get("/api/me", headers={"Authorization": "Bearer not-a-jwt"})
+    for response, status, code in [
+        (too_big, 413, "payload_too_large"), (wrong_type, 415, "unsupported_media_type"),
+        (bad_json, 400, "invalid_input"), (long_key, 400, "invalid_input"),
+        (no_auth, 401, "unauthorized"), (bad_auth, 401, "unauthorized"),
+    ]:
+        assert response.status_code == status, response.text
+        assert set(response.json()["error"]) == {"code", "message", "details"}
+        assert response.json()["error"]["code"] == code
+    assert user.me()["coins"] == 5
+
+
+def test_the_broker_down_at_submit_answers_503_and_charges_nothing(stack: Stack,
+                                                                   user: User) -> None:
+    broker = stack.component("broker")
+    assert broker.proc is not None
+    os.killpg(broker.proc.pid, signal.SIGKILL)
+    broker.proc.wait(10)
+    try:
+        started = time.monotonic()
+        response = user.submit("job_match")
+        assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"
+        assert time.monotonic() - started < 10
+        assert user.me()["coins"] == 5
+        jobs = user.get("/api/jobs").json()["jobs"]
+        assert all(j["status"] != "queued" for j in jobs)
+    finally:
+        stack.restart("broker")
+    assert user.submit("job_match").status_code == 202
+
+
+def test_listing_pages_newest_first(user: User) -> None:
+    ids = [user.submit("job_match").json()["job"]["id"] for _ in range(3)]
+    page = user.get("/api/jobs?limit=2").json()
+    assert [j["id"] for j in page["jobs"]] == ids[::-1][:2]
+    rest = user.get(f"/api/jobs?limit=2&before={page['next_before']}").json()
+    assert [j["id"] for j in rest["jobs"]] == [ids[0]]
+    assert user.get("/api/jobs?limit=0").status_code == 400
+
+
+def test_health_and_readiness(stack: Stack) -> None:
+    deep = httpx.get(f"{stack.producer_url}/api/health?deep=1").json()
+    assert deep["ok"] and deep["checks"]["redis"]["ok"] and deep["checks"]["db"]["ok"]
+    assert httpx.get(f"{stack.worker_url}/readyz").json()["ok"]
+    assert "cs_job_attempts_total" in httpx.get(f"{stack.worker_url}/metrics").text
+
+
+def test_jobs_in_parallel_all_finish_once(stack: Stack) -> None:
+    users = [User(stack.producer_url) for _ in range(6)]
+    results: dict[str, str] = {}
+
+    def run(u: User) -> None:
+        body = submitted(u.submit("job_match"))
+        stream = follow(stack.producer_url, body["events_url"])  # type: ignore[arg-type]
+        results[u.id] = stream[-1].data["status"]
+
+    threads = [threading.Thread(target=run, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert sorted(results.values()) == ["succeeded"] * 6
+    assert JD  # the shared job description was used
