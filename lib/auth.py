@@ -49,7 +49,10 @@ class Verifier:
 
     @cached_property
     def _jwks(self) -> jwt.PyJWKClient:
-        return jwt.PyJWKClient(self.jwks_url, cache_keys=True, lifespan=600, timeout=5)
+        # The JWK Set is cached for 10 minutes; per-key caching is off because PyJWKClient's key
+        # cache never expires, which would keep accepting a key the project has revoked.
+        return jwt.PyJWKClient(self.jwks_url, cache_keys=False, cache_jwk_set=True, lifespan=600,
+                               timeout=5)
 
     def user_id(self, token: str) -> str:
         """Return the user id (`sub`) of a valid access token. Raises AuthError otherwise."""

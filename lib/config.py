@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 from functools import cache
-from typing import Literal
+from typing import Annotated, Literal
 
 from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from lib.errors import ConfigError
 
@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     prometheus_multiproc_dir: str = ""
 
     # HTTP.
-    allowed_origins: list[str] = Field(default_factory=list)
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     sse_max_seconds: float = Field(280.0, gt=0)
     sse_heartbeat_seconds: float = Field(15.0, gt=0, le=15)
     max_body_bytes: int = Field(256 * 1024, ge=1024)
@@ -121,7 +121,11 @@ class Settings(BaseSettings):
     @field_validator("allowed_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
-        if isinstance(value, str) and not value.startswith("["):
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                import json
+
+                return json.loads(value)
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
@@ -183,8 +187,21 @@ def _extra_env() -> dict[str, str]:
     return values
 
 
+def _cost_problems() -> list[str]:
+    problems = []
+    for name, value in _extra_env().items():
+        if name.startswith("COST_"):
+            try:
+                ok = int(value) >= 0
+            except ValueError:
+                ok = False
+            if not ok:
+                problems.append(f"{name}: must be a whole number of coins >= 0, not {value!r}")
+    return problems
+
+
 def _problems(s: Settings, role: Role) -> list[str]:
-    problems: list[str] = []
+    problems = _cost_problems()
     if role == "any":
         return problems
     if not s.redis_url and not (s.upstash_redis_rest_url and s.upstash_redis_rest_token):
@@ -229,12 +246,26 @@ def load(role: Role = "any", **overrides: object) -> Settings:
 
     Raises ConfigError listing every problem (type errors and missing settings) at once.
     """
+    lines: list[str] = []
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:  # a value pydantic-settings could not even decode (bad JSON)
+        import re
+
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = field.group(1).upper() if field else "a setting"
+        raise ConfigError(f"invalid configuration:\n  - {name}: not valid JSON") from None
     except ValidationError as exc:
         lines = [f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines)) from None
-    problems = _problems(settings, role)
+        # Carry on with the defaults of the bad fields, so the other problems are listed too.
+        bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        defaults = {name: Settings.model_fields[name].get_default(call_default_factory=True)
+                    for name in bad if name in Settings.model_fields}
+        try:
+            settings = Settings(**{**overrides, **defaults})  # type: ignore[arg-type]
+        except (ValidationError, SettingsError):
+            raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines)) from None
+    problems = lines + _problems(settings, role)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return settings

@@ -45,8 +45,7 @@ def segment(obj: dict[str, Any]) -> str:
 
 def claims(**extra: Any) -> dict[str, Any]:
     now = int(time.time())
-    return {"aud": ACCESS_AUDIENCE, "sub": str(uuid.uuid4()), "iat": now, "exp": now + 600,
-            **extra}
+    return {"aud": ACCESS_AUDIENCE, "sub": str(uuid.uuid4()), "iat": now, "exp": now + 600, **extra}
 
 
 # HS256 access tokens -----------------------------------------------------------------------
@@ -250,9 +249,7 @@ def test_a_jwks_token_for_another_audience_is_refused(jwks: Jwks) -> None:
         Verifier(jwks_url=jwks.url).user_id(token)
 
 
-def test_an_hs256_token_keyed_with_the_rsa_public_pem_is_refused(
-    jwks: Jwks, rsa_key: Any
-) -> None:
+def test_an_hs256_token_keyed_with_the_rsa_public_pem_is_refused(jwks: Jwks, rsa_key: Any) -> None:
     jwks.keys = [public_jwk(rsa_key, "rsa-1", "RS256")]
     pem = rsa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -290,11 +287,6 @@ def test_a_key_rotated_into_the_jwks_is_accepted_after_pyjwts_refresh_cooldown(
     assert jwks.fetches == 2
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="bug: PyJWKClient(cache_keys=True) keeps every key it has seen in an LRU cache with "
-    "no expiry, so a key removed from the JWKS (revoked) is accepted until the process restarts",
-)
 def test_a_key_removed_from_the_jwks_is_refused_once_the_cache_expires(
     jwks: Jwks, jwks_clock: FakeMonotonic
 ) -> None:

@@ -54,8 +54,14 @@ def config_error(role: str = "any", **overrides: object) -> str:
 
 def test_an_empty_api_configuration_lists_every_missing_setting_in_one_error() -> None:
     message = config_error("api")
-    for name in ("REDIS_URL", "DATABASE_URL", "WORKER_URL", "SUPABASE_JWT_SECRET", "QSTASH_TOKEN",
-                 "STREAM_TOKEN_SECRET"):
+    for name in (
+        "REDIS_URL",
+        "DATABASE_URL",
+        "WORKER_URL",
+        "SUPABASE_JWT_SECRET",
+        "QSTASH_TOKEN",
+        "STREAM_TOKEN_SECRET",
+    ):
         assert name in message
     assert message.count("\n  - ") >= 5
 
@@ -70,18 +76,15 @@ def test_a_complete_api_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> 
 def test_type_errors_are_reported_together_by_variable_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    set_env(monkeypatch, {**API, "QUEUE_MAX_FREE": "abc", "JOB_RETRIES": "-1",
-                          "APP_ENV": "staging"})
+    set_env(
+        monkeypatch, {**API, "QUEUE_MAX_FREE": "abc", "JOB_RETRIES": "-1", "APP_ENV": "staging"}
+    )
     message = config_error("api")
     assert "QUEUE_MAX_FREE" in message
     assert "JOB_RETRIES" in message
     assert "APP_ENV" in message
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="bug: a type error hides the missing-setting problems",
-)
 def test_a_type_error_and_a_missing_setting_are_reported_in_the_same_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -132,11 +135,6 @@ def test_allowed_origins_given_as_a_comma_separated_string_is_split_and_trimmed(
     assert settings.allowed_origins == ["https://a.example", "https://b.example"]
 
 
-@pytest.mark.xfail(
-    strict=True, raises=SettingsError,
-    reason="bug: comma-separated ALLOWED_ORIGINS from the environment is JSON-decoded before "
-    "the splitting validator runs, and load() crashes",
-)
 def test_allowed_origins_comma_separated_in_the_environment_is_split(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -162,11 +160,6 @@ def test_model_for_prefers_the_tier_and_kind_override_from_json(
     assert settings.model_for("paid", "job_match") == "openai:gpt-4o"
 
 
-@pytest.mark.xfail(
-    strict=True, raises=SettingsError,
-    reason="bug: malformed JSON in LLM_MODEL_OVERRIDES escapes load() as SettingsError, "
-    "not ConfigError",
-)
 def test_malformed_json_in_llm_model_overrides_is_a_config_error_naming_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -195,11 +188,6 @@ def test_cost_reads_cost_kind_from_dotenv_and_the_environment_wins(
     assert settings.cost("interview_prep", 2) == 8
 
 
-@pytest.mark.xfail(
-    strict=True, raises=pytest.fail.Exception,
-    reason="bug: load() never validates COST_<KIND>; a bad value fails every submit instead "
-    "of failing the start",
-)
 def test_a_non_integer_or_negative_cost_is_reported_by_load(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -213,8 +201,15 @@ def test_a_non_integer_or_negative_cost_is_reported_by_load(
 def test_the_api_refuses_direct_mode_and_the_dev_jwt_secret_in_production(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    set_env(monkeypatch, {**API, "APP_ENV": "production", "QSTASH_MODE": "direct",
-                          "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY})
+    set_env(
+        monkeypatch,
+        {
+            **API,
+            "APP_ENV": "production",
+            "QSTASH_MODE": "direct",
+            "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
+        },
+    )
     message = config_error("api")
     assert "QSTASH_MODE=direct is for development only" in message
     assert "SUPABASE_JWT_SECRET is the public dev secret" in message
@@ -223,8 +218,10 @@ def test_the_api_refuses_direct_mode_and_the_dev_jwt_secret_in_production(
 def test_the_api_accepts_direct_mode_and_the_dev_jwt_secret_in_development(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    set_env(monkeypatch, {**API, "QSTASH_MODE": "direct",
-                          "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY})
+    set_env(
+        monkeypatch,
+        {**API, "QSTASH_MODE": "direct", "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY},
+    )
     settings = load("api")
     assert settings.qstash_mode == "direct"
     assert not settings.is_production
@@ -233,8 +230,14 @@ def test_the_api_accepts_direct_mode_and_the_dev_jwt_secret_in_development(
 def test_the_api_in_production_loads_with_a_real_secret_and_the_broker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    set_env(monkeypatch, {**API, "APP_ENV": "production",
-                          "SUPABASE_JWT_SECRET": "a-production-secret-of-forty-characters!"})
+    set_env(
+        monkeypatch,
+        {
+            **API,
+            "APP_ENV": "production",
+            "SUPABASE_JWT_SECRET": "a-production-secret-of-forty-characters!",
+        },
+    )
     assert load("api").is_production
 
 
@@ -252,8 +255,9 @@ def test_the_worker_loads_with_both_signing_keys(monkeypatch: pytest.MonkeyPatch
 def test_the_worker_reports_malformed_model_specs_and_unknown_providers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    set_env(monkeypatch, {**WORKER, "LLM_MODEL_FREE": "gpt-4o-mini",
-                          "LLM_MODEL_PAID": "acme:big-model"})
+    set_env(
+        monkeypatch, {**WORKER, "LLM_MODEL_FREE": "gpt-4o-mini", "LLM_MODEL_PAID": "acme:big-model"}
+    )
     message = config_error("worker")
     assert "'gpt-4o-mini' must look like 'provider:model'" in message
     assert "ACME_BASE_URL" in message

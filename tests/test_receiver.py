@@ -95,9 +95,16 @@ def test_a_signature_not_yet_valid_within_the_clock_tolerance_is_accepted() -> N
 def test_a_body_hash_with_base64_padding_still_verifies() -> None:
     now = int(time.time())
     signature = jwt.encode(
-        {"iss": "Upstash", "sub": URL, "exp": now + SIGNATURE_TTL_SECONDS, "nbf": now,
-         "iat": now, "body": body_hash(BODY) + "="},
-        DEV_CURRENT_SIGNING_KEY, algorithm="HS256",
+        {
+            "iss": "Upstash",
+            "sub": URL,
+            "exp": now + SIGNATURE_TTL_SECONDS,
+            "nbf": now,
+            "iat": now,
+            "body": body_hash(BODY) + "=",
+        },
+        DEV_CURRENT_SIGNING_KEY,
+        algorithm="HS256",
     )
     verify(signature, BODY, keys=KEYS, url=URL)
 
@@ -106,9 +113,9 @@ def token_without_body_claim() -> str:
     """A correctly signed Upstash-shaped token that has no `body` claim."""
     now = int(time.time())
     return jwt.encode(
-        {"iss": "Upstash", "sub": URL, "exp": now + SIGNATURE_TTL_SECONDS, "nbf": now,
-         "iat": now},
-        DEV_CURRENT_SIGNING_KEY, algorithm="HS256",
+        {"iss": "Upstash", "sub": URL, "exp": now + SIGNATURE_TTL_SECONDS, "nbf": now, "iat": now},
+        DEV_CURRENT_SIGNING_KEY,
+        algorithm="HS256",
     )
 
 
@@ -120,9 +127,16 @@ def test_a_token_without_a_body_claim_is_refused_as_an_invalid_signature() -> No
 def test_a_token_from_another_issuer_is_refused() -> None:
     now = int(time.time())
     signature = jwt.encode(
-        {"iss": "NotUpstash", "sub": URL, "exp": now + 300, "nbf": now, "iat": now,
-         "body": body_hash(BODY)},
-        DEV_CURRENT_SIGNING_KEY, algorithm="HS256",
+        {
+            "iss": "NotUpstash",
+            "sub": URL,
+            "exp": now + 300,
+            "nbf": now,
+            "iat": now,
+            "body": body_hash(BODY),
+        },
+        DEV_CURRENT_SIGNING_KEY,
+        algorithm="HS256",
     )
     with pytest.raises(InvalidSignature):
         verify(signature, BODY, keys=KEYS, url=URL)

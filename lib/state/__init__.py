@@ -90,7 +90,7 @@ class State:
         """The number of live (admitted, unexpired) jobs in a tier."""
         return int(self.backend.run(scripts.LIVE, [self.keys.tier(tier)], [_now_ms()]))
 
-    def live_for_user(self, user_id: str) -> int:
+    def live_for_user(self, user_id: str, tier: str) -> int:
         return int(self.backend.run(scripts.LIVE, [self.keys.user(user_id, tier)], [_now_ms()]))
 
     # Leases ----------------------------------------------------------------------------------
