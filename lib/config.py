@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     delta_flush_ms: int = Field(200, ge=0)
     delta_flush_chars: int = Field(600, ge=1)
     worker_drain_seconds: float = Field(20.0, ge=0)
+    # Jobs whose submit died between insert and publish are failed and refunded after this long.
+    sweep_after_seconds: int = Field(900, ge=60)
+    sweep_interval_seconds: float = Field(60.0, ge=0)
     llm_connect_timeout_seconds: float = Field(10.0, gt=0)
     llm_read_timeout_seconds: float = Field(60.0, gt=0)
     llm_max_concurrency_free: int = Field(8, ge=1)
@@ -103,7 +106,7 @@ class Settings(BaseSettings):
     glm_base_url: str = ""
     llm_model_free: str = "openai:gpt-4o-mini"
     llm_model_paid: str = "openai:gpt-4o"
-    llm_model_overrides: dict[str, str] = Field(default_factory=dict)
+    llm_model_overrides: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
     # Worker process model (worker/gunicorn.conf.py).
     port: int = Field(8080, ge=1, le=65535)
@@ -127,6 +130,17 @@ class Settings(BaseSettings):
 
                 return json.loads(value)
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("llm_model_overrides", mode="before")
+    @classmethod
+    def _decode_overrides(cls, value: object) -> object:
+        # Decoded here rather than by pydantic-settings, so bad JSON is a validation error
+        # listed with every other problem.
+        if isinstance(value, str):
+            import json
+
+            return json.loads(value) if value.strip() else {}
         return value
 
     @property
@@ -235,9 +249,9 @@ def _problems(s: Settings, role: Role) -> list[str]:
                 provider, sep, model = item.partition(":")
                 if not sep or not model:
                     problems.append(f"model spec {item!r} must look like 'provider:model'")
-                elif not s.provider(provider)[0]:
-                    problems.append(f"no base URL for provider {provider!r}; set "
-                                    f"{provider.upper()}_BASE_URL")
+                elif provider not in PROVIDER_DEFAULT_BASE_URLS:
+                    problems.append(f"unknown provider {provider!r} in {item!r}; use one of "
+                                    f"{', '.join(sorted(PROVIDER_DEFAULT_BASE_URLS))}")
     return sorted(set(problems))
 
 

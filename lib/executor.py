@@ -49,6 +49,7 @@ class _Lease:
     token: str
     lost: bool = False
     done: str | None = None
+    started: float = field(default_factory=time.monotonic)
 
 
 class Leases:
@@ -136,10 +137,14 @@ class Executor:
             wait = max(1, math.ceil(int(detail or 1000) / 1000))
             return _retry("another attempt holds this job", "busy", wait, status=429)
         self.leases.add(lease)
+        if self.metrics:
+            self.metrics.running(+1)
         try:
             return self._attempt(lease, retried=retried, last=retried >= max_retries)
         finally:
             self.leases.remove(lease)
+            if self.metrics:
+                self.metrics.running(-1)
 
     def _attempt(self, lease: _Lease, *, retried: int, last: bool) -> Outcome:
         job_id = lease.job_id
@@ -209,6 +214,9 @@ class Executor:
             raise StreamClosed(lease.job_id)
         if lease.lost:
             raise RetryableError("the job's lease was lost", code="lease_lost", retry_after=1)
+        if time.monotonic() - lease.started > self.settings.job_timeout_seconds:
+            raise RetryableError("the attempt ran past JOB_TIMEOUT_SECONDS",
+                                 code=ErrorCode.LLM_TIMEOUT, retry_after=5)
         since = self._draining_since
         if since is not None and time.monotonic() - since > self.settings.worker_drain_seconds:
             raise RetryableError("the worker is shutting down",
@@ -276,6 +284,33 @@ class Executor:
         self.state.release(job_id, tier, user_id)
         log.info("failure callback", extra={"job_id": job_id, "changed": finished.changed})
         return Outcome(200, {"job_id": job_id, "changed": finished.changed})
+
+    # Sweeper -----------------------------------------------------------------------------------
+    def sweep(self) -> list[str]:
+        """Fail and refund jobs whose submit died between insert and publish; close their
+        streams. Safe to run from every worker at once (the SQL skips locked rows)."""
+        swept = self.store.sweep_unenqueued(self.settings.sweep_after_seconds)
+        for job_id in swept:
+            log.warning("swept a job that was never enqueued", extra={"job_id": job_id})
+            emit_terminal(self.state, job_id, JobStatus.FAILED, result=None,
+                          error={"code": ErrorCode.UNAVAILABLE,
+                                 "message": "the job was never queued"}, attempt=0)
+        return swept
+
+    def start_sweeper(self) -> None:
+        """Run `sweep` every SWEEP_INTERVAL_SECONDS in a daemon thread (0 disables it)."""
+        interval = self.settings.sweep_interval_seconds
+        if interval <= 0:
+            return
+
+        def loop() -> None:
+            while not self.leases._stop.wait(interval):  # noqa: SLF001 - shared stop event
+                try:
+                    self.sweep()
+                except Exception:
+                    log.warning("sweep failed; will retry", exc_info=True)
+
+        threading.Thread(target=loop, name="sweeper", daemon=True).start()
 
     def close(self) -> None:
         self.leases.stop()

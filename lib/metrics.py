@@ -26,6 +26,9 @@ LIVE = Gauge("cs_jobs_running", "Attempts running in this worker", multiprocess_
 
 
 class Metrics:
+    def running(self, delta: int) -> None:
+        LIVE.inc(delta)
+
     def attempt(self, job: Any, status: int, seconds: float) -> None:
         outcome = {200: "succeeded", 489: "failed"}.get(status, "retry")
         ATTEMPTS.labels(job.kind, job.tier, outcome).inc()

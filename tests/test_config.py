@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydantic_settings import SettingsError
 
 from lib.config import DEV_JWT_SECRET, Settings, load
 from lib.errors import ConfigError
@@ -167,6 +166,15 @@ def test_malformed_json_in_llm_model_overrides_is_a_config_error_naming_it(
     assert "LLM_MODEL_OVERRIDES" in config_error()
 
 
+def test_malformed_json_and_a_missing_setting_are_reported_in_the_same_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LLM_MODEL_OVERRIDES", "paid.job_match=openai:gpt-4o")
+    message = config_error("api")
+    assert "LLM_MODEL_OVERRIDES" in message
+    assert "REDIS_URL" in message
+
+
 def test_cost_is_the_handler_default_without_an_override() -> None:
     assert load().cost("job_match", 1) == 1
 
@@ -260,4 +268,4 @@ def test_the_worker_reports_malformed_model_specs_and_unknown_providers(
     )
     message = config_error("worker")
     assert "'gpt-4o-mini' must look like 'provider:model'" in message
-    assert "ACME_BASE_URL" in message
+    assert "unknown provider 'acme'" in message

@@ -58,6 +58,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
         executor = Executor(settings, store.from_settings(settings, pool_size=20),
                             state.from_settings(settings), LLM(settings), Metrics())
+        executor.start_sweeper()
     app = Flask(__name__)
     app.extensions["executor"] = executor
     keys = settings.signing_keys

@@ -1,6 +1,6 @@
 """Enqueue jobs: through QStash with the official SDK, or straight to the worker in dev.
 
-A message carries ids, never the job's input: `{"job_id", "retries"}`. The job id is the
+A message carries ids, never the job's input: `{"job_id", "user_id", "tier", "retries"}`. The job id is the
 deduplication id, so publishing the same job twice within QStash's window delivers it once.
 """
 

@@ -2,7 +2,7 @@
 
 A backend runs the project's Lua scripts, reads a stream after an id, and waits for new stream
 entries: by blocking XREAD over TCP, or through Upstash's REST `subscribe` endpoint over REST
-(Upstash REST serves no blocking commands). `tests/test_state_contract.py` runs the same suite
+(Upstash REST serves no blocking commands). `tests/test_state.py` runs the same suite
 against both.
 """
 
