@@ -47,8 +47,9 @@ def producer() -> Producer:
     )
 
 
-def error_response(code: str, message: str, status: int, details: Any = None,
-                   retry_after: float | None = None) -> Response:
+def error_response(
+    code: str, message: str, status: int, details: Any = None, retry_after: float | None = None
+) -> Response:
     response = jsonify({"error": {"code": code, "message": message, "details": details}})
     response.status_code = status
     if retry_after is not None:
@@ -88,8 +89,11 @@ def create_app(name: str) -> Flask:
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge) -> Response:
         _discard_body()
-        return error_response(ErrorCode.PAYLOAD_TOO_LARGE,
-                              f"the body is larger than {settings.max_body_bytes} bytes", 413)
+        return error_response(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"the body is larger than {settings.max_body_bytes} bytes",
+            413,
+        )
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
@@ -115,7 +119,8 @@ def create_app(name: str) -> Flask:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
             response.headers["Access-Control-Allow-Headers"] = (
-                "Authorization, Content-Type, Idempotency-Key, Last-Event-ID")
+                "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
+            )
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
             response.headers["Access-Control-Max-Age"] = "600"
         return response
@@ -143,8 +148,9 @@ def json_body() -> Any:
     from lib.errors import InputError
 
     if not request.mimetype or request.mimetype != "application/json":
-        raise AppError("send the body as application/json",
-                       code=ErrorCode.UNSUPPORTED_MEDIA_TYPE, status=415)
+        raise AppError(
+            "send the body as application/json", code=ErrorCode.UNSUPPORTED_MEDIA_TYPE, status=415
+        )
     body = request.get_json(silent=True)
     if body is None:
         raise InputError("the body is not valid JSON", details={"body": "malformed JSON"})

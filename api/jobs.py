@@ -16,8 +16,10 @@ def submit() -> tuple[Response, int]:
     user_id = current_user()
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS):
-        raise InputError("invalid Idempotency-Key",
-                         details={"Idempotency-Key": f"1 to {MAX_IDEMPOTENCY_KEY_CHARS} chars"})
+        raise InputError(
+            "invalid Idempotency-Key",
+            details={"Idempotency-Key": f"1 to {MAX_IDEMPOTENCY_KEY_CHARS} chars"},
+        )
     submitted = producer().submit(user_id, json_body(), key)
     return jsonify(submitted.body()), 202 if submitted.created else 200
 
@@ -32,8 +34,12 @@ def list_jobs() -> Response:
     if not 1 <= limit <= 100:
         raise InputError("invalid limit", details={"limit": "an integer 1-100"})
     jobs = producer().list(user_id, limit, request.args.get("before"))
-    return jsonify({"jobs": [job.public() for job in jobs],
-                    "next_before": jobs[-1].id if len(jobs) == limit else None})
+    return jsonify(
+        {
+            "jobs": [job.public() for job in jobs],
+            "next_before": jobs[-1].id if len(jobs) == limit else None,
+        }
+    )
 
 
 @app.get("/api/jobs/<job_id>")

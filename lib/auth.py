@@ -51,8 +51,9 @@ class Verifier:
     def _jwks(self) -> jwt.PyJWKClient:
         # The JWK Set is cached for 10 minutes; per-key caching is off because PyJWKClient's key
         # cache never expires, which would keep accepting a key the project has revoked.
-        return jwt.PyJWKClient(self.jwks_url, cache_keys=False, cache_jwk_set=True, lifespan=600,
-                               timeout=5)
+        return jwt.PyJWKClient(
+            self.jwks_url, cache_keys=False, cache_jwk_set=True, lifespan=600, timeout=5
+        )
 
     def user_id(self, token: str) -> str:
         """Return the user id (`sub`) of a valid access token. Raises AuthError otherwise."""
@@ -69,7 +70,11 @@ class Verifier:
             else:
                 raise AuthError("unsupported token algorithm")
             claims = jwt.decode(
-                token, key, algorithms=[alg], audience=ACCESS_AUDIENCE, leeway=LEEWAY_SECONDS,
+                token,
+                key,
+                algorithms=[alg],
+                audience=ACCESS_AUDIENCE,
+                leeway=LEEWAY_SECONDS,
                 options={"require": ["exp", "sub", "aud"]},
             )
         except jwt.PyJWKClientError:
@@ -83,16 +88,25 @@ class Verifier:
     def mint_stream_token(self, job_id: str, user_id: str, *, now: float | None = None) -> str:
         """A token that lets its holder stream one job's events until it expires."""
         issued = int(now if now is not None else time.time())
-        claims = {"aud": STREAM_AUDIENCE, "sub": user_id, "job": job_id, "iat": issued,
-                  "exp": issued + self.stream_ttl}
+        claims = {
+            "aud": STREAM_AUDIENCE,
+            "sub": user_id,
+            "job": job_id,
+            "iat": issued,
+            "exp": issued + self.stream_ttl,
+        }
         return jwt.encode(claims, self.stream_secret, algorithm="HS256")
 
     def stream_user(self, token: str, job_id: str) -> str:
         """Return the user id of a valid stream token for `job_id`. Raises AuthError otherwise."""
         try:
             claims = jwt.decode(
-                token, self.stream_secret, algorithms=["HS256"], audience=STREAM_AUDIENCE,
-                leeway=LEEWAY_SECONDS, options={"require": ["exp", "sub", "job"]},
+                token,
+                self.stream_secret,
+                algorithms=["HS256"],
+                audience=STREAM_AUDIENCE,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "sub", "job"]},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("the stream token has expired") from None
@@ -106,8 +120,15 @@ class Verifier:
 def mint_access_token(user_id: str, secret: str, *, ttl: int = 3600, email: str = "") -> str:
     """An HS256 access token shaped like Supabase's (dev tools and tests only)."""
     now = int(time.time())
-    claims = {"aud": ACCESS_AUDIENCE, "sub": user_id, "role": "authenticated", "iat": now,
-              "exp": now + ttl, "iss": "supabase-dev", "email": email}
+    claims = {
+        "aud": ACCESS_AUDIENCE,
+        "sub": user_id,
+        "role": "authenticated",
+        "iat": now,
+        "exp": now + ttl,
+        "iss": "supabase-dev",
+        "email": email,
+    }
     return jwt.encode(claims, secret, algorithm="HS256")
 
 

@@ -214,10 +214,8 @@ def _cost_problems() -> list[str]:
     return problems
 
 
-def _problems(s: Settings, role: Role) -> list[str]:
-    problems = _cost_problems()
-    if role == "any":
-        return problems
+def _shared_problems(s: Settings) -> list[str]:
+    problems = []
     if not s.redis_url and not (s.upstash_redis_rest_url and s.upstash_redis_rest_token):
         problems.append("set REDIS_URL, or UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN")
     if s.uses_postgres and not s.database_url:
@@ -226,32 +224,50 @@ def _problems(s: Settings, role: Role) -> list[str]:
         problems.append("set DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
     if not s.worker_url.startswith(("http://", "https://")):
         problems.append("WORKER_URL must be the worker's public http(s) base URL")
+    return problems
+
+
+def _api_problems(s: Settings) -> list[str]:
+    problems = []
+    if not s.supabase_jwt_secret and not s.jwks_url:
+        problems.append("set SUPABASE_JWT_SECRET or SUPABASE_URL (for JWKS) to verify tokens")
+    if len(s.stream_secret) < 32:
+        problems.append("STREAM_TOKEN_SECRET (or SUPABASE_JWT_SECRET) must be >= 32 chars")
+    if s.qstash_mode == "broker" and not s.qstash_token:
+        problems.append("QSTASH_TOKEN is required when QSTASH_MODE=broker")
+    if s.qstash_mode == "direct" and not s.qstash_current_signing_key:
+        problems.append("QSTASH_MODE=direct signs deliveries: set QSTASH_CURRENT_SIGNING_KEY")
+    if s.qstash_mode == "direct" and s.is_production:
+        problems.append("QSTASH_MODE=direct is for development only")
+    if s.is_production and s.supabase_jwt_secret == DEV_JWT_SECRET:
+        problems.append("SUPABASE_JWT_SECRET is the public dev secret; not for production")
+    return problems
+
+
+def _worker_problems(s: Settings) -> list[str]:
+    problems = []
+    if not s.signing_keys:
+        problems.append("set QSTASH_CURRENT_SIGNING_KEY and QSTASH_NEXT_SIGNING_KEY")
+    for item in [s.llm_model_free, s.llm_model_paid, *s.llm_model_overrides.values()]:
+        provider, sep, model = item.partition(":")
+        if not sep or not model:
+            problems.append(f"model spec {item!r} must look like 'provider:model'")
+        elif provider not in PROVIDER_DEFAULT_BASE_URLS:
+            problems.append(
+                f"unknown provider {provider!r} in {item!r}; use one of "
+                f"{', '.join(sorted(PROVIDER_DEFAULT_BASE_URLS))}"
+            )
+    return problems
+
+
+def _problems(s: Settings, role: Role) -> list[str]:
+    problems = _cost_problems()
+    if role != "any":
+        problems += _shared_problems(s)
     if role == "api":
-        if not s.supabase_jwt_secret and not s.jwks_url:
-            problems.append("set SUPABASE_JWT_SECRET or SUPABASE_URL (for JWKS) to verify tokens")
-        if len(s.stream_secret) < 32:
-            problems.append("STREAM_TOKEN_SECRET (or SUPABASE_JWT_SECRET) must be >= 32 chars")
-        if s.qstash_mode == "broker" and not s.qstash_token:
-            problems.append("QSTASH_TOKEN is required when QSTASH_MODE=broker")
-        if s.qstash_mode == "direct" and not s.qstash_current_signing_key:
-            problems.append("QSTASH_MODE=direct signs deliveries: set QSTASH_CURRENT_SIGNING_KEY")
-        if s.qstash_mode == "direct" and s.is_production:
-            problems.append("QSTASH_MODE=direct is for development only")
-        if s.is_production and s.supabase_jwt_secret == DEV_JWT_SECRET:
-            problems.append("SUPABASE_JWT_SECRET is the public dev secret; never use it in production")
+        problems += _api_problems(s)
     if role == "worker":
-        if not s.signing_keys:
-            problems.append("set QSTASH_CURRENT_SIGNING_KEY and QSTASH_NEXT_SIGNING_KEY")
-        for tier in ("free", "paid"):
-            spec = s.llm_model_paid if tier == "paid" else s.llm_model_free
-            specs = [spec, *s.llm_model_overrides.values()]
-            for item in specs:
-                provider, sep, model = item.partition(":")
-                if not sep or not model:
-                    problems.append(f"model spec {item!r} must look like 'provider:model'")
-                elif provider not in PROVIDER_DEFAULT_BASE_URLS:
-                    problems.append(f"unknown provider {provider!r} in {item!r}; use one of "
-                                    f"{', '.join(sorted(PROVIDER_DEFAULT_BASE_URLS))}")
+        problems += _worker_problems(s)
     return sorted(set(problems))
 
 
@@ -273,8 +289,11 @@ def load(role: Role = "any", **overrides: object) -> Settings:
         lines = [f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()]
         # Carry on with the defaults of the bad fields, so the other problems are listed too.
         bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
-        defaults = {name: Settings.model_fields[name].get_default(call_default_factory=True)
-                    for name in bad if name in Settings.model_fields}
+        defaults = {
+            name: Settings.model_fields[name].get_default(call_default_factory=True)
+            for name in bad
+            if name in Settings.model_fields
+        }
         try:
             settings = Settings(**{**overrides, **defaults})  # type: ignore[arg-type]
         except (ValidationError, SettingsError):

@@ -62,7 +62,10 @@ class JobEvents:
         self.flushes = 0
 
     def _emit(
-        self, events: list[tuple[str, dict[str, Any]]], *, terminal: str | None = None,
+        self,
+        events: list[tuple[str, dict[str, Any]]],
+        *,
+        terminal: str | None = None,
         refresh_ttl: bool = False,
     ) -> str:
         entry = self.state.emit(self.job_id, events, terminal=terminal, refresh_ttl=refresh_ttl)
@@ -83,15 +86,20 @@ class JobEvents:
     def running(self) -> None:
         """Announce the attempt; a higher attempt tells clients to drop earlier text."""
         self._emit(
-            [(EventType.STATUS, data(self.job_id, status=StreamStatus.RUNNING,
-                                     attempt=self.attempt))],
+            [
+                (
+                    EventType.STATUS,
+                    data(self.job_id, status=StreamStatus.RUNNING, attempt=self.attempt),
+                )
+            ],
             refresh_ttl=True,
         )
 
     def progress(self, stage: str, pct: int) -> None:
-        self._emit(self._pending() + [
-            (EventType.PROGRESS, data(self.job_id, stage=stage, pct=max(0, min(100, pct))))
-        ])
+        self._emit(
+            self._pending()
+            + [(EventType.PROGRESS, data(self.job_id, stage=stage, pct=max(0, min(100, pct))))]
+        )
 
     def delta(self, text: str) -> None:
         """Buffer model output; flush the first piece at once, then by size or by time."""
@@ -116,10 +124,13 @@ class JobEvents:
         """Flush, then the result and the terminal `succeeded` status, in one atomic step."""
         self.state.emit(
             self.job_id,
-            self._pending() + [
+            self._pending()
+            + [
                 (EventType.RESULT, data(self.job_id, result=result)),
-                (EventType.STATUS, data(self.job_id, status=StreamStatus.SUCCEEDED,
-                                        attempt=self.attempt)),
+                (
+                    EventType.STATUS,
+                    data(self.job_id, status=StreamStatus.SUCCEEDED, attempt=self.attempt),
+                ),
             ],
             terminal=StreamStatus.SUCCEEDED,
         )
@@ -128,16 +139,26 @@ class JobEvents:
         """The attempt failed but the broker will redeliver."""
         self.state.emit(
             self.job_id,
-            self._pending() + [
+            self._pending()
+            + [
                 (EventType.ERROR, data(self.job_id, code=code, message=message, retryable=True)),
-                (EventType.STATUS, data(self.job_id, status=StreamStatus.RETRYING,
-                                        attempt=self.attempt)),
+                (
+                    EventType.STATUS,
+                    data(self.job_id, status=StreamStatus.RETRYING, attempt=self.attempt),
+                ),
             ],
         )
 
 
-def emit_terminal(state: State, job_id: str, status: str, *, result: dict[str, Any] | None,
-                  error: dict[str, Any] | None, attempt: int) -> str | None:
+def emit_terminal(
+    state: State,
+    job_id: str,
+    status: str,
+    *,
+    result: dict[str, Any] | None,
+    error: dict[str, Any] | None,
+    attempt: int,
+) -> str | None:
     """Close the job's stream with its final events, once: a second call writes nothing.
 
     Used by every path that makes a job terminal (worker, cancel, failure callback), so whoever
@@ -147,7 +168,16 @@ def emit_terminal(state: State, job_id: str, status: str, *, result: dict[str, A
     if status == StreamStatus.SUCCEEDED and result is not None:
         events.append((EventType.RESULT, data(job_id, result=result)))
     if status != StreamStatus.SUCCEEDED and error:
-        events.append((EventType.ERROR, data(job_id, code=error.get("code", "internal"),
-                                             message=error.get("message", ""), retryable=False)))
+        events.append(
+            (
+                EventType.ERROR,
+                data(
+                    job_id,
+                    code=error.get("code", "internal"),
+                    message=error.get("message", ""),
+                    retryable=False,
+                ),
+            )
+        )
     events.append((EventType.STATUS, data(job_id, status=status, attempt=attempt)))
     return state.emit(job_id, events, terminal=status)

@@ -82,7 +82,9 @@ class Leases:
                 held = list(self._held.values())
             for lease in held:
                 try:
-                    ok, done = self.state.renew(lease.job_id, lease.tier, lease.user_id, lease.token)
+                    ok, done = self.state.renew(
+                        lease.job_id, lease.tier, lease.user_id, lease.token
+                    )
                 except Exception:  # Redis down: the attempt goes on; the lease may lapse
                     log.warning("lease renewal failed", extra={"job_id": lease.job_id})
                     continue
@@ -96,8 +98,9 @@ class Leases:
 class Executor:
     """Executes deliveries; thread-safe, one instance per worker process."""
 
-    def __init__(self, settings: Settings, store: Store, state: State, llm: Any,
-                 metrics: Any = None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, state: State, llm: Any, metrics: Any = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.state = state
@@ -123,8 +126,9 @@ class Executor:
         return self.leases.count()
 
     # Delivery ----------------------------------------------------------------------------------
-    def execute(self, job_id: str, user_id: str, tier: str, *, retried: int,
-                max_retries: int) -> Outcome:
+    def execute(
+        self, job_id: str, user_id: str, tier: str, *, retried: int, max_retries: int
+    ) -> Outcome:
         """Run one delivery of a job and say what to answer the broker."""
         if self.draining:
             return _retry("the worker is shutting down", ErrorCode.WORKER_SHUTTING_DOWN, 5)
@@ -165,18 +169,32 @@ class Executor:
         try:
             outcome = self._run(job, started.input or {}, lease)
         except StreamClosed:
-            outcome = self._finish(job, lease, JobStatus.CANCELLED,
-                                   error={"code": "cancelled", "message": "cancelled"})
+            outcome = self._finish(
+                job, lease, JobStatus.CANCELLED, error={"code": "cancelled", "message": "cancelled"}
+            )
         except PermanentError as exc:
             outcome = self._fail(job, lease, exc.code, exc.message)
         except RetryableError as exc:
-            outcome = self._retryable(job, lease, exc.code, exc.message, exc.retry_after, last,
-                                      status=429 if exc.status == 429 else 503)
+            outcome = self._retryable(
+                job,
+                lease,
+                exc.code,
+                exc.message,
+                exc.retry_after,
+                last,
+                status=429 if exc.status == 429 else 503,
+            )
         except Exception:
             log.exception("attempt crashed", extra=extra)
             outcome = self._retryable(job, lease, ErrorCode.INTERNAL, "internal error", 5, last)
-        log.info("attempt ended", extra={**extra, "http_status": outcome.status,
-                                         "seconds": round(time.monotonic() - began, 3)})
+        log.info(
+            "attempt ended",
+            extra={
+                **extra,
+                "http_status": outcome.status,
+                "seconds": round(time.monotonic() - began, 3),
+            },
+        )
         if self.metrics:
             self.metrics.attempt(job, outcome.status, time.monotonic() - began)
         return outcome
@@ -188,17 +206,30 @@ class Executor:
         try:
             job_input = handler.input_model.model_validate(raw_input)
         except ValidationError as exc:
-            raise PermanentError("the stored input is invalid", code=ErrorCode.INVALID_INPUT) \
-                from exc
+            raise PermanentError(
+                "the stored input is invalid", code=ErrorCode.INVALID_INPUT
+            ) from exc
         model = self.settings.model_for(job.tier, job.kind)
-        events = JobEvents(self.state, job.id, job.attempts,
-                           flush_ms=self.settings.delta_flush_ms,
-                           flush_chars=self.settings.delta_flush_chars)
+        events = JobEvents(
+            self.state,
+            job.id,
+            job.attempts,
+            flush_ms=self.settings.delta_flush_ms,
+            flush_chars=self.settings.delta_flush_chars,
+        )
         events.running()
         with self._model_slot(job.tier, model):
-            ctx = Context(job_id=job.id, kind=job.kind, tier=job.tier, attempt=job.attempts,
-                          model=model, events=events, llm=self.llm,
-                          check=lambda: self._check(lease), expected_chars=handler.expected_chars)
+            ctx = Context(
+                job_id=job.id,
+                kind=job.kind,
+                tier=job.tier,
+                attempt=job.attempts,
+                model=model,
+                events=events,
+                llm=self.llm,
+                check=lambda: self._check(lease),
+                expected_chars=handler.expected_chars,
+            )
             result = handler.handle(ctx, job_input)
         payload = result.model_dump(mode="json")
         finished = self.store.finish(job.id, JobStatus.SUCCEEDED, result=payload)
@@ -215,29 +246,41 @@ class Executor:
         if lease.lost:
             raise RetryableError("the job's lease was lost", code="lease_lost", retry_after=1)
         if time.monotonic() - lease.started > self.settings.job_timeout_seconds:
-            raise RetryableError("the attempt ran past JOB_TIMEOUT_SECONDS",
-                                 code=ErrorCode.LLM_TIMEOUT, retry_after=5)
+            raise RetryableError(
+                "the attempt ran past JOB_TIMEOUT_SECONDS",
+                code=ErrorCode.LLM_TIMEOUT,
+                retry_after=5,
+            )
         since = self._draining_since
         if since is not None and time.monotonic() - since > self.settings.worker_drain_seconds:
-            raise RetryableError("the worker is shutting down",
-                                 code=ErrorCode.WORKER_SHUTTING_DOWN, retry_after=5)
+            raise RetryableError(
+                "the worker is shutting down", code=ErrorCode.WORKER_SHUTTING_DOWN, retry_after=5
+            )
 
     def _model_slot(self, tier: str, model: str) -> _Held:
         key = f"{tier}:{model}"
         with self._slots_lock:
             slot = self._slots.get(key)
             if slot is None:
-                limit = (self.settings.llm_max_concurrency_paid if tier == "paid"
-                         else self.settings.llm_max_concurrency_free)
+                limit = (
+                    self.settings.llm_max_concurrency_paid
+                    if tier == "paid"
+                    else self.settings.llm_max_concurrency_free
+                )
                 slot = self._slots[key] = threading.BoundedSemaphore(limit)
         if not slot.acquire(timeout=0.5):
-            raise RetryableError("model concurrency limit reached", code=ErrorCode.RATE_LIMITED,
-                                 status=429, retry_after=10)
+            raise RetryableError(
+                "model concurrency limit reached",
+                code=ErrorCode.RATE_LIMITED,
+                status=429,
+                retry_after=10,
+            )
         return _Held(slot)
 
     # Endings -----------------------------------------------------------------------------------
-    def _finish(self, job: Job, lease: _Lease, status: JobStatus, *,
-                error: dict[str, Any]) -> Outcome:
+    def _finish(
+        self, job: Job, lease: _Lease, status: JobStatus, *, error: dict[str, Any]
+    ) -> Outcome:
         finished = self.store.finish(job.id, status, error=error)
         final = finished.job or job
         self._close(final)
@@ -246,15 +289,25 @@ class Executor:
 
     def _fail(self, job: Job, lease: _Lease, code: str, message: str) -> Outcome:
         log.info("job failed", extra={"job_id": job.id, "code": code})
-        finished = self.store.finish(job.id, JobStatus.FAILED,
-                                     error={"code": code, "message": message})
+        finished = self.store.finish(
+            job.id, JobStatus.FAILED, error={"code": code, "message": message}
+        )
         self._close(finished.job or job)
         self.state.release(job.id, lease.tier, lease.user_id, lease.token)
-        return Outcome(489, {"job_id": job.id, "status": "failed", "code": code},
-                       dict(NON_RETRYABLE))
+        return Outcome(
+            489, {"job_id": job.id, "status": "failed", "code": code}, dict(NON_RETRYABLE)
+        )
 
-    def _retryable(self, job: Job, lease: _Lease, code: str, message: str,
-                   retry_after: float | None, last: bool, status: int = 503) -> Outcome:
+    def _retryable(
+        self,
+        job: Job,
+        lease: _Lease,
+        code: str,
+        message: str,
+        retry_after: float | None,
+        last: bool,
+        status: int = 503,
+    ) -> Outcome:
         if last:
             return self._fail(job, lease, code, f"{message} (retries exhausted)")
         try:
@@ -267,8 +320,11 @@ class Executor:
     def _close(self, job: Job) -> None:
         """Write the job's terminal events if nobody has yet (idempotent)."""
         emit_terminal(
-            self.state, job.id, job.status,
-            result=job.result, error=job.error.model_dump() if job.error else None,
+            self.state,
+            job.id,
+            job.status,
+            result=job.result,
+            error=job.error.model_dump() if job.error else None,
             attempt=job.attempts,
         )
 
@@ -276,7 +332,8 @@ class Executor:
     def fail_delivery(self, job_id: str, user_id: str, tier: str, reason: str) -> Outcome:
         """The broker gave up on the job: fail it and refund once, close its stream."""
         finished = self.store.finish(
-            job_id, JobStatus.FAILED,
+            job_id,
+            JobStatus.FAILED,
             error={"code": ErrorCode.RETRIES_EXHAUSTED, "message": reason},
         )
         if finished.job:
@@ -292,9 +349,14 @@ class Executor:
         swept = self.store.sweep_unenqueued(self.settings.sweep_after_seconds)
         for job_id in swept:
             log.warning("swept a job that was never enqueued", extra={"job_id": job_id})
-            emit_terminal(self.state, job_id, JobStatus.FAILED, result=None,
-                          error={"code": ErrorCode.UNAVAILABLE,
-                                 "message": "the job was never queued"}, attempt=0)
+            emit_terminal(
+                self.state,
+                job_id,
+                JobStatus.FAILED,
+                result=None,
+                error={"code": ErrorCode.UNAVAILABLE, "message": "the job was never queued"},
+                attempt=0,
+            )
         return swept
 
     def start_sweeper(self) -> None:
@@ -331,5 +393,6 @@ class _Held:
 
 def _retry(message: str, code: str, retry_after: float, *, status: int = 503) -> Outcome:
     seconds = max(1, math.ceil(retry_after))
-    return Outcome(status, {"error": {"code": code, "message": message}},
-                   {"Retry-After": str(seconds)})
+    return Outcome(
+        status, {"error": {"code": code, "message": message}}, {"Retry-After": str(seconds)}
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import openai
 
 from lib.config import JSON_SCHEMA_PROVIDERS, Settings
-from lib.errors import PermanentError, RetryableError
+from lib.errors import AppError, PermanentError, RetryableError
 from lib.models import ErrorCode
 
 
@@ -73,8 +74,6 @@ class LLM:
         Raises RetryableError (llm_unavailable, llm_timeout) for transient provider failures
         and PermanentError (model_refused, or a 4xx the provider will repeat).
         """
-        import time
-
         provider, _, model = model_spec.partition(":")
         if provider in JSON_SCHEMA_PROVIDERS:
             response_format: dict[str, Any] = {
@@ -83,50 +82,64 @@ class LLM:
             }
         else:
             response_format = {"type": "json_object"}
-        started = time.monotonic()
-        pieces: list[str] = []
-        refusal: list[str] = []
-        usage = Usage()
-        first: float | None = None
         try:
-            stream = self._client(provider).chat.completions.create(
+            stream = self._client(provider).chat.completions.create(  # type: ignore[call-overload]
                 model=model,
                 messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
                 stream=True,
                 stream_options={"include_usage": True},
-                response_format=response_format,  # type: ignore[arg-type]
+                response_format=response_format,
                 temperature=0.3,
             )
-            for chunk in stream:
-                if chunk.usage:
-                    usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                for choice in chunk.choices:
-                    delta = choice.delta
-                    if getattr(delta, "refusal", None):
-                        refusal.append(delta.refusal)
-                    if delta.content:
-                        if first is None:
-                            first = time.monotonic() - started
-                        pieces.append(delta.content)
-                        on_text(delta.content)
-        except openai.APITimeoutError as exc:
-            raise RetryableError("the model did not answer in time", code=ErrorCode.LLM_TIMEOUT,
-                                 retry_after=5) from exc
-        except openai.APIConnectionError as exc:
-            raise RetryableError("the model provider is unreachable",
-                                 code=ErrorCode.LLM_UNAVAILABLE, retry_after=5) from exc
-        except openai.APIStatusError as exc:
-            status = exc.status_code
-            if status == 429 or status >= 500:
-                retry_after = _retry_after(exc.response.headers.get("retry-after"))
-                raise RetryableError(f"the model provider answered {status}",
-                                     code=ErrorCode.LLM_UNAVAILABLE,
-                                     retry_after=retry_after) from exc
-            raise PermanentError(f"the model provider refused the request ({status})",
-                                 code=ErrorCode.LLM_UNAVAILABLE) from exc
-        if refusal:
-            raise PermanentError("the model declined to answer", code=ErrorCode.MODEL_REFUSED)
-        return Completion("".join(pieces), model_spec, usage, first)
+            completion = _consume(stream, model_spec, on_text)
+        except openai.APIError as exc:
+            raise _classify(exc) from exc
+        return completion
+
+
+def _consume(stream: Any, model_spec: str, on_text: Callable[[str], None]) -> Completion:
+    """Read a chat-completions stream; raise PermanentError(model_refused) on a refusal."""
+    started = time.monotonic()
+    completion = Completion("", model_spec)
+    pieces: list[str] = []
+    refused = False
+    for chunk in stream:
+        if chunk.usage:
+            completion.usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+        for choice in chunk.choices:
+            delta = choice.delta
+            refused = refused or bool(getattr(delta, "refusal", None))
+            if delta.content:
+                if completion.first_token_s is None:
+                    completion.first_token_s = time.monotonic() - started
+                pieces.append(delta.content)
+                on_text(delta.content)
+    if refused:
+        raise PermanentError("the model declined to answer", code=ErrorCode.MODEL_REFUSED)
+    completion.text = "".join(pieces)
+    return completion
+
+
+def _classify(exc: openai.APIError) -> AppError:
+    """Map a provider error to retryable (timeouts, 429, 5xx) or permanent (other 4xx)."""
+    if isinstance(exc, openai.APITimeoutError):
+        return RetryableError(
+            "the model did not answer in time", code=ErrorCode.LLM_TIMEOUT, retry_after=5
+        )
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status == 429 or status >= 500:
+            return RetryableError(
+                f"the model provider answered {status}",
+                code=ErrorCode.LLM_UNAVAILABLE,
+                retry_after=_retry_after(exc.response.headers.get("retry-after")),
+            )
+        return PermanentError(
+            f"the model provider refused the request ({status})", code=ErrorCode.LLM_UNAVAILABLE
+        )
+    return RetryableError(
+        "the model provider is unreachable", code=ErrorCode.LLM_UNAVAILABLE, retry_after=5
+    )
 
 
 def _retry_after(value: str | None) -> float:
@@ -148,5 +161,6 @@ def parse_json(text: str) -> Any:
     try:
         return json.loads(body)
     except json.JSONDecodeError as exc:
-        raise PermanentError("the model's output is not valid JSON",
-                             code=ErrorCode.INVALID_MODEL_OUTPUT) from exc
+        raise PermanentError(
+            "the model's output is not valid JSON", code=ErrorCode.INVALID_MODEL_OUTPUT
+        ) from exc

@@ -18,10 +18,17 @@ from prometheus_client import (
     generate_latest,
 )
 
-ATTEMPTS = Counter("cs_job_attempts_total", "Job attempts by kind, tier and HTTP outcome",
-                   ["kind", "tier", "outcome"])
-DURATION = Histogram("cs_job_attempt_seconds", "Attempt duration", ["kind", "tier"],
-                     buckets=(1, 5, 10, 30, 60, 120, 300, 600))
+ATTEMPTS = Counter(
+    "cs_job_attempts_total",
+    "Job attempts by kind, tier and HTTP outcome",
+    ["kind", "tier", "outcome"],
+)
+DURATION = Histogram(
+    "cs_job_attempt_seconds",
+    "Attempt duration",
+    ["kind", "tier"],
+    buckets=(1, 5, 10, 30, 60, 120, 300, 600),
+)
 LIVE = Gauge("cs_jobs_running", "Attempts running in this worker", multiprocess_mode="livesum")
 
 

@@ -40,14 +40,16 @@ log = logging.getLogger("cs.producer")
 
 
 def _field_errors(exc: ValidationError, prefix: str = "") -> dict[str, str]:
-    return {
-        (prefix + ".".join(str(p) for p in e["loc"])) or "body": e["msg"] for e in exc.errors()
-    }
+    return {(prefix + ".".join(str(p) for p in e["loc"])) or "body": e["msg"] for e in exc.errors()}
 
 
 def request_hash(kind: str, job_input: dict[str, Any], tier: str) -> str:
-    canonical = json.dumps({"kind": kind, "input": job_input, "tier": tier}, sort_keys=True,
-                           separators=(",", ":"), ensure_ascii=False)
+    canonical = json.dumps(
+        {"kind": kind, "input": job_input, "tier": tier},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -74,8 +76,14 @@ class Submitted:
 
 
 class Producer:
-    def __init__(self, settings: Settings, store: Store, state: State, publisher: Publisher,
-                 verifier: Verifier) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        state: State,
+        publisher: Publisher,
+        verifier: Verifier,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.state = state
@@ -93,13 +101,14 @@ class Producer:
             raise InputError("the request is invalid", details=_field_errors(exc)) from None
         handler = handlers.get(req.kind)
         if handler is None:
-            raise InputError("unknown job kind", details={
-                "kind": f"must be one of {sorted(handlers.registry())}"})
+            raise InputError(
+                "unknown job kind",
+                details={"kind": f"must be one of {sorted(handlers.registry())}"},
+            )
         try:
             job_input = handler.input_model.model_validate(req.input)
         except ValidationError as exc:
-            raise InputError("the input is invalid",
-                             details=_field_errors(exc, "input.")) from None
+            raise InputError("the input is invalid", details=_field_errors(exc, "input.")) from None
         normalised = job_input.model_dump(mode="json", exclude_none=True)
         return req, normalised, self.settings.cost(req.kind, handler.cost)
 
@@ -116,8 +125,14 @@ class Producer:
         self.state.admit(job_id, tier, user_id)
         try:
             result = self.store.submit(
-                job_id=job_id, user_id=user_id, kind=req.kind, tier=tier, cost=cost,
-                input=job_input, idempotency_key=idempotency_key, request_hash=digest,
+                job_id=job_id,
+                user_id=user_id,
+                kind=req.kind,
+                tier=tier,
+                cost=cost,
+                input=job_input,
+                idempotency_key=idempotency_key,
+                request_hash=digest,
             )
         except Exception:
             self._release_quietly(job_id, tier, user_id)
@@ -127,8 +142,11 @@ class Producer:
             return self._settled(result, user_id)
         job = Job.model_validate(result["job"])
         try:
-            self.state.emit(job_id, [(EventType.STATUS, data(job_id, status=StreamStatus.QUEUED,
-                                                             attempt=0))], refresh_ttl=True)
+            self.state.emit(
+                job_id,
+                [(EventType.STATUS, data(job_id, status=StreamStatus.QUEUED, attempt=0))],
+                refresh_ttl=True,
+            )
             self.publisher.publish(job_id, user_id=user_id, tier=tier, model=model)
         except AppError as exc:
             self._abort(job, user_id, exc)
@@ -146,13 +164,19 @@ class Producer:
             job = Job.model_validate(outcome["job"])
             if not outcome.get("enqueued") and job.status == "queued":
                 # The first submit died before publishing: publish now (dedup id = job id).
-                self.publisher.publish(job.id, user_id=user_id, tier=job.tier,
-                                       model=self.settings.model_for(job.tier, job.kind))
+                self.publisher.publish(
+                    job.id,
+                    user_id=user_id,
+                    tier=job.tier,
+                    model=self.settings.model_for(job.tier, job.kind),
+                )
                 self.store.mark_enqueued(job.id)
             return Submitted(job, False, self.verifier.mint_stream_token(job.id, user_id))
         if kind == "idempotency_conflict":
-            raise ConflictError("this Idempotency-Key was used with a different request",
-                                code=ErrorCode.IDEMPOTENCY_CONFLICT)
+            raise ConflictError(
+                "this Idempotency-Key was used with a different request",
+                code=ErrorCode.IDEMPOTENCY_CONFLICT,
+            )
         details = {k: outcome[k] for k in ("coins", "free_jobs_left_today") if k in outcome}
         raise QuotaError("not enough coins and no free jobs left today", details=details or None)
 
@@ -160,9 +184,14 @@ class Producer:
         log.warning("enqueue failed; refunding", extra={"job_id": job.id, "code": exc.code})
         self.store.abort_submit(job.id, ErrorCode.UNAVAILABLE, "the job could not be queued")
         try:
-            emit_terminal(self.state, job.id, StreamStatus.FAILED, result=None,
-                          error={"code": ErrorCode.UNAVAILABLE,
-                                 "message": "the job could not be queued"}, attempt=0)
+            emit_terminal(
+                self.state,
+                job.id,
+                StreamStatus.FAILED,
+                result=None,
+                error={"code": ErrorCode.UNAVAILABLE, "message": "the job could not be queued"},
+                attempt=0,
+            )
         except AppError:
             pass  # Redis is down too; the stream expires and the DB says failed.
         self._release_quietly(job.id, job.tier, user_id)
@@ -171,8 +200,9 @@ class Producer:
         try:
             self.state.release(job_id, tier, user_id)
         except AppError:
-            log.warning("could not release admission; it expires by itself",
-                        extra={"job_id": job_id})
+            log.warning(
+                "could not release admission; it expires by itself", extra={"job_id": job_id}
+            )
 
     # Reads -------------------------------------------------------------------------------------
     def get(self, job_id: str, user_id: str) -> Job:
@@ -198,23 +228,38 @@ class Producer:
         if outcome == "not_found" or job is None:
             raise NotFoundError("no such job")
         if outcome == "already_finished":
-            raise ConflictError("the job has already finished", code=ErrorCode.ALREADY_FINISHED,
-                                details={"status": job.status})
+            raise ConflictError(
+                "the job has already finished",
+                code=ErrorCode.ALREADY_FINISHED,
+                details={"status": job.status},
+            )
         try:
             # Closing the stream is also the worker's cancel flag.
-            emit_terminal(self.state, job.id, StreamStatus.CANCELLED, result=None,
-                          error=job.error.model_dump() if job.error else None,
-                          attempt=job.attempts)
+            emit_terminal(
+                self.state,
+                job.id,
+                StreamStatus.CANCELLED,
+                result=None,
+                error=job.error.model_dump() if job.error else None,
+                attempt=job.attempts,
+            )
             self.state.release(job.id, job.tier, user_id)
         except AppError:
-            log.warning("cancel recorded; the worker will close the stream",
-                        extra={"job_id": job.id})
+            log.warning(
+                "cancel recorded; the worker will close the stream", extra={"job_id": job.id}
+            )
         log.info("job cancelled", extra={"job_id": job.id})
         return job
 
     # Events ------------------------------------------------------------------------------------
-    def stream(self, job_id: str, after: str | None, *, max_seconds: float | None = None,
-               heartbeat: float | None = None) -> Iterator[str]:
+    def stream(
+        self,
+        job_id: str,
+        after: str | None,
+        *,
+        max_seconds: float | None = None,
+        heartbeat: float | None = None,
+    ) -> Iterator[str]:
         """SSE frames of a job's events after `after`, ending after the terminal status or at
         `max_seconds` (the client reconnects with Last-Event-ID). Waits by blocking read."""
         max_s = max_seconds if max_seconds is not None else self.settings.sse_max_seconds
@@ -240,6 +285,11 @@ class Producer:
     def heal_stream(self, job: Job) -> None:
         """A terminal job whose stream expired or was never closed gets its final events."""
         if job.status.terminal:
-            emit_terminal(self.state, job.id, job.status, result=job.result,
-                          error=job.error.model_dump() if job.error else None,
-                          attempt=job.attempts)
+            emit_terminal(
+                self.state,
+                job.id,
+                job.status,
+                result=job.result,
+                error=job.error.model_dump() if job.error else None,
+                attempt=job.attempts,
+            )

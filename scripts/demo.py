@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,40 +22,57 @@ def _bar(pct: int, width: int = 24) -> str:
     return "#" * filled + "-" * (width - filled)
 
 
-def watch(client: httpx.Client, base: str, events_url: str, kind: str) -> dict[str, Any]:
-    """Follow a job's SSE stream to its end, drawing progress; returns the final event data."""
-    chars, pct, stage, status = 0, 0, "queued", "queued"
-    result: dict[str, Any] = {}
+@dataclass
+class View:
+    """What the terminal shows of one job."""
+
+    chars: int = 0
+    pct: int = 0
+    stage: str = "queued"
+    status: str = "queued"
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, event: str, data: dict[str, Any]) -> None:
+        if event == "delta":
+            self.chars += len(data["text"])
+        elif event == "progress":
+            self.pct, self.stage = data["pct"], data["stage"]
+        elif event == "status":
+            self.status = data["status"]
+            if self.status == "running" and data.get("attempt", 1) > 1:
+                self.chars = 0  # a retry starts over
+        elif event == "result":
+            self.result = data["result"]
+        elif event == "error":
+            self.result = {"error": data}
+
+    def line(self, kind: str) -> str:
+        return (
+            f"  {kind:17} [{_bar(self.pct)}] {self.pct:3d}% {self.stage:10} "
+            f"{self.status:9} {self.chars:6d} chars"
+        )
+
+
+def watch(client: httpx.Client, base: str, events_url: str, kind: str) -> View:
+    """Follow a job's SSE stream to its end (reconnecting with Last-Event-ID), drawing it."""
+    view = View()
     tty = sys.stdout.isatty()
     last_id = None
-    while status not in ("succeeded", "failed", "cancelled"):
+    while view.status not in ("succeeded", "failed", "cancelled"):
         headers = {"Last-Event-ID": last_id} if last_id else {}
         with connect_sse(client, "GET", base + events_url, headers=headers) as source:
             for sse in source.iter_sse():
                 if not sse.data:  # a `retry:` hint, not an event
                     continue
                 last_id = sse.id or last_id
-                data = json.loads(sse.data)
-                if sse.event == "delta":
-                    chars += len(data["text"])
-                elif sse.event == "progress":
-                    pct, stage = data["pct"], data["stage"]
-                elif sse.event == "status":
-                    status = data["status"]
-                    if status == "running" and data.get("attempt", 1) > 1:
-                        chars = 0  # a retry starts over
-                elif sse.event == "result":
-                    result = data["result"]
-                elif sse.event == "error":
-                    result = {"error": data}
-                line = f"  {kind:17} [{_bar(pct)}] {pct:3d}% {stage:10} {status:9} {chars:6d} chars"
+                view.apply(sse.event, json.loads(sse.data))
                 if tty:
-                    print("\r" + line, end="", flush=True)
+                    print("\r" + view.line(kind), end="", flush=True)
                 elif sse.event != "delta":  # in a log, one line per stage change
-                    print(line, flush=True)
+                    print(view.line(kind), flush=True)
     if tty:
         print()
-    return {"status": status, "result": result}
+    return view
 
 
 def run_demo(base: str, jwt_secret: str) -> int:
@@ -83,7 +101,7 @@ def run_demo(base: str, jwt_secret: str) -> int:
             final = watch(client, base, body["events_url"], kind)
             job = client.get(f"{base}/api/jobs/{body['job']['id']}").json()["job"]
             print(json.dumps(job["result"] or job["error"], indent=2, ensure_ascii=False)[:3000])
-            if job["status"] != "succeeded" or final["status"] != "succeeded":
+            if job["status"] != "succeeded" or final.status != "succeeded":
                 ok = False
             elif kind == "job_match":
                 match = job["result"]

@@ -63,8 +63,9 @@ def redis_prefix() -> str:
 @pytest.fixture(scope="session")
 def upstash_url(redis_url: str) -> Iterator[str]:
     """An Upstash-REST stand-in that forwards to the real test Redis."""
-    from scripts.upstash_standin import create_app
     from support import serve_wsgi
+
+    from scripts.upstash_standin import create_app
 
     with serve_wsgi(create_app(redis_url, UPSTASH_TOKEN)) as url:
         yield url
@@ -73,8 +74,9 @@ def upstash_url(redis_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def postgrest_url(database_url: str) -> Iterator[str]:
     """A PostgREST stand-in serving /rest/v1/rpc/<fn> from the real test Postgres."""
-    from scripts.postgrest_standin import create_app
     from support import serve_wsgi
+
+    from scripts.postgrest_standin import create_app
 
     with serve_wsgi(create_app(database_url, SERVICE_ROLE_KEY)) as url:
         yield url

@@ -37,13 +37,25 @@ class User:
         return mint_access_token(self.id, DEV_JWT_SECRET)
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base, timeout=httpx.Timeout(30.0),
-                            headers={"Authorization": f"Bearer {self.token}"})
+        return httpx.Client(
+            base_url=self.base,
+            timeout=httpx.Timeout(30.0),
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
 
-    def submit(self, kind: str = "job_match", *, resume: str = RESUME, tier: str | None = None,
-               key: str | None = None, **extra: Any) -> httpx.Response:
-        body: dict[str, Any] = {"kind": kind,
-                                "input": {"resume_text": resume, "job_description": JD, **extra}}
+    def submit(
+        self,
+        kind: str = "job_match",
+        *,
+        resume: str = RESUME,
+        tier: str | None = None,
+        key: str | None = None,
+        **extra: Any,
+    ) -> httpx.Response:
+        body: dict[str, Any] = {
+            "kind": kind,
+            "input": {"resume_text": resume, "job_description": JD, **extra},
+        }
         if tier:
             body["tier"] = tier
         headers = {"Idempotency-Key": key} if key else {}
@@ -67,16 +79,24 @@ class User:
         return self.get("/api/me").json()  # type: ignore[no-any-return]
 
 
-def events(base: str, events_url: str, *, last_event_id: str | None = None,
-           stop_after: int | None = None, timeout: float = 60.0,
-           headers: dict[str, str] | None = None) -> list[Event]:
+def events(
+    base: str,
+    events_url: str,
+    *,
+    last_event_id: str | None = None,
+    stop_after: int | None = None,
+    timeout: float = 60.0,
+    headers: dict[str, str] | None = None,
+) -> list[Event]:
     """Read a job's SSE stream until it ends (or `stop_after` events); returns the events."""
     out: list[Event] = []
     hdrs = dict(headers or {})
     if last_event_id:
         hdrs["Last-Event-ID"] = last_event_id
-    with httpx.Client(base_url=base, timeout=httpx.Timeout(timeout)) as client, \
-            connect_sse(client, "GET", events_url, headers=hdrs) as source:
+    with (
+        httpx.Client(base_url=base, timeout=httpx.Timeout(timeout)) as client,
+        connect_sse(client, "GET", events_url, headers=hdrs) as source,
+    ):
         assert source.response.status_code == 200, source.response.read()
         for sse in source.iter_sse():
             if not sse.data:
@@ -91,8 +111,9 @@ def follow(base: str, events_url: str, timeout: float = 90.0) -> list[Event]:
     """Read a stream to its terminal event, reconnecting with Last-Event-ID like EventSource."""
     seen: list[Event] = []
     while not seen or not is_terminal(seen[-1]):
-        batch = events(base, events_url, last_event_id=seen[-1].id if seen else None,
-                       timeout=timeout)
+        batch = events(
+            base, events_url, last_event_id=seen[-1].id if seen else None, timeout=timeout
+        )
         seen.extend(batch)
     return seen
 

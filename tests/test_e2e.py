@@ -33,8 +33,9 @@ KINDS = ["job_match", "resume_customize", "interview_prep"]
 
 
 @pytest.fixture(scope="module")
-def stack(redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[Stack]:
+def stack(
+    redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
     logs = tmp_path_factory.mktemp("stack-logs")
     overrides = {
@@ -73,8 +74,9 @@ def submitted(response: httpx.Response) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_each_kind_succeeds_with_deltas_and_a_valid_result(stack: Stack, user: User,
-                                                           kind: str) -> None:
+def test_each_kind_succeeds_with_deltas_and_a_valid_result(
+    stack: Stack, user: User, kind: str
+) -> None:
     body = submitted(user.submit(kind))
     job = body["job"]
     assert job["status"] == "queued" and job["tier"] == "paid"  # type: ignore[index]
@@ -93,8 +95,9 @@ def test_each_kind_succeeds_with_deltas_and_a_valid_result(stack: Stack, user: U
     assert user.me()["coins"] == 5 - final["cost"]
 
 
-def test_a_reconnect_with_last_event_id_loses_nothing_and_repeats_nothing(stack: Stack,
-                                                                         user: User) -> None:
+def test_a_reconnect_with_last_event_id_loses_nothing_and_repeats_nothing(
+    stack: Stack, user: User
+) -> None:
     body = submitted(user.submit("job_match", resume=RESUME + " [[llm:slow=15]]"))
     url = body["events_url"]
     first = events(stack.producer_url, url, stop_after=4)  # type: ignore[arg-type]
@@ -137,8 +140,9 @@ def test_cancel_while_running_stops_the_job_and_refunds(stack: Stack, user: User
     assert user.job(job_id)["status"] == "cancelled"
 
 
-def test_cancel_while_queued_refunds_and_the_delivery_is_acknowledged(stack: Stack,
-                                                                       user: User) -> None:
+def test_cancel_while_queued_refunds_and_the_delivery_is_acknowledged(
+    stack: Stack, user: User
+) -> None:
     worker = stack.component("worker")
     assert worker.proc is not None
     os.killpg(worker.proc.pid, signal.SIGSTOP)
@@ -158,8 +162,10 @@ def test_cancel_while_queued_refunds_and_the_delivery_is_acknowledged(stack: Sta
 
 def test_quota_exhausted_when_coins_and_free_jobs_run_out(stack: Stack, user: User) -> None:
     slow = RESUME + " [[llm:slow=30]]"
-    ids = [submitted(user.submit(k, resume=slow))["job"]["id"]  # type: ignore[index]
-           for k in ("interview_prep", "resume_customize", "job_match")]
+    ids = [
+        submitted(user.submit(k, resume=slow))["job"]["id"]  # type: ignore[index]
+        for k in ("interview_prep", "resume_customize", "job_match")
+    ]
     assert user.me()["coins"] == 0
     for _ in range(2):  # the free daily allowance, one at a time (one active free job per user)
         free = submitted(user.submit("job_match"))
@@ -239,8 +245,9 @@ def test_a_job_survives_a_worker_sigkill_and_is_charged_once(stack: Stack, user:
     final = user.job(job_id)
     assert final["status"] == "succeeded" and final["attempts"] >= 2
     assert terminal_count(stream) == 1
-    attempts = [e.data["attempt"] for e in stream
-                if e.type == "status" and e.data["status"] == "running"]
+    attempts = [
+        e.data["attempt"] for e in stream if e.type == "status" and e.data["status"] == "running"
+    ]
     assert attempts == sorted(attempts) and attempts[-1] == final["attempts"]
     assert user.me()["coins"] == 4
     text_of_last_attempt(stream)  # the client view is well defined across attempts
@@ -257,8 +264,9 @@ def test_a_transient_llm_failure_succeeds_on_a_later_attempt(stack: Stack, user:
     assert user.me()["coins"] == 4
 
 
-def test_a_persistent_llm_failure_fails_after_retries_and_refunds_once(stack: Stack,
-                                                                      user: User) -> None:
+def test_a_persistent_llm_failure_fails_after_retries_and_refunds_once(
+    stack: Stack, user: User
+) -> None:
     body = submitted(user.submit("job_match", resume=RESUME + " [[llm:fail=500]]"))
     stream = follow(stack.producer_url, body["events_url"], timeout=120)  # type: ignore[arg-type]
     final = user.job(body["job"]["id"])  # type: ignore[index]
@@ -284,14 +292,29 @@ def test_invalid_model_output_fails_the_job_and_refunds(stack: Stack, user: User
     [
         ({"kind": "nope", "input": {"resume_text": "r", "job_description": "d"}}, "kind"),
         ({"kind": "job_match", "input": {"job_description": "d"}}, "input.resume_text"),
-        ({"kind": "job_match", "input": {"resume_text": "r" * 20_001, "job_description": "d"}},
-         "input.resume_text"),
-        ({"kind": "job_match", "input": {"resume_text": "r", "job_description": "d" * 10_001}},
-         "input.job_description"),
-        ({"kind": "job_match", "input": {"resume_text": "r", "job_description": "d"},
-          "tier": "gold"}, "tier"),
-        ({"kind": "job_match", "input": {"resume_text": "r", "job_description": "d",
-                                          "extra": 1}}, "input.extra"),
+        (
+            {"kind": "job_match", "input": {"resume_text": "r" * 20_001, "job_description": "d"}},
+            "input.resume_text",
+        ),
+        (
+            {"kind": "job_match", "input": {"resume_text": "r", "job_description": "d" * 10_001}},
+            "input.job_description",
+        ),
+        (
+            {
+                "kind": "job_match",
+                "input": {"resume_text": "r", "job_description": "d"},
+                "tier": "gold",
+            },
+            "tier",
+        ),
+        (
+            {
+                "kind": "job_match",
+                "input": {"resume_text": "r", "job_description": "d", "extra": 1},
+            },
+            "input.extra",
+        ),
         ([1, 2], "body"),
     ],
 )
@@ -308,21 +331,34 @@ def test_invalid_input_gets_400_with_field_details_and_charges_nothing(
 
 def test_malformed_requests_get_the_spec_error_shape(stack: Stack, user: User) -> None:
     with user.client() as client:
-        too_big = client.post("/api/jobs", content=b"{" + b" " * 300_000 + b"}",
-                              headers={"Content-Type": "application/json"})
-        wrong_type = client.post("/api/jobs", content=b"kind=job_match",
-                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
-        bad_json = client.post("/api/jobs", content=b"{nope",
-                               headers={"Content-Type": "application/json"})
-        long_key = client.post("/api/jobs", json={"kind": "job_match", "input": {}},
-                               headers={"Idempotency-Key": "k" * 129})
+        too_big = client.post(
+            "/api/jobs",
+            content=b"{" + b" " * 300_000 + b"}",
+            headers={"Content-Type": "application/json"},
+        )
+        wrong_type = client.post(
+            "/api/jobs",
+            content=b"kind=job_match",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        bad_json = client.post(
+            "/api/jobs", content=b"{nope", headers={"Content-Type": "application/json"}
+        )
+        long_key = client.post(
+            "/api/jobs",
+            json={"kind": "job_match", "input": {}},
+            headers={"Idempotency-Key": "k" * 129},
+        )
     with httpx.Client(base_url=stack.producer_url) as anonymous:
         no_auth = anonymous.get("/api/me")
         bad_auth = anonymous.get("/api/me", headers={"Authorization": "Bearer not-a-jwt"})
     for response, status, code in [
-        (too_big, 413, "payload_too_large"), (wrong_type, 415, "unsupported_media_type"),
-        (bad_json, 400, "invalid_input"), (long_key, 400, "invalid_input"),
-        (no_auth, 401, "unauthorized"), (bad_auth, 401, "unauthorized"),
+        (too_big, 413, "payload_too_large"),
+        (wrong_type, 415, "unsupported_media_type"),
+        (bad_json, 400, "invalid_input"),
+        (long_key, 400, "invalid_input"),
+        (no_auth, 401, "unauthorized"),
+        (bad_auth, 401, "unauthorized"),
     ]:
         assert response.status_code == status, response.text
         assert set(response.json()["error"]) == {"code", "message", "details"}
@@ -330,8 +366,9 @@ def test_malformed_requests_get_the_spec_error_shape(stack: Stack, user: User) -
     assert user.me()["coins"] == 5
 
 
-def test_the_broker_down_at_submit_answers_503_and_charges_nothing(stack: Stack,
-                                                                   user: User) -> None:
+def test_the_broker_down_at_submit_answers_503_and_charges_nothing(
+    stack: Stack, user: User
+) -> None:
     broker = stack.component("broker")
     assert broker.proc is not None
     os.killpg(broker.proc.pid, signal.SIGKILL)

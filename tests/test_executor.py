@@ -18,9 +18,15 @@ from lib.store.backends import PostgresBackend
 
 @pytest.fixture
 def executor(redis_url: str, database_url: str, redis_prefix: str):  # type: ignore[no-untyped-def]
-    settings = config.load("any", redis_url=redis_url, database_url=database_url,
-                           redis_prefix=redis_prefix, job_timeout_seconds=10,
-                           sweep_after_seconds=60, sweep_interval_seconds=0)
+    settings = config.load(
+        "any",
+        redis_url=redis_url,
+        database_url=database_url,
+        redis_prefix=redis_prefix,
+        job_timeout_seconds=10,
+        sweep_after_seconds=60,
+        sweep_interval_seconds=0,
+    )
     store = Store(PostgresBackend(database_url), initial_coins=5, free_daily=3)
     state = State(TcpBackend(redis_url), prefix=redis_prefix)
     ex = Executor(settings, store, state, llm=None)
@@ -30,17 +36,26 @@ def executor(redis_url: str, database_url: str, redis_prefix: str):  # type: ign
     state.close()
 
 
-def test_the_sweeper_fails_refunds_and_closes_jobs_never_enqueued(executor: Executor,
-                                                                 database_url: str) -> None:
+def test_the_sweeper_fails_refunds_and_closes_jobs_never_enqueued(
+    executor: Executor, database_url: str
+) -> None:
     user, job_id = str(uuid.uuid4()), str(uuid.uuid4())
-    executor.store.submit(job_id=job_id, user_id=user, kind="job_match", tier="paid", cost=2,
-                          input={"resume_text": "r", "job_description": "d"},
-                          idempotency_key=None, request_hash="h")
+    executor.store.submit(
+        job_id=job_id,
+        user_id=user,
+        kind="job_match",
+        tier="paid",
+        cost=2,
+        input={"resume_text": "r", "job_description": "d"},
+        idempotency_key=None,
+        request_hash="h",
+    )
     JobEvents(executor.state, job_id, 0).running()
     assert job_id not in executor.sweep()  # too recent: its submit may still be publishing
     with psycopg.connect(database_url) as conn:
-        conn.execute("update cs_jobs set created_at = now() - interval '2 hours' where id = %s",
-                      (job_id,))
+        conn.execute(
+            "update cs_jobs set created_at = now() - interval '2 hours' where id = %s", (job_id,)
+        )
     assert job_id in executor.sweep()
     job = executor.store.get_job(job_id, user)
     assert job and job.status == "failed" and job.error and job.error.code == "unavailable"

@@ -16,8 +16,13 @@ from lib.state import State
 
 @pytest.fixture
 def state(redis_backend: object, redis_prefix: str) -> State:
-    return State(redis_backend, prefix=redis_prefix,  # type: ignore[arg-type]
-                 limits={"free": (2, 1), "paid": (3, 2)}, admission_ttl=60, lease_ttl=5)
+    return State(
+        redis_backend,
+        prefix=redis_prefix,  # type: ignore[arg-type]
+        limits={"free": (2, 1), "paid": (3, 2)},
+        admission_ttl=60,
+        lease_ttl=5,
+    )
 
 
 def new_id() -> str:
@@ -59,10 +64,15 @@ def test_release_frees_both_slots_and_is_idempotent(state: State) -> None:
     state.admit(new_id(), "free", user)
 
 
-def test_a_crashed_jobs_slot_frees_itself_when_its_deadline_passes(redis_backend: object,
-                                                                    redis_prefix: str) -> None:
-    short = State(redis_backend, prefix=redis_prefix,  # type: ignore[arg-type]
-                  limits={"free": (1, 1), "paid": (1, 1)}, admission_ttl=0.3)
+def test_a_crashed_jobs_slot_frees_itself_when_its_deadline_passes(
+    redis_backend: object, redis_prefix: str
+) -> None:
+    short = State(
+        redis_backend,
+        prefix=redis_prefix,  # type: ignore[arg-type]
+        limits={"free": (1, 1), "paid": (1, 1)},
+        admission_ttl=0.3,
+    )
     user = new_id()
     short.admit(new_id(), "free", user)
     with pytest.raises(RateLimitError):
@@ -107,8 +117,9 @@ def test_the_terminal_event_is_written_once_and_is_last(state: State) -> None:
     events = JobEvents(state, job, 1, flush_ms=0)
     events.running()
     events.delta("hello")
-    assert emit_terminal(state, job, "cancelled", result=None,
-                         error={"code": "cancelled", "message": "x"}, attempt=1)
+    assert emit_terminal(
+        state, job, "cancelled", result=None, error={"code": "cancelled", "message": "x"}, attempt=1
+    )
     assert emit_terminal(state, job, "failed", result=None, error=None, attempt=1) is None
     with pytest.raises(StreamClosed):
         events.delta(" world")
@@ -158,8 +169,12 @@ def test_every_per_job_key_has_a_ttl(state: State) -> None:
     state.acquire(job, "free", user, "a")
     JobEvents(state, job, 1).running()
     emit_terminal(state, job, "succeeded", result={}, error=None, attempt=1)
-    for key in (state.keys.events(job), state.keys.done(job), state.keys.lease(job),
-                state.keys.user(user, "free")):
+    for key in (
+        state.keys.events(job),
+        state.keys.done(job),
+        state.keys.lease(job),
+        state.keys.user(user, "free"),
+    ):
         assert int(state.backend.command("TTL", key)) > 0, key
 
 

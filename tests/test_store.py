@@ -23,18 +23,34 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def submit(store: Store, user: str, *, tier: str = "paid", cost: int = 2,
-           key: str | None = None, digest: str = "h") -> dict[str, Any]:
-    return store.submit(job_id=new_id(), user_id=user, kind="job_match", tier=tier, cost=cost,
-                        input=INPUT, idempotency_key=key, request_hash=digest)
+def submit(
+    store: Store,
+    user: str,
+    *,
+    tier: str = "paid",
+    cost: int = 2,
+    key: str | None = None,
+    digest: str = "h",
+) -> dict[str, Any]:
+    return store.submit(
+        job_id=new_id(),
+        user_id=user,
+        kind="job_match",
+        tier=tier,
+        cost=cost,
+        input=INPUT,
+        idempotency_key=key,
+        request_hash=digest,
+    )
 
 
 def balance(database_url: str, user: str) -> tuple[int, int]:
     """(coins, sum of the ledger) for a user, read straight from Postgres."""
     with psycopg.connect(database_url) as conn:
         coins = conn.execute("select coins from cs_balances where user_id = %s", (user,)).fetchone()
-        ledger = conn.execute("select coalesce(sum(amount), 0) from cs_ledger where user_id = %s",
-                              (user,)).fetchone()
+        ledger = conn.execute(
+            "select coalesce(sum(amount), 0) from cs_ledger where user_id = %s", (user,)
+        ).fetchone()
     return int(coins[0]) if coins else 0, int(ledger[0]) if ledger else 0
 
 
@@ -56,8 +72,9 @@ def test_auto_picks_paid_when_coins_cover_the_cost_then_free_then_quota(store: S
     assert prep["outcome"] == "quota_exhausted" and prep["free_jobs_left_today"] == 0
 
 
-def test_submit_debits_once_and_the_ledger_matches_the_balance(store: Store,
-                                                               database_url: str) -> None:
+def test_submit_debits_once_and_the_ledger_matches_the_balance(
+    store: Store, database_url: str
+) -> None:
     user = new_id()
     created = submit(store, user, cost=2)
     assert created["outcome"] == "created"
@@ -65,8 +82,9 @@ def test_submit_debits_once_and_the_ledger_matches_the_balance(store: Store,
     assert balance(database_url, user) == (3, 3)
 
 
-def test_paid_submit_without_coins_is_refused_and_charges_nothing(store: Store,
-                                                                  database_url: str) -> None:
+def test_paid_submit_without_coins_is_refused_and_charges_nothing(
+    store: Store, database_url: str
+) -> None:
     user = new_id()
     assert submit(store, user, cost=6)["outcome"] == "quota_exhausted"
     assert balance(database_url, user) == (5, 5)
@@ -84,14 +102,22 @@ def test_the_same_idempotency_key_returns_the_same_job_without_a_second_charge(
     assert balance(database_url, user) == (3, 3)
 
 
-def test_concurrent_submits_with_one_key_create_one_job(store_backend: Any,
-                                                        database_url: str) -> None:
+def test_concurrent_submits_with_one_key_create_one_job(
+    store_backend: Any, database_url: str
+) -> None:
     user = new_id()
     results: list[dict[str, Any]] = []
 
     def one() -> None:
-        results.append(submit(Store(store_backend, initial_coins=5, free_daily=2), user,
-                              key="same", digest="x", cost=1))
+        results.append(
+            submit(
+                Store(store_backend, initial_coins=5, free_daily=2),
+                user,
+                key="same",
+                digest="x",
+                cost=1,
+            )
+        )
 
     threads = [threading.Thread(target=one) for _ in range(6)]
     for t in threads:
@@ -194,15 +220,18 @@ def test_the_ledger_is_append_only(database_url: str, store: Store) -> None:
         conn.execute("update cs_ledger set amount = 100 where user_id = %s", (user,))
 
 
-def test_row_level_security_shows_a_user_only_their_own_jobs(store: Store,
-                                                             database_url: str) -> None:
+def test_row_level_security_shows_a_user_only_their_own_jobs(
+    store: Store, database_url: str
+) -> None:
     alice, bob = new_id(), new_id()
     submit(store, alice, cost=1)
     submit(store, bob, cost=1)
     with psycopg.connect(database_url) as conn:
         conn.execute("set role authenticated")
-        conn.execute("select set_config('request.jwt.claims', %s, false)",
-                     (f'{{"sub": "{alice}", "role": "authenticated"}}',))
+        conn.execute(
+            "select set_config('request.jwt.claims', %s, false)",
+            (f'{{"sub": "{alice}", "role": "authenticated"}}',),
+        )
         owners = {row[0] for row in conn.execute("select user_id::text from cs_jobs")}
         with pytest.raises(psycopg.Error):
             conn.execute("select cs_cancel(gen_random_uuid(), %s::uuid)", (alice,))

@@ -24,12 +24,18 @@ def _respond(outcome: Outcome) -> Response:
     return response
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None
-           ) -> Response:
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     response = jsonify({"error": {"code": code, "message": message, "details": None}})
     response.status_code = status
     response.headers.update(headers or {})
     return response
+
+
+def _int_header(name: str) -> int:
+    try:
+        return max(0, int(request.headers.get(name, "0")))
+    except ValueError:
+        return 0
 
 
 def _delivery(body: bytes) -> dict[str, Any] | None:
@@ -56,18 +62,34 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         from lib.llm import LLM
         from lib.metrics import Metrics
 
-        executor = Executor(settings, store.from_settings(settings, pool_size=20),
-                            state.from_settings(settings), LLM(settings), Metrics())
+        executor = Executor(
+            settings,
+            store.from_settings(settings, pool_size=20),
+            state.from_settings(settings),
+            LLM(settings),
+            Metrics(),
+        )
         executor.start_sweeper()
     app = Flask(__name__)
     app.extensions["executor"] = executor
+    _delivery_routes(app, executor, settings)
+    _health_routes(app, executor)
+    return app
+
+
+def _delivery_routes(app: Flask, executor: Executor, settings: Any) -> None:
     keys = settings.signing_keys
 
     def verified(url: str) -> bytes | Response:
         body = request.get_data(cache=False)
         try:
-            verify(request.headers.get("Upstash-Signature"), body, keys=keys, url=url,
-                   clock_tolerance=settings.qstash_clock_tolerance_seconds)
+            verify(
+                request.headers.get("Upstash-Signature"),
+                body,
+                keys=keys,
+                url=url,
+                clock_tolerance=settings.qstash_clock_tolerance_seconds,
+            )
         except InvalidSignature:
             log.warning("rejected a delivery with an invalid signature", extra={"path": url})
             return _error(401, "unauthorized", "invalid Upstash-Signature")
@@ -80,16 +102,22 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             return body
         payload = _delivery(body)
         if payload is None:
-            return _error(489, "invalid_input", "malformed delivery body",
-                          {"Upstash-NonRetryable-Error": "true"})
-        try:
-            retried = int(request.headers.get("Upstash-Retried", "0"))
-        except ValueError:
-            retried = 0
+            return _error(
+                489,
+                "invalid_input",
+                "malformed delivery body",
+                {"Upstash-NonRetryable-Error": "true"},
+            )
+        retried = _int_header("Upstash-Retried")
         max_retries = int(payload.get("retries", settings.job_retries))
         try:
-            outcome = executor.execute(payload["job_id"], payload["user_id"], payload["tier"],
-                                       retried=retried, max_retries=max_retries)
+            outcome = executor.execute(
+                payload["job_id"],
+                payload["user_id"],
+                payload["tier"],
+                retried=retried,
+                max_retries=max_retries,
+            )
         except AppError as exc:  # Redis or the DB is down: let the broker retry later
             log.warning("delivery failed", extra={"job_id": payload["job_id"], "code": exc.code})
             return _error(503, exc.code, exc.message, {"Retry-After": "10"})
@@ -103,20 +131,25 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         try:
             callback = json.loads(body)
             source = _delivery(base64.b64decode(callback.get("sourceBody") or ""))
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, AttributeError):
             source = None
         if source is None:
             log.warning("failure callback without a usable source body")
             return jsonify({"ignored": True})
-        reason = f"delivery failed after {callback.get('retried', 0)} retries " \
-                 f"(last status {callback.get('status')})"
+        reason = (
+            f"delivery failed after {callback.get('retried', 0)} retries "
+            f"(last status {callback.get('status')})"
+        )
         try:
-            outcome = executor.fail_delivery(source["job_id"], source["user_id"], source["tier"],
-                                             reason)
+            outcome = executor.fail_delivery(
+                source["job_id"], source["user_id"], source["tier"], reason
+            )
         except AppError as exc:
             return _error(503, exc.code, exc.message, {"Retry-After": "10"})
         return _respond(outcome)
 
+
+def _health_routes(app: Flask, executor: Executor) -> None:
     @app.get("/healthz")
     def healthz() -> Response:
         return jsonify({"ok": True, "draining": executor.draining, "running": executor.running()})
@@ -141,5 +174,3 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
         text, content_type = render()
         return Response(text, content_type=content_type)
-
-    return app

@@ -24,7 +24,7 @@ Prompts = dict[str, tuple[str, str]]  # language -> (system prompt, user prompt 
 
 
 def detect_language(*texts: str) -> str:
-    """"zh" when a noticeable share of the text is Chinese, else "en"."""
+    """ "zh" when a noticeable share of the text is Chinese, else "en"."""
     joined = "".join(texts)
     letters = sum(1 for ch in joined if ch.isalpha())
     cjk = len(_CJK.findall(joined))
@@ -74,7 +74,9 @@ class Context:
         lang = detect_language(*fields.values())
         system, user = prompts[lang]
         schema = result_model.model_json_schema()
-        system = f"{system}\n\n<json_schema>\n{json.dumps(schema, ensure_ascii=False)}\n</json_schema>"
+        system = (
+            f"{system}\n\n<json_schema>\n{json.dumps(schema, ensure_ascii=False)}\n</json_schema>"
+        )
         self.progress("generating", 10)
         received = 0
         next_mark = 0.25

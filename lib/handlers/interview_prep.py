@@ -50,16 +50,24 @@ PROMPTS: Prompts = {
 
 def handle(ctx: Context, job_input: PrepInput) -> PrepResult:
     match = job_input.match.model_dump() if job_input.match else {}
-    result = ctx.structured(PrepResult, PROMPTS, {
-        "resume_text": job_input.resume_text,
-        "job_description": job_input.job_description,
-        "match": json.dumps(match, ensure_ascii=False),
-    })
+    result = ctx.structured(
+        PrepResult,
+        PROMPTS,
+        {
+            "resume_text": job_input.resume_text,
+            "job_description": job_input.job_description,
+            "match": json.dumps(match, ensure_ascii=False),
+        },
+    )
     assert isinstance(result, PrepResult)
     return result
 
 
 HANDLER = Handler(
-    kind="interview_prep", cost=2, input_model=PrepInput, result_model=PrepResult, handle=handle,
+    kind="interview_prep",
+    cost=2,
+    input_model=PrepInput,
+    result_model=PrepResult,
+    handle=handle,
     expected_chars=2500,
 )

@@ -12,7 +12,9 @@ class MatchResult(BaseModel):
     score: int = Field(ge=0, le=100, description="Overall fit, 0 (none) to 100 (ideal).")
     strengths: list[str] = Field(description="Where the candidate clearly meets the role.")
     gaps: list[str] = Field(description="Requirements the resume does not show.")
-    missing_keywords: list[str] = Field(description="Terms from the posting absent from the resume.")
+    missing_keywords: list[str] = Field(
+        description="Terms from the posting absent from the resume."
+    )
     summary: str = Field(description="Two or three sentences a recruiter would read first.")
 
 
@@ -36,15 +38,23 @@ PROMPTS: Prompts = {
 
 
 def handle(ctx: Context, job_input: JobInput) -> MatchResult:
-    result = ctx.structured(MatchResult, PROMPTS, {
-        "resume_text": job_input.resume_text,
-        "job_description": job_input.job_description,
-    })
+    result = ctx.structured(
+        MatchResult,
+        PROMPTS,
+        {
+            "resume_text": job_input.resume_text,
+            "job_description": job_input.job_description,
+        },
+    )
     assert isinstance(result, MatchResult)
     return result
 
 
 HANDLER = Handler(
-    kind="job_match", cost=1, input_model=JobInput, result_model=MatchResult, handle=handle,
+    kind="job_match",
+    cost=1,
+    input_model=JobInput,
+    result_model=MatchResult,
+    handle=handle,
     expected_chars=900,
 )

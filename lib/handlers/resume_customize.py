@@ -50,16 +50,24 @@ PROMPTS: Prompts = {
 
 def handle(ctx: Context, job_input: CustomizeInput) -> CustomizeResult:
     match = job_input.match.model_dump_json() if job_input.match else "{}"
-    result = ctx.structured(CustomizeResult, PROMPTS, {
-        "resume_text": job_input.resume_text,
-        "job_description": job_input.job_description,
-        "match": json.dumps(json.loads(match), ensure_ascii=False),
-    })
+    result = ctx.structured(
+        CustomizeResult,
+        PROMPTS,
+        {
+            "resume_text": job_input.resume_text,
+            "job_description": job_input.job_description,
+            "match": json.dumps(json.loads(match), ensure_ascii=False),
+        },
+    )
     assert isinstance(result, CustomizeResult)
     return result
 
 
 HANDLER = Handler(
-    kind="resume_customize", cost=2, input_model=CustomizeInput, result_model=CustomizeResult,
-    handle=handle, expected_chars=2500,
+    kind="resume_customize",
+    cost=2,
+    input_model=CustomizeInput,
+    result_model=CustomizeResult,
+    handle=handle,
+    expected_chars=2500,
 )

@@ -1,7 +1,8 @@
 """Enqueue jobs: through QStash with the official SDK, or straight to the worker in dev.
 
-A message carries ids, never the job's input: `{"job_id", "user_id", "tier", "retries"}`. The job id is the
-deduplication id, so publishing the same job twice within QStash's window delivers it once.
+A message carries ids, never the job's input: `{job_id, user_id, tier, retries}`.
+The job id is the deduplication id, so publishing the same job twice within QStash's
+window delivers it once.
 """
 
 from __future__ import annotations
@@ -103,12 +104,17 @@ class DirectPublisher:
         s = self.settings
         body = message_body(job_id, user_id, tier, 0)
         key = s.qstash_current_signing_key
-        headers = {"Content-Type": "application/json", "Upstash-Retried": "0",
-                   "Upstash-Message-Id": f"direct_{job_id}"}
+        headers = {
+            "Content-Type": "application/json",
+            "Upstash-Retried": "0",
+            "Upstash-Message-Id": f"direct_{job_id}",
+        }
         status = 0
         try:
             response = requests.post(
-                s.execute_url, data=body, timeout=s.job_timeout_seconds,
+                s.execute_url,
+                data=body,
+                timeout=s.job_timeout_seconds,
                 headers={**headers, "Upstash-Signature": sign(key, s.execute_url, body)},
             )
             status = response.status_code
@@ -116,15 +122,25 @@ class DirectPublisher:
             log.warning("direct delivery failed to reach the worker", extra={"job_id": job_id})
         if 200 <= status < 300:
             return
-        callback = json.dumps({
-            "status": status, "retried": 0, "maxRetries": 0, "sourceMessageId": f"direct_{job_id}",
-            "url": s.execute_url, "sourceBody": base64.b64encode(body).decode(),
-        }).encode()
+        callback = json.dumps(
+            {
+                "status": status,
+                "retried": 0,
+                "maxRetries": 0,
+                "sourceMessageId": f"direct_{job_id}",
+                "url": s.execute_url,
+                "sourceBody": base64.b64encode(body).decode(),
+            }
+        ).encode()
         try:
             requests.post(
-                s.failed_url, data=callback, timeout=30,
-                headers={"Content-Type": "application/json",
-                         "Upstash-Signature": sign(key, s.failed_url, callback)},
+                s.failed_url,
+                data=callback,
+                timeout=30,
+                headers={
+                    "Content-Type": "application/json",
+                    "Upstash-Signature": sign(key, s.failed_url, callback),
+                },
             )
         except requests.RequestException:
             log.warning("direct failure callback failed", extra={"job_id": job_id})

@@ -60,19 +60,27 @@ class State:
         result = self.backend.run(
             scripts.ADMIT,
             [self.keys.tier(tier), self.keys.user(user_id, tier)],
-            [job_id, now, now + self.admission_ttl_ms, tier_max, user_max,
-             self.admission_ttl_ms * 2],
+            [
+                job_id,
+                now,
+                now + self.admission_ttl_ms,
+                tier_max,
+                user_max,
+                self.admission_ttl_ms * 2,
+            ],
         )
         outcome = result[0]
         if outcome == "backpressure":
             raise RateLimitError(
                 f"the {tier} queue is full; try again shortly",
-                code=ErrorCode.BACKPRESSURE, retry_after=self.retry_after,
+                code=ErrorCode.BACKPRESSURE,
+                retry_after=self.retry_after,
             )
         if outcome == "user_concurrency":
             raise RateLimitError(
                 f"you already have {user_max} active {tier} job(s); wait for one to finish",
-                code=ErrorCode.USER_CONCURRENCY, retry_after=self.retry_after,
+                code=ErrorCode.USER_CONCURRENCY,
+                retry_after=self.retry_after,
             )
 
     def release(
@@ -103,8 +111,12 @@ class State:
         deadline = _now_ms() + self.admission_ttl_ms
         result = self.backend.run(
             scripts.ACQUIRE,
-            [self.keys.lease(job_id), self.keys.done(job_id), self.keys.tier(tier),
-             self.keys.user(user_id, tier)],
+            [
+                self.keys.lease(job_id),
+                self.keys.done(job_id),
+                self.keys.tier(tier),
+                self.keys.user(user_id, tier),
+            ],
             [token, self.lease_ttl_ms, job_id, deadline, self.admission_ttl_ms * 2],
         )
         return str(result[0]), (result[1] if len(result) > 1 else None)
@@ -114,8 +126,12 @@ class State:
         deadline = _now_ms() + self.admission_ttl_ms
         result = self.backend.run(
             scripts.RENEW,
-            [self.keys.lease(job_id), self.keys.done(job_id), self.keys.tier(tier),
-             self.keys.user(user_id, tier)],
+            [
+                self.keys.lease(job_id),
+                self.keys.done(job_id),
+                self.keys.tier(tier),
+                self.keys.user(user_id, tier),
+            ],
             [token, self.lease_ttl_ms, job_id, deadline, self.admission_ttl_ms * 2],
         )
         done = result[1] if len(result) > 1 else None
@@ -136,7 +152,10 @@ class State:
         terminal or cancelled), in which case nothing was written.
         """
         args: list[str | int] = [
-            self.events_ttl, int(refresh_ttl), int(self.publish), terminal or "",
+            self.events_ttl,
+            int(refresh_ttl),
+            int(self.publish),
+            terminal or "",
         ]
         for event_type, data in events:
             args += [event_type, json.dumps(data, separators=(",", ":"), ensure_ascii=False)]

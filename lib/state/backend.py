@@ -22,7 +22,9 @@ class RedisBackend(Protocol):
     def read(self, stream: str, after: str, count: int) -> list[Entry]:
         """Entries of `stream` strictly after id `after` ("0" = from the start), oldest first."""
 
-    def wait(self, stream: str, channel: str, after: str, timeout: float, count: int) -> list[Entry]:
+    def wait(
+        self, stream: str, channel: str, after: str, timeout: float, count: int
+    ) -> list[Entry]:
         """Like `read`, but wait up to `timeout` seconds for an entry when there is none yet."""
 
     def ping(self) -> None:

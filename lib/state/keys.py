@@ -6,7 +6,7 @@ slot on clustered Redis. TTLs:
 | key                          | type   | TTL                                                   |
 |------------------------------|--------|-------------------------------------------------------|
 | `job:{id}:ev`                | stream | EVENTS_TTL_SECONDS (>= 24 h), refreshed on each status |
-| `job:{id}:done`              | string | EVENTS_TTL_SECONDS; the terminal status, also the cancel flag |
+| `job:{id}:done`              | string | EVENTS_TTL_SECONDS; terminal status = cancel flag     |
 | `job:{id}:lease`             | string | LEASE_TTL_SECONDS, renewed by the running attempt      |
 | `job:{id}:notify`            | pubsub | (a channel, not a key)                                |
 | `adm:tier:<tier>`            | zset   | none (one per tier); members expire by score (deadline) |

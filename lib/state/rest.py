@@ -53,12 +53,14 @@ class RestBackend:
     def read(self, stream: str, after: str, count: int) -> list[Entry]:
         start = "-" if after in ("", "0", "0-0") else f"({after}"
         try:
-            rows = self._client.execute(["XRANGE", stream, start, "+", "COUNT", str(count)])
+            rows: Any = self._client.execute(["XRANGE", stream, start, "+", "COUNT", str(count)])
         except _DOWN as exc:
             raise UnavailableError("redis is unavailable") from exc
         return [(str(row[0]), pairs(row[1])) for row in rows or []]
 
-    def wait(self, stream: str, channel: str, after: str, timeout: float, count: int) -> list[Entry]:
+    def wait(
+        self, stream: str, channel: str, after: str, timeout: float, count: int
+    ) -> list[Entry]:
         deadline = time.monotonic() + timeout
         url = f"{self._url}/subscribe/{channel}"
         headers = {"Authorization": f"Bearer {self._token}", "Accept": "text/event-stream"}

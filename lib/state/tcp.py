@@ -49,16 +49,18 @@ class TcpBackend:
     def read(self, stream: str, after: str, count: int) -> list[Entry]:
         start = "-" if after in ("", "0", "0-0") else f"({after}"
         try:
-            rows = self._client.xrange(stream, min=start, max="+", count=count)
+            rows: Any = self._client.xrange(stream, min=start, max="+", count=count)
         except _DOWN as exc:
             raise UnavailableError("redis is unavailable") from exc
         return [(entry_id, dict(fields)) for entry_id, fields in rows]
 
-    def wait(self, stream: str, channel: str, after: str, timeout: float, count: int) -> list[Entry]:
+    def wait(
+        self, stream: str, channel: str, after: str, timeout: float, count: int
+    ) -> list[Entry]:
         after = after if after not in ("", "0") else "0-0"
         block_ms = max(1, int(min(timeout, MAX_BLOCK_SECONDS) * 1000))
         try:
-            result = self._blocking.xread({stream: after}, count=count, block=block_ms)
+            result: Any = self._blocking.xread({stream: after}, count=count, block=block_ms)
         except _DOWN as exc:
             raise UnavailableError("redis is unavailable") from exc
         if not result:

@@ -111,8 +111,9 @@ class SupabaseBackend:
 
     def __init__(self, url: str, service_role_key: str, *, timeout: float = 10.0) -> None:
         import httpx
-        from supabase import create_client
         from supabase.lib.client_options import SyncClientOptions
+
+        from supabase import create_client
 
         # No client-side retry: an rpc such as cs_submit must not run twice on a lost reply.
         options = SyncClientOptions(
