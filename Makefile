@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo dev test lint format typecheck clean
+.PHONY: help install demo dev test lint format lock clean
 
 help:
 	@echo "make demo   run one job of each kind on a local stack, then stop"
@@ -33,6 +33,13 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+
+# Pinned dependency sets: requirements.txt is what Vercel installs for api/ (no openai,
+# gunicorn or prometheus); worker/requirements.txt is what the worker image installs.
+lock: $(STAMP)
+	$(PY) -m pip install --quiet uv
+	$(VENV)/bin/uv pip compile pyproject.toml --quiet --no-header --python-version 3.12 -o requirements.txt
+	$(VENV)/bin/uv pip compile pyproject.toml --quiet --no-header --extra worker --python-version 3.11 -o worker/requirements.txt
 
 format: $(STAMP)
 	$(PY) -m ruff format .
