@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from dotenv import dotenv_values
 
 from lib.config import DEV_JWT_SECRET
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
@@ -81,7 +82,9 @@ class Stack:
 
     # Environment -------------------------------------------------------------------------------
     def _environment(self) -> dict[str, str]:
-        base = {**os.environ, **self.overrides}
+        # Like the services themselves: the environment, then `.env`, then our defaults.
+        dotenv = {k: v for k, v in dotenv_values(ROOT / ".env").items() if v is not None}
+        base = {**dotenv, **os.environ, **self.overrides}
         env = dict(base)
         if not base.get("REDIS_URL") and not base.get("UPSTASH_REDIS_REST_URL"):
             server = embedded.start_redis()
