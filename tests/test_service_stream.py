@@ -1,0 +1,75 @@
+"""The SSE generator of `lib.service.Producer.stream`: heartbeats, the time limit, resumption."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from lib.events import JobEvents, emit_terminal
+from lib.service import Producer
+from lib.state import State
+from lib.state.tcp import TcpBackend
+
+
+@pytest.fixture
+def producer(redis_url: str, redis_prefix: str) -> Producer:
+    state = State(TcpBackend(redis_url), prefix=redis_prefix)
+    return Producer(
+        settings=None,
+        store=None,
+        state=state,
+        publisher=None,  # type: ignore[arg-type]
+        verifier=None,
+    )  # type: ignore[arg-type]
+
+
+def test_a_quiet_stream_sends_heartbeats_and_ends_at_the_time_limit(producer: Producer) -> None:
+    job = str(uuid.uuid4())
+    JobEvents(producer.state, job, 1).running()
+    started = time.monotonic()
+    frames = list(producer.stream(job, None, max_seconds=1.0, heartbeat=0.25))
+    elapsed = time.monotonic() - started
+    assert frames[0] == "retry: 1000\n\n"
+    assert frames[1].startswith("id: ") and "event: status" in frames[1]
+    assert frames.count(": keep-alive\n\n") >= 2
+    assert 0.9 <= elapsed < 3
+
+
+def test_the_stream_ends_right_after_the_terminal_status(producer: Producer) -> None:
+    job = str(uuid.uuid4())
+    events = JobEvents(producer.state, job, 1, flush_ms=0)
+    events.running()
+
+    def finish() -> None:
+        time.sleep(0.2)  # the reader is blocked by then; the test only needs the order below
+        events.delta("hello")
+        emit_terminal(producer.state, job, "succeeded", result={"ok": 1}, error=None, attempt=1)
+
+    threading.Thread(target=finish).start()
+    started = time.monotonic()
+    frames = [
+        f for f in producer.stream(job, None, max_seconds=30, heartbeat=10) if f.startswith("id:")
+    ]
+    assert time.monotonic() - started < 5
+    kinds = [f.split("\n")[1] for f in frames]
+    assert kinds == ["event: status", "event: delta", "event: result", "event: status"]
+    assert '"succeeded"' in frames[-1]
+
+
+def test_resuming_after_an_id_repeats_nothing(producer: Producer) -> None:
+    job = str(uuid.uuid4())
+    events = JobEvents(producer.state, job, 1, flush_ms=0)
+    events.running()
+    events.delta("a")
+    emit_terminal(producer.state, job, "succeeded", result={}, error=None, attempt=1)
+    whole = [
+        f for f in producer.stream(job, None, max_seconds=5, heartbeat=1) if f.startswith("id:")
+    ]
+    first_id = whole[0].split("\n")[0][4:]
+    rest = [
+        f for f in producer.stream(job, first_id, max_seconds=5, heartbeat=1) if f.startswith("id:")
+    ]
+    assert rest == whole[1:]
