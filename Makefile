@@ -13,7 +13,7 @@ help:
 	@echo "make lint   ruff check, ruff format --check and mypy"
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[worker,dev,test]'
 	@touch $(STAMP)

@@ -2,12 +2,14 @@
 
 Redis and Postgres are the session's real servers (conftest.py). The paid HTTP APIs are replaced
 by the project's own local servers: the offline LLM and the QStash-compatible dev broker. Loaded
-by `tests/test_worker.py` and `tests/test_service.py` through `pytest_plugins`.
+by `tests/test_worker.py` and `tests/test_service.py` through `pytest_plugins` (never imported
+directly at run time, so pytest can load it as a plugin).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -137,14 +139,6 @@ def stream_of(st: State, job_id: str) -> list[Event]:
     ]
 
 
-def statuses(events: list[Event]) -> list[tuple[str, int]]:
-    return [(e.data["status"], e.data["attempt"]) for e in events if e.type == "status"]
-
-
-def make_settings(base: dict[str, Any], role: str = "any", **overrides: Any) -> Settings:
-    return config.load(role, **{**base, **overrides})  # type: ignore[arg-type]
-
-
 @dataclass
 class Created:
     job_id: str
@@ -163,6 +157,12 @@ class WorkerEnv:
     executor: Any
     app: Flask
     overrides: dict[str, Any]
+
+    def stream(self, job_id: str) -> list[Event]:
+        return stream_of(self.state, job_id)
+
+    def lease_held(self, job_id: str) -> bool:
+        return bool(self.state.backend.command("EXISTS", self.state.keys.lease(job_id)))
 
     def create_job(
         self,
@@ -201,6 +201,9 @@ def make_worker(
     from worker.app import create_app
 
     built: list[WorkerEnv] = []
+    # create_app configures the root logger for the process; give pytest's logging back after.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
 
     def build(**overrides: Any) -> WorkerEnv:
         merged = {**base_settings, **overrides}
@@ -218,6 +221,8 @@ def make_worker(
         env.executor.close()
         env.store.close()
         env.state.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
@@ -231,8 +236,3 @@ def dev_broker() -> Iterator[str]:
             yield url
     finally:
         app.broker.stop()  # type: ignore[attr-defined]
-
-
-def closed_port_url(scheme: str = "http") -> str:
-    """A loopback URL on which nothing listens."""
-    return f"{scheme}://127.0.0.1:{free_port()}"

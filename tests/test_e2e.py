@@ -418,3 +418,34 @@ def test_jobs_in_parallel_all_finish_once(stack: Stack) -> None:
         t.join(90)
     assert sorted(results.values()) == ["succeeded"] * 6
     assert JD  # the shared job description was used
+
+
+def test_a_sigterm_drains_the_worker_and_the_job_finishes_after_a_restart(
+    stack: Stack, user: User
+) -> None:
+    body = submitted(user.submit("job_match", resume=RESUME + " [[llm:slow=40]]"))
+    job_id = body["job"]["id"]  # type: ignore[index]
+    seen = events(stack.producer_url, body["events_url"], stop_after=4)  # type: ignore[arg-type]
+    assert any(e.type == "delta" for e in seen)
+    worker = stack.component("worker")
+    assert worker.proc is not None
+    worker.proc.send_signal(signal.SIGTERM)  # gunicorn's master: graceful stop
+    assert worker.proc.wait(60) == 0
+    stack.restart("worker")
+    stream = follow(stack.producer_url, body["events_url"], timeout=120)  # type: ignore[arg-type]
+    final = user.job(job_id)
+    assert final["status"] == "succeeded" and final["attempts"] == 2
+    drained = [e for e in stream if e.type == "error"]
+    assert drained and drained[0].data["code"] == "worker_shutting_down"
+    assert drained[0].data["retryable"] is True
+    assert terminal_count(stream) == 1 and user.me()["coins"] == 4
+
+
+def test_no_log_line_carries_a_token_a_key_or_resume_text(stack: Stack, user: User) -> None:
+    body = submitted(user.submit("job_match"))
+    follow(stack.producer_url, body["events_url"])  # type: ignore[arg-type]
+    assert stack.log_dir is not None
+    text = "\n".join(p.read_text(errors="replace") for p in stack.log_dir.glob("*.log"))
+    assert body["job"]["id"] in text  # type: ignore[index]  # the logs are there and about jobs
+    for secret in ("eyJ", "sig_", "Bearer ", RESUME[:40], "settlement service", JD[:30]):
+        assert secret not in text, f"{secret!r} found in the logs"

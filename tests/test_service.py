@@ -1,0 +1,386 @@
+"""The producer's submit rules (lib/service.py) against real Redis, Postgres and the dev broker.
+
+Publishing goes through the real `QStashPublisher` (the official SDK) to the project's
+QStash-compatible dev broker. No worker listens at WORKER_URL: the broker's delivery attempts
+fail in the background, which these tests do not look at.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+from support import free_port
+
+from lib import config, state, store
+from lib.auth import from_settings as verifier_from_settings
+from lib.errors import (
+    ConflictError,
+    InputError,
+    QuotaError,
+    RateLimitError,
+    UnavailableError,
+)
+from lib.models import MAX_JOB_DESCRIPTION_CHARS, MAX_RESUME_CHARS
+from lib.queue.producer import QStashPublisher
+from lib.queue.signing import DEV_TOKEN
+from lib.service import Producer
+
+if TYPE_CHECKING:
+    from fixtures_app import Db
+
+pytest_plugins = ("fixtures_app",)
+
+RESUME = "Jordan Lee, backend engineer. Python, Flask, PostgreSQL, Redis, Docker, AWS."
+JD = "Senior Python engineer for an AI platform: queues, workers, SSE, Postgres, Redis."
+
+
+def body(kind: str = "job_match", tier: str | None = None, **input_fields: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "kind": kind,
+        "input": {"resume_text": RESUME, "job_description": JD, **input_fields},
+    }
+    if tier is not None:
+        payload["tier"] = tier
+    return payload
+
+
+@dataclass
+class ProducerEnv:
+    settings: Any
+    producer: Producer
+    broker_url: str
+
+    @property
+    def state(self) -> Any:
+        return self.producer.state
+
+    def published(self) -> int:
+        response = httpx.get(
+            f"{self.broker_url}/v2/_dev/stats",
+            headers={"Authorization": f"Bearer {DEV_TOKEN}"},
+            timeout=5,
+        )
+        response.raise_for_status()
+        return int(response.json()["published"])
+
+    def live(self) -> int:
+        return int(self.state.live("paid")) + int(self.state.live("free"))
+
+
+@pytest.fixture
+def make_producer(
+    base_settings: dict[str, Any], dev_broker: str
+) -> Iterator[Callable[..., ProducerEnv]]:
+    """Build a producer on the real services; settings overrides as keyword arguments."""
+    built: list[Producer] = []
+
+    def build(**overrides: Any) -> ProducerEnv:
+        settings = config.load("api", **{**base_settings, "qstash_url": dev_broker, **overrides})
+        producer = Producer(
+            settings,
+            store.from_settings(settings, pool_size=4),
+            state.from_settings(settings),
+            QStashPublisher(settings, timeout=3.0),
+            verifier_from_settings(settings),
+        )
+        built.append(producer)
+        return ProducerEnv(settings, producer, dev_broker)
+
+    yield build
+    for producer in built:
+        producer.store.close()
+        producer.state.close()
+
+
+@pytest.fixture
+def env(make_producer: Callable[..., ProducerEnv]) -> ProducerEnv:
+    return make_producer()
+
+
+def new_user() -> str:
+    return str(uuid.uuid4())
+
+
+def events_of(env: ProducerEnv, job_id: str) -> list[tuple[str, dict[str, Any]]]:
+    import json
+
+    return [(f["t"], json.loads(f["d"])) for _, f in env.state.read(job_id, "0", 1000)]
+
+
+# The happy path --------------------------------------------------------------------------------
+
+
+def test_a_submit_admits_charges_and_enqueues_exactly_one_message(env: ProducerEnv, db: Db) -> None:
+    user = new_user()
+
+    submitted = env.producer.submit(user, body(), None)
+
+    job = submitted.job
+    assert submitted.created is True
+    assert (job.status, job.tier, job.cost, job.attempts) == ("queued", "paid", 1, 0)
+    row = db.job(job.id)
+    assert row["status"] == "queued" and row["enqueued_at"] is not None
+    assert events_of(env, job.id) == [
+        (
+            "status",
+            {
+                "status": "queued",
+                "attempt": 0,
+                "job_id": job.id,
+                "ts": pytest.approx(time.time(), abs=30),
+            },
+        )
+    ]
+    assert env.published() == 1
+    assert db.coins(user) == 4
+    assert db.ledger(job.id) == [("debit", -1)]
+    assert env.state.live("paid") == 1
+    assert env.state.live_for_user(user, "paid") == 1
+    assert env.producer.verifier.stream_user(submitted.stream_token, job.id) == user
+    assert submitted.body()["events_url"] == (
+        f"/api/jobs/{job.id}/events?token={submitted.stream_token}"
+    )
+
+
+def test_inputs_exactly_at_the_size_limits_are_accepted(env: ProducerEnv, db: Db) -> None:
+    payload = body(tier="free")
+    payload["input"] = {
+        "resume_text": "r" * MAX_RESUME_CHARS,
+        "job_description": "d" * MAX_JOB_DESCRIPTION_CHARS,
+    }
+
+    submitted = env.producer.submit(new_user(), payload, None)
+
+    assert submitted.created and db.job(submitted.job.id)["tier"] == "free"
+
+
+# Dependencies down -----------------------------------------------------------------------------
+
+
+def test_a_submit_while_the_broker_is_down_is_refused_and_leaves_nothing_charged_or_queued(
+    make_producer: Callable[..., ProducerEnv], db: Db
+) -> None:
+    down = make_producer(qstash_url=f"http://127.0.0.1:{free_port()}")
+    user, key = new_user(), "key-broker-down"
+
+    started = time.monotonic()
+    with pytest.raises(UnavailableError) as caught:
+        down.producer.submit(user, body(), key)
+
+    assert time.monotonic() - started < 5
+    assert (caught.value.status, caught.value.code) == (503, "unavailable")
+    assert db.coins(user) == 5
+    jobs = db.jobs_of(user)
+    assert len(jobs) == 1 and jobs[0]["status"] == "failed"
+    assert db.ledger(jobs[0]["id"]) == [("debit", -1), ("refund", 1)]
+    assert down.live() == 0
+    assert events_of(down, jobs[0]["id"])[-1][1]["status"] == "failed"
+
+    up = make_producer()
+    retried = up.producer.submit(user, body(), key)
+
+    assert retried.created is True
+    assert retried.job.id != jobs[0]["id"]
+    assert db.job(retried.job.id)["status"] == "queued"
+    assert db.coins(user) == 4
+    assert up.published() == 1
+
+
+def test_a_submit_while_redis_is_down_is_refused_and_charges_nothing(
+    make_producer: Callable[..., ProducerEnv], db: Db
+) -> None:
+    env = make_producer(redis_url=f"redis://127.0.0.1:{free_port()}")
+    user = new_user()
+
+    started = time.monotonic()
+    with pytest.raises(UnavailableError) as caught:
+        env.producer.submit(user, body(), "key-redis-down")
+
+    assert time.monotonic() - started < 5
+    assert caught.value.status == 503
+    assert db.coins(user) in (None, 5)
+    assert db.jobs_of(user) == []
+    assert env.published() == 0
+
+
+def test_a_submit_while_the_database_is_down_is_refused_and_admits_nothing(
+    make_producer: Callable[..., ProducerEnv], redis_url: str, redis_prefix: str
+) -> None:
+    env = make_producer(database_url=f"postgresql://cs@127.0.0.1:{free_port()}/cs")
+    user = new_user()
+
+    started = time.monotonic()
+    with pytest.raises(UnavailableError) as caught:
+        env.producer.submit(user, body(), None)
+
+    assert time.monotonic() - started < 10
+    assert caught.value.status == 503
+    assert env.live() == 0
+    assert env.state.live_for_user(user, "paid") == 0
+    assert env.state.backend.command("KEYS", f"{redis_prefix}job:*") == []
+    assert env.published() == 0
+
+
+# Idempotency -----------------------------------------------------------------------------------
+
+
+def test_the_same_idempotency_key_and_body_return_the_same_job_without_a_second_charge(
+    env: ProducerEnv, db: Db
+) -> None:
+    user = new_user()
+    first = env.producer.submit(user, body(), "key-1")
+
+    second = env.producer.submit(user, body(), "key-1")
+
+    assert (first.created, second.created) == (True, False)
+    assert second.job.id == first.job.id
+    assert [j["id"] for j in db.jobs_of(user)] == [first.job.id]
+    assert db.coins(user) == 4
+    assert db.ledger(first.job.id) == [("debit", -1)]
+    assert env.published() == 1
+    assert env.state.live("paid") == 1
+
+
+def test_the_same_idempotency_key_with_another_body_is_a_conflict(env: ProducerEnv, db: Db) -> None:
+    user = new_user()
+    first = env.producer.submit(user, body(), "key-2")
+
+    with pytest.raises(ConflictError) as caught:
+        env.producer.submit(user, body(resume_text="Someone else entirely."), "key-2")
+
+    assert (caught.value.status, caught.value.code) == (409, "idempotency_conflict")
+    assert [j["id"] for j in db.jobs_of(user)] == [first.job.id]
+    assert db.coins(user) == 4
+    assert env.published() == 1
+
+
+def test_an_idempotency_key_is_per_user(env: ProducerEnv, db: Db) -> None:
+    a = env.producer.submit(new_user(), body(), "shared-key")
+    b = env.producer.submit(new_user(), body(), "shared-key")
+
+    assert a.created and b.created and a.job.id != b.job.id
+    assert env.published() == 2
+
+
+# Tiers and quota -------------------------------------------------------------------------------
+
+
+def test_a_paid_submit_without_enough_coins_is_refused_and_charges_nothing(
+    make_producer: Callable[..., ProducerEnv], db: Db
+) -> None:
+    env = make_producer(initial_coins=1)
+    user = new_user()
+
+    with pytest.raises(QuotaError) as caught:
+        env.producer.submit(user, body("resume_customize", tier="paid"), None)
+
+    assert (caught.value.status, caught.value.code) == (402, "quota_exhausted")
+    assert db.coins(user) == 1
+    assert db.free_used(user) == 0
+    assert db.jobs_of(user) == []
+    assert env.live() == 0
+    assert env.published() == 0
+
+
+def test_auto_falls_back_to_free_and_refuses_once_the_free_jobs_are_used(
+    make_producer: Callable[..., ProducerEnv], db: Db
+) -> None:
+    env = make_producer(initial_coins=1, free_daily_jobs=1)
+    user = new_user()
+
+    first = env.producer.submit(user, body("resume_customize"), None)
+
+    assert (first.job.tier, first.job.cost) == ("free", 0)
+    assert db.coins(user) == 1
+    assert db.free_used(user) == 1
+    assert env.state.live("free") == 1 and env.state.live("paid") == 0
+
+    with pytest.raises(QuotaError) as caught:
+        env.producer.submit(user, body("interview_prep"), None)
+
+    assert caught.value.status == 402
+    assert caught.value.details == {"coins": 1, "free_jobs_left_today": 0}
+    assert db.coins(user) == 1
+    assert db.free_used(user) == 1
+    assert [j["id"] for j in db.jobs_of(user)] == [first.job.id]
+    assert env.published() == 1
+
+
+def test_auto_picks_paid_when_the_coins_cover_the_cost(env: ProducerEnv, db: Db) -> None:
+    user = new_user()
+
+    submitted = env.producer.submit(user, body("interview_prep"), None)
+
+    assert (submitted.job.tier, submitted.job.cost) == ("paid", 2)
+    assert db.coins(user) == 3
+    assert db.free_used(user) == 0
+
+
+def test_a_full_tier_answers_backpressure_and_charges_nothing(
+    make_producer: Callable[..., ProducerEnv], db: Db
+) -> None:
+    env = make_producer(queue_max_paid=1)
+    env.producer.submit(new_user(), body(), None)
+    user = new_user()
+
+    with pytest.raises(RateLimitError) as caught:
+        env.producer.submit(user, body(), None)
+
+    assert (caught.value.status, caught.value.code) == (429, "backpressure")
+    assert caught.value.retry_after and caught.value.retry_after >= 1
+    assert db.coins(user) == 5
+    assert db.jobs_of(user) == []
+    assert env.published() == 1
+
+
+# Input validation ------------------------------------------------------------------------------
+
+INVALID: dict[str, tuple[Any, str]] = {
+    "an unknown kind": (body("cover_letter"), "kind"),
+    "a missing kind": ({"input": body()["input"]}, "kind"),
+    "a missing resume_text": (
+        {"kind": "job_match", "input": {"job_description": JD}},
+        "input.resume_text",
+    ),
+    "a blank resume_text": (body(resume_text="   "), "input.resume_text"),
+    "a resume_text over 20,000 characters": (
+        body(resume_text="r" * (MAX_RESUME_CHARS + 1)),
+        "input.resume_text",
+    ),
+    "a job_description over 10,000 characters": (
+        body(job_description="d" * (MAX_JOB_DESCRIPTION_CHARS + 1)),
+        "input.job_description",
+    ),
+    "an extra top-level field": ({**body(), "priority": "high"}, "priority"),
+    "an extra input field": (body(salary="lots"), "input.salary"),
+    "a list body": ([body()], "body"),
+    "a string body": ("job_match", "body"),
+    "an input that is not an object": ({"kind": "job_match", "input": "text"}, "input"),
+    "an invalid tier": (body(tier="gold"), "tier"),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID))
+def test_an_invalid_submit_is_refused_with_per_field_details_and_charges_nothing(
+    env: ProducerEnv, db: Db, case: str
+) -> None:
+    payload, field = INVALID[case]
+    user = new_user()
+
+    with pytest.raises(InputError) as caught:
+        env.producer.submit(user, payload, "key-invalid")
+
+    error = caught.value
+    assert (error.status, error.code) == (400, "invalid_input")
+    assert isinstance(error.details, dict) and field in error.details, error.details
+    assert error.body()["error"]["details"] == error.details
+    assert db.coins(user) is None  # not even the initial grant: nothing reached the database
+    assert db.jobs_of(user) == []
+    assert env.live() == 0
+    assert env.published() == 0
