@@ -40,7 +40,8 @@ def producer() -> Producer:
     settings = config.settings("api")
     return Producer(
         settings,
-        store.from_settings(settings, pool_size=4),
+        # A short wait: when the database is down, a submit answers 503 fast.
+        store.from_settings(settings, pool_size=4, timeout=2.0),
         state.from_settings(settings),
         queue.from_settings(settings),
         auth.from_settings(settings),

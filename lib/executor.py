@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from lib import handlers
 from lib.config import Settings
-from lib.errors import PermanentError, RetryableError
+from lib.errors import AppError, PermanentError, RetryableError
 from lib.events import JobEvents, StreamClosed, emit_terminal
 from lib.handlers.base import Context
 from lib.models import ErrorCode, Job, JobStatus
@@ -145,6 +145,14 @@ class Executor:
             self.metrics.running(+1)
         try:
             return self._attempt(lease, retried=retried, last=retried >= max_retries)
+        except AppError:
+            # The store or Redis failed before the attempt settled: free the lease (keep the
+            # slots, the job is still live) so the broker's retry is not refused as busy.
+            try:
+                self.state.release(job_id, tier, user_id, lease.token, slots=False)
+            except AppError:
+                log.warning("could not release the lease", extra={"job_id": job_id})
+            raise
         finally:
             self.leases.remove(lease)
             if self.metrics:
@@ -196,7 +204,9 @@ class Executor:
             },
         )
         if self.metrics:
-            self.metrics.attempt(job, outcome.status, time.monotonic() - began)
+            self.metrics.attempt(
+                job, outcome.status, time.monotonic() - began, outcome.body.get("status")
+            )
         return outcome
 
     def _run(self, job: Job, raw_input: dict[str, Any], lease: _Lease) -> Outcome:

@@ -36,8 +36,11 @@ class Metrics:
     def running(self, delta: int) -> None:
         LIVE.inc(delta)
 
-    def attempt(self, job: Any, status: int, seconds: float) -> None:
-        outcome = {200: "succeeded", 489: "failed"}.get(status, "retry")
+    def attempt(self, job: Any, status: int, seconds: float, final: str | None = None) -> None:
+        if status == 200:
+            outcome = final or "succeeded"
+        else:
+            outcome = "failed" if status == 489 else "retry"
         ATTEMPTS.labels(job.kind, job.tier, outcome).inc()
         DURATION.labels(job.kind, job.tier).observe(seconds)
 

@@ -198,7 +198,9 @@ def _terminal(event: str, data: dict[str, Any]) -> bool:
     return event == "status" and data.get("status") in ("succeeded", "failed", "cancelled")
 
 
-async def _submit(client: httpx.AsyncClient, job: Job, resume: str, gate: asyncio.Semaphore) -> None:
+async def _submit(
+    client: httpx.AsyncClient, job: Job, resume: str, gate: asyncio.Semaphore
+) -> None:
     body = {"kind": "job_match", "input": {"resume_text": resume, "job_description": JD}}
     async with gate:
         job.submitted = time.time()
@@ -240,14 +242,15 @@ async def _get_job(client: httpx.AsyncClient, job: Job) -> dict[str, Any] | None
     return response.json()["job"] if response.status_code == 200 else None
 
 
-async def _poll(client: httpx.AsyncClient, job: Job, deadline: float, first_after: float) -> None:
-    """Poll the job's status (first after `first_after` s, then every 3 s) until it ends."""
-    await asyncio.sleep(max(0.0, job.submitted + first_after - time.time()))
+async def _poll(client: httpx.AsyncClient, job: Job, deadline: float, every: float) -> None:
+    """Poll the job's status until it ends: from 3 `every` after submit, then every `every` s.
+    (Completion times come from the job's `finished_at`, so polling late loses nothing.)"""
+    await asyncio.sleep(max(0.0, job.submitted + 3 * every - time.time()))
     while time.time() < deadline:
         state = await _get_job(client, job)
         if state and state["status"] in ("succeeded", "failed", "cancelled"):
             return
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(every)
 
 
 async def _collect(client: httpx.AsyncClient, job: Job, gate: asyncio.Semaphore) -> None:
@@ -266,15 +269,17 @@ async def _collect(client: httpx.AsyncClient, job: Job, gate: asyncio.Semaphore)
             pass
 
 
-async def drive(base: str, n: int, sample: int, slow_ms: int, timeout: float) -> list[Job]:
+async def drive(
+    base: str, n: int, sample: int, slow_ms: int, timeout: float, poll_every: float = 1.0
+) -> list[Job]:
     """Submit n jobs at once, follow `sample` streams live, poll the rest, then collect."""
     jobs = []
     for i in range(n):
         user_id = str(uuid.uuid4())
         jobs.append(Job(i, user_id, mint_access_token(user_id, DEV_JWT_SECRET)))
-    step = max(1, n // max(1, sample))
-    for job in jobs[::step][:sample]:
-        job.followed = True
+    if sample:
+        for job in jobs[:: max(1, n // sample)][:sample]:
+            job.followed = True
     resume = f"{RESUME} [[llm:slow={slow_ms}]]"
     limits = httpx.Limits(max_connections=sample + 64, max_keepalive_connections=sample + 64)
     timeout_cfg = httpx.Timeout(60.0, connect=10.0)
@@ -289,7 +294,7 @@ async def drive(base: str, n: int, sample: int, slow_ms: int, timeout: float) ->
             if job.followed:
                 await _follow(client, job, deadline)
             else:
-                await _poll(client, job, deadline, first_after=10.0)
+                await _poll(client, job, deadline, poll_every)
 
         await asyncio.gather(*(one(job) for job in jobs))
         collect_gate = asyncio.Semaphore(16)
@@ -338,7 +343,8 @@ def figures(jobs: list[Job]) -> dict[str, Any]:
         "submitted": len(jobs),
         "accepted": sum(1 for j in jobs if j.job_id),
         "submit_status": {
-            str(c): sum(1 for j in jobs if j.status_code == c) for c in {j.status_code for j in jobs}
+            str(c): sum(1 for j in jobs if j.status_code == c)
+            for c in {j.status_code for j in jobs}
         },
         "failed": failed,
         "retried": retried,
@@ -379,13 +385,18 @@ def _master_imports_psycopg(pid: int) -> bool:
 def run_one(config: str, n: int, args: argparse.Namespace, log_root: Path) -> dict[str, Any]:
     ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
     log_dir = log_root / f"{config}-n{n}"
-    stack = Stack(ports=ports, overrides=_overrides(config, args.workers), log_dir=log_dir, quiet=True)
+    stack = Stack(
+        ports=ports, overrides=_overrides(config, args.workers), log_dir=log_dir, quiet=True
+    )
     stack.start()
     try:
         meters = {
             name: GroupMeter(stack.component(name).proc.pid)  # type: ignore[union-attr]
             for name in ("worker", "llm", "producer")
         }
+        # Warm up: a few quick jobs, so that each run measures a warm worker (DB pool grown,
+        # LLM client built, Lua scripts loaded), as a long-running deployment is.
+        warm = asyncio.run(drive(stack.producer_url, args.warmup, 0, 1, 60.0, poll_every=0.2))
         idle_rss = meters["worker"].start()
         for name in ("llm", "producer"):
             meters[name].start()
@@ -393,7 +404,9 @@ def run_one(config: str, n: int, args: argparse.Namespace, log_root: Path) -> di
         client0 = resource.getrusage(resource.RUSAGE_SELF)
         began = time.monotonic()
         with Sampler(meters):
-            jobs = asyncio.run(drive(stack.producer_url, n, args.sample, args.slow_ms, 240.0))
+            jobs = asyncio.run(
+                drive(stack.producer_url, n, args.sample, args.slow_ms, 240.0, poll_every=4.0)
+            )
         wall = time.monotonic() - began
         busy1, total1 = _machine_ticks()
         client1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -407,6 +420,7 @@ def run_one(config: str, n: int, args: argparse.Namespace, log_root: Path) -> di
             "threads": int(CONFIGS[config]["GUNICORN_THREADS"]),
             "n": n,
             **figures(jobs),
+            "warmup_jobs_failed": figures(warm)["failed"],
             "wall_s": round(wall, 2),
             "worker_idle_rss_mb": round(idle_rss / 1024, 1),
             "worker_peak_rss_mb": round(worker.peak_rss_kb / 1024, 1),
@@ -512,7 +526,8 @@ def table(runs: list[dict[str, Any]]) -> str:
             f"| {r['config']} | {r['n']} | {r['failed']} | {_fmt(f['p50'])} / {_fmt(f['p99'])}"
             f" | {_fmt(g['p50'])} / {_fmt(g['p99'])} / {_fmt(g['max'])}"
             f" | {_fmt(c['p99'])} / {_fmt(c['max'])} | {_fmt(r['finish_s']['max'])}"
-            f" | {r['worker_peak_rss_mb']} | {r['cpu_s']['worker']} | {r['machine_cpu_busy_pct']}% |"
+            f" | {r['worker_peak_rss_mb']} | {r['cpu_s']['worker']}"
+            f" | {r['machine_cpu_busy_pct']}% |"
         )
     return "\n".join(rows)
 
@@ -552,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="WEB_CONCURRENCY")
     parser.add_argument("--sample", type=int, default=20, help="SSE streams followed live")
     parser.add_argument("--slow-ms", type=int, default=50, help="ms per token")
+    parser.add_argument("--warmup", type=int, default=8, help="quick jobs before measuring")
     parser.add_argument("--out", default=str(ROOT / "bench" / "worker-classes.json"))
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.n.split(",")]

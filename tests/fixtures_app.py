@@ -112,6 +112,13 @@ class Db:
             ).fetchall()
         return [(str(r[0]), int(r[1])) for r in rows]
 
+    def ledger_of(self, user_id: str) -> list[tuple[str, int]]:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            rows = conn.execute(
+                "select reason, amount from cs_ledger where user_id = %s order by id", (user_id,)
+            ).fetchall()
+        return [(str(r[0]), int(r[1])) for r in rows]
+
     def free_used(self, user_id: str) -> int:
         value = self.one(
             "select coalesce(sum(used), 0) from cs_free_usage where user_id = %s", user_id

@@ -1,4 +1,4 @@
-"""The worker's HTTP surface (worker/app.py) over the real executor, Redis, Postgres and offline LLM.
+"""The worker's HTTP surface (worker/app.py) on the real executor, Redis, Postgres and offline LLM.
 
 Deliveries are signed exactly as QStash signs them (`lib.queue.signing.sign`) for the worker's
 public execute URL, and sent through Flask's test client. Every test checks the database through
@@ -8,6 +8,7 @@ psycopg and the job's Redis stream, not just the HTTP answer.
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -62,10 +63,15 @@ def deliver(
 
 def failure_callback(env: WorkerEnv, job: Created) -> TestResponse:
     """POST QStash's failure callback for `job`, shaped and signed as QStash sends it."""
-    raw = (
-        '{"status":500,"retried":3,"maxRetries":3,"sourceMessageId":"msg_%s",'
-        '"url":"%s","sourceBody":"%s"}'
-        % (job.job_id, env.settings.execute_url, base64.b64encode(body_of(job)).decode())
+    raw = json.dumps(
+        {
+            "status": 500,
+            "retried": 3,
+            "maxRetries": 3,
+            "sourceMessageId": f"msg_{job.job_id}",
+            "url": env.settings.execute_url,
+            "sourceBody": base64.b64encode(body_of(job)).decode(),
+        }
     ).encode()
     return env.app.test_client().post(
         "/v1/failed",
@@ -352,6 +358,43 @@ def test_invalid_json_from_the_model_fails_the_job_permanently_and_refunds(
     assert env.state.live("paid") == 0
 
 
+def test_a_delivery_that_finds_the_database_down_does_not_block_the_next_one(
+    env: WorkerEnv, db: Db
+) -> None:
+    from lib.executor import Executor
+    from lib.store import Store
+    from lib.store.backends import PostgresBackend
+    from worker.app import create_app
+
+    job = env.create_job()
+    down_store = Store(
+        PostgresBackend(f"postgresql://cs@127.0.0.1:{free_port()}/cs", timeout=0.5),
+        initial_coins=5,
+        free_daily=3,
+    )
+    down = Executor(env.settings, down_store, env.state, env.executor.llm)
+    try:
+        down_app = create_app({"executor": down, **env.overrides})
+        raw = body_of(job)
+        first = down_app.test_client().post(
+            "/v1/execute",
+            data=raw,
+            headers={
+                "Upstash-Signature": sign(DEV_CURRENT_SIGNING_KEY, env.settings.execute_url, raw),
+                "Upstash-Retried": "0",
+            },
+        )
+    finally:
+        down.close()
+        down_store.close()
+
+    assert first.status_code == 503 and int(first.headers["Retry-After"]) >= 1
+    assert db.job(job.job_id)["attempts"] == 0
+    assert env.state.live("paid") == 1
+    assert not env.lease_held(job.job_id)
+    assert deliver(env, job, retried=1).status_code == 200
+
+
 # Failure callback -----------------------------------------------------------------------------
 
 
@@ -425,9 +468,9 @@ def test_a_failure_callback_with_a_bad_signature_is_refused(env: WorkerEnv, db: 
 # Cancel and drain -----------------------------------------------------------------------------
 
 
-def test_cancelling_a_running_job_stops_the_attempt_and_refunds_once(
-    env: WorkerEnv, db: Db
-) -> None:
+def cancel_while_running(env: WorkerEnv) -> tuple[Created, TestResponse, float]:
+    """Start a slow delivery, cancel the job as the user once output streams, and return
+    (job, the delivery's answer, seconds from the cancel to that answer)."""
     from lib.auth import from_settings as verifier_from_settings
     from lib.queue.producer import DirectPublisher
     from lib.service import Producer
@@ -436,7 +479,7 @@ def test_cancelling_a_running_job_stops_the_attempt_and_refunds_once(
         env.settings,
         env.store,
         env.state,
-        DirectPublisher(env.settings),
+        DirectPublisher(env.settings),  # never called: cancel does not publish
         verifier_from_settings(env.settings),
     )
     job = env.create_job("[[llm:slow=30]]")  # about 8 s if nothing stops it
@@ -448,16 +491,21 @@ def test_cancelling_a_running_job_stops_the_attempt_and_refunds_once(
         timeout=10,
         what="the first delta",
     )
-
     cancelled_at = time.monotonic()
-    cancelled = producer.cancel(job.job_id, job.user_id)
-    runner.join(5)
-
+    assert producer.cancel(job.job_id, job.user_id).status == "cancelled"
+    runner.join(6)
     assert not runner.is_alive(), "the attempt kept running after the cancel"
-    assert time.monotonic() - cancelled_at < 5
-    assert cancelled.status == "cancelled"
-    assert answers[0].status_code == 200
-    assert answers[0].get_json()["status"] == "cancelled"
+    return job, answers[0], time.monotonic() - cancelled_at
+
+
+def test_cancelling_a_running_job_stops_the_attempt_and_refunds_once(
+    env: WorkerEnv, db: Db
+) -> None:
+    job, answer, seconds = cancel_while_running(env)
+
+    assert seconds < 3
+    assert answer.status_code == 200
+    assert answer.get_json()["status"] == "cancelled"
     row = db.job(job.job_id)
     assert row["status"] == "cancelled" and row["result"] is None and row["attempts"] == 1
     assert db.ledger(job.job_id) == [("debit", -1), ("refund", 1)]
@@ -468,6 +516,17 @@ def test_cancelling_a_running_job_stops_the_attempt_and_refunds_once(
     assert events[-1] == terminal[0]
     assert env.state.live("paid") == 0
     assert not env.lease_held(job.job_id)
+
+
+def test_a_cancelled_attempt_is_not_counted_as_a_succeeded_attempt(env: WorkerEnv) -> None:
+    client = env.app.test_client()
+    before = _attempts(client.get("/metrics").get_data(as_text=True))
+
+    cancel_while_running(env)
+
+    after = _attempts(client.get("/metrics").get_data(as_text=True))
+    assert after.get("succeeded", 0) == before.get("succeeded", 0)
+    assert after.get("cancelled", 0) == before.get("cancelled", 0) + 1
 
 
 def test_a_draining_worker_refuses_new_deliveries_with_503_and_changes_nothing(
@@ -488,23 +547,25 @@ def test_a_draining_worker_refuses_new_deliveries_with_503_and_changes_nothing(
 # Health ---------------------------------------------------------------------------------------
 
 
-def _attempts_counter(text: str) -> float:
+def _attempts(text: str) -> dict[str, float]:
+    """cs_job_attempts_total of paid job_match attempts, by outcome label."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    found: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "cs_job_attempts_total" and sample.labels == {
-                "kind": "job_match",
-                "tier": "paid",
-                "outcome": "succeeded",
-            }:
-                return float(sample.value)
-    return 0.0
+            labels = sample.labels
+            if sample.name == "cs_job_attempts_total" and (
+                labels.get("kind"),
+                labels.get("tier"),
+            ) == ("job_match", "paid"):
+                found[labels["outcome"]] = float(sample.value)
+    return found
 
 
 def test_health_readiness_and_metrics_answer(env: WorkerEnv) -> None:
     client = env.app.test_client()
-    before = _attempts_counter(client.get("/metrics").get_data(as_text=True))
+    before = _attempts(client.get("/metrics").get_data(as_text=True)).get("succeeded", 0)
     assert deliver(env, env.create_job()).status_code == 200
 
     health = client.get("/healthz")
@@ -518,7 +579,7 @@ def test_health_readiness_and_metrics_answer(env: WorkerEnv) -> None:
     assert metrics.content_type.startswith("text/plain")
     text = metrics.get_data(as_text=True)
     assert "cs_job_attempts_total" in text
-    assert _attempts_counter(text) == before + 1
+    assert _attempts(text).get("succeeded") == before + 1
 
 
 def test_readiness_fails_when_redis_is_unreachable(make_worker: Callable[..., WorkerEnv]) -> None:

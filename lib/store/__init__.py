@@ -168,11 +168,11 @@ class Store:
         self.backend.close()
 
 
-def from_settings(settings: Any, *, pool_size: int = 10) -> Store:
+def from_settings(settings: Any, *, pool_size: int = 10, timeout: float = 5.0) -> Store:
     """Build the configured store: psycopg when DATABASE_URL is used, else supabase-py."""
     backend: StoreBackend
     if settings.uses_postgres:
-        backend = PostgresBackend(settings.database_url, max_size=pool_size)
+        backend = PostgresBackend(settings.database_url, max_size=pool_size, timeout=timeout)
     else:
         backend = SupabaseBackend(settings.supabase_url, settings.supabase_service_role_key)
     return Store(backend, initial_coins=settings.initial_coins, free_daily=settings.free_daily_jobs)
