@@ -30,6 +30,7 @@ from lib.store import Store
 log = logging.getLogger("cs.executor")
 
 NON_RETRYABLE = {"Upstash-NonRetryable-Error": "true"}
+LEASE_LOST = "lease_lost"
 
 
 @dataclass
@@ -183,6 +184,10 @@ class Executor:
         except PermanentError as exc:
             outcome = self._fail(job, lease, exc.code, exc.message)
         except RetryableError as exc:
+            if exc.code == LEASE_LOST:
+                # Another attempt may own the job now: write nothing, decide nothing, let the
+                # broker redeliver (it then finds the job busy, done, or free to run).
+                return _retry(exc.message, exc.code, exc.retry_after or 1)
             outcome = self._retryable(
                 job,
                 lease,
@@ -254,7 +259,7 @@ class Executor:
         if lease.done:
             raise StreamClosed(lease.job_id)
         if lease.lost:
-            raise RetryableError("the job's lease was lost", code="lease_lost", retry_after=1)
+            raise RetryableError("the job's lease was lost", code=LEASE_LOST, retry_after=1)
         if time.monotonic() - lease.started > self.settings.job_timeout_seconds:
             raise RetryableError(
                 "the attempt ran past JOB_TIMEOUT_SECONDS",

@@ -91,7 +91,8 @@ class LLM:
                 response_format=response_format,
                 temperature=0.3,
             )
-            completion = _consume(stream, model_spec, on_text)
+            with stream:  # closes the HTTP response even when on_text stops us early
+                completion = _consume(stream, model_spec, on_text)
         except openai.APIError as exc:
             raise _classify(exc) from exc
         return completion

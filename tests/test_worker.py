@@ -589,3 +589,22 @@ def test_readiness_fails_when_redis_is_unreachable(make_worker: Callable[..., Wo
 
     assert ready.status_code == 503
     assert ready.get_json()["checks"] == {"redis": False, "db": True}
+
+
+def test_an_attempt_that_loses_its_lease_stops_without_deciding_anything(
+    env: WorkerEnv, db: Db
+) -> None:
+    job = env.create_job("[[llm:slow=10]]")
+    results: list[TestResponse] = []
+    # The last attempt: a lost lease must still not fail the job another attempt may own.
+    runner = threading.Thread(
+        target=lambda: results.append(deliver(env, job, retried=3, retries=3))
+    )
+    runner.start()
+    wait_for(lambda: any(e.type == "delta" for e in env.stream(job.job_id)), 10, what="a delta")
+    env.state.backend.command("SET", env.state.keys.lease(job.job_id), "someone-else", "PX", 60000)
+    runner.join(20)
+    assert results and results[0].status_code == 503
+    assert db.job(job.job_id)["status"] == "running"
+    assert [e.data["status"] for e in env.stream(job.job_id) if e.type == "status"] == ["running"]
+    assert env.state.backend.command("GET", env.state.keys.lease(job.job_id)) == "someone-else"
