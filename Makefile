@@ -4,12 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo dev test lint format lock clean
+.PHONY: help install demo dev test test-browser lint format lock clean
 
 help:
 	@echo "make demo   run one job of each kind on a local stack, then stop"
 	@echo "make dev    run the local stack until Ctrl-C"
 	@echo "make test   run the whole test suite (real Redis and Postgres, embedded)"
+	@echo "make test-browser  the demo page in headless Chromium"
 	@echo "make lint   ruff check, ruff format --check and mypy"
 
 $(STAMP): pyproject.toml
@@ -28,6 +29,11 @@ dev: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The demo page in headless Chromium (Debian's chromium, installed by scripts/install-browser).
+test-browser: $(STAMP)
+	scripts/install-browser
+	$(PY) -m pytest -m browser
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

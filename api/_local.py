@@ -1,22 +1,44 @@
 """One WSGI app serving every Vercel function at the path Vercel gives it (local runs on :3000).
 
-The routing mirrors `vercel.json`: the first matching prefix pattern picks the function.
+The routing mirrors `vercel.json`: the first matching prefix pattern picks the function. Paths
+outside `/api/` are the static files of `public/`, as Vercel serves them (`/` is `index.html`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
-from api import events, health, jobs, me
+from flask import Flask, Response
+
+from api import dev, events, health, jobs, me
+
+PUBLIC = Path(__file__).resolve().parents[1] / "public"
 
 ROUTES: list[tuple[re.Pattern[str], Any]] = [
     (re.compile(r"^/api/jobs/[^/]+/events/?$"), events.app),
     (re.compile(r"^/api/jobs(/.*)?$"), jobs.app),
     (re.compile(r"^/api/me/?$"), me.app),
     (re.compile(r"^/api/health/?$"), health.app),
+    (re.compile(r"^/api/(openapi\.json|docs(/.*)?)$"), __import__("api.openapi").openapi.app),
+    (re.compile(r"^/api/dev(/.*)?$"), dev.app),
 ]
+
+
+def _static_site() -> Flask:
+    # send_static_file joins paths safely: `..` and absolute paths answer 404.
+    site = Flask(__name__, static_folder=PUBLIC, static_url_path="")
+
+    @site.get("/")
+    def index() -> Response:
+        return site.send_static_file("index.html")
+
+    return site
+
+
+static = _static_site()
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -24,4 +46,6 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     for pattern, target in ROUTES:
         if pattern.match(path):
             return target(environ, start_response)  # type: ignore[no-any-return]
+    if not path.startswith("/api/"):
+        return static(environ, start_response)  # type: ignore[no-any-return]
     return health.app(environ, start_response)  # type: ignore[no-any-return]
