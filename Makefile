@@ -16,7 +16,7 @@ help:
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[worker,dev,test]'
+	$(PY) -m pip install --quiet -e '.[worker,cli,dev,test]'
 	@touch $(STAMP)
 
 install: $(STAMP)

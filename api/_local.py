@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Flask, Response
 
-from api import dev, events, health, jobs, me
+from api import dev, events, health, jobs, me, openapi
 
 PUBLIC = Path(__file__).resolve().parents[1] / "public"
 
@@ -22,7 +22,7 @@ ROUTES: list[tuple[re.Pattern[str], Any]] = [
     (re.compile(r"^/api/jobs(/.*)?$"), jobs.app),
     (re.compile(r"^/api/me/?$"), me.app),
     (re.compile(r"^/api/health/?$"), health.app),
-    (re.compile(r"^/api/(openapi\.json|docs(/.*)?)$"), __import__("api.openapi").openapi.app),
+    (re.compile(r"^/api/(openapi\.json|docs(/.*)?)$"), openapi.app),
     (re.compile(r"^/api/dev(/.*)?$"), dev.app),
 ]
 

@@ -1,0 +1,334 @@
+"""`cs`, run as a user runs it (a subprocess), against a stack started the way `make dev` does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from e2e_support import JD, RESUME
+from support import free_port, serve_wsgi, wait_for
+
+from lib.cli.stream import JobProgress
+from lib.config import DEV_JWT_SECRET
+from lib.handlers import registry
+from lib.queue.signing import DEV_TOKEN
+from scripts.devstack import Ports, Stack
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = [
+    [],
+    ["submit"],
+    ["status"],
+    ["tail"],
+    ["cancel"],
+    ["me"],
+    ["list"],
+    ["token"],
+    ["dlq"],
+    ["dlq", "list"],
+    ["dlq", "redrive"],
+    ["doctor"],
+]
+
+
+@pytest.fixture(scope="module")
+def stack(
+    redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
+    overrides = {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "REDIS_PREFIX": f"cli-{uuid.uuid4().hex[:6]}:",
+        "OPENAI_API_KEY": "",
+        "QSTASH_URL": "",
+        "QSTASH_MODE": "broker",
+        "OFFLINE_LLM_TOKENS_PER_SECOND": "2000",
+        "JOB_RETRY_DELAY": "300",
+        # Every response ends after a second, so the CLI must reconnect with Last-Event-ID.
+        "SSE_MAX_SECONDS": "1",
+        "LOG_FORMAT": "json",
+    }
+    logs = Path(tmp_path_factory.mktemp("cli-stack-logs"))
+    with Stack(ports=ports, overrides=overrides, log_dir=logs, quiet=True) as running:
+        yield running
+
+
+@dataclass
+class Cli:
+    """`cs` with the stack's environment and a home of its own (so a dev user of its own)."""
+
+    env: dict[str, str]
+    home: Path
+
+    def __call__(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lib.cli.main", *args],
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def ok(self, *args: str) -> subprocess.CompletedProcess[str]:
+        done = self(*args)
+        assert done.returncode == 0, f"cs {' '.join(args)}: {done.returncode}\n{done.stderr}"
+        return done
+
+    def file(self, name: str, text: str) -> str:
+        path = self.home / name
+        path.write_text(text)
+        return str(path)
+
+    def submit(self, *extra: str, resume: str = RESUME) -> subprocess.CompletedProcess[str]:
+        return self(
+            "submit",
+            "--dev",
+            "--kind",
+            "job_match",
+            "--resume",
+            self.file("resume.txt", resume),
+            "--jd",
+            self.file("jd.txt", JD),
+            *extra,
+        )
+
+
+@pytest.fixture
+def cs(stack: Stack, tmp_path: Path) -> Cli:
+    env = {
+        **stack.env,
+        "CS_BASE_URL": stack.producer_url,
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "COLUMNS": "200",
+    }
+    env.pop("CS_TOKEN", None)
+    return Cli(env, tmp_path)
+
+
+def jsonl(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "cs")
+def test_every_command_explains_itself_with_help(command: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lib.cli.main", *command, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: cs")
+
+
+def test_a_higher_running_attempt_discards_the_text_of_earlier_attempts() -> None:
+    job = JobProgress(str(uuid.uuid4()))
+    assert not job.apply("status", {"status": "running", "attempt": 1}, "1-0")
+    job.apply("delta", {"text": '{"sco', "attempt": 1}, "2-0")
+    job.apply("status", {"status": "retrying", "attempt": 1}, "3-0")
+    assert job.apply("status", {"status": "running", "attempt": 2}, "4-0")
+    assert (job.text, job.dropped) == ("", 5)
+    job.apply("delta", {"text": '{"score": 1}', "attempt": 2}, "5-0")
+    job.apply("delta", {"text": "late text of attempt 1", "attempt": 1}, "6-0")
+    job.apply("status", {"status": "succeeded", "attempt": 2}, "7-0")
+    assert job.text == '{"score": 1}' and job.finished
+    assert (job.cursor.last_event_id, job.cursor.attempt) == ("7-0", 2)
+
+
+def test_submit_wait_follows_the_job_and_prints_a_valid_result(cs: Cli) -> None:
+    done = cs.submit("--wait", resume=RESUME + " [[llm:slow=4]]")
+    assert done.returncode == 0, done.stderr
+    job_id, _, result = done.stdout.partition("\n")
+    uuid.UUID(job_id)
+    registry()["job_match"].result_model.model_validate(json.loads(result))
+    assert "[cs] status running (attempt 1)" in done.stderr
+    assert "[cs] status succeeded" in done.stderr
+    assert '"score"' in done.stderr  # the model's streamed text
+
+
+def test_submit_wait_shows_a_retry_starting_over_and_still_succeeds(cs: Cli) -> None:
+    done = cs.submit("--wait", resume=RESUME + " [[llm:fail_once=503]]")
+    assert done.returncode == 0, done.stderr
+    assert "[cs] status retrying (attempt 1)" in done.stderr
+    assert "[cs] attempt 2 started over" in done.stderr
+    registry()["job_match"].result_model.model_validate_json(done.stdout.partition("\n")[2])
+
+
+def test_submit_wait_exits_non_zero_when_the_job_fails(cs: Cli) -> None:
+    done = cs.submit("--wait", resume=RESUME + " [[llm:invalid_json]]")
+    assert done.returncode == 1
+    assert "failed: invalid_model_output" in done.stderr
+    assert done.stdout.strip() == done.stdout.splitlines()[0]  # the job id, and no result
+
+
+def test_a_refused_submit_says_why_and_exits_1(cs: Cli) -> None:
+    done = cs.submit("--tier", "paid", "--token", "not-a-token")
+    assert done.returncode == 2  # --dev and --token together is a usage error
+    refused = cs("me", "--token", "not-a-token")
+    assert refused.returncode == 1 and "401 unauthorized" in refused.stderr
+    anonymous = cs("me")
+    assert anonymous.returncode == 1 and "--dev" in anonymous.stderr
+
+
+def test_status_tail_list_and_me_show_the_users_job(cs: Cli) -> None:
+    job_id = cs.submit().stdout.strip()
+    events = jsonl(cs.ok("tail", "--dev", "--from-start", "--jsonl", job_id).stdout)
+    assert events[0]["event"] == "status" and events[0]["data"]["status"] == "queued"
+    assert events[-1]["data"]["status"] == "succeeded"
+    assert len({e["id"] for e in events}) == len(events)
+    job = json.loads(cs.ok("status", "--dev", job_id).stdout)
+    assert job["id"] == job_id and job["status"] == "succeeded"
+    page = json.loads(cs.ok("list", "--dev", "--json").stdout)
+    assert [j["id"] for j in page["jobs"]] == [job_id]
+    assert job_id in cs.ok("list", "--dev").stdout
+    me = json.loads(cs.ok("me", "--dev").stdout)
+    assert me["coins"] == 4 and me["active_jobs"] == 0
+    result = cs.ok("tail", "--dev", job_id).stdout
+    assert json.loads(result) == job["result"]
+
+
+def test_tail_resumes_after_the_last_event_seen_without_repeating(cs: Cli) -> None:
+    job_id = cs.submit(resume=RESUME + " [[llm:slow=8]]").stdout.strip()
+    live = jsonl(cs.ok("tail", "--dev", "--from-start", "--jsonl", job_id).stdout)
+    whole = jsonl(cs.ok("tail", "--dev", "--from-start", "--jsonl", job_id).stdout)
+    assert live == whole  # followed live across the server's 1 s cuts: nothing lost or repeated
+    middle = len(whole) // 2
+    after = jsonl(
+        cs.ok("tail", "--dev", "--jsonl", "--last-event-id", whole[middle]["id"], job_id).stdout
+    )
+    assert after == whole[middle + 1 :]
+    # An interrupted `cs submit --wait` leaves a cursor; `cs tail` picks up after it.
+    cursor = Path(cs.env["XDG_STATE_HOME"]) / "careershaper" / "streams" / f"{job_id}.json"
+    cursor.parent.mkdir(parents=True)
+    cursor.write_text(json.dumps({"last_event_id": whole[1]["id"], "attempt": 1}))
+    resumed = cs.ok("tail", "--dev", "--jsonl", job_id)
+    assert jsonl(resumed.stdout) == whole[2:]
+    assert f"resuming after event {whole[1]['id']}" in resumed.stderr
+    assert not cursor.exists()  # the job ended: the next tail replays it from the start
+
+
+def test_cancel_stops_a_running_job_and_refuses_a_finished_one(cs: Cli) -> None:
+    job_id = cs.submit(resume=RESUME + " [[llm:slow=100]]").stdout.strip()
+    cancelled = json.loads(cs.ok("cancel", "--dev", job_id).stdout)
+    assert cancelled["status"] == "cancelled"
+    assert cs("tail", "--dev", job_id).returncode == 1
+    again = cs("cancel", "--dev", job_id)
+    assert again.returncode == 1 and "409 already_finished" in again.stderr
+    assert json.loads(cs.ok("me", "--dev").stdout)["coins"] == 5
+
+
+def test_token_dev_mints_tokens_for_one_stable_dev_user(cs: Cli) -> None:
+    first, second = cs.ok("token", "--dev"), cs.ok("token", "--dev")
+
+    def subject(token: str) -> str:
+        claims = jwt.decode(
+            token.strip(), DEV_JWT_SECRET, algorithms=["HS256"], audience="authenticated"
+        )
+        return str(claims["sub"])
+
+    assert subject(first.stdout) == subject(second.stdout)
+    assert (cs.home / "config" / "careershaper" / "dev-user").read_text().strip() == subject(
+        first.stdout
+    )
+    other = str(uuid.uuid4())
+    assert subject(cs.ok("token", "--dev", "--user", other).stdout) == other
+    refused = cs("token")
+    assert refused.returncode == 2 and "--dev" in refused.stderr
+    me = json.loads(cs.ok("me", "--token", first.stdout.strip()).stdout)
+    assert me["user_id"] == subject(first.stdout)
+
+
+class Recorder:
+    """A destination that records what it receives."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.arrived = threading.Event()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length)
+        headers = {
+            k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")
+        }
+        headers["content-type"] = environ.get("CONTENT_TYPE", "")
+        self.requests.append((headers, body))
+        self.arrived.set()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+
+def test_dlq_list_and_redrive_move_a_dead_letter_to_a_live_destination(
+    cs: Cli, stack: Stack
+) -> None:
+    from qstash import QStash
+
+    qstash = QStash(DEV_TOKEN, base_url=stack.broker_url)
+    body = json.dumps({"job_id": str(uuid.uuid4()), "note": "dead letter"})
+    sent = qstash.message.publish(
+        url=f"http://127.0.0.1:{free_port()}/nobody-listens",
+        body=body,
+        content_type="application/json",
+        retries=0,
+    )
+
+    def dead_letter() -> Any:
+        page = qstash.dlq.list(filter={"message_id": sent.message_id})
+        return page.messages[0] if page.messages else None
+
+    dlq_id = wait_for(dead_letter, 10, what="the message in the DLQ").dlq_id
+    listed = json.loads(cs.ok("dlq", "list", "--json").stdout)
+    assert dlq_id in {m["dlq_id"] for m in listed}
+    assert dlq_id in cs.ok("dlq", "list").stdout
+    recorder = Recorder()
+    with serve_wsgi(recorder) as url:
+        done = cs.ok("dlq", "redrive", dlq_id, "--to", f"{url}/hook")
+        assert dlq_id in done.stdout
+        assert recorder.arrived.wait(10), "the redriven message never arrived"
+    headers, received = recorder.requests[0]
+    assert json.loads(received) == json.loads(body)
+    assert headers["content-type"] == "application/json" and headers["upstash-signature"]
+    assert dlq_id not in {m["dlq_id"] for m in json.loads(cs.ok("dlq", "list", "--json").stdout)}
+    missing = cs("dlq", "redrive", dlq_id)
+    assert missing.returncode == 1
+
+
+def test_doctor_prints_a_table_and_exits_0_when_everything_is_up(cs: Cli) -> None:
+    done = cs("doctor")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = ["config (api)", "config (worker)", "redis", "database", "broker", "llm (openai)"]
+    for row in [*rows, "producer", "worker", "all good"]:
+        assert row in done.stdout, row
+    assert "FAIL" not in done.stdout
+
+
+def test_doctor_exits_1_and_names_what_is_wrong(cs: Cli) -> None:
+    wrong_db = f"postgresql://postgres:secret-pw@127.0.0.1:{free_port()}/nothing"
+    done = cs("doctor", env={"DATABASE_URL": wrong_db})
+    assert done.returncode == 1
+    row = next(line for line in done.stdout.splitlines() if "database" in line)
+    assert "FAIL" in row and "secret-pw" not in done.stdout
+    assert "1 problem(s): database" in done.stdout
+    misconfigured = cs("doctor", "--role", "api", env={"WORKER_URL": "", "QSTASH_TOKEN": ""})
+    assert misconfigured.returncode == 1
+    assert "WORKER_URL must be" in misconfigured.stdout
+    assert "QSTASH_TOKEN is required" in misconfigured.stdout
