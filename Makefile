@@ -4,13 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo dev test test-browser lint format lock clean
+.PHONY: help install demo dev test test-browser check-deploy lint format lock clean
 
 help:
 	@echo "make demo   run one job of each kind on a local stack, then stop"
 	@echo "make dev    run the local stack until Ctrl-C"
 	@echo "make test   run the whole test suite (real Redis and Postgres, embedded)"
 	@echo "make test-browser  the demo page in headless Chromium"
+	@echo "make check-deploy  validate Dockerfile, compose, Vercel build, deploy scripts"
 	@echo "make lint   ruff check, ruff format --check and mypy"
 
 $(STAMP): pyproject.toml
@@ -39,6 +40,11 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+
+# Deployment files checked offline: hadolint, compose config, shellcheck, actionlint, caddy,
+# systemd, `vercel build`, scripts/deploy against stand-ins, and a container-equivalent smoke test.
+check-deploy: $(STAMP)
+	scripts/check-deploy
 
 # Pinned dependency sets: requirements.txt is what Vercel installs for api/ (no openai,
 # gunicorn or prometheus); worker/requirements.txt is what the worker image installs.

@@ -15,7 +15,7 @@ from flask import Response, send_from_directory
 from api._common import create_app
 from lib.errors import NotFoundError
 
-DOCUMENT = Path(__file__).with_name("openapi.json")
+DOCUMENT = Path(__file__).with_name("_openapi.json")
 ASSETS = Path(flask_swagger_ui.__file__).with_name("dist")
 ASSET_FILES = frozenset(
     {

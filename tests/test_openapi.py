@@ -1,4 +1,4 @@
-"""api/openapi.json: a valid OpenAPI 3.1 document that matches what the producer really answers.
+"""api/_openapi.json: a valid OpenAPI 3.1 document that matches what the producer really answers.
 
 Real responses of a running stack (the way `make dev` starts it) are checked against the
 document: the status code must be documented for that operation, the media type too, the body
@@ -31,7 +31,7 @@ from scripts.devstack import Ports, Stack
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC: dict[str, Any] = json.loads((ROOT / "api" / "openapi.json").read_text())
+DOC: dict[str, Any] = json.loads((ROOT / "api" / "_openapi.json").read_text())
 BASE_URI = "urn:careershaper:openapi"
 REGISTRY: Registry = Registry().with_resource(
     BASE_URI, Resource.from_contents(DOC, default_specification=DRAFT202012)
