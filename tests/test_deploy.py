@@ -87,6 +87,9 @@ def test_vercel_rewrites_send_each_spec_path_to_its_function() -> None:
         "/api/jobs/:id/events": "/api/events",
         "/api/jobs/:id/cancel": "/api/jobs",
         "/api/jobs/:id": "/api/jobs",
+        "/api/openapi.json": "/api/openapi",
+        "/api/docs": "/api/openapi",
+        "/api/docs/:path*": "/api/openapi",
     }
 
 
