@@ -11,7 +11,7 @@ from functools import cache
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from lib import config, logs
 from lib.auth import Verifier
@@ -100,7 +100,10 @@ def create_app(name: str) -> Flask:
     def _http(exc: HTTPException) -> Response:
         status = exc.code or 500
         code = _HTTP_CODES.get(status, ErrorCode.INTERNAL)
-        return error_response(code, exc.description or exc.name, status)
+        response = error_response(code, exc.description or exc.name, status)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
@@ -152,7 +155,12 @@ def json_body() -> Any:
         raise AppError(
             "send the body as application/json", code=ErrorCode.UNSUPPORTED_MEDIA_TYPE, status=415
         )
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        raise InputError(
+            "the body is nested too deeply", details={"body": "nested too deeply"}
+        ) from None
     if body is None:
         raise InputError("the body is not valid JSON", details={"body": "malformed JSON"})
     return body

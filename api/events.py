@@ -6,7 +6,7 @@ from flask import Response, request, stream_with_context
 
 from api._common import bearer, create_app, producer
 from lib.errors import AuthError
-from lib.service import validate_job_id
+from lib.service import validate_cursor, validate_job_id
 
 app = create_app(__name__)
 
@@ -24,7 +24,9 @@ def events(job_id: str) -> Response:
         raise AuthError("pass the stream token (?token=) or an Authorization header")
     job = service.get(job_id, user_id)  # 404 for another user's job
     service.heal_stream(job)
-    after = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    after = validate_cursor(
+        request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    )
     frames = service.stream(job_id, after)
     return Response(
         stream_with_context(frames),

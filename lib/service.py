@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,6 +52,31 @@ def request_hash(kind: str, job_input: dict[str, Any], tier: str) -> str:
         ensure_ascii=False,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+_CURSOR = re.compile(r"\A[0-9]{1,20}(-[0-9]{1,20})?\Z")
+
+
+def validate_cursor(cursor: str | None) -> str | None:
+    """A resume cursor (Last-Event-ID) must be a stream entry id; raises InputError otherwise."""
+    if not cursor:
+        return None
+    if _CURSOR.match(cursor) and all(int(part) < 2**64 for part in cursor.split("-")):
+        return cursor
+    raise InputError("invalid Last-Event-ID", details={"last_event_id": "a stream entry id"})
+
+
+def _nul_fields(value: Any, path: str) -> dict[str, str]:
+    if isinstance(value, str):
+        return {path: "must not contain U+0000"} if "\x00" in value else {}
+    found: dict[str, str] = {}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found.update(_nul_fields(item, f"{path}.{key}"))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found.update(_nul_fields(item, f"{path}.{index}"))
+    return found
 
 
 def validate_job_id(job_id: str) -> str:
@@ -110,6 +136,9 @@ class Producer:
         except ValidationError as exc:
             raise InputError("the input is invalid", details=_field_errors(exc, "input.")) from None
         normalised = job_input.model_dump(mode="json", exclude_none=True)
+        nul = _nul_fields(normalised, "input")
+        if nul:  # Postgres cannot store U+0000 in text
+            raise InputError("the input contains a NUL character", details=nul)
         return req, normalised, self.settings.cost(req.kind, handler.cost)
 
     def submit(self, user_id: str, body: Any, idempotency_key: str | None) -> Submitted:
