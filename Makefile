@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo dev test test-browser check-deploy lint format lock clean
+.PHONY: help install demo dev test test-browser check-deploy chaos lint format lock clean
 
 help:
 	@echo "make demo   run one job of each kind on a local stack, then stop"
@@ -12,6 +12,7 @@ help:
 	@echo "make test   run the whole test suite (real Redis and Postgres, embedded)"
 	@echo "make test-browser  the demo page in headless Chromium"
 	@echo "make check-deploy  validate Dockerfile, compose, Vercel build, deploy scripts"
+	@echo "make chaos  fault injection under load on the local stack (< 15 min)"
 	@echo "make lint   ruff check, ruff format --check and mypy"
 
 $(STAMP): pyproject.toml
@@ -45,6 +46,10 @@ lint: $(STAMP)
 # systemd, `vercel build`, scripts/deploy against stand-ins, and a container-equivalent smoke test.
 check-deploy: $(STAMP)
 	scripts/check-deploy
+
+# Fault injection under load on the local stack (< 15 min); exits non-zero on any violation.
+chaos: $(STAMP)
+	$(PY) -m scripts.chaos
 
 # Pinned dependency sets: requirements.txt is what Vercel installs for api/ (no openai,
 # gunicorn or prometheus); worker/requirements.txt is what the worker image installs.

@@ -51,6 +51,9 @@ class _Lease:
     lost: bool = False
     done: str | None = None
     started: float = field(default_factory=time.monotonic)
+    # When the last ACQUIRE/RENEW that succeeded was sent: Redis keeps the lease at least
+    # LEASE_TTL_SECONDS after that, so the attempt may write until shortly before then.
+    renewed: float = field(default_factory=time.monotonic)
 
 
 class Leases:
@@ -81,14 +84,21 @@ class Leases:
         while not self._stop.wait(self.interval):
             with self._lock:
                 held = list(self._held.values())
-            for lease in held:
-                try:
-                    ok, done = self.state.renew(
-                        lease.job_id, lease.tier, lease.user_id, lease.token
-                    )
-                except Exception:  # Redis down: the attempt goes on; the lease may lapse
-                    log.warning("lease renewal failed", extra={"job_id": lease.job_id})
-                    continue
+            if not held:
+                continue
+            sent = time.monotonic()
+            try:
+                # One round trip for every lease of this process: a per-lease loop grows with
+                # the number of running jobs and, under load, outlasts the lease itself.
+                answers = self.state.renew_many(
+                    [(x.job_id, x.tier, x.user_id, x.token) for x in held]
+                )
+            except Exception:  # Redis down: the attempts fence themselves (Executor._fenced)
+                log.warning("lease renewal failed", extra={"running": len(held)})
+                continue
+            for lease, (ok, done) in zip(held, answers, strict=True):
+                if ok:
+                    lease.renewed = sent
                 lease.lost = lease.lost or not ok
                 lease.done = done
 
@@ -108,6 +118,9 @@ class Executor:
         self.llm = llm
         self.metrics = metrics
         self.leases = Leases(state, max(0.2, settings.lease_ttl_seconds / 3))
+        # An attempt whose lease was not renewed for 2/3 of its TTL stops writing: by the
+        # time Redis lets the lease go and another delivery takes it, this one has stopped.
+        self._fence = settings.lease_ttl_seconds * 2 / 3
         self._draining_since: float | None = None
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._slots_lock = threading.Lock()
@@ -247,6 +260,7 @@ class Executor:
             )
             result = handler.handle(ctx, job_input)
         payload = result.model_dump(mode="json")
+        self._fenced(lease)
         finished = self.store.finish(job.id, JobStatus.SUCCEEDED, result=payload)
         if finished.changed:
             events.succeeded(payload)
@@ -255,11 +269,18 @@ class Executor:
         self.state.release(job.id, lease.tier, lease.user_id, lease.token)
         return Outcome(200, {"job_id": job.id, "status": "succeeded", "usage": ctx.usage})
 
+    def _fenced(self, lease: _Lease) -> None:
+        """Raise lease_lost when the lease is lost or may have lapsed (not renewed in time)."""
+        if not lease.lost and time.monotonic() - lease.renewed > self._fence:
+            log.warning("lease not renewed in time; stopping", extra={"job_id": lease.job_id})
+            lease.lost = True
+        if lease.lost:
+            raise RetryableError("the job's lease was lost", code=LEASE_LOST, retry_after=1)
+
     def _check(self, lease: _Lease) -> None:
         if lease.done:
             raise StreamClosed(lease.job_id)
-        if lease.lost:
-            raise RetryableError("the job's lease was lost", code=LEASE_LOST, retry_after=1)
+        self._fenced(lease)
         if time.monotonic() - lease.started > self.settings.job_timeout_seconds:
             raise RetryableError(
                 "the attempt ran past JOB_TIMEOUT_SECONDS",
@@ -345,7 +366,18 @@ class Executor:
 
     # Failure callback --------------------------------------------------------------------------
     def fail_delivery(self, job_id: str, user_id: str, tier: str, reason: str) -> Outcome:
-        """The broker gave up on the job: fail it and refund once, close its stream."""
+        """The broker gave up on the job: fail it and refund once, close its stream.
+
+        While another delivery's attempt holds the job's lease (a duplicate gave up while the
+        original runs), the callback is deferred with 429 and Retry-After: if that attempt
+        dies, its lease lapses and the retried callback fails the job; if it ends, the
+        retried callback finds the job terminal and changes nothing."""
+        held_ms = self.state.lease_ms(job_id)
+        if held_ms > 0:
+            log.info(
+                "failure callback deferred: an attempt holds the job", extra={"job_id": job_id}
+            )
+            return _retry("an attempt of this job is running", "busy", held_ms / 1000, status=429)
         finished = self.store.finish(
             job_id,
             JobStatus.FAILED,

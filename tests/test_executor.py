@@ -71,3 +71,34 @@ def test_an_attempt_past_the_job_timeout_is_stopped_retryably(executor: Executor
     with pytest.raises(RetryableError) as caught:
         executor._check(lease)
     assert caught.value.code == "llm_timeout"
+
+
+def test_a_failure_callback_waits_while_an_attempt_holds_the_job(executor: Executor) -> None:
+    user, job_id = str(uuid.uuid4()), str(uuid.uuid4())
+    executor.store.submit(
+        job_id=job_id,
+        user_id=user,
+        kind="job_match",
+        tier="paid",
+        cost=2,
+        input={"resume_text": "r", "job_description": "d"},
+        idempotency_key=None,
+        request_hash="h",
+    )
+    executor.state.acquire(job_id, "paid", user, "running-attempt")
+    deferred = executor.fail_delivery(job_id, user, "paid", "a duplicate gave up")
+    assert deferred.status == 429 and int(deferred.headers["Retry-After"]) >= 1
+    job = executor.store.get_job(job_id, user)
+    assert job and job.status == "queued"
+    executor.state.release(job_id, "paid", user, "running-attempt")
+    assert executor.fail_delivery(job_id, user, "paid", "gave up").status == 200
+    assert executor.store.get_job(job_id, user).status == "failed"  # type: ignore[union-attr]
+
+
+def test_an_attempt_whose_lease_went_unrenewed_too_long_stops(executor: Executor) -> None:
+    from lib.errors import RetryableError
+
+    lease = _Lease("j", "free", "u", "t", renewed=0.0)
+    with pytest.raises(RetryableError) as caught:
+        executor._check(lease)
+    assert caught.value.code == "lease_lost"

@@ -187,3 +187,13 @@ def test_every_key_carries_the_prefix(state: State, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     mine = [k for k in client.scan_iter(match="*") if job in k or user in k]
     assert mine and all(k.startswith(state.keys.prefix) for k in mine)
+
+
+def test_renew_many_renews_every_lease_in_one_call_and_reports_each(state: State) -> None:
+    a, b, user = new_id(), new_id(), new_id()
+    state.acquire(a, "paid", user, "ta")
+    state.acquire(b, "paid", user, "tb")
+    emit_terminal(state, b, "cancelled", result=None, error=None, attempt=1)
+    answers = state.renew_many([(a, "paid", user, "ta"), (b, "paid", user, "wrong")])
+    assert answers == [(True, None), (False, "cancelled")]
+    assert state.lease_ms(a) > 0

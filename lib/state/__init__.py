@@ -137,6 +137,29 @@ class State:
         done = result[1] if len(result) > 1 else None
         return bool(result[0]), (str(done) if done else None)
 
+    def renew_many(self, leases: list[tuple[str, str, str, str]]) -> list[tuple[bool, str | None]]:
+        """`renew` for many (job id, tier, user id, token) at once, in one round trip."""
+        deadline = _now_ms() + self.admission_ttl_ms
+        calls: list[tuple[scripts.Script, list[str], list[str | int]]] = [
+            (
+                scripts.RENEW,
+                [
+                    self.keys.lease(job_id),
+                    self.keys.done(job_id),
+                    self.keys.tier(tier),
+                    self.keys.user(user_id, tier),
+                ],
+                [token, self.lease_ttl_ms, job_id, deadline, self.admission_ttl_ms * 2],
+            )
+            for job_id, tier, user_id, token in leases
+        ]
+        results = self.backend.run_many(calls)
+        out = []
+        for result in results:
+            done = result[1] if len(result) > 1 else None
+            out.append((bool(result[0]), str(done) if done else None))
+        return out
+
     # Events ----------------------------------------------------------------------------------
     def emit(
         self,
@@ -174,6 +197,10 @@ class State:
         return self.backend.wait(
             self.keys.events(job_id), self.keys.notify(job_id), after, timeout, count
         )
+
+    def lease_ms(self, job_id: str) -> int:
+        """How long the job's lease is still held (ms); 0 when nobody holds it."""
+        return max(0, int(self.backend.command("PTTL", self.keys.lease(job_id)) or 0))
 
     def done(self, job_id: str) -> str | None:
         """The job's terminal status once its stream is closed (the cancel flag), else None."""

@@ -19,6 +19,9 @@ class RedisBackend(Protocol):
     def run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
         """Run a Lua script atomically; strings come back as str, Lua false as None."""
 
+    def run_many(self, calls: list[tuple[Script, list[str], list[str | int]]]) -> list[Any]:
+        """Run several scripts in one round trip (each atomic on its own), answers in order."""
+
     def read(self, stream: str, after: str, count: int) -> list[Entry]:
         """Entries of `stream` strictly after id `after` ("0" = from the start), oldest first."""
 

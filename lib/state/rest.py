@@ -50,6 +50,10 @@ class RestBackend:
         except _DOWN as exc:
             raise UnavailableError("redis is unavailable") from exc
 
+    def run_many(self, calls: list[tuple[Script, list[str], list[str | int]]]) -> list[Any]:
+        # Upstash's /pipeline would make this one request; one per call keeps it simple here.
+        return [self.run(script, keys, args) for script, keys, args in calls]
+
     def read(self, stream: str, after: str, count: int) -> list[Entry]:
         start = "-" if after in ("", "0", "0-0") else f"({after}"
         try:

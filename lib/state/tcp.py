@@ -46,6 +46,20 @@ class TcpBackend:
         except _DOWN as exc:
             raise UnavailableError("redis is unavailable") from exc
 
+    def run_many(self, calls: list[tuple[Script, list[str], list[str | int]]]) -> list[Any]:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for script, keys, args in calls:
+                registered = self._scripts.get(script.name)
+                if registered is None:
+                    registered = self._scripts[script.name] = self._client.register_script(
+                        script.source
+                    )
+                registered(keys=keys, args=args, client=pipe)
+            return list(pipe.execute())
+        except _DOWN as exc:
+            raise UnavailableError("redis is unavailable") from exc
+
     def read(self, stream: str, after: str, count: int) -> list[Entry]:
         start = "-" if after in ("", "0", "0-0") else f"({after}"
         try:
