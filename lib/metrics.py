@@ -6,7 +6,6 @@ samples there and `/metrics` aggregates them, as prometheus_client's multiproces
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from prometheus_client import (
@@ -17,6 +16,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from lib.config import settings
 
 ATTEMPTS = Counter(
     "cs_job_attempts_total",
@@ -47,7 +48,7 @@ class Metrics:
 
 def render() -> tuple[bytes, str]:
     """The exposition text of every process's metrics, and its content type."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if settings("any").prometheus_multiproc_dir:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()

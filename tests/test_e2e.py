@@ -136,8 +136,14 @@ def test_cancel_while_running_stops_the_job_and_refunds(stack: Stack, user: User
     again = user.post(f"/api/jobs/{job_id}/cancel")
     assert again.status_code == 409 and again.json()["error"]["code"] == "already_finished"
     wait_for(lambda: user.me()["active_jobs"] == 0, 10, what="no active jobs")
-    time.sleep(0.5)  # give a wrongly-continuing worker the chance to write; then check it didn't
+    # The worker's attempt has ended (it stopped at its next write), and it changed nothing.
+    wait_for(
+        lambda: httpx.get(f"{stack.worker_url}/healthz").json()["running"] == 0,
+        20,
+        what="the cancelled attempt to stop",
+    )
     assert user.job(job_id)["status"] == "cancelled"
+    assert terminal_count(follow(stack.producer_url, body["events_url"])) == 1
 
 
 def test_cancel_while_queued_refunds_and_the_delivery_is_acknowledged(
