@@ -85,9 +85,17 @@ class Settings(BaseSettings):
     # Execution.
     lease_ttl_seconds: int = Field(30, ge=1)
     events_ttl_seconds: int = Field(172800, ge=86400)
-    events_publish: bool = True
+    # PUBLISH after each emit, for SSE readers that wait by subscription (Upstash REST): "auto"
+    # publishes only while such a reader watches the job; true/false force it on or off.
+    events_publish: Literal["auto", "always", "never"] = "auto"
+    # Delta batching (docs/performance.md): the first piece at once, then every DELTA_FLUSH_MS
+    # (or DELTA_FLUSH_CHARS, or DELTA_FLUSH_TOKENS pieces when > 0) while someone watches the
+    # stream; every DELTA_FLUSH_IDLE_MS while nobody does (0: hold the text until a viewer
+    # comes or the attempt ends).
     delta_flush_ms: int = Field(200, ge=0)
+    delta_flush_idle_ms: int = Field(0, ge=0)
     delta_flush_chars: int = Field(600, ge=1)
+    delta_flush_tokens: int = Field(0, ge=0)
     worker_drain_seconds: float = Field(20.0, ge=0)
     # Jobs whose submit died between insert and publish are failed and refunded after this long.
     sweep_after_seconds: int = Field(900, ge=60)
@@ -119,6 +127,10 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     sse_max_seconds: float = Field(280.0, gt=0)
     sse_heartbeat_seconds: float = Field(15.0, gt=0, le=15)
+    # "block": wait for events with a blocking read or a subscription (the SPEC's way). "poll":
+    # the original design, XRANGE every 400 ms backing off to 8 s, kept only as the baseline of
+    # `make bench`; refused in production.
+    sse_read_mode: Literal["block", "poll"] = "block"
     max_body_bytes: int = Field(256 * 1024, ge=1024)
 
     @field_validator("allowed_origins", mode="before")
@@ -130,6 +142,20 @@ class Settings(BaseSettings):
 
                 return json.loads(value)
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("events_publish", mode="before")
+    @classmethod
+    def _publish_words(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return "always" if value else "never"
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in ("true", "1", "yes", "on"):
+                return "always"
+            if word in ("false", "0", "no", "off"):
+                return "never"
+            return word
         return value
 
     @field_validator("llm_model_overrides", mode="before")
@@ -239,6 +265,8 @@ def _api_problems(s: Settings) -> list[str]:
         problems.append("QSTASH_MODE=direct signs deliveries: set QSTASH_CURRENT_SIGNING_KEY")
     if s.qstash_mode == "direct" and s.is_production:
         problems.append("QSTASH_MODE=direct is for development only")
+    if s.is_production and s.sse_read_mode == "poll":
+        problems.append("SSE_READ_MODE=poll is the benchmark baseline; not for production")
     if s.is_production and s.supabase_jwt_secret == DEV_JWT_SECRET:
         problems.append("SUPABASE_JWT_SECRET is the public dev secret; not for production")
     return problems

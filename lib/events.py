@@ -38,7 +38,15 @@ def is_terminal(event_type: str, payload: str) -> bool:
 
 
 class JobEvents:
-    """The event writer of one attempt of one job."""
+    """The event writer of one attempt of one job.
+
+    Deltas are batched by the flush policy (`lib.config`, DELTA_FLUSH_*): while a viewer
+    watches (`viewer()` names its transport), the first piece goes at once and then every
+    `flush_ms`, `flush_chars` or `flush_tokens` pieces; while nobody watches, every
+    `idle_flush_ms`, or, at 0, not until a viewer comes or the attempt ends. Progress held
+    meanwhile is coalesced to the latest. Redis is billed per command, so an unwatched job
+    writes its text once, with its result.
+    """
 
     def __init__(
         self,
@@ -48,16 +56,24 @@ class JobEvents:
         *,
         flush_ms: int = 200,
         flush_chars: int = 600,
+        flush_tokens: int = 0,
+        idle_flush_ms: int | None = None,
+        viewer: Callable[[], str | None] = lambda: "tcp",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.state = state
         self.job_id = job_id
         self.attempt = attempt
         self.flush_s = flush_ms / 1000
+        self.idle_s = (flush_ms if idle_flush_ms is None else idle_flush_ms) / 1000
         self.flush_chars = flush_chars
+        self.flush_tokens = flush_tokens
+        self._viewer = viewer
         self._clock = clock
         self._buffer: list[str] = []
         self._buffered = 0
+        self._stamps: list[float] = []
+        self._progress: dict[str, Any] | None = None
         self._last_flush: float | None = None
         self.flushes = 0
 
@@ -68,20 +84,49 @@ class JobEvents:
         terminal: str | None = None,
         refresh_ttl: bool = False,
     ) -> str:
-        entry = self.state.emit(self.job_id, events, terminal=terminal, refresh_ttl=refresh_ttl)
+        entry = self.state.emit(
+            self.job_id,
+            events,
+            terminal=terminal,
+            refresh_ttl=refresh_ttl,
+            publish=self._viewer() == "rest",
+        )
         if entry is None:
             raise StreamClosed(self.job_id)
         return entry
 
     def _pending(self) -> list[tuple[str, dict[str, Any]]]:
-        if not self._buffer:
-            return []
-        text = "".join(self._buffer)
-        self._buffer.clear()
-        self._buffered = 0
-        self._last_flush = self._clock()
-        self.flushes += 1
-        return [(EventType.DELTA, data(self.job_id, text=text, attempt=self.attempt))]
+        out: list[tuple[str, dict[str, Any]]] = []
+        if self._buffer:
+            fields: dict[str, Any] = {"text": "".join(self._buffer), "attempt": self.attempt}
+            if self._stamps:  # when each token was emitted (offline LLM only: benchmarks)
+                fields["llm_ts"] = self._stamps
+            out.append((EventType.DELTA, data(self.job_id, **fields)))
+            self._buffer = []
+            self._buffered = 0
+            self._stamps = []
+            self.flushes += 1
+        if self._progress is not None:
+            out.append((EventType.PROGRESS, self._progress))
+            self._progress = None
+        if out:
+            self._last_flush = self._clock()
+        return out
+
+    def _holding(self) -> bool:
+        return self._viewer() is None and self.idle_s <= 0
+
+    def _due(self) -> bool:
+        if self._holding():
+            return False
+        if self._last_flush is None:
+            return True
+        if self.flush_tokens and len(self._buffer) >= self.flush_tokens:
+            return True
+        if self._buffered >= self.flush_chars:
+            return True
+        interval = self.flush_s if self._viewer() is not None else self.idle_s
+        return self._clock() - self._last_flush >= interval
 
     def running(self) -> None:
         """Announce the attempt; a higher attempt tells clients to drop earlier text."""
@@ -96,26 +141,27 @@ class JobEvents:
         )
 
     def progress(self, stage: str, pct: int) -> None:
-        self._emit(
-            self._pending()
-            + [(EventType.PROGRESS, data(self.job_id, stage=stage, pct=max(0, min(100, pct))))]
-        )
+        """Report a stage: at once while watched (with the text before it), else held."""
+        self._progress = data(self.job_id, stage=stage, pct=max(0, min(100, pct)))
+        if not self._holding():
+            self._emit(self._pending())
 
-    def delta(self, text: str) -> None:
-        """Buffer model output; flush the first piece at once, then by size or by time."""
+    def delta(self, text: str, *, emitted_at: float | None = None) -> None:
+        """Buffer model output and flush it when the policy says so. `emitted_at` is when the
+        model emitted the piece, if it says (the offline LLM does, for benchmarks)."""
         if not text:
             return
         self._buffer.append(text)
         self._buffered += len(text)
-        now = self._clock()
-        if (
-            self._last_flush is None
-            or self._buffered >= self.flush_chars
-            or now - self._last_flush >= self.flush_s
-        ):
+        if emitted_at is not None:
+            self._stamps.append(emitted_at)
+        if self._due():
             self.flush()
 
     def flush(self) -> None:
+        """Write what is buffered, unless the policy holds it (nobody watches)."""
+        if self._holding():
+            return
         pending = self._pending()
         if pending:
             self._emit(pending)
@@ -147,6 +193,7 @@ class JobEvents:
                     data(self.job_id, status=StreamStatus.RETRYING, attempt=self.attempt),
                 ),
             ],
+            publish=self._viewer() == "rest",
         )
 
 

@@ -54,14 +54,20 @@ class _Lease:
     # When the last ACQUIRE/RENEW that succeeded was sent: Redis keeps the lease at least
     # LEASE_TTL_SECONDS after that, so the attempt may write until shortly before then.
     renewed: float = field(default_factory=time.monotonic)
+    # When the admission deadlines were last pushed forward (ACQUIRE does it first).
+    admitted: float = field(default_factory=time.monotonic)
+    # The transport of a live SSE reader ("tcp", "rest"), or None: the flush policy reads it.
+    watch: str | None = None
 
 
 class Leases:
     """One heartbeat thread renews every running attempt's lease and admission deadlines."""
 
-    def __init__(self, state: State, interval: float) -> None:
+    def __init__(self, state: State, interval: float, admission_ttl: float = 1800) -> None:
         self.state = state
         self.interval = interval
+        # Admission deadlines last ADMISSION_TTL_SECONDS: push them forward once half has gone.
+        self.admission_refresh = admission_ttl / 2
         self._held: dict[str, _Lease] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -87,20 +93,27 @@ class Leases:
             if not held:
                 continue
             sent = time.monotonic()
+            refresh = [sent - x.admitted >= self.admission_refresh for x in held]
             try:
                 # One round trip for every lease of this process: a per-lease loop grows with
                 # the number of running jobs and, under load, outlasts the lease itself.
                 answers = self.state.renew_many(
-                    [(x.job_id, x.tier, x.user_id, x.token) for x in held]
+                    [
+                        (x.job_id, x.tier, x.user_id, x.token, again)
+                        for x, again in zip(held, refresh, strict=True)
+                    ]
                 )
             except Exception:  # Redis down: the attempts fence themselves (Executor._fenced)
                 log.warning("lease renewal failed", extra={"running": len(held)})
                 continue
-            for lease, (ok, done) in zip(held, answers, strict=True):
+            for lease, again, (ok, done, watch) in zip(held, refresh, answers, strict=True):
                 if ok:
                     lease.renewed = sent
+                    if again:
+                        lease.admitted = sent
                 lease.lost = lease.lost or not ok
                 lease.done = done
+                lease.watch = watch
 
     def stop(self) -> None:
         self._stop.set()
@@ -117,7 +130,9 @@ class Executor:
         self.state = state
         self.llm = llm
         self.metrics = metrics
-        self.leases = Leases(state, max(0.2, settings.lease_ttl_seconds / 3))
+        self.leases = Leases(
+            state, max(0.2, settings.lease_ttl_seconds / 3), settings.admission_ttl_seconds
+        )
         # An attempt whose lease was not renewed for 2/3 of its TTL stops writing: by the
         # time Redis lets the lease go and another delivery takes it, this one has stopped.
         self._fence = settings.lease_ttl_seconds * 2 / 3
@@ -154,6 +169,7 @@ class Executor:
         if status == "busy":
             wait = max(1, math.ceil(int(detail or 1000) / 1000))
             return _retry("another attempt holds this job", "busy", wait, status=429)
+        lease.watch = str(detail) if detail else None
         self.leases.add(lease)
         if self.metrics:
             self.metrics.running(+1)
@@ -244,6 +260,9 @@ class Executor:
             job.attempts,
             flush_ms=self.settings.delta_flush_ms,
             flush_chars=self.settings.delta_flush_chars,
+            flush_tokens=self.settings.delta_flush_tokens,
+            idle_flush_ms=self.settings.delta_flush_idle_ms,
+            viewer=lambda: lease.watch,
         )
         events.running()
         with self._model_slot(job.tier, model):
@@ -347,7 +366,9 @@ class Executor:
         if last:
             return self._fail(job, lease, code, f"{message} (retries exhausted)")
         try:
-            JobEvents(self.state, job.id, job.attempts).retrying(code, message)
+            JobEvents(self.state, job.id, job.attempts, viewer=lambda: lease.watch).retrying(
+                code, message
+            )
         except Exception:
             log.warning("could not emit retrying", extra={"job_id": job.id})
         self.state.release(job.id, lease.tier, lease.user_id, lease.token, slots=False)

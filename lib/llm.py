@@ -67,9 +67,16 @@ class LLM:
         user: str,
         schema_name: str,
         schema: dict[str, Any],
-        on_text: Callable[[str], None],
+        on_text: Callable[[str, float | None], None],
+        on_usage: Callable[[Usage, float | None], None] | None = None,
     ) -> Completion:
-        """Stream a JSON answer, calling `on_text` with each piece of output.
+        """Stream a JSON answer, calling `on_text` with each piece of output and the time the
+        provider stamped on it (`cs_emitted_at`, sent by the offline LLM only; else None).
+
+        `on_usage(usage, first_token_at)` is called once the stream ends, also when it ends
+        early or fails: the tokens in and out as the provider reported them (it does at the end
+        of a stream asked for with `include_usage`), else 0 in and the number of streamed
+        chunks out; and the `time.monotonic()` of the first output, or None.
 
         Raises RetryableError (llm_unavailable, llm_timeout) for transient provider failures
         and PermanentError (model_refused, or a 4xx the provider will repeat).
@@ -114,7 +121,7 @@ def _consume(stream: Any, model_spec: str, on_text: Callable[[str], None]) -> Co
                 if completion.first_token_s is None:
                     completion.first_token_s = time.monotonic() - started
                 pieces.append(delta.content)
-                on_text(delta.content)
+                on_text(delta.content, (chunk.model_extra or {}).get("cs_emitted_at"))
     if refused:
         raise PermanentError("the model declined to answer", code=ErrorCode.MODEL_REFUSED)
     completion.text = "".join(pieces)

@@ -34,10 +34,15 @@ from lib.errors import (
 from lib.events import data, emit_terminal, is_terminal, sse_frame
 from lib.models import ErrorCode, EventType, Job, Me, StreamStatus, SubmitRequest
 from lib.queue.producer import Publisher
-from lib.state import State
+from lib.state import WATCH_REFRESH, State
 from lib.store import Store
 
 log = logging.getLogger("cs.producer")
+
+# SSE_READ_MODE=poll (the benchmark's baseline): the original design's XRANGE interval, doubled
+# while the stream is idle up to POLL_MAX, back to POLL_FIRST when an entry arrives.
+POLL_FIRST = 0.4
+POLL_MAX = 8.0
 
 
 def _field_errors(exc: ValidationError, prefix: str = "") -> dict[str, str]:
@@ -290,20 +295,42 @@ class Producer:
         heartbeat: float | None = None,
     ) -> Iterator[str]:
         """SSE frames of a job's events after `after`, ending after the terminal status or at
-        `max_seconds` (the client reconnects with Last-Event-ID). Waits by blocking read."""
+        `max_seconds` (the client reconnects with Last-Event-ID). Waits by blocking read, and
+        marks the job as watched meanwhile, so the worker flushes its output promptly."""
         max_s = max_seconds if max_seconds is not None else self.settings.sse_max_seconds
         beat = heartbeat if heartbeat is not None else self.settings.sse_heartbeat_seconds
         deadline = time.monotonic() + max_s
         cursor = after or "0"
+        poll = self.settings.sse_read_mode == "poll"
+        transport = self.state.backend.transport
+        watched = -WATCH_REFRESH
+        idle = POLL_FIRST
+        spoke = time.monotonic()
         yield "retry: 1000\n\n"
         while True:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 return
-            entries = self.state.wait(job_id, cursor, timeout=min(beat, remaining))
-            if not entries:
-                yield ": keep-alive\n\n"
-                continue
+            if poll:  # the original design, the benchmark's baseline: XRANGE, then sleep
+                entries = self.state.read(job_id, cursor)
+                if not entries:
+                    time.sleep(min(idle, remaining))
+                    idle = min(idle * 2, POLL_MAX)
+                    if time.monotonic() - spoke >= beat:
+                        spoke = time.monotonic()
+                        yield ": keep-alive\n\n"
+                    continue
+                idle = POLL_FIRST
+                spoke = time.monotonic()
+            else:
+                if now - watched >= WATCH_REFRESH:
+                    self.state.watch(job_id, transport)
+                    watched = now
+                entries = self.state.wait(job_id, cursor, timeout=min(beat, remaining))
+                if not entries:
+                    yield ": keep-alive\n\n"
+                    continue
             for entry_id, fields in entries:
                 event_type, payload = fields.get("t", ""), fields.get("d", "{}")
                 yield sse_frame(entry_id, event_type, payload)

@@ -223,6 +223,38 @@ def test_the_api_refuses_direct_mode_and_the_dev_jwt_secret_in_production(
     assert "SUPABASE_JWT_SECRET is the public dev secret" in message
 
 
+def test_the_polling_sse_baseline_is_refused_in_production(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    production = {
+        **API,
+        "APP_ENV": "production",
+        "SUPABASE_JWT_SECRET": "a-production-secret-of-forty-characters!",
+    }
+    set_env(monkeypatch, {**production, "SSE_READ_MODE": "poll"})
+    assert "SSE_READ_MODE=poll is the benchmark baseline" in config_error("api")
+    set_env(monkeypatch, {**production, "SSE_READ_MODE": "sometimes"})
+    assert "SSE_READ_MODE" in config_error("api")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", "always"), ("false", "never"), ("auto", "auto"), ("ALWAYS", "always")],
+)
+def test_events_publish_takes_auto_or_a_boolean(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: str
+) -> None:
+    set_env(monkeypatch, {"EVENTS_PUBLISH": value})
+    assert load().events_publish == expected
+
+
+def test_an_unknown_events_publish_value_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(monkeypatch, {"EVENTS_PUBLISH": "sometimes"})
+    assert "EVENTS_PUBLISH" in config_error()
+
+
 def test_the_api_accepts_direct_mode_and_the_dev_jwt_secret_in_development(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

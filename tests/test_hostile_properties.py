@@ -325,7 +325,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         job_id, tier, user = job
         holder = self.model.leases.get(job_id, "")
         token = holder if own_token else "not-the-holder"
-        held, done = self.state.renew(job_id, tier, user, token)
+        held, done, _ = self.state.renew(job_id, tier, user, token)
         assert held is bool(holder and token == holder)
         assert done == ("succeeded" if job_id in self.model.done else None)
         if held:

@@ -8,22 +8,27 @@ import uuid
 
 import pytest
 
+from lib.config import Settings
 from lib.events import JobEvents, emit_terminal
 from lib.service import Producer
 from lib.state import State
 from lib.state.tcp import TcpBackend
 
 
-@pytest.fixture
-def producer(redis_url: str, redis_prefix: str) -> Producer:
+def make_producer(redis_url: str, redis_prefix: str, **settings: object) -> Producer:
     state = State(TcpBackend(redis_url), prefix=redis_prefix)
     return Producer(
-        settings=None,
+        settings=Settings(**settings),  # type: ignore[arg-type]
         store=None,
         state=state,
         publisher=None,  # type: ignore[arg-type]
         verifier=None,
     )  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def producer(redis_url: str, redis_prefix: str) -> Producer:
+    return make_producer(redis_url, redis_prefix)
 
 
 def test_a_quiet_stream_sends_heartbeats_and_ends_at_the_time_limit(producer: Producer) -> None:
@@ -73,3 +78,37 @@ def test_resuming_after_an_id_repeats_nothing(producer: Producer) -> None:
         f for f in producer.stream(job, first_id, max_seconds=5, heartbeat=1) if f.startswith("id:")
     ]
     assert rest == whole[1:]
+
+
+def test_a_reader_marks_the_job_as_watched_by_its_transport_while_it_reads(
+    producer: Producer,
+) -> None:
+    job = str(uuid.uuid4())
+    JobEvents(producer.state, job, 1).running()
+    assert producer.state.backend.command("GET", producer.state.keys.watch(job)) is None
+    frames = producer.stream(job, None, max_seconds=5, heartbeat=1)
+    assert next(frames) == "retry: 1000\n\n"
+    assert next(frames).startswith("id: ")
+    key = producer.state.keys.watch(job)
+    assert producer.state.backend.command("GET", key) == "tcp"
+    assert 0 < int(producer.state.backend.command("PTTL", key)) <= 45_000
+    frames.close()
+
+
+def test_the_polling_baseline_delivers_every_event_and_ends_after_the_terminal_status(
+    redis_url: str, redis_prefix: str
+) -> None:
+    producer = make_producer(redis_url, redis_prefix, sse_read_mode="poll")
+    job = str(uuid.uuid4())
+    events = JobEvents(producer.state, job, 1, flush_ms=0)
+    events.running()
+    events.delta("a")
+    frames = producer.stream(job, None, max_seconds=30, heartbeat=10)
+    received = [next(frames), next(frames), next(frames)]  # retry, running, "a"
+    assert '"text":"a"' in received[2]
+    events.delta("b")
+    emit_terminal(producer.state, job, "succeeded", result={}, error=None, attempt=1)
+    rest = [f for f in frames if f.startswith("id:")]
+    assert [f.split("\n")[1] for f in rest] == ["event: delta", "event: result", "event: status"]
+    # The baseline never marks the job as watched: the original design had no such key.
+    assert producer.state.backend.command("GET", producer.state.keys.watch(job)) is None

@@ -100,10 +100,10 @@ def test_a_second_attempt_cannot_take_a_held_lease(state: State) -> None:
 def test_renew_reports_a_lost_lease_and_a_closed_stream(state: State) -> None:
     job, user = new_id(), new_id()
     state.acquire(job, "free", user, "a")
-    assert state.renew(job, "free", user, "a") == (True, None)
-    assert state.renew(job, "free", user, "other") == (False, None)
+    assert state.renew(job, "free", user, "a") == (True, None, None)
+    assert state.renew(job, "free", user, "other") == (False, None, None)
     emit_terminal(state, job, "cancelled", result=None, error=None, attempt=1)
-    assert state.renew(job, "free", user, "a") == (True, "cancelled")
+    assert state.renew(job, "free", user, "a") == (True, "cancelled", None)
 
 
 def test_a_closed_stream_refuses_the_lease(state: State) -> None:
@@ -194,6 +194,7 @@ def test_renew_many_renews_every_lease_in_one_call_and_reports_each(state: State
     state.acquire(a, "paid", user, "ta")
     state.acquire(b, "paid", user, "tb")
     emit_terminal(state, b, "cancelled", result=None, error=None, attempt=1)
-    answers = state.renew_many([(a, "paid", user, "ta"), (b, "paid", user, "wrong")])
-    assert answers == [(True, None), (False, "cancelled")]
+    state.watch(a, "rest")
+    answers = state.renew_many([(a, "paid", user, "ta", True), (b, "paid", user, "wrong", True)])
+    assert answers == [(True, None, "rest"), (False, "cancelled", None)]
     assert state.lease_ms(a) > 0

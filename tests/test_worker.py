@@ -483,6 +483,7 @@ def cancel_while_running(env: WorkerEnv) -> tuple[Created, TestResponse, float]:
         verifier_from_settings(env.settings),
     )
     job = env.create_job("[[llm:slow=30]]")  # about 8 s if nothing stops it
+    env.state.watch(job.job_id, "tcp")  # a viewer, so the output streams as it comes
     answers: list[TestResponse] = []
     runner = threading.Thread(target=lambda: answers.append(deliver(env, job)))
     runner.start()
@@ -516,6 +517,28 @@ def test_cancelling_a_running_job_stops_the_attempt_and_refunds_once(
     assert events[-1] == terminal[0]
     assert env.state.live("paid") == 0
     assert not env.lease_held(job.job_id)
+
+
+def test_an_unwatched_attempt_holds_its_output_and_still_stops_soon_after_a_cancel(
+    env: WorkerEnv, db: Db
+) -> None:
+    from lib.events import emit_terminal
+
+    job = env.create_job("[[llm:slow=30]]")  # nobody watches: the text is held
+    answers: list[TestResponse] = []
+    runner = threading.Thread(target=lambda: answers.append(deliver(env, job)))
+    runner.start()
+    wait_for(lambda: env.executor.running() == 1, timeout=10, what="the attempt to start")
+    wait_for(lambda: env.lease_held(job.job_id), timeout=10, what="the lease")
+    assert [e.type for e in env.stream(job.job_id)] == ["status"]  # running; no delta yet
+    cancelled_at = time.monotonic()
+    emit_terminal(env.state, job.job_id, "cancelled", result=None, error=None, attempt=1)
+    runner.join(10)
+    assert not runner.is_alive(), "the attempt kept running after the cancel"
+    # The heartbeat (every LEASE_TTL_SECONDS / 3) reads the cancel flag: no emit is needed.
+    assert time.monotonic() - cancelled_at < 3
+    assert answers[0].status_code == 200
+    assert db.job(job.job_id)["status"] == "cancelled"
 
 
 def test_a_cancelled_attempt_is_not_counted_as_a_succeeded_attempt(env: WorkerEnv) -> None:
@@ -595,6 +618,7 @@ def test_an_attempt_that_loses_its_lease_stops_without_deciding_anything(
     env: WorkerEnv, db: Db
 ) -> None:
     job = env.create_job("[[llm:slow=10]]")
+    env.state.watch(job.job_id, "tcp")
     results: list[TestResponse] = []
     # The last attempt: a lost lease must still not fail the job another attempt may own.
     runner = threading.Thread(

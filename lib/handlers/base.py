@@ -81,10 +81,10 @@ class Context:
         received = 0
         next_mark = 0.25
 
-        def on_text(text: str) -> None:
+        def on_text(text: str, emitted_at: float | None) -> None:
             nonlocal received, next_mark
             self.check()
-            self.events.delta(text)
+            self.events.delta(text, emitted_at=emitted_at)
             received += len(text)
             if received / self.expected_chars >= next_mark and next_mark < 1:
                 self.events.progress("generating", 10 + int(80 * next_mark))

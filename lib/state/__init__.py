@@ -8,15 +8,29 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from lib.errors import RateLimitError
 from lib.models import ErrorCode
 from lib.state import scripts
-from lib.state.backend import Entry, RedisBackend
+from lib.state.backend import Entry, RedisBackend, pairs
 from lib.state.keys import Keys
 
-__all__ = ["State", "RedisBackend", "Entry", "Keys", "from_settings"]
+__all__ = ["State", "RedisBackend", "Entry", "Keys", "Renewal", "from_settings"]
+
+Publish = Literal["auto", "always", "never"]
+# How long a live SSE reader's presence lasts after its last refresh; readers refresh it at least
+# every WATCH_REFRESH seconds (a blocking read returns at least every SSE_HEARTBEAT_SECONDS).
+WATCH_TTL_MS = 45_000
+WATCH_REFRESH = 10.0
+
+
+class Renewal(NamedTuple):
+    """One lease's heartbeat answer."""
+
+    held: bool
+    done: str | None  # the terminal status once the stream is closed (the cancel flag)
+    watch: str | None  # "tcp" or "rest" while an SSE reader watches the job, else None
 
 
 def _now_ms() -> int:
@@ -35,7 +49,7 @@ class State:
         admission_ttl: float = 1800,
         lease_ttl: float = 30,
         events_ttl: int = 172800,
-        publish: bool = True,
+        publish: Publish | bool = "auto",
         retry_after: int = 5,
     ) -> None:
         self.backend = backend
@@ -45,7 +59,11 @@ class State:
         self.admission_ttl_ms = int(admission_ttl * 1000)
         self.lease_ttl_ms = int(lease_ttl * 1000)
         self.events_ttl = events_ttl
-        self.publish = publish
+        # PUBLISH wakes readers that wait by subscription (Upstash REST); blocking XREAD readers
+        # (TCP) need none. "auto" publishes only when such a reader watches, and on closing.
+        self.publish: Publish = (
+            publish if isinstance(publish, str) else ("always" if publish else "never")
+        )
         self.retry_after = retry_after
 
     # Admission -------------------------------------------------------------------------------
@@ -105,60 +123,60 @@ class State:
     def acquire(self, job_id: str, tier: str, user_id: str, token: str) -> tuple[str, Any]:
         """Take the job's lease for one attempt.
 
-        Returns ("acquired", None), ("done", terminal status) when the stream is closed, or
-        ("busy", remaining lease ms) when another attempt holds it.
+        Returns ("acquired", watch) where watch is the transport of a live SSE reader ("tcp",
+        "rest") or None, ("done", terminal status) when the stream is closed, or ("busy",
+        remaining lease ms) when another attempt holds it.
         """
         deadline = _now_ms() + self.admission_ttl_ms
         result = self.backend.run(
             scripts.ACQUIRE,
-            [
-                self.keys.lease(job_id),
-                self.keys.done(job_id),
-                self.keys.tier(tier),
-                self.keys.user(user_id, tier),
-            ],
+            self._lease_keys(job_id, tier, user_id),
             [token, self.lease_ttl_ms, job_id, deadline, self.admission_ttl_ms * 2],
         )
         return str(result[0]), (result[1] if len(result) > 1 else None)
 
-    def renew(self, job_id: str, tier: str, user_id: str, token: str) -> tuple[bool, str | None]:
-        """Extend the lease and admission deadlines. Returns (still held, terminal status)."""
-        deadline = _now_ms() + self.admission_ttl_ms
-        result = self.backend.run(
-            scripts.RENEW,
-            [
-                self.keys.lease(job_id),
-                self.keys.done(job_id),
-                self.keys.tier(tier),
-                self.keys.user(user_id, tier),
-            ],
-            [token, self.lease_ttl_ms, job_id, deadline, self.admission_ttl_ms * 2],
-        )
-        done = result[1] if len(result) > 1 else None
-        return bool(result[0]), (str(done) if done else None)
+    def renew(
+        self, job_id: str, tier: str, user_id: str, token: str, *, admission: bool = True
+    ) -> Renewal:
+        """Extend the lease, and the admission deadlines when `admission` is true."""
+        return self.renew_many([(job_id, tier, user_id, token, admission)])[0]
 
-    def renew_many(self, leases: list[tuple[str, str, str, str]]) -> list[tuple[bool, str | None]]:
-        """`renew` for many (job id, tier, user id, token) at once, in one round trip."""
+    def renew_many(self, leases: list[tuple[str, str, str, str, bool]]) -> list[Renewal]:
+        """`renew` for many (job id, tier, user id, token, admission) at once, in one round
+        trip. Each costs 3 Redis commands, 6 when its admission deadlines are refreshed too."""
         deadline = _now_ms() + self.admission_ttl_ms
         calls: list[tuple[scripts.Script, list[str], list[str | int]]] = [
             (
                 scripts.RENEW,
+                self._lease_keys(job_id, tier, user_id),
                 [
-                    self.keys.lease(job_id),
-                    self.keys.done(job_id),
-                    self.keys.tier(tier),
-                    self.keys.user(user_id, tier),
+                    token,
+                    self.lease_ttl_ms,
+                    job_id,
+                    deadline,
+                    self.admission_ttl_ms * 2,
+                    int(admission),
                 ],
-                [token, self.lease_ttl_ms, job_id, deadline, self.admission_ttl_ms * 2],
             )
-            for job_id, tier, user_id, token in leases
+            for job_id, tier, user_id, token, admission in leases
         ]
-        results = self.backend.run_many(calls)
         out = []
-        for result in results:
+        for result in self.backend.run_many(calls):
             done = result[1] if len(result) > 1 else None
-            out.append((bool(result[0]), str(done) if done else None))
+            watch = result[2] if len(result) > 2 else None
+            out.append(
+                Renewal(bool(result[0]), str(done) if done else None, str(watch) if watch else None)
+            )
         return out
+
+    def _lease_keys(self, job_id: str, tier: str, user_id: str) -> list[str]:
+        return [
+            self.keys.lease(job_id),
+            self.keys.done(job_id),
+            self.keys.tier(tier),
+            self.keys.user(user_id, tier),
+            self.keys.watch(job_id),
+        ]
 
     # Events ----------------------------------------------------------------------------------
     def emit(
@@ -168,16 +186,24 @@ class State:
         *,
         terminal: str | None = None,
         refresh_ttl: bool = False,
+        publish: bool | None = None,
     ) -> str | None:
         """Append events to the job's stream; a `terminal` status closes it.
 
+        `publish` says whether to PUBLISH the new id for subscribed readers; None leaves it to
+        EVENTS_PUBLISH ("auto" publishes the closing events only: an attempt, which knows
+        whether a subscribed reader watches, passes its own answer).
         Returns the last entry id, or None when the stream was already closed (the job is
         terminal or cancelled), in which case nothing was written.
         """
+        if self.publish != "auto":
+            publish = self.publish == "always"
+        elif publish is None:
+            publish = terminal is not None
         args: list[str | int] = [
             self.events_ttl,
             int(refresh_ttl),
-            int(self.publish),
+            int(publish),
             terminal or "",
         ]
         for event_type, data in events:
@@ -188,6 +214,10 @@ class State:
             args,
         )
         return str(result) if result else None
+
+    def watch(self, job_id: str, transport: str) -> None:
+        """Mark the job as watched by a live SSE reader for WATCH_TTL_MS (one SET)."""
+        self.backend.command("SET", self.keys.watch(job_id), transport, "PX", WATCH_TTL_MS)
 
     def read(self, job_id: str, after: str = "0", count: int = 500) -> list[Entry]:
         return self.backend.read(self.keys.events(job_id), after, count)

@@ -16,6 +16,8 @@ Entry = tuple[str, dict[str, str]]
 
 
 class RedisBackend(Protocol):
+    transport: str  # "tcp" (blocking XREAD) or "rest" (Upstash REST: waits by subscription)
+
     def run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
         """Run a Lua script atomically; strings come back as str, Lua false as None."""
 

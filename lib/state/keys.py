@@ -8,6 +8,7 @@ slot on clustered Redis. TTLs:
 | `job:{id}:ev`                | stream | EVENTS_TTL_SECONDS (>= 24 h), refreshed on each status |
 | `job:{id}:done`              | string | EVENTS_TTL_SECONDS; terminal status = cancel flag     |
 | `job:{id}:lease`             | string | LEASE_TTL_SECONDS, renewed by the running attempt      |
+| `job:{id}:watch`             | string | WATCH_TTL (45 s), refreshed by each live SSE reader   |
 | `job:{id}:notify`            | pubsub | (a channel, not a key)                                |
 | `adm:tier:<tier>`            | zset   | none (one per tier); members expire by score (deadline) |
 | `adm:user:<tier>:<user id>`  | zset   | 2 x ADMISSION_TTL_SECONDS, refreshed on each admission  |
@@ -30,6 +31,9 @@ class Keys:
 
     def lease(self, job_id: str) -> str:
         return f"{self.prefix}job:{{{job_id}}}:lease"
+
+    def watch(self, job_id: str) -> str:
+        return f"{self.prefix}job:{{{job_id}}}:watch"
 
     def notify(self, job_id: str) -> str:
         return f"{self.prefix}job:{{{job_id}}}:notify"

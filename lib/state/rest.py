@@ -24,6 +24,8 @@ _DOWN = (httpx.TransportError,)
 class RestBackend:
     """The Upstash REST API; every call is one HTTPS request with a bounded timeout."""
 
+    transport = "rest"
+
     def __init__(self, url: str, token: str, *, timeout: float = 5.0) -> None:
         self._url = url.rstrip("/")
         self._token = token

@@ -45,14 +45,15 @@ return {'ok'}
 # Take the job's lease for one attempt, unless the job's stream is closed (terminal/cancelled)
 # or another attempt holds it. Also re-registers the job in its admission sets with a fresh
 # deadline, so a job that waited long at the broker is counted while it runs.
-# KEYS: lease, done, tier set, user set. ARGV: token, lease ms, job id, deadline ms, user ttl ms.
-# Returns {"acquired"} | {"done", status} | {"busy", pttl ms}.
+# KEYS: lease, done, tier set, user set, watch. ARGV: token, lease ms, job id, deadline ms,
+# user ttl ms. Returns {"acquired", watch} | {"done", status} | {"busy", pttl ms}, where watch
+# is the transport of a live SSE viewer ("tcp" or "rest") or nil when nobody watches.
 ACQUIRE = Script(
     "acquire",
     """
-local done = redis.call('GET', KEYS[2])
-if done then
-  return {'done', done}
+local seen = redis.call('MGET', KEYS[2], KEYS[5])
+if seen[1] then
+  return {'done', seen[1]}
 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {'busy', redis.call('PTTL', KEYS[1])}
@@ -60,25 +61,30 @@ end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
 redis.call('PEXPIRE', KEYS[4], ARGV[5])
-return {'acquired'}
+return {'acquired', seen[2]}
 """,
 )
 
-# Heartbeat of a running attempt: renew the lease and the admission deadlines, if we still hold
-# the lease. KEYS: lease, done, tier set, user set. ARGV: token, lease ms, job id, deadline ms,
-# user ttl ms. Returns {held 0|1, done status or false}.
+# Heartbeat of a running attempt: renew the lease if we still hold it, and, when ARGV[6] is 1,
+# the admission deadlines too (the worker asks for that once half the admission TTL has gone,
+# not on every beat: Redis is billed per command). One MGET reads the cancel flag, the lease
+# holder and the viewer's presence.
+# KEYS: lease, done, tier set, user set, watch. ARGV: token, lease ms, job id, deadline ms,
+# user ttl ms, refresh admission 0|1. Returns {held 0|1, done status or nil, watch or nil}.
 RENEW = Script(
     "renew",
     """
-local done = redis.call('GET', KEYS[2])
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return {0, done}
+local seen = redis.call('MGET', KEYS[2], KEYS[1], KEYS[5])
+if seen[2] ~= ARGV[1] then
+  return {0, seen[1], seen[3]}
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[3])
-redis.call('ZADD', KEYS[4], 'XX', ARGV[4], ARGV[3])
-redis.call('PEXPIRE', KEYS[4], ARGV[5])
-return {1, done}
+if ARGV[6] == '1' then
+  redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[3])
+  redis.call('ZADD', KEYS[4], 'XX', ARGV[4], ARGV[3])
+  redis.call('PEXPIRE', KEYS[4], ARGV[5])
+end
+return {1, seen[1], seen[3]}
 """,
 )
 

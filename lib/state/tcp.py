@@ -17,6 +17,8 @@ MAX_BLOCK_SECONDS = 20.0
 class TcpBackend:
     """A pooled redis-py client; `wait` is a blocking XREAD on a connection of its own."""
 
+    transport = "tcp"
+
     def __init__(self, url: str, *, max_connections: int = 2000, timeout: float = 5.0) -> None:
         self._timeout = timeout
         self._client = redis.Redis.from_url(
