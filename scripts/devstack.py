@@ -169,7 +169,8 @@ class Stack:
                     "--worker-class",
                     "gthread",
                     "--threads",
-                    "64",
+                    # Each open SSE stream holds a thread (Vercel runs one instance per stream).
+                    self.env.get("PRODUCER_THREADS", "64"),
                     "--workers",
                     "1",
                     "--graceful-timeout",

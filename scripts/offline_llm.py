@@ -4,7 +4,8 @@ The real `openai` client talks to it with `base_url=http://127.0.0.1:PORT/v1`. O
 deterministic per request (seeded from the messages) and, when a JSON schema is requested, is a
 valid instance of that schema. Markers in the message text script faults (SPEC "Offline LLM"):
 `[[llm:fail=CODE]]`, `[[llm:fail_once=CODE]]`, `[[llm:hang]]`, `[[llm:slow=MS]]`,
-`[[llm:invalid_json]]` and `[[llm:refuse]]`.
+`[[llm:invalid_json]]` and `[[llm:refuse]]`; for benchmarks, `[[llm:tokens=N]]` lengthens a
+schema answer to at least N tokens with an extra `notes` field, which result models ignore.
 
 Message content is never logged: it carries resume text.
 """
@@ -61,6 +62,7 @@ class Faults:
     fail_once: int | None = None
     hang: bool = False
     slow_ms: float | None = None
+    tokens: int | None = None
     invalid_json: bool = False
     refuse: bool = False
 
@@ -73,6 +75,8 @@ def parse_faults(text: str) -> Faults:
             found[name] = int(arg)
         elif name == "slow" and re.fullmatch(r"\d+(\.\d+)?", arg):
             found["slow_ms"] = float(arg)
+        elif name == "tokens" and re.fullmatch(r"\d{1,6}", arg):
+            found["tokens"] = int(arg)
         elif name in ("hang", "invalid_json", "refuse"):
             found[name] = True
     return Faults(**found)
@@ -354,10 +358,34 @@ def render(req: ChatRequest, faults: Faults) -> str:
             '{"result": "' + writer.sentence() + '" then the model rambles: ' + writer.paragraph(30)
         )
     if req.schema is not None:
-        return json.dumps(writer.instance(req.schema), ensure_ascii=False, indent=None)
+        instance = writer.instance(req.schema)
+        text = json.dumps(instance, ensure_ascii=False, indent=None)
+        if faults.tokens and isinstance(instance, dict):
+            text = _padded(instance, writer, faults.tokens) or text
+        return text
     if req.wants_json:
         return json.dumps({"answer": writer.paragraph(60)}, ensure_ascii=False, indent=None)
     return writer.paragraph(60)
+
+
+def _padded(instance: dict[str, Any], writer: Writer, tokens: int) -> str | None:
+    """`instance` with a `notes` field long enough for at least `tokens` tokens in all (a
+    result model ignores unknown fields), or None when it is that long already."""
+
+    def size(notes: str) -> int:
+        return len(tokenize(json.dumps({**instance, "notes": notes}, ensure_ascii=False)))
+
+    if len(tokenize(json.dumps(instance, ensure_ascii=False))) >= tokens:
+        return None
+    words = writer.paragraph(tokens).split(" ")
+    low, high = 1, len(words)
+    while low < high:  # the fewest words that reach `tokens`
+        mid = (low + high) // 2
+        if size(" ".join(words[:mid])) >= tokens:
+            high = mid
+        else:
+            low = mid + 1
+    return json.dumps({**instance, "notes": " ".join(words[:low])}, ensure_ascii=False)
 
 
 def tokenize(text: str) -> list[str]:

@@ -95,6 +95,20 @@ def test_each_kind_succeeds_with_deltas_and_a_valid_result(
     assert user.me()["coins"] == 5 - final["cost"]
 
 
+def test_every_answer_says_how_long_the_handler_took_in_server_timing(
+    stack: Stack, user: User
+) -> None:
+    import re
+
+    with user.client() as client:
+        answers = [user.submit("job_match"), client.get("/api/me")]
+    answers.append(httpx.get(f"{stack.producer_url}/api/jobs/{uuid.uuid4()}", timeout=10))
+    assert [a.status_code for a in answers] == [202, 200, 401]
+    for answer in answers:
+        timing = re.fullmatch(r"app;dur=(\d+\.\d\d)", answer.headers["Server-Timing"])
+        assert timing and 0 < float(timing.group(1)) < 10_000
+
+
 def test_a_reconnect_with_last_event_id_loses_nothing_and_repeats_nothing(
     stack: Stack, user: User
 ) -> None:

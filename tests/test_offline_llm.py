@@ -348,6 +348,24 @@ def test_a_hang_ends_without_a_response_after_hang_seconds(serve: Callable[..., 
     assert 0.4 <= time.monotonic() - started < 5
 
 
+@pytest.mark.parametrize("tokens", [300, 1000])
+def test_a_tokens_marker_lengthens_a_schema_answer_to_that_many_tokens(
+    llm: Llm, tokens: int
+) -> None:
+    from scripts.offline_llm import tokenize
+
+    plain = llm.stream(messages=user("[[llm:slow=0]] hi"), response_format=schema_format(Tiny))
+    longer = llm.stream(
+        messages=user(f"[[llm:slow=0]] [[llm:tokens={tokens}]] hi"),
+        response_format=schema_format(Tiny),
+    )
+
+    assert len(tokenize(plain.content)) < tokens
+    assert tokens <= len(tokenize(longer.content)) <= tokens + 40  # the last word may overshoot
+    Tiny.model_validate_json(longer.content)  # still a valid answer: `notes` is ignored
+    assert '"notes": ' in longer.content and '"notes"' not in plain.content
+
+
 def test_a_slow_marker_spaces_tokens_at_least_that_far_apart(llm: Llm) -> None:
     streamed = llm.stream(messages=user("[[llm:slow=80]] hi"), response_format=schema_format(Tiny))
 
