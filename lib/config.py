@@ -123,6 +123,14 @@ class Settings(BaseSettings):
     gunicorn_worker_class: str = "gthread"
     prometheus_multiproc_dir: str = ""
 
+    # Observability. /metrics reads the producer's admission refusals from Redis at most this
+    # often (s) per process; 0 reads on every scrape. OpenTelemetry traces are off unless
+    # OTEL_ENABLED or OTEL_EXPORTER_OTLP_ENDPOINT is set (and the `otel` extra is installed).
+    metrics_redis_refresh_seconds: float = Field(30.0, ge=0)
+    otel_enabled: bool = False
+    otel_exporter_otlp_endpoint: str = ""
+    otel_service_name: str = "careershaper-worker"
+
     # HTTP.
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     sse_max_seconds: float = Field(280.0, gt=0)

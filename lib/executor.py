@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lib import handlers
+from lib import handlers, logs, tracing
 from lib.config import Settings
 from lib.errors import AppError, PermanentError, RetryableError
 from lib.events import JobEvents, StreamClosed, emit_terminal
@@ -158,7 +158,21 @@ class Executor:
     def execute(
         self, job_id: str, user_id: str, tier: str, *, retried: int, max_retries: int
     ) -> Outcome:
-        """Run one delivery of a job and say what to answer the broker."""
+        """Run one delivery of a job and say what to answer the broker.
+
+        Meanwhile every log line carries the job's fields (`lib.logs.job_scope`) and, with
+        tracing on, the delivery is one `job.attempt` span (`lib.tracing`)."""
+        with (
+            logs.job_scope(job_id, user_id=user_id, tier=tier),
+            tracing.attempt_span(job_id, tier=tier, retried=retried),
+        ):
+            outcome = self._execute(job_id, user_id, tier, retried=retried, max_retries=max_retries)
+            tracing.annotate(http_status=outcome.status)
+            return outcome
+
+    def _execute(
+        self, job_id: str, user_id: str, tier: str, *, retried: int, max_retries: int
+    ) -> Outcome:
         if self.draining:
             return _retry("the worker is shutting down", ErrorCode.WORKER_SHUTTING_DOWN, 5)
         lease = _Lease(job_id, tier, user_id, uuid.uuid4().hex)
@@ -202,6 +216,8 @@ class Executor:
             self.state.release(job_id, lease.tier, lease.user_id, lease.token)
             return Outcome(200, {"job_id": job_id, "status": job.status})
         extra = {"job_id": job_id, "attempt": job.attempts, "kind": job.kind, "tier": job.tier}
+        logs.bind(attempt=job.attempts, kind=job.kind)
+        tracing.annotate(attempt=job.attempts, kind=job.kind)
         log.info("attempt started", extra=extra)
         began = time.monotonic()
         try:
@@ -276,6 +292,8 @@ class Executor:
                 llm=self.llm,
                 check=lambda: self._check(lease),
                 expected_chars=handler.expected_chars,
+                metrics=self.metrics,
+                started=lease.started,
             )
             result = handler.handle(ctx, job_input)
         payload = result.model_dump(mode="json")
@@ -406,6 +424,8 @@ class Executor:
         )
         if finished.job:
             self._close(finished.job)
+            if finished.changed and self.metrics:
+                self.metrics.finished(finished.job, "failed")
         self.state.release(job_id, tier, user_id)
         log.info("failure callback", extra={"job_id": job_id, "changed": finished.changed})
         return Outcome(200, {"job_id": job_id, "changed": finished.changed})

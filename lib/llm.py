@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,14 +98,21 @@ class LLM:
                 response_format=response_format,
                 temperature=0.3,
             )
+            metered = _Metered(stream)
             with stream:  # closes the HTTP response even when on_text stops us early
-                completion = _consume(stream, model_spec, on_text)
+                try:
+                    completion = _consume(metered, model_spec, on_text)
+                finally:
+                    if on_usage is not None:
+                        on_usage(metered.usage(), metered.first_token_at)
         except openai.APIError as exc:
             raise _classify(exc) from exc
         return completion
 
 
-def _consume(stream: Any, model_spec: str, on_text: Callable[[str], None]) -> Completion:
+def _consume(
+    stream: Any, model_spec: str, on_text: Callable[[str, float | None], None]
+) -> Completion:
     """Read a chat-completions stream; raise PermanentError(model_refused) on a refusal."""
     started = time.monotonic()
     completion = Completion("", model_spec)
@@ -126,6 +133,29 @@ def _consume(stream: Any, model_spec: str, on_text: Callable[[str], None]) -> Co
         raise PermanentError("the model declined to answer", code=ErrorCode.MODEL_REFUSED)
     completion.text = "".join(pieces)
     return completion
+
+
+class _Metered:
+    """A chat-completions stream that keeps the provider's usage and counts output chunks."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.reported: Usage | None = None
+        self.chunks = 0
+        self.first_token_at: float | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        for chunk in self.stream:
+            if chunk.usage:
+                self.reported = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+            if any(choice.delta.content for choice in chunk.choices):
+                self.chunks += 1
+                if self.first_token_at is None:
+                    self.first_token_at = time.monotonic()
+            yield chunk
+
+    def usage(self) -> Usage:
+        return self.reported or Usage(0, self.chunks)
 
 
 def _classify(exc: openai.APIError) -> AppError:

@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from lib import config, logs
+from lib import config, logs, tracing
 from lib.errors import AppError
 from lib.executor import Executor, Outcome
 from lib.queue.receiver import InvalidSignature, verify
@@ -52,15 +52,19 @@ def _delivery(body: bytes) -> dict[str, Any] | None:
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the worker app. `test_config` overrides settings (tests); services may be
-    injected as `executor`."""
+    injected as `executor`, whose store and Redis errors are then counted in /metrics too.
+
+    Raises ConfigError when tracing is enabled without the `otel` extra installed."""
+    from lib.metrics import AdmissionCollector, Metrics, count_errors
+
     overrides = dict(test_config or {})
     executor: Executor | None = overrides.pop("executor", None)
     settings = config.load("worker", **overrides) if overrides else config.settings("worker")
     logs.setup(settings.log_level, settings.log_format)
+    tracing.setup(settings)
     if executor is None:
         from lib import state, store
         from lib.llm import LLM
-        from lib.metrics import Metrics
 
         executor = Executor(
             settings,
@@ -70,10 +74,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             Metrics(),
         )
         executor.start_sweeper()
+    if executor.metrics is not None:
+        count_errors(executor.store, executor.state)
     app = Flask(__name__)
     app.extensions["executor"] = executor
     _delivery_routes(app, executor, settings)
-    _health_routes(app, executor)
+    _health_routes(
+        app, executor, AdmissionCollector(executor.state, settings.metrics_redis_refresh_seconds)
+    )
     return app
 
 
@@ -110,17 +118,18 @@ def _delivery_routes(app: Flask, executor: Executor, settings: Any) -> None:
             )
         retried = _int_header("Upstash-Retried")
         max_retries = int(payload.get("retries", settings.job_retries))
-        try:
-            outcome = executor.execute(
-                payload["job_id"],
-                payload["user_id"],
-                payload["tier"],
-                retried=retried,
-                max_retries=max_retries,
-            )
-        except AppError as exc:  # Redis or the DB is down: let the broker retry later
-            log.warning("delivery failed", extra={"job_id": payload["job_id"], "code": exc.code})
-            return _error(503, exc.code, exc.message, {"Retry-After": "10"})
+        with logs.job_scope(payload["job_id"], user_id=payload["user_id"]):
+            try:
+                outcome = executor.execute(
+                    payload["job_id"],
+                    payload["user_id"],
+                    payload["tier"],
+                    retried=retried,
+                    max_retries=max_retries,
+                )
+            except AppError as exc:  # Redis or the DB is down: let the broker retry later
+                log.warning("delivery failed", extra={"code": exc.code})
+                return _error(503, exc.code, exc.message, {"Retry-After": "10"})
         return _respond(outcome)
 
     @app.post("/v1/failed")
@@ -140,16 +149,18 @@ def _delivery_routes(app: Flask, executor: Executor, settings: Any) -> None:
             f"delivery failed after {callback.get('retried', 0)} retries "
             f"(last status {callback.get('status')})"
         )
-        try:
-            outcome = executor.fail_delivery(
-                source["job_id"], source["user_id"], source["tier"], reason
-            )
-        except AppError as exc:
-            return _error(503, exc.code, exc.message, {"Retry-After": "10"})
+        with logs.job_scope(source["job_id"], user_id=source["user_id"]):
+            try:
+                outcome = executor.fail_delivery(
+                    source["job_id"], source["user_id"], source["tier"], reason
+                )
+            except AppError as exc:
+                log.warning("failure callback failed", extra={"code": exc.code})
+                return _error(503, exc.code, exc.message, {"Retry-After": "10"})
         return _respond(outcome)
 
 
-def _health_routes(app: Flask, executor: Executor) -> None:
+def _health_routes(app: Flask, executor: Executor, admission: Any) -> None:
     @app.get("/healthz")
     def healthz() -> Response:
         return jsonify({"ok": True, "draining": executor.draining, "running": executor.running()})
@@ -172,5 +183,5 @@ def _health_routes(app: Flask, executor: Executor) -> None:
     def metrics() -> Response:
         from lib.metrics import render
 
-        text, content_type = render()
+        text, content_type = render(admission)
         return Response(text, content_type=content_type)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,21 @@ class Context:
     check: Callable[[], None] = lambda: None
     expected_chars: int = 1500
     usage: dict[str, Any] = field(default_factory=dict)
+    # lib.metrics.Metrics (or None), and the attempt's start (time.monotonic()), from which
+    # the time to first token is measured.
+    metrics: Any = None
+    started: float = field(default_factory=time.monotonic)
+
+    def _metered(self, usage: Any, first_token_at: float | None) -> None:
+        if self.metrics is not None:
+            self.metrics.llm_call(
+                self.kind,
+                self.tier,
+                self.model,
+                tokens_in=usage.prompt_tokens,
+                tokens_out=usage.completion_tokens,
+                first_token_s=None if first_token_at is None else first_token_at - self.started,
+            )
 
     def progress(self, stage: str, pct: int) -> None:
         self.check()
@@ -97,6 +113,7 @@ class Context:
             schema_name=self.kind,
             schema=schema,
             on_text=on_text,
+            on_usage=self._metered,
         )
         self.events.flush()
         self.usage = {

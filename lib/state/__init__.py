@@ -77,7 +77,7 @@ class State:
         now = _now_ms()
         result = self.backend.run(
             scripts.ADMIT,
-            [self.keys.tier(tier), self.keys.user(user_id, tier)],
+            [self.keys.tier(tier), self.keys.user(user_id, tier), self.keys.admission_stats()],
             [
                 job_id,
                 now,
@@ -85,6 +85,7 @@ class State:
                 tier_max,
                 user_max,
                 self.admission_ttl_ms * 2,
+                tier,
             ],
         )
         outcome = result[0]
@@ -100,6 +101,16 @@ class State:
                 code=ErrorCode.USER_CONCURRENCY,
                 retry_after=self.retry_after,
             )
+
+    def admission_rejections(self) -> dict[tuple[str, str], int]:
+        """How many admissions were refused since the stats began, by (tier, reason)."""
+        raw = self.backend.command("HGETALL", self.keys.admission_stats()) or {}
+        items = raw.items() if isinstance(raw, dict) else pairs(list(raw)).items()
+        counts: dict[tuple[str, str], int] = {}
+        for field, value in items:
+            tier, _, reason = str(field).partition(":")
+            counts[(tier, reason)] = int(value)
+        return counts
 
     def release(
         self, job_id: str, tier: str, user_id: str, token: str = "", *, slots: bool = True

@@ -12,6 +12,7 @@ slot on clustered Redis. TTLs:
 | `job:{id}:notify`            | pubsub | (a channel, not a key)                                |
 | `adm:tier:<tier>`            | zset   | none (one per tier); members expire by score (deadline) |
 | `adm:user:<tier>:<user id>`  | zset   | 2 x ADMISSION_TTL_SECONDS, refreshed on each admission  |
+| `stats:admission`            | hash   | none (one, a field per tier and refusal reason)         |
 """
 
 from __future__ import annotations
@@ -43,3 +44,6 @@ class Keys:
 
     def user(self, user_id: str, tier: str) -> str:
         return f"{self.prefix}adm:user:{tier}:{user_id}"
+
+    def admission_stats(self) -> str:
+        return f"{self.prefix}stats:admission"

@@ -18,9 +18,11 @@ class Script:
 
 
 # Admit a job into its tier and its user's live sets. Members are job ids scored by a deadline
-# (ms); expired members are dropped first, so a crashed job frees its slot by itself.
-# KEYS: tier set, user set. ARGV: job id, now ms, deadline ms, tier max, user max, user ttl ms.
-# Returns {"ok"} | {"backpressure"} | {"user_concurrency"}.
+# (ms); expired members are dropped first, so a crashed job frees its slot by itself. A refusal
+# counts itself in the stats hash (field "<tier>:<reason>"; the worker's /metrics reads it); an
+# admission writes nothing there, as Redis is billed per command.
+# KEYS: tier set, user set, stats hash. ARGV: job id, now ms, deadline ms, tier max, user max,
+# user ttl ms, tier. Returns {"ok"} | {"backpressure"} | {"user_concurrency"}.
 ADMIT = Script(
     "admit",
     """
@@ -30,9 +32,11 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   return {'ok'}
 end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  redis.call('HINCRBY', KEYS[3], ARGV[7] .. ':backpressure', 1)
   return {'backpressure'}
 end
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
+  redis.call('HINCRBY', KEYS[3], ARGV[7] .. ':user_concurrency', 1)
   return {'user_concurrency'}
 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
