@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo dev test test-browser check-deploy chaos lint format lock clean
+.PHONY: help install demo dev test test-browser check-deploy chaos bench lint format lock clean
 
 help:
 	@echo "make demo   run one job of each kind on a local stack, then stop"
@@ -13,6 +13,7 @@ help:
 	@echo "make test-browser  the demo page in headless Chromium"
 	@echo "make check-deploy  validate Dockerfile, compose, Vercel build, deploy scripts"
 	@echo "make chaos  fault injection under load on the local stack (< 15 min)"
+	@echo "make bench  latency and cost per job against the original design (< 10 min)"
 	@echo "make lint   ruff check, ruff format --check and mypy"
 
 $(STAMP): pyproject.toml
@@ -50,6 +51,11 @@ check-deploy: $(STAMP)
 # Fault injection under load on the local stack (< 15 min); exits non-zero on any violation.
 chaos: $(STAMP)
 	$(PY) -m scripts.chaos
+
+# Latency and cost per job, ours against the original design: bench/results.json and plots.
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m scripts.bench
 
 # Pinned dependency sets: requirements.txt is what Vercel installs for api/ (no openai,
 # gunicorn or prometheus); worker/requirements.txt is what the worker image installs.

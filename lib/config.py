@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(5, ge=1)
 
     # Execution.
-    lease_ttl_seconds: int = Field(30, ge=1)
+    lease_ttl_seconds: int = Field(60, ge=1)
     events_ttl_seconds: int = Field(172800, ge=86400)
     # PUBLISH after each emit, for SSE readers that wait by subscription (Upstash REST): "auto"
     # publishes only while such a reader watches the job; true/false force it on or off.
@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # (or DELTA_FLUSH_CHARS, or DELTA_FLUSH_TOKENS pieces when > 0) while someone watches the
     # stream; every DELTA_FLUSH_IDLE_MS while nobody does (0: hold the text until a viewer
     # comes or the attempt ends).
-    delta_flush_ms: int = Field(200, ge=0)
+    delta_flush_ms: int = Field(150, ge=0)
     delta_flush_idle_ms: int = Field(0, ge=0)
     delta_flush_chars: int = Field(600, ge=1)
     delta_flush_tokens: int = Field(0, ge=0)

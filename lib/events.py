@@ -74,6 +74,7 @@ class JobEvents:
         self._buffered = 0
         self._stamps: list[float] = []
         self._progress: dict[str, Any] | None = None
+        self._running: dict[str, Any] | None = None  # the attempt's `running`, while held
         self._last_flush: float | None = None
         self.flushes = 0
 
@@ -88,7 +89,7 @@ class JobEvents:
             self.job_id,
             events,
             terminal=terminal,
-            refresh_ttl=refresh_ttl,
+            refresh_ttl=refresh_ttl or any(e[0] == EventType.STATUS for e in events),
             publish=self._viewer() == "rest",
         )
         if entry is None:
@@ -97,6 +98,9 @@ class JobEvents:
 
     def _pending(self) -> list[tuple[str, dict[str, Any]]]:
         out: list[tuple[str, dict[str, Any]]] = []
+        if self._running is not None:
+            out.append((EventType.STATUS, self._running))
+            self._running = None
         if self._buffer:
             fields: dict[str, Any] = {"text": "".join(self._buffer), "attempt": self.attempt}
             if self._stamps:  # when each token was emitted (offline LLM only: benchmarks)
@@ -106,11 +110,10 @@ class JobEvents:
             self._buffered = 0
             self._stamps = []
             self.flushes += 1
+            self._last_flush = self._clock()
         if self._progress is not None:
             out.append((EventType.PROGRESS, self._progress))
             self._progress = None
-        if out:
-            self._last_flush = self._clock()
         return out
 
     def _holding(self) -> bool:
@@ -129,16 +132,11 @@ class JobEvents:
         return self._clock() - self._last_flush >= interval
 
     def running(self) -> None:
-        """Announce the attempt; a higher attempt tells clients to drop earlier text."""
-        self._emit(
-            [
-                (
-                    EventType.STATUS,
-                    data(self.job_id, status=StreamStatus.RUNNING, attempt=self.attempt),
-                )
-            ],
-            refresh_ttl=True,
-        )
+        """Announce the attempt; a higher attempt tells clients to drop earlier text. While
+        nobody watches, it is held too, and written first with the attempt's next events."""
+        self._running = data(self.job_id, status=StreamStatus.RUNNING, attempt=self.attempt)
+        if not self._holding():
+            self._emit(self._pending())
 
     def progress(self, stage: str, pct: int) -> None:
         """Report a stage: at once while watched (with the text before it), else held."""
@@ -179,6 +177,7 @@ class JobEvents:
                 ),
             ],
             terminal=StreamStatus.SUCCEEDED,
+            publish=self._viewer() == "rest",
         )
 
     def retrying(self, code: str, message: str) -> None:

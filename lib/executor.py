@@ -58,6 +58,8 @@ class _Lease:
     admitted: float = field(default_factory=time.monotonic)
     # The transport of a live SSE reader ("tcp", "rest"), or None: the flush policy reads it.
     watch: str | None = None
+    # The attempt's event writer, so a retry writes what it holds (lib.events.JobEvents).
+    events: Any = None
 
 
 class Leases:
@@ -280,6 +282,7 @@ class Executor:
             idle_flush_ms=self.settings.delta_flush_idle_ms,
             viewer=lambda: lease.watch,
         )
+        lease.events = events
         events.running()
         with self._model_slot(job.tier, model):
             ctx = Context(
@@ -384,9 +387,10 @@ class Executor:
         if last:
             return self._fail(job, lease, code, f"{message} (retries exhausted)")
         try:
-            JobEvents(self.state, job.id, job.attempts, viewer=lambda: lease.watch).retrying(
-                code, message
+            events = lease.events or JobEvents(
+                self.state, job.id, job.attempts, viewer=lambda: lease.watch
             )
+            events.retrying(code, message)
         except Exception:
             log.warning("could not emit retrying", extra={"job_id": job.id})
         self.state.release(job.id, lease.tier, lease.user_id, lease.token, slots=False)
