@@ -75,6 +75,9 @@ class Leases:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
         self._thread.start()
+        # New viewers are announced on a channel, so a held attempt starts streaming at once.
+        self._listener = threading.Thread(target=self._listen, name="watch-listener", daemon=True)
+        self._listener.start()
 
     def add(self, lease: _Lease) -> None:
         with self._lock:
@@ -116,6 +119,21 @@ class Leases:
                 lease.lost = lease.lost or not ok
                 lease.done = done
                 lease.watch = watch
+
+    def _listen(self) -> None:
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                for job_id, transport in self.state.watchers(self._stop):
+                    delay = 1.0
+                    with self._lock:
+                        for lease in self._held.values():
+                            if lease.job_id == job_id:
+                                lease.watch = transport
+            except Exception:  # noqa: BLE001 - Redis down: the heartbeat still reports viewers
+                log.warning("watch channel unavailable; viewers are noticed at the next heartbeat")
+                self._stop.wait(delay)
+                delay = min(delay * 2, 30.0)
 
     def stop(self) -> None:
         self._stop.set()

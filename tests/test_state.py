@@ -198,3 +198,40 @@ def test_renew_many_renews_every_lease_in_one_call_and_reports_each(state: State
     answers = state.renew_many([(a, "paid", user, "ta", True), (b, "paid", user, "wrong", True)])
     assert answers == [(True, None, "rest"), (False, "cancelled", None)]
     assert state.lease_ms(a) > 0
+
+
+def test_a_new_viewer_is_announced_once_and_refreshes_are_silent(state: State) -> None:
+    job = new_id()
+    heard: list[tuple[str, str]] = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        for item in state.watchers(stop):
+            heard.append(item)
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    try:
+        # Announce until the listener is surely subscribed (a PUBLISH before that is lost).
+        deadline = time.monotonic() + 10
+        while not heard and time.monotonic() < deadline:
+            state.backend.command("DEL", state.keys.watch(job))
+            assert state.watch(job, "rest") is True
+            waited = time.monotonic() + 0.5
+            while not heard and time.monotonic() < waited:
+                time.sleep(0.02)
+        assert heard and set(heard) == {(job, "rest")}
+        count = len(heard)
+        assert state.watch(job, "rest") is False  # a refresh: the key is still there
+        assert state.watch(job, "rest") is False
+        other = new_id()
+        assert state.watch(other, "tcp") is True
+        deadline = time.monotonic() + 5
+        while (other, "tcp") not in heard and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert heard[count:] == [(other, "tcp")]
+    finally:
+        stop.set()
+        # TCP checks `stop` every second; REST on the next line, a keep-alive within 15 s.
+        listener.join(20)
+    assert not listener.is_alive()

@@ -541,6 +541,31 @@ def test_an_unwatched_attempt_holds_its_output_and_still_stops_soon_after_a_canc
     assert db.job(job.job_id)["status"] == "cancelled"
 
 
+def test_a_viewer_arriving_mid_attempt_gets_the_output_at_once_not_at_the_next_heartbeat(
+    make_worker: Callable[..., WorkerEnv],
+) -> None:
+    env = make_worker(lease_ttl_seconds=60)  # the heartbeat comes every 20 s
+    job = env.create_job("[[llm:slow=30]]")  # about 8 s of output
+    answers: list[TestResponse] = []
+    runner = threading.Thread(target=lambda: answers.append(deliver(env, job)))
+    runner.start()
+    wait_for(lambda: env.executor.running() == 1, timeout=10, what="the attempt to start")
+    wait_for(lambda: env.lease_held(job.job_id), timeout=10, what="the lease")
+    assert "delta" not in [e.type for e in env.stream(job.job_id)]  # held: nobody watches
+    arrived = time.monotonic()
+    assert env.state.watch(job.job_id, "tcp") is True  # what the SSE endpoint does
+    wait_for(
+        lambda: any(e.type == "delta" for e in env.stream(job.job_id)),
+        timeout=5,
+        what="the held output",
+    )
+    assert time.monotonic() - arrived < 5
+    types = [e.type for e in env.stream(job.job_id)]
+    assert types[0] == "status" and "result" not in types  # streamed while still running
+    runner.join(30)
+    assert answers and answers[0].status_code == 200
+
+
 def test_a_cancelled_attempt_is_not_counted_as_a_succeeded_attempt(env: WorkerEnv) -> None:
     client = env.app.test_client()
     before = _attempts(client.get("/metrics").get_data(as_text=True))

@@ -7,7 +7,9 @@ atomic and identical on both adapters (TCP `redis`, Upstash REST `upstash-redis`
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any, Literal, NamedTuple
 
 from lib.errors import RateLimitError
@@ -226,9 +228,23 @@ class State:
         )
         return str(result) if result else None
 
-    def watch(self, job_id: str, transport: str) -> None:
-        """Mark the job as watched by a live SSE reader for WATCH_TTL_MS (one SET)."""
-        self.backend.command("SET", self.keys.watch(job_id), transport, "PX", WATCH_TTL_MS)
+    def watch(self, job_id: str, transport: str) -> bool:
+        """Mark the job as watched by a live SSE reader for WATCH_TTL_MS. A new viewer (the key
+        was not set) is also announced on the watch channel, so the worker running the job
+        starts streaming at once rather than at its next heartbeat. Returns True when new.
+        One command per refresh, two when the viewer is new."""
+        before = self.backend.command(
+            "SET", self.keys.watch(job_id), transport, "PX", WATCH_TTL_MS, "GET"
+        )
+        if before is None:
+            self.backend.command("PUBLISH", self.keys.watch_channel(), f"{job_id} {transport}")
+        return before is None
+
+    def watchers(self, stop: threading.Event) -> Iterator[tuple[str, str]]:
+        """(job id, transport) of each new viewer announced by `watch`, until `stop`."""
+        for message in self.backend.listen(self.keys.watch_channel(), stop):
+            job_id, _, transport = message.partition(" ")
+            yield job_id, transport or "tcp"
 
     def read(self, job_id: str, after: str = "0", count: int = 500) -> list[Entry]:
         return self.backend.read(self.keys.events(job_id), after, count)

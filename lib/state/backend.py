@@ -8,6 +8,8 @@ against both.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from lib.state.scripts import Script
@@ -31,6 +33,10 @@ class RedisBackend(Protocol):
         self, stream: str, channel: str, after: str, timeout: float, count: int
     ) -> list[Entry]:
         """Like `read`, but wait up to `timeout` seconds for an entry when there is none yet."""
+
+    def listen(self, channel: str, stop: threading.Event) -> Iterator[str]:
+        """The messages PUBLISHed on `channel` until `stop` is set (checked every second).
+        Raises UnavailableError when the connection fails; the caller reconnects."""
 
     def ping(self) -> None:
         """Return if Redis answers; raise UnavailableError otherwise."""

@@ -10,6 +10,7 @@ slot on clustered Redis. TTLs:
 | `job:{id}:lease`             | string | LEASE_TTL_SECONDS, renewed by the running attempt      |
 | `job:{id}:watch`             | string | WATCH_TTL (45 s), refreshed by each live SSE reader   |
 | `job:{id}:notify`            | pubsub | (a channel, not a key)                                |
+| `watch`                      | pubsub | (a channel): "<job id> <transport>" per new viewer     |
 | `adm:tier:<tier>`            | zset   | none (one per tier); members expire by score (deadline) |
 | `adm:user:<tier>:<user id>`  | zset   | 2 x ADMISSION_TTL_SECONDS, refreshed on each admission  |
 | `stats:admission`            | hash   | none (one, a field per tier and refusal reason)         |
@@ -35,6 +36,10 @@ class Keys:
 
     def watch(self, job_id: str) -> str:
         return f"{self.prefix}job:{{{job_id}}}:watch"
+
+    def watch_channel(self) -> str:
+        """Where a reader announces a new viewer of a job (its id and transport)."""
+        return f"{self.prefix}watch"
 
     def notify(self, job_id: str) -> str:
         return f"{self.prefix}job:{{{job_id}}}:notify"

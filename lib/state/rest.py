@@ -7,7 +7,9 @@ PUBLISHes each new entry id there) and then reads the stream.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -94,6 +96,27 @@ class RestBackend:
         except _DOWN as exc:
             raise UnavailableError("redis is unavailable") from exc
         return self.read(stream, after, count)
+
+    def listen(self, channel: str, stop: threading.Event) -> Iterator[str]:
+        url = f"{self._url}/subscribe/{channel}"
+        headers = {"Authorization": f"Bearer {self._token}", "Accept": "text/event-stream"}
+        try:
+            # Upstash sends a keep-alive comment now and then; `stop` is checked on each line.
+            with self._sse.stream(
+                "GET", url, headers=headers, timeout=httpx.Timeout(self._timeout, read=30)
+            ) as response:
+                if response.status_code != 200:
+                    raise UnavailableError(f"redis subscribe answered {response.status_code}")
+                for line in response.iter_lines():
+                    if stop.is_set():
+                        return
+                    kind, _, rest = line.removeprefix("data:").lstrip().partition(",")
+                    if line.startswith("data:") and kind == "message":
+                        yield rest.partition(",")[2]
+        except (httpx.ReadTimeout, *_DOWN) as exc:
+            if stop.is_set():
+                return
+            raise UnavailableError("redis is unavailable") from exc
 
     def ping(self) -> None:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -83,6 +85,19 @@ class TcpBackend:
             return []
         _, rows = result[0]
         return [(entry_id, dict(fields)) for entry_id, fields in rows]
+
+    def listen(self, channel: str, stop: threading.Event) -> Iterator[str]:
+        pubsub = self._blocking.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(channel)
+            while not stop.is_set():
+                message = pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    yield str(message["data"])
+        except _DOWN as exc:
+            raise UnavailableError("redis is unavailable") from exc
+        finally:
+            pubsub.close()
 
     def ping(self) -> None:
         try:
