@@ -13,11 +13,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import openai
 
 from lib.config import JSON_SCHEMA_PROVIDERS, Settings
 from lib.errors import AppError, PermanentError, RetryableError
 from lib.models import ErrorCode
+
+# What the SDK's HTTP client raises when a stream goes silent or breaks after the response began
+# (the SDK itself wraps only errors before it). openai 3.x runs on httpx2, earlier on httpx.
+_TIMEOUTS: tuple[type[Exception], ...] = (httpx.TimeoutException,)
+_BROKEN: tuple[type[Exception], ...] = (httpx.TransportError,)
+try:
+    import httpx2
+
+    _TIMEOUTS += (httpx2.TimeoutException,)
+    _BROKEN += (httpx2.TransportError,)
+except ImportError:  # pragma: no cover - an SDK on plain httpx
+    pass
 
 
 @dataclass
@@ -89,17 +102,20 @@ class LLM:
             }
         else:
             response_format = {"type": "json_object"}
+        completions = self._client(provider).chat.completions
         try:
-            stream = self._client(provider).chat.completions.create(  # type: ignore[call-overload]
+            # The raw stream, read as JSON lines: the SDK's per-chunk pydantic models cost about
+            # 2.5x the CPU per token, the worker's ceiling (docs/performance.md). The SDK still
+            # makes the request: auth, retries, timeouts and status errors are its own.
+            with completions.with_streaming_response.create(  # type: ignore[call-overload]
                 model=model,
                 messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
                 stream=True,
                 stream_options={"include_usage": True},
                 response_format=response_format,
                 temperature=0.3,
-            )
-            metered = _Metered(stream)
-            with stream:  # closes the HTTP response even when on_text stops us early
+            ) as response:  # closes the HTTP response even when on_text stops us early
+                metered = _Metered(_chunks(response))
                 try:
                     completion = _consume(metered, model_spec, on_text)
                 finally:
@@ -107,7 +123,45 @@ class LLM:
                         on_usage(metered.usage(), metered.first_token_at)
         except openai.APIError as exc:
             raise _classify(exc) from exc
+        except _TIMEOUTS as exc:  # silent mid-stream
+            raise RetryableError(
+                "the model stopped answering", code=ErrorCode.LLM_TIMEOUT, retry_after=5
+            ) from exc
+        except _BROKEN as exc:  # the connection broke mid-stream
+            raise RetryableError(
+                "the connection to the model broke", code=ErrorCode.LLM_UNAVAILABLE, retry_after=5
+            ) from exc
         return completion
+
+
+def _chunks(response: Any) -> Iterator[dict[str, Any]]:
+    """The chunks of a streamed chat completion (`data:` lines of Server-Sent Events) as plain
+    dicts, up to `[DONE]`. An `error` event mid-stream is the provider failing: retryable."""
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return
+        chunk = json.loads(payload)
+        if chunk.get("error"):
+            raise RetryableError(
+                "the model provider failed mid-answer",
+                code=ErrorCode.LLM_UNAVAILABLE,
+                retry_after=5,
+            )
+        yield chunk
+
+
+def _usage(chunk: dict[str, Any]) -> Usage | None:
+    usage = chunk.get("usage")
+    if not usage:
+        return None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+
+def _content(choice: dict[str, Any]) -> str:
+    return str((choice.get("delta") or {}).get("content") or "")
 
 
 def _consume(
@@ -119,16 +173,17 @@ def _consume(
     pieces: list[str] = []
     refused = False
     for chunk in stream:
-        if chunk.usage:
-            completion.usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-        for choice in chunk.choices:
-            delta = choice.delta
-            refused = refused or bool(getattr(delta, "refusal", None))
-            if delta.content:
+        usage = _usage(chunk)
+        if usage:
+            completion.usage = usage
+        for choice in chunk.get("choices") or ():
+            refused = refused or bool((choice.get("delta") or {}).get("refusal"))
+            text = _content(choice)
+            if text:
                 if completion.first_token_s is None:
                     completion.first_token_s = time.monotonic() - started
-                pieces.append(delta.content)
-                on_text(delta.content, (chunk.model_extra or {}).get("cs_emitted_at"))
+                pieces.append(text)
+                on_text(text, chunk.get("cs_emitted_at"))
     if refused:
         raise PermanentError("the model declined to answer", code=ErrorCode.MODEL_REFUSED)
     completion.text = "".join(pieces)
@@ -144,11 +199,10 @@ class _Metered:
         self.chunks = 0
         self.first_token_at: float | None = None
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         for chunk in self.stream:
-            if chunk.usage:
-                self.reported = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-            if any(choice.delta.content for choice in chunk.choices):
+            self.reported = _usage(chunk) or self.reported
+            if any(_content(choice) for choice in chunk.get("choices") or ()):
                 self.chunks += 1
                 if self.first_token_at is None:
                     self.first_token_at = time.monotonic()

@@ -316,6 +316,81 @@ def cold_start(rounds: int) -> dict[str, Any]:
     return out
 
 
+# 1b. Reading the model's stream: the SDK's chunk models against raw lines ------------------------
+def llm_parse(streams: int) -> dict[str, Any]:
+    """CPU per streamed token of reading `streams` concurrent answers at 20 tokens/s, in threads
+    like the worker: the SDK's `ChatCompletionChunk` models (the original code) against the
+    raw `data:` lines that lib/llm.py reads now. The offline LLM runs in another process."""
+    import openai
+
+    say(f"model stream parsing: {streams} streams at 20 tokens/s, SDK models vs raw lines")
+    port = free_port()
+    server = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "scripts.offline_llm", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="offline")
+        fmt = {"type": "json_object"}
+
+        def models(i: int) -> int:
+            msgs = [{"role": "user", "content": f"[[llm:slow=50]] [[llm:tokens=200]] {i}"}]
+            n = 0
+            with client.chat.completions.create(  # type: ignore[call-overload]
+                model="m", messages=msgs, stream=True, response_format=fmt
+            ) as stream:
+                for chunk in stream:
+                    n += sum(1 for c in chunk.choices if c.delta.content)
+            return n
+
+        def lines(i: int) -> int:
+            msgs = [{"role": "user", "content": f"[[llm:slow=50]] [[llm:tokens=200]] {i}"}]
+            n = 0
+            with client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
+                model="m", messages=msgs, stream=True, response_format=fmt
+            ) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        chunk = json.loads(line[6:])
+                        n += sum(1 for c in chunk["choices"] if c["delta"].get("content"))
+            return n
+
+        out: dict[str, Any] = {}
+        for name, read in (("sdk_models", models), ("raw_lines", lines)):
+            counts: list[int] = []
+            cpu, wall = time.process_time(), time.perf_counter()
+            threads = [
+                threading.Thread(target=lambda i=i, f=read, c=counts: c.append(f(i)))
+                for i in range(streams)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            tokens = sum(counts)
+            out[name] = {
+                "tokens": tokens,
+                "cpu_us_per_token": round((time.process_time() - cpu) / max(1, tokens) * 1e6, 1),
+                "wall_s": round(time.perf_counter() - wall, 1),
+            }
+        out["ratio"] = ratio(
+            out["sdk_models"]["cpu_us_per_token"], out["raw_lines"]["cpu_us_per_token"]
+        )
+        return out
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 # 2. Cost per job --------------------------------------------------------------------------------
 def _wait_terminal(bench: Bench, job_id: str, headers: dict[str, str], timeout: float) -> str:
     deadline = time.monotonic() + timeout
@@ -938,6 +1013,14 @@ def _service_rows(results: dict[str, Any]) -> Rows:
             "",
             ">= 1000 at <= 1024 MB",
         )
+    parse = results.get("llm_parse")
+    if parse:
+        row(
+            "worker CPU per streamed token, us (read only)",
+            parse["raw_lines"]["cpu_us_per_token"],
+            f"SDK models {parse['sdk_models']['cpu_us_per_token']} (x{parse['ratio']})",
+            "",
+        )
     for module, d in results.get("cold_start", {}).items():
         if module == "bare":
             continue
@@ -999,8 +1082,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller loads (a smoke run, ~3 min)")
     parser.add_argument(
         "--only",
-        default="cold,cost,latency,submit,concurrency",
-        help="comma-separated sections to run (cold, cost, latency, submit, concurrency)",
+        default="cold,parse,cost,latency,submit,concurrency",
+        help="comma-separated sections (cold, parse, cost, latency, submit, concurrency)",
     )
     args = parser.parse_args(argv)
     sections = set(args.only.split(","))
@@ -1022,6 +1105,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "cold" in sections:
         results["cold_start"] = cold_start(3 if args.quick else 7)
+    if "parse" in sections:
+        results["llm_parse"] = llm_parse(50 if args.quick else 100)
     pg = embedded.start_postgres()
     try:
         migrate.apply(pg.url)
