@@ -235,3 +235,31 @@ def test_a_new_viewer_is_announced_once_and_refreshes_are_silent(state: State) -
         # TCP checks `stop` every second; REST on the next line, a keep-alive within 15 s.
         listener.join(20)
     assert not listener.is_alive()
+
+
+def test_a_round_of_renewals_is_one_evalsha_each_even_after_the_scripts_were_flushed(
+    redis_url: str, redis_prefix: str
+) -> None:
+    import redis
+
+    from lib.state.tcp import TcpBackend
+
+    state = State(TcpBackend(redis_url), prefix=redis_prefix, lease_ttl=5)
+    direct = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        user, jobs = new_id(), [new_id() for _ in range(3)]
+        for job in jobs:
+            state.acquire(job, "paid", user, f"t-{job}")
+        direct.script_flush()  # a restarted Redis forgets its scripts
+        leases = [(job, "paid", user, f"t-{job}", False) for job in jobs]
+        assert state.renew_many(leases) == [(True, None, None)] * 3  # loaded, then re-sent
+        before = {k: v["calls"] for k, v in direct.info("commandstats").items()}
+        assert state.renew_many(leases) == [(True, None, None)] * 3
+        after = {k: v["calls"] for k, v in direct.info("commandstats").items()}
+        used = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+        used.pop("cmdstat_info", None)
+        # Per lease: EVALSHA, MGET and PEXPIRE; no SCRIPT EXISTS for the round.
+        assert used == {"cmdstat_evalsha": 3, "cmdstat_mget": 3, "cmdstat_pexpire": 3}
+    finally:
+        direct.close()
+        state.close()

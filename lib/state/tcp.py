@@ -51,18 +51,30 @@ class TcpBackend:
             raise UnavailableError("redis is unavailable") from exc
 
     def run_many(self, calls: list[tuple[Script, list[str], list[str | int]]]) -> list[Any]:
+        # Plain EVALSHA in a pipeline: redis-py's scripts in a pipeline first send SCRIPT EXISTS,
+        # one more billed command per round of lease renewals. A script the server does not
+        # know yet (NOSCRIPT: it did not run there) is loaded, and only those calls are re-sent.
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for script, keys, args in calls:
-                registered = self._scripts.get(script.name)
-                if registered is None:
-                    registered = self._scripts[script.name] = self._client.register_script(
-                        script.source
-                    )
-                registered(keys=keys, args=args, client=pipe)
-            return list(pipe.execute())
+            answers = self._evalsha_many(calls)
+            missing = [i for i, a in enumerate(answers) if isinstance(a, redis.exceptions.NoScriptError)]
+            if missing:
+                for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
+                    self._client.script_load(script.source)
+                again = self._evalsha_many([calls[i] for i in missing])
+                for i, answer in zip(missing, again, strict=True):
+                    answers[i] = answer
         except _DOWN as exc:
             raise UnavailableError("redis is unavailable") from exc
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+        return answers
+
+    def _evalsha_many(self, calls: list[tuple[Script, list[str], list[str | int]]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(pipe.execute(raise_on_error=False))
 
     def read(self, stream: str, after: str, count: int) -> list[Entry]:
         start = "-" if after in ("", "0", "0-0") else f"({after}"
