@@ -9,16 +9,18 @@ from __future__ import annotations
 import logging
 import time
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from lib import config, logs
-from lib.auth import Verifier
 from lib.errors import AppError, AuthError
 from lib.models import ErrorCode
-from lib.service import Producer
+
+if TYPE_CHECKING:  # imported on first use: a cold start pays only for what it serves
+    from lib.auth import Verifier
+    from lib.service import Producer
 
 log = logging.getLogger("cs.api")
 
@@ -37,6 +39,7 @@ def producer() -> Producer:
     """The process-wide producer services, built on first use."""
     from lib import auth, state, store
     from lib.queue import producer as queue
+    from lib.service import Producer
 
     settings = config.settings("api")
     return Producer(

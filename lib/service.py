@@ -16,12 +16,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from lib import handlers
-from lib.auth import Verifier
 from lib.config import Settings
 from lib.errors import (
     AppError,
@@ -33,9 +32,12 @@ from lib.errors import (
 )
 from lib.events import data, emit_terminal, is_terminal, sse_frame
 from lib.models import ErrorCode, EventType, Job, Me, StreamStatus, SubmitRequest
-from lib.queue.producer import Publisher
 from lib.state import WATCH_REFRESH, State
 from lib.store import Store
+
+if TYPE_CHECKING:  # the api/ functions import these only when they build a Producer
+    from lib.auth import Verifier
+    from lib.queue.producer import Publisher
 
 log = logging.getLogger("cs.producer")
 

@@ -13,8 +13,6 @@ import re
 import threading
 from typing import Any, Protocol
 
-import httpx
-
 from lib.config import Settings
 from lib.errors import UnavailableError
 
@@ -43,6 +41,7 @@ class QStashPublisher:
     """Publishes to `WORKER_URL/v1/execute` with retries, dedup, flow control and callback."""
 
     def __init__(self, settings: Settings, *, timeout: float = 5.0) -> None:
+        import httpx  # here, not at the top: api/ functions that never publish skip it
         from qstash import QStash
 
         self.settings = settings
@@ -56,6 +55,7 @@ class QStashPublisher:
         self._client.http._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=2.0))
 
     def publish(self, job_id: str, *, user_id: str, tier: str, model: str) -> str:
+        import httpx
         from qstash.errors import QStashError
 
         s = self.settings

@@ -56,7 +56,9 @@ class TcpBackend:
         # know yet (NOSCRIPT: it did not run there) is loaded, and only those calls are re-sent.
         try:
             answers = self._evalsha_many(calls)
-            missing = [i for i, a in enumerate(answers) if isinstance(a, redis.exceptions.NoScriptError)]
+            missing = [
+                i for i, a in enumerate(answers) if isinstance(a, redis.exceptions.NoScriptError)
+            ]
             if missing:
                 for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
                     self._client.script_load(script.source)
