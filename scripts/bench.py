@@ -626,16 +626,20 @@ async def _streams(bench: Bench, n: int, markers: str, window: float) -> list[St
     return streams
 
 
+def _running(bench: Bench) -> int:
+    """Attempts running in the worker now (its `cs_jobs_running`, summed over processes)."""
+    assert bench.stack
+    text = httpx.get(f"{bench.stack.worker_url}/metrics", timeout=10).text
+    found = re.findall(r"^cs_jobs_running(?:\{[^}]*\})? ([\d.e+]+)$", text, re.M)
+    return int(sum(float(v) for v in found))
+
+
 def _drain(bench: Bench, timeout: float = 60) -> None:
     """Wait until the worker runs nothing (the cancelled attempts have stopped)."""
     assert bench.stack
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = httpx.get(f"{bench.stack.worker_url}/metrics", timeout=10).text
-        running = sum(
-            float(v) for v in re.findall(r"^cs_jobs_running(?:\{[^}]*\})? ([\d.e+]+)$", text, re.M)
-        )
-        if running == 0:
+        if _running(bench) == 0:
             return
         time.sleep(0.5)
 
@@ -644,7 +648,7 @@ def latency(benches: dict[str, Bench], quick: bool) -> dict[str, Any]:
     points = [(1, 20), (100, 20), (500, 20), (1, 60), (100, 60), (500, 60)]
     if quick:
         points = [(1, 20), (20, 20), (1, 60), (20, 60)]
-    window = 6.0 if quick else 8.0
+    window = 6.0
     out: dict[str, Any] = {}
     for n, rate in points:
         for name in ("ours", "baseline"):
@@ -799,8 +803,11 @@ async def _ramp(
                     if s.job_id:
                         sample.append(s)
                         readers.append(asyncio.create_task(_read(client, s, time.time() + 90)))
+                # Judge the steady state: the second half of the step, after the new jobs'
+                # submits and first tokens (a burst a real ramp spreads out) have settled.
+                await asyncio.sleep(every / 2)
                 mark = {id(s): len(s.latencies) for s in sample}
-                await asyncio.sleep(every)
+                await asyncio.sleep(every / 2)
                 window = [v for s in sample for v in s.latencies[mark.get(id(s), 0) :]]
                 failed = sum(1 for s in sample if s.status == "failed") + sum(
                     1 for s in batch if not s.job_id
@@ -809,7 +816,8 @@ async def _ramp(
                 p99 = pct(window, 99)
                 steps.append(
                     {
-                        "live": len(ids),
+                        "live": _running(bench),
+                        "submitted": len(ids),
                         "p99_ms": None if p99 is None else round(p99 * 1000, 1),
                         "rss_mb": rss,
                         "failed": failed,
@@ -846,7 +854,7 @@ def concurrency(database_url: str, quick: bool) -> dict[str, Any]:
         bench = Bench(f"ramp-{name}", {**overrides, "PRODUCER_THREADS": "256"}, database_url)
         start_all([bench])
         try:
-            step, every, cap = (20, 4.0, 30.0) if quick else (100, 5.0, 75.0)
+            step, every, cap = (10, 4.0, 24.0) if quick else (25, 6.0, 84.0)
             out[name] = asyncio.run(_ramp(bench, step, every, cap, 1024))
         finally:
             bench.stop()
