@@ -1041,6 +1041,14 @@ def _service_rows(results: dict[str, Any]) -> Rows:
     return rows
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The same rows as a Markdown table, for docs/performance.md."""
+    rows = _streaming_rows(results) + _service_rows(results)
+    lines = ["| figure | ours | original design (ratio) | target |", "|---|---|---|---|"]
+    lines += [f"| {' | '.join(cell.replace('|', '/') for cell in row)} |" for row in rows]
+    return "\n".join(lines)
+
+
 def table(results: dict[str, Any]) -> str:
     rows = _streaming_rows(results) + _service_rows(results)
     widths = [
@@ -1101,7 +1109,13 @@ def main(argv: list[str] | None = None) -> int:
         help="settings for 'ours' on top of the defaults (to measure a before/after)",
     )
     parser.add_argument("--out", type=Path, help="where to write the figures (JSON)")
+    parser.add_argument(
+        "--report", type=Path, metavar="JSON", help="print a results file as Markdown, run nothing"
+    )
     args = parser.parse_args(argv)
+    if args.report:
+        print(markdown(json.loads(args.report.read_text())))
+        return 0
     sections = set(args.only.split(","))
     OURS.update(dict(item.split("=", 1) for item in args.ours))
     # A SIGTERM stops the stacks too (the `finally` blocks run), like Ctrl-C.
