@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
 import platform
@@ -42,7 +43,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +59,7 @@ from lib.events import JobEvents
 from lib.queue.signing import DEV_TOKEN
 from lib.service import Producer
 from lib.state import State
+from lib.state.rest import RestBackend
 from lib.state.tcp import TcpBackend
 from lib.store import migrate
 from scripts import embedded
@@ -66,7 +68,7 @@ from scripts.devstack import ROOT, Ports, Stack
 
 sys.path.insert(0, str(ROOT / "tests"))
 from e2e_support import JD, RESUME  # noqa: E402
-from support import free_port  # noqa: E402
+from support import free_port, serve_wsgi  # noqa: E402
 
 OUT = ROOT / "bench"
 # List prices, as published on the vendors' pricing pages on the date below (docs/performance.md).
@@ -480,17 +482,25 @@ class SweepRun:
     flush_ms: int
     baseline: bool
     tokens: int
+    transport: str = "tcp"  # how the reader waits: blocking XREAD, or Upstash REST subscribe
     commands: int = 0
     latencies: list[float] = field(default_factory=list)
 
 
 def _sweep_one(run: SweepRun) -> SweepRun:
+    from scripts.upstash_standin import create_app as upstash_standin
+
     server = start_redis()
+    stack = ExitStack()
     try:
         client = redis.Redis.from_url(server.url, decode_responses=True)
-        state = State(TcpBackend(server.url), prefix="sweep:", publish="never")
+        state = State(TcpBackend(server.url), prefix="sweep:", publish="auto")
+        reader = state
+        if run.transport == "rest":  # the reader as on Vercel without TCP: Upstash's REST API
+            url = stack.enter_context(serve_wsgi(upstash_standin(server.url, "bench")))
+            reader = State(RestBackend(url, "bench"), prefix="sweep:")
         settings = Settings(sse_read_mode="poll" if run.baseline else "block")  # type: ignore[call-arg]
-        producer = Producer(settings, None, state, None, None)  # type: ignore[arg-type]
+        producer = Producer(settings, None, reader, None, None)  # type: ignore[arg-type]
         job = str(uuid.uuid4())
         events = JobEvents(
             state,
@@ -499,7 +509,7 @@ def _sweep_one(run: SweepRun) -> SweepRun:
             flush_ms=run.flush_ms,
             flush_tokens=5 if run.baseline else 0,
             idle_flush_ms=run.flush_ms,
-            viewer=lambda: "tcp",
+            viewer=lambda: None if run.baseline else run.transport,
         )
         events.running()
         before = commandstats(client)
@@ -525,8 +535,16 @@ def _sweep_one(run: SweepRun) -> SweepRun:
         run.commands = sum(command_delta(before, commandstats(client)).values())
         client.close()
         state.close()
+        if reader is not state:
+            reader.close()
     finally:
-        server.stop()
+        stack.close()
+        if run.transport == "rest":
+            # The stand-in's subscription thread notices the closed client only at its next
+            # keep-alive; stopping its Redis before that would make it print a traceback.
+            atexit.register(server.stop)
+        else:
+            server.stop()
     return run
 
 
@@ -536,6 +554,7 @@ def sweep(quick: bool) -> dict[str, Any]:
     for rate in (20.0, 60.0):
         tokens = int(rate * (10 if quick else 20))
         runs += [SweepRun(f"ours-{ms}ms", rate, ms, False, tokens) for ms in settings]
+        runs.append(SweepRun("ours-150ms-rest", rate, 150, False, tokens, transport="rest"))
         runs.append(SweepRun("baseline", rate, 20, True, tokens))
     say(f"flush sweep: {len(runs)} event paths at once, each on a Redis of its own")
     with ThreadPoolExecutor(len(runs)) as pool:
