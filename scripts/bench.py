@@ -722,7 +722,7 @@ async def _submit_load(bench: Bench, n: int, concurrency: int) -> dict[str, Any]
     server = [s.submit_ms_server for s in streams if s.submit_ms_server is not None]
     sequential = [s.submit_ms_server for s in alone if s.submit_ms_server is not None]
     return {
-        "streams": streams + alone,
+        "streams": streams,
         "server_ms_one_at_a_time": dist(sequential),
         "server_ms": dist(server),
         "noop_ms": dist(noop),
