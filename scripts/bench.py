@@ -1190,6 +1190,11 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"]["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
     results["plots"] = [] if args.out else plots(results)  # a side run keeps the main plots
     path = args.out or OUT / ("results-quick.json" if args.quick else "results.json")
+    if args.only != parser.get_default("only") and path.exists():
+        # A partial run updates its own sections of the figures and keeps the others.
+        earlier = json.loads(path.read_text())
+        runs = {**earlier.get("runs", {}), **{key: results["date"] for key in results}}
+        results = {**earlier, **results, "runs": runs}
     path.write_text(json.dumps(results, indent=2) + "\n")
     print()
     print(table(results))
