@@ -894,6 +894,73 @@ def concurrency(database_url: str, quick: bool) -> dict[str, Any]:
 
 
 # Report ----------------------------------------------------------------------------------------
+def _plot_latency(plt: Any, lat: dict[str, Any]) -> Path:
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    labels = list(lat)
+    for offset, name, color in ((-0.2, "ours", "tab:blue"), (0.2, "baseline", "tab:red")):
+        for i, point in enumerate(labels):
+            d = lat[point][name]["latency_ms"]
+            if d["p50"] is None:
+                continue
+            ax.vlines(i + offset, d["p50"], d["p99"], color=color, linewidth=6, alpha=0.6)
+            ax.plot(i + offset, d["p50"], "o", color=color)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("added delta latency, ms (dot p50, bar to p99)")
+    ax.set_title("Token to browser: ours (blue) against the original design (red)")
+    fig.tight_layout()
+    path = OUT / "latency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_tradeoff(plt: Any, sweep_res: dict[str, Any]) -> Path:
+    fig, axes = plt.subplots(1, len(sweep_res), figsize=(11, 4.5))
+    for ax, (rate, runs) in zip(axes, sweep_res.items(), strict=False):
+        for label, run in runs.items():
+            x, y = run["latency_ms"]["p50"], run["commands_per_1000_tokens"]
+            base, rest = label == "baseline", label.endswith("-rest")
+            marker, color, text = "o", "tab:blue", f"{run['flush_ms']} ms"
+            if base:
+                marker, color, text = "s", "tab:red", "original"
+            elif rest:
+                marker, color, text = "^", "tab:orange", f"{text}, REST subscribe"
+            ax.plot(x, y, marker, color=color)
+            ax.annotate(text, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("p50 added latency, ms")
+        ax.set_ylabel("Redis commands per 1,000 tokens (1 viewer)")
+        ax.set_title(f"{rate}: flush interval trade-off")
+    fig.tight_layout()
+    path = OUT / "cost-latency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_concurrency(plt: Any, conc: dict[str, Any]) -> Path:
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax2 = ax.twinx()
+    for name, color in (("gthread", "tab:blue"), ("gevent", "tab:green")):
+        steps = conc.get(name, {}).get("steps", [])
+        live = [s["live"] for s in steps]
+        ax.plot(live, [s["p99_ms"] or 0 for s in steps], "-o", color=color, label=f"{name} p99")
+        ax2.plot(live, [s["rss_mb"] for s in steps], "--", color=color, label=f"{name} RSS")
+    ax.axhline(250, color="grey", linestyle=":")
+    ax.set_xlabel("live streaming jobs (20 tokens/s each)")
+    ax.set_ylabel("p99 added latency, ms")
+    ax2.set_ylabel("worker RSS, MB")
+    ax.legend(loc="upper left")
+    ax2.legend(loc="upper right")
+    fig.tight_layout()
+    path = OUT / "concurrency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plots(results: dict[str, Any]) -> list[str]:
     """PNG files: latency ours vs baseline, the cost-latency trade-off, concurrency vs p99/RSS."""
     try:
@@ -905,75 +972,13 @@ def plots(results: dict[str, Any]) -> list[str]:
         say("matplotlib is not installed (pip install -e '.[bench]'): no plots")
         return []
     written = []
-    # Latency distributions at each point, ours against the baseline.
-    lat = results.get("latency", {})
-    if lat:
-        fig, ax = plt.subplots(figsize=(9, 4.5))
-        labels = list(lat)
-        for offset, name, color in ((-0.2, "ours", "tab:blue"), (0.2, "baseline", "tab:red")):
-            for i, point in enumerate(labels):
-                d = lat[point][name]["latency_ms"]
-                if d["p50"] is None:
-                    continue
-                ax.vlines(i + offset, d["p50"], d["p99"], color=color, linewidth=6, alpha=0.6)
-                ax.plot(i + offset, d["p50"], "o", color=color)
-        ax.set_xticks(range(len(labels)), labels)
-        ax.set_yscale("log")
-        ax.set_ylabel("added delta latency, ms (dot p50, bar to p99)")
-        ax.set_title("Token to browser: ours (blue) against the original design (red)")
-        fig.tight_layout()
-        path = OUT / "latency.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(str(path))
-    sweep_res = results.get("sweep", {})
-    if sweep_res:
-        fig, axes = plt.subplots(1, len(sweep_res), figsize=(11, 4.5))
-        for ax, (rate, runs) in zip(axes, sweep_res.items(), strict=False):
-            for label, run in runs.items():
-                x, y = run["latency_ms"]["p50"], run["commands_per_1000_tokens"]
-                base = label == "baseline"
-                ax.plot(x, y, "s" if base else "o", color="tab:red" if base else "tab:blue")
-                ax.annotate(
-                    "original" if base else f"{run['flush_ms']} ms",
-                    (x, y),
-                    fontsize=8,
-                    xytext=(4, 4),
-                    textcoords="offset points",
-                )
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("p50 added latency, ms")
-            ax.set_ylabel("Redis commands per 1,000 tokens (1 viewer)")
-            ax.set_title(f"{rate}: flush interval trade-off")
-        fig.tight_layout()
-        path = OUT / "cost-latency.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(str(path))
-    conc = results.get("concurrency", {})
-    if conc:
-        fig, ax = plt.subplots(figsize=(9, 4.5))
-        ax2 = ax.twinx()
-        for name, color in (("gthread", "tab:blue"), ("gevent", "tab:green")):
-            steps = conc.get(name, {}).get("steps", [])
-            if not steps:
-                continue
-            live = [s["live"] for s in steps]
-            ax.plot(live, [s["p99_ms"] or 0 for s in steps], "-o", color=color, label=f"{name} p99")
-            ax2.plot(live, [s["rss_mb"] for s in steps], "--", color=color, label=f"{name} RSS")
-        ax.axhline(250, color="grey", linestyle=":")
-        ax.set_xlabel("live streaming jobs (20 tokens/s each)")
-        ax.set_ylabel("p99 added latency, ms")
-        ax2.set_ylabel("worker RSS, MB")
-        ax.legend(loc="upper left")
-        ax2.legend(loc="upper right")
-        fig.tight_layout()
-        path = OUT / "concurrency.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(str(path))
-    return written
+    if results.get("latency"):
+        written.append(_plot_latency(plt, results["latency"]))
+    if results.get("sweep"):
+        written.append(_plot_tradeoff(plt, results["sweep"]))
+    if results.get("concurrency"):
+        written.append(_plot_concurrency(plt, results["concurrency"]))
+    return [str(path.relative_to(ROOT)) for path in written]
 
 
 Rows = list[tuple[str, str, str, str]]
