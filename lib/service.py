@@ -191,7 +191,10 @@ class Producer:
             self.store.mark_enqueued(job_id)
         except AppError:
             log.warning("could not mark the job enqueued", extra={"job_id": job_id})
-        log.info("job submitted", extra={"job_id": job_id, "kind": req.kind, "tier": tier})
+        log.info(  # `user_id` is logged as its hash (lib.logs.JobFieldsFilter)
+            "job submitted",
+            extra={"job_id": job_id, "kind": req.kind, "tier": tier, "user_id": user_id},
+        )
         return Submitted(job, True, self.verifier.mint_stream_token(job_id, user_id))
 
     def _settled(self, outcome: dict[str, Any], user_id: str) -> Submitted:
@@ -284,7 +287,7 @@ class Producer:
             log.warning(
                 "cancel recorded; the worker will close the stream", extra={"job_id": job.id}
             )
-        log.info("job cancelled", extra={"job_id": job.id})
+        log.info("job cancelled", extra={"job_id": job.id, "user_id": user_id})
         return job
 
     # Events ------------------------------------------------------------------------------------

@@ -407,3 +407,30 @@ def test_an_invalid_submit_is_refused_with_per_field_details_and_charges_nothing
     assert db.jobs_of(user) == []
     assert env.live() == 0
     assert env.published() == 0
+
+
+def test_the_producer_logs_a_submit_and_a_cancel_with_the_users_hash_never_the_id(
+    env: ProducerEnv,
+) -> None:
+    import io
+    import logging
+
+    from lib import logs
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    logs.setup("INFO", "json", stream)
+    try:
+        user = new_user()
+        job = env.producer.submit(user, body(), None).job
+        env.producer.cancel(job.id, user)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    text = stream.getvalue()
+    lines = [json.loads(line) for line in text.splitlines()]
+    mine = [line for line in lines if line.get("job_id") == job.id]
+    assert [line["msg"] for line in mine] == ["job submitted", "job cancelled"]
+    assert all(line["user_id"] == logs.user_hash(user) for line in mine)
+    assert user not in text
