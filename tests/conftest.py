@@ -2,13 +2,17 @@
 
 Every test gets its own Redis key prefix, so tests never see each other's keys even on a shared
 server. With DATABASE_URL set, the suite creates (and drops) a database of its own on that server.
+`local_stack` starts the whole local stack (`scripts.devstack.Stack`) on those servers.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -16,6 +20,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from lib.store import migrate
 from scripts import embedded
+
+if TYPE_CHECKING:
+    from scripts.devstack import Stack
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +117,40 @@ def store_backend(request: pytest.FixtureRequest, database_url: str) -> Iterator
         backend = SupabaseBackend(request.getfixturevalue("postgrest_url"), SERVICE_ROLE_KEY)
     yield backend
     backend.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def local_stack(
+    redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., AbstractContextManager[Stack]]:
+    """Start a stack the way `make dev` does, as a context manager: `local_stack(name, **env)`.
+
+    Offline LLM, dev broker, worker and producer (gunicorn) on free ports, on the session's Redis
+    and Postgres, with the key prefix `<name>-<random>:` and JSON logs in a temporary folder.
+    `env` is set on top (the tests' own limits and speeds).
+    """
+    from support import free_port
+
+    from scripts.devstack import Ports, Stack
+
+    @contextmanager
+    def start(name: str, **env: str) -> Iterator[Stack]:
+        ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
+        overrides = {
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": database_url,
+            "REDIS_PREFIX": f"{name}-{uuid.uuid4().hex[:6]}:",
+            "OPENAI_API_KEY": "",
+            "QSTASH_URL": "",
+            "QSTASH_MODE": "broker",
+            "LOG_FORMAT": "json",
+            **env,
+        }
+        logs = Path(tmp_path_factory.mktemp(f"{name}-stack-logs"))
+        with Stack(ports=ports, overrides=overrides, log_dir=logs, quiet=True) as running:
+            yield running
+
+    return start
 
 
 UPSTASH_TOKEN = "upstash-test-token"  # noqa: S105

@@ -7,7 +7,8 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from lib.cli.stream import JobProgress
 from lib.config import DEV_JWT_SECRET
 from lib.handlers import registry
 from lib.queue.signing import DEV_TOKEN
-from scripts.devstack import Ports, Stack
+from scripts.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -43,25 +44,14 @@ COMMANDS = [
 
 
 @pytest.fixture(scope="module")
-def stack(
-    redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
-    overrides = {
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "REDIS_PREFIX": f"cli-{uuid.uuid4().hex[:6]}:",
-        "OPENAI_API_KEY": "",
-        "QSTASH_URL": "",
-        "QSTASH_MODE": "broker",
-        "OFFLINE_LLM_TOKENS_PER_SECOND": "2000",
-        "JOB_RETRY_DELAY": "300",
+def stack(local_stack: Callable[..., AbstractContextManager[Stack]]) -> Iterator[Stack]:
+    with local_stack(
+        "cli",
+        OFFLINE_LLM_TOKENS_PER_SECOND="2000",
+        JOB_RETRY_DELAY="300",
         # Every response ends after a second, so the CLI must reconnect with Last-Event-ID.
-        "SSE_MAX_SECONDS": "1",
-        "LOG_FORMAT": "json",
-    }
-    logs = Path(tmp_path_factory.mktemp("cli-stack-logs"))
-    with Stack(ports=ports, overrides=overrides, log_dir=logs, quiet=True) as running:
+        SSE_MAX_SECONDS="1",
+    ) as running:
         yield running
 
 

@@ -13,7 +13,8 @@ resume cursors on a real job's event stream, deeply nested JSON and U+0000 in in
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,10 @@ import schemathesis
 from e2e_support import User, follow
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from support import free_port
 
 from lib.auth import mint_access_token
 from lib.config import DEV_JWT_SECRET
-from scripts.devstack import Ports, Stack
+from scripts.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -51,22 +51,11 @@ schema = schemathesis.openapi.from_path(ROOT / "api" / "_openapi.json")
 
 
 @pytest.fixture(scope="module")
-def stack(
-    redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
-    overrides = {
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "REDIS_PREFIX": f"fuzz-{uuid.uuid4().hex[:6]}:",
-        "OPENAI_API_KEY": "",
-        "QSTASH_URL": "",
-        "QSTASH_MODE": "broker",
-        "OFFLINE_LLM_TOKENS_PER_SECOND": "2000",
-        "LOG_FORMAT": "json",
-    }
-    logs = Path(tmp_path_factory.mktemp("fuzz-stack-logs"))
-    with Stack(ports=ports, overrides=overrides, log_dir=logs, quiet=True) as running:
+def stack(local_stack: Callable[..., AbstractContextManager[Stack]]) -> Iterator[Stack]:
+    with local_stack(
+        "fuzz",
+        OFFLINE_LLM_TOKENS_PER_SECOND="2000",
+    ) as running:
         yield running
 
 

@@ -8,16 +8,16 @@ UUID4s; an Idempotency-Key or a list cursor never crosses from one user to anoth
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
 import pytest
 from e2e_support import RESUME, User, follow
-from support import free_port, wait_for
+from support import wait_for
 
-from scripts.devstack import Ports, Stack
+from scripts.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -25,22 +25,11 @@ SLOW = RESUME + " [[llm:slow=20]]"
 
 
 @pytest.fixture(scope="module")
-def stack(
-    redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
-    overrides = {
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "REDIS_PREFIX": f"iso-{uuid.uuid4().hex[:6]}:",
-        "OPENAI_API_KEY": "",
-        "QSTASH_URL": "",
-        "QSTASH_MODE": "broker",
-        "OFFLINE_LLM_TOKENS_PER_SECOND": "2000",
-        "LOG_FORMAT": "json",
-    }
-    logs = Path(tmp_path_factory.mktemp("isolation-stack-logs"))
-    with Stack(ports=ports, overrides=overrides, log_dir=logs, quiet=True) as running:
+def stack(local_stack: Callable[..., AbstractContextManager[Stack]]) -> Iterator[Stack]:
+    with local_stack(
+        "iso",
+        OFFLINE_LLM_TOKENS_PER_SECOND="2000",
+    ) as running:
         yield running
 
 

@@ -3,16 +3,14 @@ stack with the SPEC's limits, then every accepted job drained and the accounts c
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 import pytest
-from support import free_port
 
 from scripts import loadtest
-from scripts.devstack import Ports, Stack
+from scripts.devstack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -20,22 +18,8 @@ SUBMITS, CLIENTS = 1000, 100
 
 
 @pytest.fixture(scope="module")
-def stack(
-    redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
-    overrides = {
-        **loadtest.local_overrides(),
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "REDIS_PREFIX": f"load-{uuid.uuid4().hex[:6]}:",
-        "OPENAI_API_KEY": "",
-        "QSTASH_URL": "",
-        "QSTASH_MODE": "broker",
-        "LOG_FORMAT": "json",
-    }
-    logs = Path(tmp_path_factory.mktemp("load-stack-logs"))
-    with Stack(ports=ports, overrides=overrides, log_dir=logs, quiet=True) as running:
+def stack(local_stack: Callable[..., AbstractContextManager[Stack]]) -> Iterator[Stack]:
+    with local_stack("load", **loadtest.local_overrides()) as running:
         yield running
 
 

@@ -13,7 +13,8 @@ import os
 import re
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,8 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
-from support import free_port
 
-from scripts.devstack import Ports, Stack
+from scripts.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -110,24 +110,13 @@ def error_code(body: Any) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(
-    redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
-    overrides = {
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "REDIS_PREFIX": f"openapi-{uuid.uuid4().hex[:6]}:",
-        "OPENAI_API_KEY": "",
-        "QSTASH_URL": "",
-        "QSTASH_MODE": "broker",
-        "INITIAL_COINS": "1",
-        "USER_MAX_ACTIVE_FREE": "1",
-        "OFFLINE_LLM_TOKENS_PER_SECOND": "2000",
-        "LOG_FORMAT": "json",
-    }
-    logs = Path(tmp_path_factory.mktemp("openapi-stack-logs"))
-    with Stack(ports=ports, overrides=overrides, log_dir=logs, quiet=True) as running:
+def stack(local_stack: Callable[..., AbstractContextManager[Stack]]) -> Iterator[Stack]:
+    with local_stack(
+        "openapi",
+        INITIAL_COINS="1",
+        USER_MAX_ACTIVE_FREE="1",
+        OFFLINE_LLM_TOKENS_PER_SECOND="2000",
+    ) as running:
         yield running
 
 

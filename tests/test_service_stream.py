@@ -7,6 +7,8 @@ import time
 import uuid
 
 import pytest
+import redis
+from support import wait_for
 
 from lib.config import Settings
 from lib.events import JobEvents, emit_terminal
@@ -31,6 +33,11 @@ def producer(redis_url: str, redis_prefix: str) -> Producer:
     return make_producer(redis_url, redis_prefix)
 
 
+def blocked_reads(client: redis.Redis) -> int:
+    """Clients that Redis holds blocked in XREAD (this test's reader, and any other test's)."""
+    return sum(1 for c in client.client_list() if "b" in c["flags"] and c["cmd"] == "xread")
+
+
 def test_a_quiet_stream_sends_heartbeats_and_ends_at_the_time_limit(producer: Producer) -> None:
     job = str(uuid.uuid4())
     JobEvents(producer.state, job, 1).running()
@@ -43,13 +50,21 @@ def test_a_quiet_stream_sends_heartbeats_and_ends_at_the_time_limit(producer: Pr
     assert 0.9 <= elapsed < 3
 
 
-def test_the_stream_ends_right_after_the_terminal_status(producer: Producer) -> None:
+def test_the_stream_ends_right_after_the_terminal_status(
+    producer: Producer, redis_url: str
+) -> None:
     job = str(uuid.uuid4())
     events = JobEvents(producer.state, job, 1, flush_ms=0)
     events.running()
+    watcher = redis.Redis.from_url(redis_url, decode_responses=True)
+    before = blocked_reads(watcher)
 
     def finish() -> None:
-        time.sleep(0.2)  # the reader is blocked by then; the test only needs the order below
+        # Once the reader has sent the first frame and blocks for the next one (XREAD BLOCK).
+        try:
+            wait_for(lambda: blocked_reads(watcher) > before, what="the reader to block")
+        finally:
+            watcher.close()
         events.delta("hello")
         emit_terminal(producer.state, job, "succeeded", result={"ok": 1}, error=None, attempt=1)
 

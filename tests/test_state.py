@@ -8,6 +8,8 @@ import time
 import uuid
 
 import pytest
+import redis
+from support import wait_for
 
 from lib.errors import RateLimitError
 from lib.events import JobEvents, StreamClosed, emit_terminal
@@ -145,16 +147,29 @@ def test_wait_returns_at_once_when_entries_exist(state: State) -> None:
     assert time.monotonic() - started < 2
 
 
-def test_wait_wakes_up_when_an_event_is_emitted(state: State) -> None:
+def readers_waiting(client: redis.Redis, state: State, job: str) -> int:
+    """Readers that Redis holds for a job's next event: clients blocked in XREAD (where the TCP
+    adapter waits; other tests' count too) and subscribers of the job's notify channel (where
+    the REST adapter waits, through the Upstash stand-in)."""
+    blocked = sum(1 for c in client.client_list() if "b" in c["flags"] and c["cmd"] == "xread")
+    return blocked + int(client.pubsub_numsub(state.keys.notify(job))[0][1])
+
+
+def test_wait_wakes_up_when_an_event_is_emitted(state: State, redis_url: str) -> None:
     job = new_id()
     first = state.emit(job, [("progress", {"pct": 1})])
     got: list[object] = []
     waiter = threading.Thread(target=lambda: got.append(state.wait(job, first, timeout=10)))
-    waiter.start()
-    time.sleep(0.3)  # let the waiter block first; the assertion below does not depend on it
-    second = state.emit(job, [("progress", {"pct": 2})])
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        before = readers_waiting(client, state, job)
+        waiter.start()
+        wait_for(lambda: readers_waiting(client, state, job) > before, what="the reader to block")
+    emitted = time.monotonic()
+    # As an attempt writes while a subscribed (REST) reader watches: with the id published.
+    second = state.emit(job, [("progress", {"pct": 2})], publish=True)
     waiter.join(10)
     assert got and [e for e, _ in got[0]] == [second]  # type: ignore[index]
+    assert time.monotonic() - emitted < 5, "the reader waited out its timeout instead"
 
 
 def test_wait_times_out_empty_without_new_events(state: State) -> None:
