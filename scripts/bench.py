@@ -749,7 +749,7 @@ async def _submit_load(bench: Bench, n: int, concurrency: int) -> dict[str, Any]
 def submit_path(bench: Bench, database_url: str, quick: bool) -> dict[str, Any]:
     import psycopg
 
-    n = 200 if quick else 1000
+    n = 200 if quick else 600
     say(f"submit path: {n} submits from 32 clients, instant LLM")
     load = asyncio.run(_submit_load(bench, n, 32))
     ids = [s.job_id for s in load.pop("streams") if s.job_id]
@@ -886,7 +886,7 @@ def concurrency(database_url: str, quick: bool) -> dict[str, Any]:
         bench = Bench(f"ramp-{name}", {**overrides, "PRODUCER_THREADS": "256"}, database_url)
         start_all([bench])
         try:
-            step, every, cap = (10, 4.0, 24.0) if quick else (25, 6.0, 84.0)
+            step, every, cap = (10, 4.0, 24.0) if quick else (25, 6.0, 66.0)
             out[name] = asyncio.run(_ramp(bench, step, every, cap, 1024))
         finally:
             bench.stop()
