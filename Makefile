@@ -49,7 +49,9 @@ check-deploy: $(STAMP)
 	scripts/check-deploy
 
 # Fault injection under load on the local stack (< 15 min); exits non-zero on any violation.
+# The clock-skew scenarios run the worker under libfaketime (Debian's faketime, installed here).
 chaos: $(STAMP)
+	scripts/install-faketime
 	$(PY) -m scripts.chaos
 
 # Latency and cost per job, ours against the original design: bench/results.json and plots.

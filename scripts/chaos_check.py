@@ -33,10 +33,15 @@ class Report:
 
 
 def check(
-    database_url: str, client: redis.Redis, prefix: str, load: Load, *, max_attempts: int = 0
+    database_url: str,
+    client: redis.Redis,
+    prefix: str,
+    load: Load,
+    *,
+    max_attempts: int | None = None,
 ) -> Report:
-    """Run every invariant. `max_attempts` > 0 also requires that no job ran more attempts
-    (used where no fault may cause a retry, e.g. duplicate deliveries)."""
+    """Run every invariant. `max_attempts` also requires that no job ran more attempts (used
+    where no fault may cause a retry, e.g. duplicate deliveries; 0 where none may run at all)."""
     report = Report()
     with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
         jobs = conn.execute(
@@ -72,7 +77,7 @@ def check(
 
 
 def _jobs_terminal_and_expected(
-    report: Report, load: Load, by_id: dict[str, dict[str, Any]], max_attempts: int
+    report: Report, load: Load, by_id: dict[str, dict[str, Any]], max_attempts: int | None
 ) -> None:
     for job in by_id.values():
         if job["status"] not in TERMINAL:
@@ -96,7 +101,7 @@ def _jobs_terminal_and_expected(
                 f"job {job['id']} ended {status} ({error.get('code')}: {error.get('message')}),"
                 f" expected {'/'.join(sorted(expected))} (attempts {job['attempts']})"
             )
-        if max_attempts and job["attempts"] > max_attempts:
+        if max_attempts is not None and job["attempts"] > max_attempts:
             report.add(f"job {job['id']} ran {job['attempts']} attempts (at most {max_attempts})")
 
 

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import redis
@@ -31,6 +32,9 @@ from scripts import embedded
 from scripts.chaos_load import Load, Monitor, Sent
 from scripts.chaos_proxy import Proxy
 from scripts.devstack import Stack
+
+if TYPE_CHECKING:
+    from scripts.chaos_clock import WorkerClock
 
 
 class Infra:
@@ -138,6 +142,7 @@ class FaultContext:
     infra: Infra
     load: Load
     proxy: Proxy | None = None
+    clock: WorkerClock | None = None
     started: float = field(default_factory=time.monotonic)
     injected: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)

@@ -170,15 +170,19 @@ class Monitor:
 
 
 class LeaseWatch:
-    """Samples the remaining TTL of every job lease in Redis: how close renewals cut it."""
+    """Samples the remaining TTL of every job lease in Redis (how close renewals cut it, and
+    that no lease outlives its TTL), and how far ahead the admission deadlines lie."""
 
     def __init__(self, redis_url: str, prefix: str, every: float = 0.25) -> None:
         import redis
 
         self.client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
         self.pattern = f"{prefix}job:*:lease"
+        self.admission = f"{prefix}adm:*"
         self.every = every
         self.min_ms: int | None = None
+        self.max_ms: int | None = None
+        self.admission_ahead_s: float | None = None
         self.below_1s = 0
         self.samples = 0
         self.errors = 0
@@ -195,21 +199,39 @@ class LeaseWatch:
         self.client.close()
 
     def _run(self) -> None:
+        rounds = 0
         while not self._stop.wait(self.every):
+            rounds += 1
             try:
-                keys = list(self.client.scan_iter(match=self.pattern, count=1000))
-                pipe = self.client.pipeline(transaction=False)
-                for key in keys:
-                    pipe.pttl(key)
-                ttls = [t for t in pipe.execute() if t is not None and t >= 0]
+                self._sample_leases()
+                if rounds % 8 == 0:
+                    self._sample_admission()
             except Exception:  # noqa: BLE001 - Redis may be paused or cut on purpose
                 self.errors += 1
-                continue
-            self.samples += len(ttls)
-            self.below_1s += sum(1 for t in ttls if t < 1000)
-            if ttls:
-                low = min(ttls)
-                self.min_ms = low if self.min_ms is None else min(self.min_ms, low)
+
+    def _sample_leases(self) -> None:
+        keys = list(self.client.scan_iter(match=self.pattern, count=1000))
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.pttl(key)
+        ttls = [t for t in pipe.execute() if t is not None and t >= 0]
+        self.samples += len(ttls)
+        self.below_1s += sum(1 for t in ttls if t < 1000)
+        if ttls:
+            low, high = min(ttls), max(ttls)
+            self.min_ms = low if self.min_ms is None else min(self.min_ms, low)
+            self.max_ms = high if self.max_ms is None else max(self.max_ms, high)
+
+    def _sample_admission(self) -> None:
+        """The furthest admission deadline from now (s): deadlines are set on the clock of the
+        process that admits or renews, so a skewed worker moves them by its skew."""
+        now_ms = int(time.time() * 1000)
+        for key in self.client.scan_iter(match=self.admission, count=1000):
+            top: Any = self.client.zrange(key, -1, -1, withscores=True)
+            if top:
+                ahead = (top[0][1] - now_ms) / 1000
+                if self.admission_ahead_s is None or ahead > self.admission_ahead_s:
+                    self.admission_ahead_s = round(ahead, 1)
 
 
 class Load:
