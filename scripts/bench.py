@@ -112,6 +112,8 @@ TARGETS = {
     "usd_per_1000_jobs_no_viewer": 0.10,
     "qstash_messages_per_successful_job": 1,
 }
+# The result keys of the sections (`--only` names them: cold, parse, cost, latency, ...).
+SECTIONS = {"cold_start", "llm_parse", "cost", "sweep", "latency", "submit", "concurrency"}
 API_FUNCTIONS = ["api.jobs", "api.events", "api.me", "api.health", "api.openapi"]
 
 
@@ -886,7 +888,7 @@ def concurrency(database_url: str, quick: bool) -> dict[str, Any]:
         bench = Bench(f"ramp-{name}", {**overrides, "PRODUCER_THREADS": "256"}, database_url)
         start_all([bench])
         try:
-            step, every, cap = (10, 4.0, 24.0) if quick else (25, 6.0, 66.0)
+            step, every, cap = (10, 4.0, 24.0) if quick else (50, 6.0, 60.0)
             out[name] = asyncio.run(_ramp(bench, step, every, cap, 1024))
         finally:
             bench.stop()
@@ -1196,10 +1198,13 @@ def main(argv: list[str] | None = None) -> int:
     results["plots"] = [] if args.out else plots(results)  # a side run keeps the main plots
     path = args.out or OUT / ("results-quick.json" if args.quick else "results.json")
     if args.only != parser.get_default("only") and path.exists():
-        # A partial run updates its own sections of the figures and keeps the others.
+        # A partial run updates its own sections of the figures and keeps the others; the
+        # run-wide fields stay those of the full run, and the partial run is recorded apart.
         earlier = json.loads(path.read_text())
-        runs = {**earlier.get("runs", {}), **{key: results["date"] for key in results}}
-        results = {**earlier, **results, "runs": runs}
+        run = {k: results[k] for k in ("date", "machine", "seconds", "command")}
+        sections_run = {k: v for k, v in results.items() if k in SECTIONS}
+        partial = {**earlier.get("partial_runs", {}), ",".join(sorted(sections_run)): run}
+        results = {**earlier, **sections_run, "partial_runs": partial}
     path.write_text(json.dumps(results, indent=2) + "\n")
     print()
     print(table(results))
