@@ -896,6 +896,14 @@ def concurrency(database_url: str, quick: bool) -> dict[str, Any]:
 
 
 # Report ----------------------------------------------------------------------------------------
+def _save(plt: Any, fig: Any, name: str) -> Path:
+    fig.tight_layout()
+    path = OUT / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _plot_latency(plt: Any, lat: dict[str, Any]) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.5))
     labels = list(lat)
@@ -910,11 +918,7 @@ def _plot_latency(plt: Any, lat: dict[str, Any]) -> Path:
     ax.set_yscale("log")
     ax.set_ylabel("added delta latency, ms (dot p50, bar to p99)")
     ax.set_title("Token to browser: ours (blue) against the original design (red)")
-    fig.tight_layout()
-    path = OUT / "latency.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "latency.png")
 
 
 def _plot_tradeoff(plt: Any, sweep_res: dict[str, Any]) -> Path:
@@ -935,11 +939,7 @@ def _plot_tradeoff(plt: Any, sweep_res: dict[str, Any]) -> Path:
         ax.set_xlabel("p50 added latency, ms")
         ax.set_ylabel("Redis commands per 1,000 tokens (1 viewer)")
         ax.set_title(f"{rate}: flush interval trade-off")
-    fig.tight_layout()
-    path = OUT / "cost-latency.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "cost-latency.png")
 
 
 def _plot_concurrency(plt: Any, conc: dict[str, Any]) -> Path:
@@ -956,11 +956,7 @@ def _plot_concurrency(plt: Any, conc: dict[str, Any]) -> Path:
     ax2.set_ylabel("worker RSS, MB")
     ax.legend(loc="upper left")
     ax2.legend(loc="upper right")
-    fig.tight_layout()
-    path = OUT / "concurrency.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "concurrency.png")
 
 
 def plots(results: dict[str, Any]) -> list[str]:

@@ -519,18 +519,25 @@ def test_cancelling_a_running_job_stops_the_attempt_and_refunds_once(
     assert not env.lease_held(job.job_id)
 
 
-def test_an_unwatched_attempt_holds_its_output_and_still_stops_soon_after_a_cancel(
-    env: WorkerEnv, db: Db
-) -> None:
-    from lib.events import emit_terminal
-
-    job = env.create_job("[[llm:slow=30]]")  # nobody watches: the text is held
+def start_unwatched(env: WorkerEnv, job: Created) -> tuple[threading.Thread, list[TestResponse]]:
+    """Deliver `job` in a thread; return once its attempt runs, holding its output (nobody
+    watches), with the thread and the list its answer will be appended to."""
     answers: list[TestResponse] = []
     runner = threading.Thread(target=lambda: answers.append(deliver(env, job)))
     runner.start()
     wait_for(lambda: env.executor.running() == 1, timeout=10, what="the attempt to start")
     wait_for(lambda: env.lease_held(job.job_id), timeout=10, what="the lease")
     assert "delta" not in [e.type for e in env.stream(job.job_id)]  # held: nobody watches
+    return runner, answers
+
+
+def test_an_unwatched_attempt_holds_its_output_and_still_stops_soon_after_a_cancel(
+    env: WorkerEnv, db: Db
+) -> None:
+    from lib.events import emit_terminal
+
+    job = env.create_job("[[llm:slow=30]]")  # nobody watches: the text is held
+    runner, answers = start_unwatched(env, job)
     cancelled_at = time.monotonic()
     emit_terminal(env.state, job.job_id, "cancelled", result=None, error=None, attempt=1)
     runner.join(10)
@@ -546,12 +553,7 @@ def test_a_viewer_arriving_mid_attempt_gets_the_output_at_once_not_at_the_next_h
 ) -> None:
     env = make_worker(lease_ttl_seconds=60)  # the heartbeat comes every 20 s
     job = env.create_job("[[llm:slow=30]]")  # about 8 s of output
-    answers: list[TestResponse] = []
-    runner = threading.Thread(target=lambda: answers.append(deliver(env, job)))
-    runner.start()
-    wait_for(lambda: env.executor.running() == 1, timeout=10, what="the attempt to start")
-    wait_for(lambda: env.lease_held(job.job_id), timeout=10, what="the lease")
-    assert "delta" not in [e.type for e in env.stream(job.job_id)]  # held: nobody watches
+    runner, answers = start_unwatched(env, job)
     arrived = time.monotonic()
     assert env.state.watch(job.job_id, "tcp") is True  # what the SSE endpoint does
     wait_for(
