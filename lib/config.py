@@ -120,7 +120,8 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=1, le=65535)
     web_concurrency: int = Field(2, ge=1)
     gunicorn_threads: int = Field(64, ge=1)
-    gunicorn_worker_class: str = "gthread"
+    # gevent carried 450 live jobs on 2 cores where gthread broke down at 150 (docs/performance.md).
+    gunicorn_worker_class: str = "gevent"
     prometheus_multiproc_dir: str = ""
 
     # Observability. /metrics reads the producer's admission refusals from Redis at most this

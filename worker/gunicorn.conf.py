@@ -1,8 +1,10 @@
 """gunicorn settings for the worker: many concurrent, long-held LLM requests per process.
 
-gthread: each delivery holds one thread for the job's whole run (10 s to 7 min), mostly waiting
-on the LLM's stream, so threads are cheap and plentiful. See docs/performance.md for the
-gthread/gevent measurements behind the defaults. Everything comes from the environment
+Each delivery is held for the job's whole run (10 s to 7 min), mostly waiting on the LLM's
+stream. gevent (the default) runs them as greenlets on one hub per process; gthread as threads.
+See docs/performance.md for the gthread/gevent measurements behind the default. With gevent,
+psycopg must be imported after gunicorn patches (it is: the master never imports it; do not
+set `preload_app`). Everything comes from the environment
 (PORT, WEB_CONCURRENCY, GUNICORN_THREADS, GUNICORN_WORKER_CLASS) through lib.config.
 """
 
@@ -20,7 +22,7 @@ workers = _settings.web_concurrency
 worker_class = _settings.gunicorn_worker_class
 threads = _settings.gunicorn_threads
 worker_connections = _settings.gunicorn_threads + 100
-# gthread's timeout is the worker heartbeat, not a request limit: a 7-minute job is fine.
+# The timeout is the worker's heartbeat to the master, not a request limit: a 7-minute job is fine.
 timeout = 60
 # SIGTERM: in-flight jobs get WORKER_DRAIN_SECONDS to finish, then answer the broker retryably;
 # gunicorn waits a little longer than that before it kills the process.
