@@ -79,14 +79,15 @@ def test_a_crashed_jobs_slot_frees_itself_when_its_deadline_passes(
     short.admit(new_id(), "free", user)
     with pytest.raises(RateLimitError):
         short.admit(new_id(), "free", user)
-    deadline = time.monotonic() + 5
-    while True:
+
+    def admitted() -> bool:
         try:
             short.admit(new_id(), "free", user)
-            break
         except RateLimitError:
-            assert time.monotonic() < deadline, "slot never expired"
-            time.sleep(0.05)
+            return False
+        return True
+
+    wait_for(admitted, timeout=5, what="the expired slot to free itself")
     assert short.live("free") == 1
 
 
@@ -227,23 +228,25 @@ def test_a_new_viewer_is_announced_once_and_refreshes_are_silent(state: State) -
     listener = threading.Thread(target=listen)
     listener.start()
     try:
-        # Announce until the listener is surely subscribed (a PUBLISH before that is lost).
-        deadline = time.monotonic() + 10
-        while not heard and time.monotonic() < deadline:
+
+        def announced() -> bool:
+            # A PUBLISH before the listener has subscribed is lost: announce until one is heard.
             state.backend.command("DEL", state.keys.watch(job))
             assert state.watch(job, "rest") is True
-            waited = time.monotonic() + 0.5
-            while not heard and time.monotonic() < waited:
-                time.sleep(0.02)
-        assert heard and set(heard) == {(job, "rest")}
+            try:
+                wait_for(lambda: heard, timeout=0.5)
+            except AssertionError:
+                return False
+            return True
+
+        wait_for(announced, timeout=10, what="the listener to hear a new viewer")
+        assert set(heard) == {(job, "rest")}
         count = len(heard)
         assert state.watch(job, "rest") is False  # a refresh: the key is still there
         assert state.watch(job, "rest") is False
         other = new_id()
         assert state.watch(other, "tcp") is True
-        deadline = time.monotonic() + 5
-        while (other, "tcp") not in heard and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: (other, "tcp") in heard, timeout=5, what="the second viewer")
         assert heard[count:] == [(other, "tcp")]
     finally:
         stop.set()
