@@ -113,7 +113,9 @@ class RestBackend:
                     kind, _, rest = line.removeprefix("data:").lstrip().partition(",")
                     if line.startswith("data:") and kind == "message":
                         yield rest.partition(",")[2]
-        except (httpx.ReadTimeout, *_DOWN) as exc:
+        except httpx.ReadTimeout:
+            return  # a quiet channel: the caller subscribes again, nothing is wrong
+        except _DOWN as exc:
             if stop.is_set():
                 return
             raise UnavailableError("redis is unavailable") from exc
