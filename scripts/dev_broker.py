@@ -3,6 +3,8 @@
 Run it with `python -m scripts.dev_broker --host 127.0.0.1 --port 8081`. `QSTASH_TOKEN`,
 `QSTASH_CURRENT_SIGNING_KEY` and `QSTASH_NEXT_SIGNING_KEY` override the dev defaults;
 `DEV_BROKER_TIME_SCALE` (default 1) shortens delays, and `--time-scale` wins over it.
+`QSTASH_PLAN` (default `payg`; `--plan` wins) sets the limits it enforces as QStash does: the
+account-wide parallelism, the retry maximum and the response-time limit (lib/queue/plans.py).
 
 REST API, as the official SDK calls it (https://upstash.com/docs/qstash/api-reference):
 `POST /v2/publish/<url>`, `GET|DELETE /v2/messages/<id>`, `DELETE /v2/messages`, `GET|DELETE
@@ -28,10 +30,10 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.datastructures import Headers
 from werkzeug.serving import make_server
 
+from lib.queue.plans import DEFAULT_PLAN, PLANS, Plan, plan
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
 from scripts.dev_broker_core import Broker
 from scripts.dev_broker_model import (
-    CALLBACK_RETRIES,
     Message,
     RuleError,
     evaluate_retry_delay,
@@ -43,8 +45,8 @@ from scripts.dev_broker_model import (
 log = logging.getLogger("dev_broker")
 
 DEFAULT_RETRIES = 3
-# The free plan's maximum HTTP response time, the default when `Upstash-Timeout` is absent.
-DEFAULT_TIMEOUT_SECONDS = 900.0
+# A delivery's longest wait when neither `Upstash-Timeout` nor the plan (enterprise) bounds it.
+UNBOUNDED_TIMEOUT_SECONDS = 86400.0
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 PUBLISH_PREFIX = "/v2/publish/"
 DLQ_PAGE_MAX = 100
@@ -129,6 +131,28 @@ def _dedup_key(headers: Headers, message: Message) -> str | None:
     return "content:" + digest.hexdigest()
 
 
+def _retries(headers: Headers, name: str, default: int, limits: Plan) -> int:
+    value = _int_header(headers, name, default)
+    # QStash caps retries per plan ("Max Retry Count", lib/queue/plans.py) and does not document
+    # the answer to a publish over it; the stand-in refuses it as it refuses any invalid header
+    # (400 with {"error": ...}), so a producer that asks for more than its plan allows notices.
+    if limits.max_retries is not None and value > limits.max_retries:
+        _abort(f"{name}={value} is over the {limits.name} plan's maximum of {limits.max_retries}")
+    return value
+
+
+def _timeout(headers: Headers, limits: Plan) -> float:
+    # Without Upstash-Timeout a delivery may run for the plan's whole response limit; with it, no
+    # longer than that limit either (https://upstash.com/docs/qstash/features/retry: "QStash will
+    # abort a delivery attempt if the HTTP call ... does not return within the plan-specific Max
+    # HTTP Response Duration").
+    ceiling = limits.max_response_seconds or UNBOUNDED_TIMEOUT_SECONDS
+    if "Upstash-Timeout" not in headers:
+        return ceiling
+    given = parse_duration(headers["Upstash-Timeout"])
+    return min(given, ceiling) if given > 0 else ceiling
+
+
 def parse_publish(
     environ: Mapping[str, Any],
     headers: Headers,
@@ -136,11 +160,17 @@ def parse_publish(
     *,
     time_scale: float,
     caller_ip: str | None = None,
+    limits: Plan | None = None,
 ) -> tuple[Message, str | None]:
     """Turn a `POST /v2/publish/<url>` request into a Message and its deduplication key.
 
-    Raises RuleError, whose message is safe to return to the client, on any invalid header.
+    `limits` is the account's plan (default: pay-as-you-go). Callbacks get the message's own
+    retry count unless `Upstash-Callback-Retries` / `Upstash-Failure-Callback-Retries` say
+    otherwise (https://upstash.com/docs/qstash/features/callbacks, "Configuring Callbacks":
+    "Default is same as original message retries"). Raises RuleError, whose message is safe to
+    return to the client, on any invalid header or a retry count over the plan's maximum.
     """
+    limits = limits or plan(DEFAULT_PLAN)
     now = time.time()
     destination = _destination(environ)
     forwarded = _forwarded(headers)
@@ -152,9 +182,7 @@ def parse_publish(
     retry_delay = headers.get("Upstash-Retry-Delay")
     if retry_delay is not None:
         evaluate_retry_delay(retry_delay, 0)
-    timeout = DEFAULT_TIMEOUT_SECONDS
-    if "Upstash-Timeout" in headers:
-        timeout = parse_duration(headers["Upstash-Timeout"])
+    max_retries = _retries(headers, "Upstash-Retries", DEFAULT_RETRIES, limits)
     flow_key = headers.get("Upstash-Flow-Control-Key")
     message = Message(
         message_id=new_message_id(),
@@ -162,18 +190,18 @@ def parse_publish(
         method=method,
         body=body,
         headers=forwarded["destination"],
-        max_retries=_int_header(headers, "Upstash-Retries", DEFAULT_RETRIES),
+        max_retries=max_retries,
         not_before=_not_before(headers, now, time_scale),
-        timeout=timeout if timeout > 0 else DEFAULT_TIMEOUT_SECONDS,
+        timeout=_timeout(headers, limits),
         created_at=now,
         retry_delay=retry_delay,
         callback=_url_header(headers, "Upstash-Callback"),
         failure_callback=_url_header(headers, "Upstash-Failure-Callback"),
         callback_headers=forwarded["callback"],
         failure_callback_headers=forwarded["failure_callback"],
-        callback_retries=_int_header(headers, "Upstash-Callback-Retries", CALLBACK_RETRIES),
-        failure_callback_retries=_int_header(
-            headers, "Upstash-Failure-Callback-Retries", CALLBACK_RETRIES
+        callback_retries=_retries(headers, "Upstash-Callback-Retries", max_retries, limits),
+        failure_callback_retries=_retries(
+            headers, "Upstash-Failure-Callback-Retries", max_retries, limits
         ),
         flow=parse_flow_control(flow_key, headers.get("Upstash-Flow-Control-Value", ""))
         if flow_key
@@ -241,6 +269,7 @@ def publish(_destination: str) -> Response:
         request.get_data(),
         time_scale=broker.time_scale,
         caller_ip=request.remote_addr,
+        limits=broker.plan,
     )
     message_id, deduplicated = broker.publish(message, dedup_key)
     resp = jsonify(messageId=message_id, deduplicated=deduplicated)
@@ -313,17 +342,21 @@ def create_app(
     current_signing_key: str = DEV_CURRENT_SIGNING_KEY,
     next_signing_key: str = DEV_NEXT_SIGNING_KEY,
     time_scale: float = 1.0,
+    limits: str | Plan = DEFAULT_PLAN,
 ) -> Flask:
     """Return the broker's WSGI app with its scheduler already running.
 
     `time_scale` multiplies the default backoff, `Upstash-Retry-Delay` and `Upstash-Delay`; it
     never changes `Upstash-Not-Before`, a destination's `Retry-After`, timeouts or flow-control
-    periods. Call `app.broker.stop()` (the same object as `app.extensions["dev_broker"]`) to stop
-    scheduling. Raises ValueError when `time_scale` is not positive.
+    periods. `limits` is the QStash plan (a name from lib/queue/plans.py, or a Plan) whose
+    account-wide parallelism, retry maximum and response-time limit the broker enforces. Call
+    `app.broker.stop()` (the same object as `app.extensions["dev_broker"]`) to stop scheduling.
+    Raises ValueError when `time_scale` is not positive or the plan is unknown.
     """
     if time_scale <= 0:
         raise ValueError("time_scale must be positive")
-    broker = Broker(signing_key=current_signing_key, time_scale=time_scale)
+    account = limits if isinstance(limits, Plan) else plan(limits)
+    broker = Broker(signing_key=current_signing_key, time_scale=time_scale, limits=account)
     app = Flask(__name__)
     app.url_map.merge_slashes = False
     app.config["QSTASH_TOKEN"] = token
@@ -354,7 +387,16 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="multiply retry delays and Upstash-Delay (default: $DEV_BROKER_TIME_SCALE or 1)",
     )
+    parser.add_argument(
+        "--plan",
+        choices=sorted(PLANS),
+        default=None,
+        help=f"the QStash plan whose limits apply (default: $QSTASH_PLAN or {DEFAULT_PLAN})",
+    )
     args = parser.parse_args(argv)
+    plan_name = args.plan or os.environ.get("QSTASH_PLAN") or DEFAULT_PLAN
+    if plan_name not in PLANS:
+        parser.error(f"QSTASH_PLAN must be one of {', '.join(PLANS)}")
     env_scale = os.environ.get("DEV_BROKER_TIME_SCALE", "")
     try:
         time_scale = args.time_scale if args.time_scale is not None else float(env_scale or 1.0)
@@ -370,10 +412,17 @@ def main(argv: list[str] | None = None) -> None:
         current_signing_key=os.environ.get("QSTASH_CURRENT_SIGNING_KEY") or DEV_CURRENT_SIGNING_KEY,
         next_signing_key=os.environ.get("QSTASH_NEXT_SIGNING_KEY") or DEV_NEXT_SIGNING_KEY,
         time_scale=time_scale,
+        limits=plan_name,
     )
     server = make_server(args.host, args.port, app, threaded=True)
     signal.signal(signal.SIGTERM, _sigterm)
-    log.info("dev broker on http://%s:%d time_scale=%g", args.host, server.port, time_scale)
+    log.info(
+        "dev broker on http://%s:%d time_scale=%g plan=%s",
+        args.host,
+        server.port,
+        time_scale,
+        plan_name,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ from typing import Any
 
 import requests
 
+from lib.queue.plans import DEFAULT_PLAN, Plan, plan
 from lib.queue.signing import sign
 from scripts.dev_broker_model import (
     Message,
@@ -68,19 +69,27 @@ class _FlowState:
 def http_attempt(msg: Message, headers: dict[str, str]) -> Outcome:
     """Send one delivery attempt; never raises: any failure to get a response is an Outcome.
 
-    `msg.timeout` bounds the wait for each byte of the response, which for a worker that answers
-    once the job is done is the wait for the whole response.
+    `msg.timeout` (Upstash-Timeout, at most the plan's response-time limit) bounds the whole
+    response, as QStash aborts an attempt that does not return within it: no answer within it,
+    or a body still arriving past it, is a failed attempt like a transport error.
     """
+    deadline = time.monotonic() + msg.timeout
     try:
-        resp = requests.request(
+        with requests.request(
             msg.method,
             msg.url,
             data=msg.body,
             headers=headers,
             timeout=(min(msg.timeout, 10.0), msg.timeout),
             allow_redirects=False,
-        )
-        return Outcome(resp.status_code, dict(resp.headers), resp.content)
+            stream=True,
+        ) as resp:
+            chunks = []
+            for chunk in resp.iter_content(65536):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    return Outcome(None, error="Timeout: the response outlived the timeout")
+            return Outcome(resp.status_code, dict(resp.headers), b"".join(chunks))
     except Exception as exc:  # noqa: BLE001 - a dead worker can fail in many ways; all are retried
         return Outcome(None, error=f"{type(exc).__name__}: delivery failed")
 
@@ -91,6 +100,8 @@ class Broker:
     `time_scale` multiplies every relative delay the broker computes or is given: the default
     backoff, `Upstash-Retry-Delay` and `Upstash-Delay`. Wall-clock promises are kept as given:
     `Upstash-Not-Before`, a destination's `Retry-After`, `Upstash-Timeout`, flow-control periods.
+    `limits` is the account's QStash plan: at most `limits.parallelism` deliveries (callbacks
+    included) are in flight at once across every flow-control key, the rest wait their turn.
     `stop()` ends scheduling; in-flight attempts run on daemon threads and are not waited for.
     """
 
@@ -99,10 +110,13 @@ class Broker:
         *,
         signing_key: str,
         time_scale: float = 1.0,
+        limits: Plan | None = None,
         send: Callable[[Message, dict[str, str]], Outcome] = http_attempt,
     ) -> None:
         self.signing_key = signing_key
         self.time_scale = time_scale
+        self.plan = limits or plan(DEFAULT_PLAN)
+        self._account = _FlowState()
         self._send = send
         self._cond = threading.Condition()
         self._stopped = False
@@ -237,8 +251,13 @@ class Broker:
         msg = self._messages.get(message_id)
         if msg is None or msg.state not in PENDING_STATES:
             return
+        cap = self.plan.parallelism
+        if cap is not None and self._account.in_flight >= cap:
+            self._account.waiting.append(message_id)
+            return
         if msg.flow is not None and not self._flow_admits(msg, now):
             return
+        self._account.in_flight += 1
         msg.state = "ACTIVE"
         self._counts["deliveries"] += 1
         threading.Thread(
@@ -262,9 +281,11 @@ class Broker:
         return True
 
     def _flow_release(self, msg: Message) -> None:
-        if msg.flow is None:
-            return
-        flow = self._flows[msg.flow.key]
+        self._wake(self._account)
+        if msg.flow is not None:
+            self._wake(self._flows[msg.flow.key])
+
+    def _wake(self, flow: _FlowState) -> None:
         flow.in_flight -= 1
         # Wake the oldest waiter that is still pending; cancelled ones would waste the slot.
         while flow.waiting:
@@ -368,6 +389,7 @@ class Broker:
         url = msg.failure_callback if failure else msg.callback
         assert url is not None
         forwarded = msg.failure_callback_headers if failure else msg.callback_headers
+        retries = msg.failure_callback_retries if failure else msg.callback_retries
         self._counts["callbacks"] += 1
         self._enqueue(
             Message(
@@ -376,7 +398,7 @@ class Broker:
                 method="POST",
                 body=callback_body(msg, outcome, dlq_id),
                 headers={**forwarded, "Content-Type": "application/json"},
-                max_retries=msg.failure_callback_retries if failure else msg.callback_retries,
+                max_retries=msg.max_retries if retries is None else retries,
                 not_before=time.time(),
                 timeout=msg.timeout,
             )

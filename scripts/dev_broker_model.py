@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-CALLBACK_RETRIES = 3
 MAX_EXPRESSION_LENGTH = 256
 
 
@@ -59,8 +58,9 @@ class Message:
     failure_callback: str | None = None
     callback_headers: dict[str, str] = field(default_factory=dict)
     failure_callback_headers: dict[str, str] = field(default_factory=dict)
-    callback_retries: int = CALLBACK_RETRIES
-    failure_callback_retries: int = CALLBACK_RETRIES
+    # None: the callback gets the message's own retry count, as QStash documents.
+    callback_retries: int | None = None
+    failure_callback_retries: int | None = None
     flow: FlowControl | None = None
     label: str | None = None
     caller_ip: str | None = None

@@ -1,210 +1,39 @@
 """The dev broker, driven through the official qstash SDK against a real recording destination.
 
-The broker runs at time_scale=0.001, so the documented backoff (12 s, 2 min 28 s, ...) takes
-milliseconds. Every request the destination receives is checked with both `qstash.Receiver` and
-`lib.queue.receiver.verify`; a fixture fails the test if any signature did not verify.
+The harness (broker, destination, signature checks) is tests/broker_support.py.
 """
 
 from __future__ import annotations
 
 import base64
-import itertools
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
-from flask import Flask, Response, request
-from qstash import QStash, Receiver
+from qstash import QStash
 from qstash.errors import QStashError
-from support import free_port, serve_wsgi, wait_for
-from werkzeug.exceptions import NotFound
-from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from support import free_port, wait_for
 
-from lib.queue import receiver
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
 from scripts.dev_broker import create_app
 from scripts.dev_broker_model import RuleError, evaluate_retry_delay, parse_duration
 
-SCALE = 0.001
+if TYPE_CHECKING:
+    from broker_support import Destination, RunningBroker
+
+pytest_plugins = ("broker_support",)
+
+SCALE = 0.001  # the harness's time scale (tests/broker_support.py)
 AUTH = {"Authorization": f"Bearer {DEV_TOKEN}"}
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Delivery:
-    """One request the destination received."""
-
-    method: str
-    path: str
-    url: str
-    headers: dict[str, str]
-    body: bytes
-    at: float
-    signature_errors: list[str] = field(default_factory=list)
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class Destination:
-    """A loopback HTTP endpoint that records requests and answers what each test scripts."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.deliveries: list[Delivery] = []
-        self.replies: dict[str, list[tuple[int, dict[str, str], str]]] = {}
-        self.holds: dict[str, float] = {}
-        self.resets: dict[str, int] = {}
-        self.release = threading.Event()
-        self.in_flight: dict[str, int] = {}
-        self.max_in_flight: dict[str, int] = {}
-        self.url = ""
-        self.app = Flask("destination")
-        self.app.add_url_rule(
-            "/<path:path>", "any", self._handle, methods=["GET", "POST", "PUT", "DELETE"]
-        )
-
-    def script(self, path: str, *replies: tuple[int, dict[str, str], str]) -> None:
-        """Answer the next requests to `path` with `replies`, then 200 "ok"."""
-        self.replies[f"/{path}"] = list(replies)
-
-    def hold(self, path: str, seconds: float) -> None:
-        """Keep requests to `path` open `seconds`, or until `release` is set."""
-        self.holds[f"/{path}"] = seconds
-
-    def reset(self, path: str, times: int) -> None:
-        """Drop the connection of the next `times` requests to `path` without an answer."""
-        self.resets[f"/{path}"] = times
-
-    def to(self, path: str) -> list[Delivery]:
-        with self.lock:
-            return [d for d in self.deliveries if d.path == f"/{path}"]
-
-    def _verify(self, delivery: Delivery) -> None:
-        signature = delivery.headers.get("Upstash-Signature", "")
-        try:
-            Receiver(DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY).verify(
-                signature=signature, body=delivery.body.decode(), url=delivery.url
-            )
-        except Exception as exc:  # noqa: BLE001 - recorded, then asserted by the fixture
-            delivery.signature_errors.append(f"qstash.Receiver: {exc!r}")
-        try:
-            receiver.verify(
-                signature,
-                delivery.body,
-                keys=[DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY],
-                url=delivery.url,
-            )
-        except receiver.InvalidSignature as exc:
-            delivery.signature_errors.append(f"lib.queue.receiver: {exc!r}")
-
-    def _handle(self, path: str) -> Response:
-        delivery = Delivery(
-            method=request.method,
-            path=f"/{path}",
-            url=request.url,
-            headers=dict(request.headers),
-            body=request.get_data(),
-            at=time.time(),
-        )
-        self._verify(delivery)
-        with self.lock:
-            self.deliveries.append(delivery)
-            current = self.in_flight.get(delivery.path, 0) + 1
-            self.in_flight[delivery.path] = current
-            self.max_in_flight[delivery.path] = max(
-                current, self.max_in_flight.get(delivery.path, 0)
-            )
-            queue = self.replies.get(delivery.path)
-            status, headers, body = queue.pop(0) if queue else (200, {}, "ok")
-            drop = self.resets.get(delivery.path, 0) > 0
-            if drop:
-                self.resets[delivery.path] -= 1
-        try:
-            if drop:
-                # What a SIGKILLed worker leaves behind: the connection ends mid-request.
-                request.environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
-            if delivery.path in self.holds:
-                self.release.wait(self.holds[delivery.path])
-        finally:
-            with self.lock:
-                self.in_flight[delivery.path] -= 1
-        return Response(body, status=status, headers=headers)
-
-
-@dataclass
-class RunningBroker:
-    url: str
-    app: Flask
-    client: QStash
-
-    def stats(self) -> dict[str, int]:
-        resp = requests.get(f"{self.url}/v2/_dev/stats", headers=AUTH, timeout=5)
-        resp.raise_for_status()
-        stats: dict[str, int] = resp.json()
-        return stats
-
-    def state(self, message_id: str) -> str:
-        resp = requests.get(f"{self.url}/v2/messages/{message_id}", headers=AUTH, timeout=5)
-        resp.raise_for_status()
-        return str(resp.json()["state"])
-
-
-_mount_ids = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def mounts() -> Iterator[tuple[str, DispatcherMiddleware]]:
-    """One loopback server for the module; each test mounts its own apps under a fresh prefix.
-
-    Starting and shutting down a server per test costs half a second each; a fresh prefix also
-    keeps a stopped broker's last in-flight request from reaching the next test's destination.
-    """
-    dispatcher = DispatcherMiddleware(NotFound(), {})
-    with serve_wsgi(dispatcher) as url:
-        yield url, dispatcher
-
-
-def _mount(mounts: tuple[str, DispatcherMiddleware], app: Any) -> tuple[str, str]:
-    url, dispatcher = mounts
-    prefix = f"/m{next(_mount_ids)}"
-    dispatcher.mounts[prefix] = app
-    return url + prefix, prefix
-
-
-@pytest.fixture
-def broker(mounts: tuple[str, DispatcherMiddleware]) -> Iterator[RunningBroker]:
-    app = create_app(time_scale=SCALE)
-    url, prefix = _mount(mounts, app)
-    try:
-        yield RunningBroker(url, app, QStash(DEV_TOKEN, base_url=url))
-    finally:
-        app.broker.stop()
-        del mounts[1].mounts[prefix]
-
-
-@pytest.fixture
-def dest(mounts: tuple[str, DispatcherMiddleware]) -> Iterator[Destination]:
-    destination = Destination()
-    destination.url, prefix = _mount(mounts, destination.app)
-    try:
-        yield destination
-    finally:
-        destination.release.set()
-        del mounts[1].mounts[prefix]
-    unsigned = [(d.path, d.signature_errors) for d in destination.deliveries if d.signature_errors]
-    assert not unsigned, f"deliveries whose signature did not verify: {unsigned}"
 
 
 def b64decode(text: str) -> bytes:
@@ -592,8 +421,9 @@ def test_a_success_callback_carries_the_response_and_is_signed(
 
 
 def test_three_hundred_deliveries_can_be_held_open_at_once(
-    broker: RunningBroker, dest: Destination
+    make_broker: Callable[..., RunningBroker], dest: Destination
 ) -> None:
+    broker = make_broker("fixed-10m")  # parallelism 1000: pay-as-you-go would cap it at 100
     dest.hold("long", 30)
     for n in range(300):
         broker.client.message.publish(url=f"{dest.url}/long", body=str(n))
@@ -619,6 +449,7 @@ def test_the_cli_reads_its_environment_lets_the_flag_win_and_exits_cleanly_on_si
         **os.environ,
         "QSTASH_TOKEN": "custom-token",
         "DEV_BROKER_TIME_SCALE": "0.5",
+        "QSTASH_PLAN": "free",
         "PYTHONPATH": str(ROOT),
     }
     proc = subprocess.Popen(
@@ -645,5 +476,5 @@ def test_the_cli_reads_its_environment_lets_the_flag_win_and_exits_cleanly_on_si
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=10)
     assert proc.returncode == 0
-    assert "time_scale=0.25" in stderr
+    assert "time_scale=0.25 plan=free" in stderr
     assert "custom-token" not in stderr
