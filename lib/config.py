@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from lib.errors import ConfigError
+from lib.queue import plans
 
 Role = Literal["api", "worker", "any"]
 
@@ -53,6 +54,9 @@ class Settings(BaseSettings):
     supabase_jwt_secret: str = ""
     supabase_jwks_url: str = ""
     store_backend: Literal["auto", "postgres", "supabase"] = "auto"
+    # Postgres clients of one worker instance, all its gunicorn processes together. Two replicas
+    # (WORKER_REPLICAS' default) hold 12, within Supabase's smallest session pooler (15 clients).
+    db_max_connections: int = Field(6, ge=1)
 
     # Stream tokens (scoped to one job) are HS256 JWTs signed with this secret.
     stream_token_secret: str = ""
@@ -65,12 +69,16 @@ class Settings(BaseSettings):
     qstash_next_signing_key: str = ""
     qstash_mode: Literal["broker", "direct"] = "broker"
     qstash_clock_tolerance_seconds: int = Field(30, ge=0, le=600)
+    # The QStash plan (lib/queue/plans.py): its parallelism, retry maximum and response-time
+    # limit bound JOB_RETRIES, JOB_TIMEOUT_SECONDS and LLM_MAX_CONCURRENCY_* (`plan_problems`).
+    qstash_plan: plans.PlanName = plans.DEFAULT_PLAN
     worker_url: str = ""
-    job_retries: int = Field(3, ge=0, le=20)
+    job_retries: int = Field(3, ge=0, le=100)
     # QStash `Upstash-Retry-Delay` expression in ms (e.g. "1000 * (1 + retried)"); empty keeps
     # QStash's default exponential backoff.
     job_retry_delay: str = ""
-    job_timeout_seconds: int = Field(900, ge=10)
+    # Jobs run up to 7 min; the free plan cuts a delivery at 15 min.
+    job_timeout_seconds: int = Field(600, ge=10)
 
     # Admission and quotas (SPEC "Limits, fairness, coins").
     queue_max_free: int = Field(20, ge=0)
@@ -262,6 +270,19 @@ def _shared_problems(s: Settings) -> list[str]:
     return problems
 
 
+def plan_problems(s: Settings) -> list[str]:
+    """The settings that QSTASH_PLAN cannot honour: retries, response time, parallelism."""
+    return plans.problems(
+        s.qstash_plan,
+        job_retries=s.job_retries,
+        job_timeout_seconds=s.job_timeout_seconds,
+        concurrency={
+            "LLM_MAX_CONCURRENCY_FREE": s.llm_max_concurrency_free,
+            "LLM_MAX_CONCURRENCY_PAID": s.llm_max_concurrency_paid,
+        },
+    )
+
+
 def _api_problems(s: Settings) -> list[str]:
     problems = []
     if not s.supabase_jwt_secret and not s.jwks_url:
@@ -283,6 +304,11 @@ def _api_problems(s: Settings) -> list[str]:
 
 def _worker_problems(s: Settings) -> list[str]:
     problems = []
+    if s.uses_postgres and s.db_max_connections < s.web_concurrency:
+        problems.append(
+            f"DB_MAX_CONNECTIONS={s.db_max_connections} gives each of the WEB_CONCURRENCY="
+            f"{s.web_concurrency} worker processes less than one connection"
+        )
     if not s.signing_keys:
         problems.append("set QSTASH_CURRENT_SIGNING_KEY and QSTASH_NEXT_SIGNING_KEY")
     for item in [s.llm_model_free, s.llm_model_paid, *s.llm_model_overrides.values()]:
@@ -300,7 +326,7 @@ def _worker_problems(s: Settings) -> list[str]:
 def _problems(s: Settings, role: Role) -> list[str]:
     problems = _cost_problems()
     if role != "any":
-        problems += _shared_problems(s)
+        problems += _shared_problems(s) + plan_problems(s)
     if role == "api":
         problems += _api_problems(s)
     if role == "worker":

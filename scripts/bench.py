@@ -86,6 +86,8 @@ COMMON = {
     "USER_MAX_ACTIVE_PAID": "1000",
     "QUEUE_MAX_PAID": "1000000",
     "LLM_MAX_CONCURRENCY_PAID": "5000",
+    # Limits by contract: config and the dev broker enforce none of a plan's (lib/queue/plans.py).
+    "QSTASH_PLAN": "enterprise",
     "GUNICORN_THREADS": "320",
     "PRODUCER_THREADS": "640",
     "WORKER_DRAIN_SECONDS": "2",

@@ -433,6 +433,7 @@ def _overrides(config: str, workers: int) -> dict[str, str]:
         "QUEUE_MAX_PAID": "10000",
         "INITIAL_COINS": "100",
         "LLM_MAX_CONCURRENCY_PAID": "1000",
+        "QSTASH_PLAN": "fixed-10m",  # parallelism 1000 (lib/queue/plans.py)
         "DELTA_FLUSH_MS": str(FLUSH_MS),
         "WORKER_DRAIN_SECONDS": "2",
         "REDIS_PREFIX": f"bench-{os.getpid()}-{config}:",

@@ -85,6 +85,8 @@ BASE_ENV = {
     "FREE_DAILY_JOBS": "100",
     "LLM_MAX_CONCURRENCY_PAID": "500",
     "LLM_MAX_CONCURRENCY_FREE": "500",
+    # Limits by contract: config and the dev broker enforce none of a plan's (lib/queue/plans.py).
+    "QSTASH_PLAN": "enterprise",
     "OFFLINE_LLM_TOKENS_PER_SECOND": "25",
     "JOB_RETRIES": "8",
     "JOB_RETRY_DELAY": "1000 + 1000 * retried",

@@ -305,8 +305,8 @@ def test_dlq_list_and_redrive_move_a_dead_letter_to_a_live_destination(
 def test_doctor_prints_a_table_and_exits_0_when_everything_is_up(cs: Cli) -> None:
     done = cs("doctor")
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = ["config (api)", "config (worker)", "redis", "database", "broker", "llm (openai)"]
-    for row in [*rows, "producer", "worker", "all good"]:
+    rows = ["config (api)", "config (worker)", "qstash plan", "redis", "database", "broker"]
+    for row in [*rows, "llm (openai)", "producer", "worker", "all good"]:
         assert row in done.stdout, row
     assert "FAIL" not in done.stdout
 
@@ -322,3 +322,13 @@ def test_doctor_exits_1_and_names_what_is_wrong(cs: Cli) -> None:
     assert misconfigured.returncode == 1
     assert "WORKER_URL must be" in misconfigured.stdout
     assert "QSTASH_TOKEN is required" in misconfigured.stdout
+
+
+def test_doctor_names_every_setting_the_qstash_plan_cannot_honour(cs: Cli) -> None:
+    done = cs("doctor", env={"QSTASH_PLAN": "free", "JOB_TIMEOUT_SECONDS": "900"})
+    assert done.returncode == 1
+    row = next(line for line in done.stdout.splitlines() if "qstash plan" in line)
+    assert "FAIL" in row and "free" in row
+    for problem in ("JOB_TIMEOUT_SECONDS=900", "LLM_MAX_CONCURRENCY_PAID=32"):
+        assert problem in done.stdout, problem
+    assert "qstash plan" in done.stdout.splitlines()[-1]

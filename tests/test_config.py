@@ -301,3 +301,78 @@ def test_the_worker_reports_malformed_model_specs_and_unknown_providers(
     message = config_error("worker")
     assert "'gpt-4o-mini' must look like 'provider:model'" in message
     assert "unknown provider 'acme'" in message
+
+
+# QStash plan and database connections ----------------------------------------------------------
+
+
+def test_the_default_plan_is_pay_as_you_go_and_the_default_job_timeout_fits_the_free_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = load()
+    assert settings.qstash_plan == "payg"
+    assert settings.job_timeout_seconds == 600
+    free = {"QSTASH_PLAN": "free", "LLM_MAX_CONCURRENCY_PAID": "10"}
+    set_env(monkeypatch, {**API, **WORKER, **free})
+    assert load("api").job_timeout_seconds < 15 * 60
+    assert load("worker").qstash_plan == "free"
+
+
+def test_every_setting_the_plan_cannot_honour_is_listed_in_one_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plan = {
+        "QSTASH_PLAN": "free",
+        "JOB_TIMEOUT_SECONDS": "900",
+        "JOB_RETRIES": "4",
+        "LLM_MAX_CONCURRENCY_FREE": "11",
+    }
+    set_env(monkeypatch, {**API, **WORKER, **plan})
+    for role in ("api", "worker"):
+        message = config_error(role)
+        assert "JOB_RETRIES=4 is over the QStash free plan's maximum of 3 retries" in message
+        assert "JOB_TIMEOUT_SECONDS=900 must stay under" in message
+        assert "LLM_MAX_CONCURRENCY_FREE=11 is over the QStash free plan's parallelism" in message
+        assert "LLM_MAX_CONCURRENCY_PAID=32 is over" in message
+        assert message.count("\n  - ") == 4
+
+
+@pytest.mark.parametrize(
+    ("plan", "accepted", "refused"),
+    [
+        ("payg", {"JOB_RETRIES": "5", "JOB_TIMEOUT_SECONDS": "7199"}, {"JOB_RETRIES": "6"}),
+        ("payg", {"LLM_MAX_CONCURRENCY_PAID": "100"}, {"JOB_TIMEOUT_SECONDS": "7200"}),
+        (
+            "fixed-1m",
+            {"JOB_RETRIES": "20", "LLM_MAX_CONCURRENCY_PAID": "200"},
+            {"JOB_RETRIES": "21"},
+        ),
+        ("fixed-10m", {"LLM_MAX_CONCURRENCY_PAID": "1000"}, {"LLM_MAX_CONCURRENCY_FREE": "1001"}),
+        ("enterprise", {"JOB_RETRIES": "100", "LLM_MAX_CONCURRENCY_PAID": "5000"}, {}),
+    ],
+)
+def test_each_plan_accepts_up_to_its_documented_limits(
+    monkeypatch: pytest.MonkeyPatch, plan: str, accepted: dict[str, str], refused: dict[str, str]
+) -> None:
+    set_env(monkeypatch, {**API, "QSTASH_PLAN": plan, **accepted})
+    assert load("api").qstash_plan == plan
+    if refused:
+        set_env(monkeypatch, refused)
+        assert f"QStash {plan} plan" in config_error("api")
+
+
+def test_an_unknown_plan_is_a_config_error_naming_qstash_plan() -> None:
+    assert "QSTASH_PLAN" in config_error(qstash_plan="hobby")
+
+
+def test_the_worker_splits_db_max_connections_over_its_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lib.store import worker_pool_size
+
+    set_env(monkeypatch, WORKER)
+    assert load("worker").db_max_connections == 6
+    assert worker_pool_size(load("worker")) == 3
+    assert worker_pool_size(load("worker", web_concurrency=4, db_max_connections=10)) == 2
+    message = config_error("worker", web_concurrency=4, db_max_connections=3)
+    assert "DB_MAX_CONNECTIONS=3 gives each of the WEB_CONCURRENCY=4" in message

@@ -68,7 +68,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
         executor = Executor(
             settings,
-            store.from_settings(settings, pool_size=20),
+            store.for_worker(settings),
             state.from_settings(settings),
             LLM(settings),
             Metrics(),

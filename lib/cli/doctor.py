@@ -1,9 +1,10 @@
 """`cs doctor`: is this configuration valid, and is every dependency it names reachable?
 
 It checks the configuration of each role (every problem, as the services would list them at
-start), Redis, the database, the broker (QStash or the dev broker), the LLM providers in use,
-and the producer's and worker's health endpoints when they are running. It prints one table and
-exits 1 when anything required is down. Targets are shown without passwords or tokens.
+start), what the QStash plan (QSTASH_PLAN) can honour, Redis, the database, the broker (QStash
+or the dev broker), the LLM providers in use, and the producer's and worker's health endpoints
+when they are running. It prints one table and exits 1 when anything required is down. Targets
+are shown without passwords or tokens.
 """
 
 from __future__ import annotations
@@ -81,6 +82,23 @@ def check_config(role: config.Role) -> Check:
         problems = [line.strip().removeprefix("- ") for line in exc.message.splitlines()[1:]]
         return Check(f"config ({role})", ".env + environment", False, "\n".join(problems))
     return Check(f"config ({role})", ".env + environment", True, "valid")
+
+
+def check_plan(settings: Settings) -> Check:
+    """Whether QSTASH_PLAN can honour the retries, job timeout and concurrency configured."""
+    from lib.queue.plans import plan
+
+    limits = plan(settings.qstash_plan)
+    problems = config.plan_problems(settings)
+    if problems:
+        return Check("qstash plan", limits.name, False, "\n".join(problems))
+    if limits.parallelism is None:
+        return Check("qstash plan", limits.name, None, "limits set by contract: not checked")
+    detail = (
+        f"parallelism {limits.parallelism}, retries <= {limits.max_retries}, "
+        f"responses < {limits.max_response_seconds:g} s"
+    )
+    return Check("qstash plan", limits.name, True, detail)
 
 
 def check_redis(settings: Settings) -> Check:
@@ -216,7 +234,7 @@ def run(role: str, producer_url: str) -> list[Check]:
     except ConfigError as exc:
         checks.append(Check("dependencies", "", False, f"not checked: {exc.message}"))
         return checks
-    checks += [check_redis(settings), check_database(settings)]
+    checks += [check_plan(settings), check_redis(settings), check_database(settings)]
     if "api" in roles:
         checks.append(check_broker(settings))
     if "worker" in roles:

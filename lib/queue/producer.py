@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from lib.config import Settings
 from lib.errors import UnavailableError
+from lib.queue.plans import failure_callback_retries
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,16 @@ class QStashPublisher:
                 retry_delay=s.job_retry_delay or None,
                 deduplication_id=job_id,
                 failure_callback=s.failed_url,
+                # `Upstash-Failure-Callback-Retries` (https://upstash.com/docs/qstash/features/
+                # callbacks, "Configuring Callbacks"); by default the callback gets the message's
+                # own retries, none at JOB_RETRIES=0, and one deferred /v1/failed would then lose
+                # the refund. The SDK's publish has no parameter for it; `prepare_headers` sends a
+                # `failure_callback_headers` name that already starts with the prefix unchanged.
+                failure_callback_headers={
+                    "Upstash-Failure-Callback-Retries": str(
+                        failure_callback_retries(s.qstash_plan, s.job_retries)
+                    )
+                },
                 flow_control={"key": flow_control_key(tier, model), "parallelism": parallelism},
                 timeout=f"{s.job_timeout_seconds}s",
             )

@@ -13,7 +13,7 @@ from typing import Any
 from lib.models import Job, Me
 from lib.store.backends import PostgresBackend, StoreBackend, SupabaseBackend
 
-__all__ = ["Store", "StoreBackend", "Started", "Finished", "from_settings"]
+__all__ = ["Store", "StoreBackend", "Started", "Finished", "for_worker", "from_settings"]
 
 
 @dataclass(frozen=True)
@@ -168,11 +168,42 @@ class Store:
         self.backend.close()
 
 
-def from_settings(settings: Any, *, pool_size: int = 10, timeout: float = 5.0) -> Store:
+def from_settings(
+    settings: Any,
+    *,
+    pool_size: int = 10,
+    timeout: float = 5.0,
+    application_name: str = "careershaper",
+) -> Store:
     """Build the configured store: psycopg when DATABASE_URL is used, else supabase-py."""
     backend: StoreBackend
     if settings.uses_postgres:
-        backend = PostgresBackend(settings.database_url, max_size=pool_size, timeout=timeout)
+        backend = PostgresBackend(
+            settings.database_url,
+            max_size=pool_size,
+            timeout=timeout,
+            application_name=application_name,
+        )
     else:
         backend = SupabaseBackend(settings.supabase_url, settings.supabase_service_role_key)
     return Store(backend, initial_coins=settings.initial_coins, free_daily=settings.free_daily_jobs)
+
+
+def worker_pool_size(settings: Any) -> int:
+    """Each worker process's share of DB_MAX_CONNECTIONS, split evenly over WEB_CONCURRENCY.
+
+    Config refuses DB_MAX_CONNECTIONS below WEB_CONCURRENCY, so every process gets at least one
+    and all of them together never hold more than DB_MAX_CONNECTIONS.
+    """
+    return max(1, int(settings.db_max_connections) // int(settings.web_concurrency))
+
+
+def for_worker(settings: Any) -> Store:
+    """The worker process's store: its share of DB_MAX_CONNECTIONS, named `careershaper-worker`.
+
+    Supabase's session pooler (port 5432) gives each client connection a server connection and
+    refuses clients past its pool size (15 on the small plans): docs/deploy.md.
+    """
+    return from_settings(
+        settings, pool_size=worker_pool_size(settings), application_name="careershaper-worker"
+    )

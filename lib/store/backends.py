@@ -24,9 +24,20 @@ class StoreBackend(Protocol):
 
 
 class PostgresBackend:
-    """Direct connection through a psycopg pool (the worker, and local runs)."""
+    """Direct connection through a psycopg pool (the worker, and local runs).
 
-    def __init__(self, database_url: str, *, max_size: int = 10, timeout: float = 5.0) -> None:
+    The pool never holds more than `max_size` connections. `application_name` names them in
+    `pg_stat_activity` unless DATABASE_URL sets its own.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        max_size: int = 10,
+        timeout: float = 5.0,
+        application_name: str = "careershaper",
+    ) -> None:
         from psycopg_pool import ConnectionPool
 
         self._timeout = timeout
@@ -34,7 +45,11 @@ class PostgresBackend:
             database_url,
             min_size=1,
             max_size=max_size,
-            kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout))},
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, int(timeout)),
+                "fallback_application_name": application_name,
+            },
             open=False,
             check=ConnectionPool.check_connection,
         )
