@@ -256,6 +256,8 @@ class Broker:
             self._account.waiting.append(message_id)
             return
         if msg.flow is not None and not self._flow_admits(msg, now):
+            # Its flow is full: the account slot it would have taken goes to the next in line.
+            self._wake_next(self._account)
             return
         self._account.in_flight += 1
         msg.state = "ACTIVE"
@@ -281,12 +283,14 @@ class Broker:
         return True
 
     def _flow_release(self, msg: Message) -> None:
-        self._wake(self._account)
+        self._account.in_flight -= 1
+        self._wake_next(self._account)
         if msg.flow is not None:
-            self._wake(self._flows[msg.flow.key])
+            flow = self._flows[msg.flow.key]
+            flow.in_flight -= 1
+            self._wake_next(flow)
 
-    def _wake(self, flow: _FlowState) -> None:
-        flow.in_flight -= 1
+    def _wake_next(self, flow: _FlowState) -> None:
         # Wake the oldest waiter that is still pending; cancelled ones would waste the slot.
         while flow.waiting:
             waiter = self._messages.get(flow.waiting.popleft())

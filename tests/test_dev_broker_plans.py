@@ -117,3 +117,26 @@ def test_a_delivery_running_past_the_plans_response_limit_is_cut_as_a_failed_att
     assert callback.json()["sourceMessageId"] == message.message_id
     assert len(dest.to("slow")) == 2
     assert time.time() - started < 10
+
+
+def test_a_message_whose_flow_is_full_passes_its_account_slot_to_the_next_in_line(
+    make_broker: Callable[..., RunningBroker], dest: Destination
+) -> None:
+    free = make_broker("free")
+    dest.hold("y", 30)
+    dest.hold("short", 0.3)
+    for n in range(9):
+        free.client.message.publish(
+            url=f"{dest.url}/y", body=str(n), flow_control={"key": "y", "parallelism": 9}
+        )
+    wait_for(lambda: dest.in_flight.get("/y") == 9, what="nine held deliveries")
+    free.client.message.publish(url=f"{dest.url}/short", body="s")
+    wait_for(lambda: dest.in_flight.get("/short") == 1, what="the account to be full")
+    # Both wait for an account slot; when `short` ends, `y` gets it first but its flow is full.
+    free.client.message.publish(
+        url=f"{dest.url}/y", body="9", flow_control={"key": "y", "parallelism": 9}
+    )
+    free.client.message.publish(url=f"{dest.url}/z", body="z")
+
+    wait_for(lambda: dest.to("z"), timeout=10, what="the message behind the blocked one")
+    assert dest.in_flight["/y"] == 9 and len(dest.to("y")) == 9
