@@ -142,6 +142,15 @@ class Producer:
             job_input = handler.input_model.model_validate(req.input)
         except ValidationError as exc:
             raise InputError("the input is invalid", details=_field_errors(exc, "input.")) from None
+        sizes = handler.prompt_chars(job_input)
+        if sizes["total"] > handler.max_prompt_chars:  # each field fits, but not all together
+            total = sizes.pop("total")
+            details = {f"input.{name}": f"{size} characters" for name, size in sizes.items()}
+            details["input"] = (
+                f"the prompt would be {total} characters; {req.kind} allows at most "
+                f"{handler.max_prompt_chars}"
+            )
+            raise InputError("the input is too large for one prompt", details=details)
         normalised = job_input.model_dump(mode="json", exclude_none=True)
         nul = _nul_fields(normalised, "input")
         if nul:  # Postgres cannot store U+0000 in text

@@ -1,7 +1,8 @@
 """Attacks on the running producer's HTTP surface (issue 11, items 3, 4, 6 and 10).
 
-Each test drives a stack started the way `make dev` starts it (gunicorn producer, worker, dev
-broker, offline LLM, real Redis and Postgres) over HTTP only, as an attacker would.
+Most tests drive a stack started the way `make dev` starts it (gunicorn producer, worker, dev
+broker, offline LLM, real Redis and Postgres) over HTTP only, as an attacker would; the rest
+call the producer's I/O-free submit parser, or the Redis state, directly.
 """
 
 from __future__ import annotations
@@ -12,8 +13,18 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_support import User
+from e2e_support import JD, RESUME, User
 
+from lib import config
+from lib.errors import InputError
+from lib.models import (
+    MAX_JOB_DESCRIPTION_CHARS,
+    MAX_MATCH_ITEM_CHARS,
+    MAX_MATCH_LIST_ITEMS,
+    MAX_MATCH_SUMMARY_CHARS,
+    MAX_RESUME_CHARS,
+)
+from lib.service import Producer
 from scripts.devstack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -79,3 +90,87 @@ def test_a_chunked_body_over_the_limit_is_refused_as_payload_too_large(stack: St
     assert response.request.headers.get("transfer-encoding") == "chunked"
     assert_error(response, 413, "payload_too_large")
     assert user.me()["coins"] == 5
+
+
+# 4. Input bounds -----------------------------------------------------------------------------
+def match(**fields: Any) -> dict[str, Any]:
+    """A job_match result, as a client sends it back as `match`."""
+    return {
+        "score": 72,
+        "strengths": ["Python"],
+        "gaps": ["Kubernetes"],
+        "missing_keywords": ["k8s"],
+        "summary": "A good fit.",
+        **fields,
+    }
+
+
+@pytest.mark.parametrize("kind", ["resume_customize", "interview_prep"])
+def test_a_200_kb_match_is_refused_and_charges_nothing(stack: Stack, kind: str) -> None:
+    user = User(stack.producer_url)
+    huge = match(strengths=["x" * 1000] * 200)  # 200 KB
+    response = user.submit(kind, match=huge)
+    error = assert_error(response, 400, "invalid_input")
+    assert any(field.startswith("input.match.strengths") for field in error["details"]), error
+    assert user.me()["coins"] == 5
+    assert user.get("/api/jobs").json()["jobs"] == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ({"summary": "s" * (MAX_MATCH_SUMMARY_CHARS + 1)}, "input.match.summary"),
+        ({"gaps": ["g"] * (MAX_MATCH_LIST_ITEMS + 1)}, "input.match.gaps"),
+        ({"gaps": ["g" * (MAX_MATCH_ITEM_CHARS + 1)]}, "input.match.gaps.0"),
+        ({"notes": "an extra field"}, "input.match.notes"),
+        ({"score": "72"}, "input.match.score"),
+        ({"strengths": "not a list"}, "input.match.strengths"),
+    ],
+)
+def test_every_field_of_match_is_bounded_and_strict(bad: dict[str, Any], field: str) -> None:
+    with pytest.raises(InputError) as refused:
+        parser().parse(
+            {
+                "kind": "interview_prep",
+                "input": {"resume_text": RESUME, "job_description": JD, "match": match(**bad)},
+            }
+        )
+    assert field in refused.value.details, refused.value.details
+
+
+@pytest.mark.parametrize("kind", ["resume_customize", "interview_prep"])
+def test_fields_within_their_bounds_still_cannot_add_up_past_the_kinds_prompt_bound(
+    kind: str,
+) -> None:
+    fitting = match(strengths=["s" * 400] * 10)  # about 4,000 characters: within its bound
+    longest = {
+        "resume_text": "r" * MAX_RESUME_CHARS,
+        "job_description": "j" * MAX_JOB_DESCRIPTION_CHARS,
+        "match": fitting,
+    }
+    with pytest.raises(InputError) as refused:
+        parser().parse({"kind": kind, "input": longest})
+    details = refused.value.details
+    assert "at most" in details["input"], details
+    assert {"input.resume_text", "input.job_description", "input.match"} <= set(details)
+    # The same match with ordinary texts, or the longest texts with an ordinary match, pass.
+    ordinary = {"resume_text": RESUME, "job_description": JD, "match": fitting}
+    assert parser().parse({"kind": kind, "input": ordinary})[2] == 2
+    assert parser().parse({"kind": kind, "input": {**longest, "match": match()}})[2] == 2
+
+
+def test_a_match_over_its_rendered_bound_is_refused_even_with_every_item_in_bounds() -> None:
+    wide = match(**{name: ["x" * 400] * 20 for name in ("strengths", "gaps")})
+    with pytest.raises(InputError) as refused:
+        parser().parse(
+            {
+                "kind": "resume_customize",
+                "input": {"resume_text": RESUME, "job_description": JD, "match": wide},
+            }
+        )
+    assert "at most" in refused.value.details["input.match"], refused.value.details
+
+
+def parser() -> Producer:
+    """The producer's submit parser alone (it does no I/O)."""
+    return Producer(config.load("any"), None, None, None, None)  # type: ignore[arg-type]
