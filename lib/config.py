@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     sse_max_seconds: float = Field(280.0, gt=0)
     sse_heartbeat_seconds: float = Field(15.0, gt=0, le=15)
+    # Open event streams per user, of both endpoints; past it, 429 stream_limit.
+    sse_max_streams_per_user: int = Field(4, ge=1)
     # "block": wait for events with a blocking read or a subscription (the SPEC's way). "poll":
     # the original design, XRANGE every 400 ms backing off to 8 s, kept only as the baseline of
     # `make bench`; refused in production.

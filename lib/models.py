@@ -73,6 +73,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     USER_CONCURRENCY = "user_concurrency"
     BACKPRESSURE = "backpressure"
+    STREAM_LIMIT = "stream_limit"
     UNAVAILABLE = "unavailable"
     ALREADY_FINISHED = "already_finished"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"

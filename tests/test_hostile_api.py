@@ -7,16 +7,18 @@ call the producer's I/O-free submit parser, or the Redis state, directly.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
 import httpx
 import pytest
-from e2e_support import JD, RESUME, User
+from e2e_support import JD, RESUME, User, follow
+from support import wait_for
 
 from lib import config
-from lib.errors import InputError
+from lib.errors import InputError, RateLimitError
 from lib.models import (
     MAX_JOB_DESCRIPTION_CHARS,
     MAX_MATCH_ITEM_CHARS,
@@ -25,11 +27,13 @@ from lib.models import (
     MAX_RESUME_CHARS,
 )
 from lib.service import Producer
+from lib.state import State
 from scripts.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 
 MAX_STREAMS = 2
+SLOW = RESUME + " [[llm:slow=200]]"
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +178,78 @@ def test_a_match_over_its_rendered_bound_is_refused_even_with_every_item_in_boun
 def parser() -> Producer:
     """The producer's submit parser alone (it does no I/O)."""
     return Producer(config.load("any"), None, None, None, None)  # type: ignore[arg-type]
+
+
+# 3. Event streams per user -------------------------------------------------------------------
+def open_stream(client: httpx.Client, events_url: str, stack: ExitStack) -> httpx.Response:
+    """Open an event stream and keep it open (until `stack` closes); returns its response."""
+    return stack.enter_context(client.stream("GET", events_url))
+
+
+def test_a_user_cannot_hold_more_event_streams_than_the_limit_and_others_are_unaffected(
+    stack: Stack,
+) -> None:
+    alice, bob = User(stack.producer_url), User(stack.producer_url)
+    running = alice.submit("job_match", resume=SLOW).json()
+    url = running["events_url"]
+    with ExitStack() as held, httpx.Client(base_url=stack.producer_url, timeout=30) as client:
+        for _ in range(MAX_STREAMS):
+            assert open_stream(client, url, held).status_code == 200
+        refused = client.get(url)
+        error = assert_error(refused, 429, "stream_limit")
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert error["details"]["limit"] == MAX_STREAMS and error["details"]["open"] == MAX_STREAMS
+        # The bearer header counts as the same user; another user streams as usual.
+        with alice.client() as as_alice:
+            bearer_url = f"/api/jobs/{running['job']['id']}/events"
+            assert_error(as_alice.get(bearer_url), 429, "stream_limit")
+        own = bob.submit("job_match").json()
+        with ExitStack() as bobs:
+            assert open_stream(client, own["events_url"], bobs).status_code == 200
+    # The held streams were closed by their client: the server frees their slots.
+    with ExitStack() as again, httpx.Client(base_url=stack.producer_url, timeout=30) as client:
+
+        def reopened() -> bool:
+            return open_stream(client, url, again).status_code == 200
+
+        for _ in range(MAX_STREAMS):
+            wait_for(reopened, timeout=20, interval=0.2, what="a freed stream slot")
+    assert alice.post(f"/api/jobs/{running['job']['id']}/cancel").status_code == 202
+
+
+def test_a_stream_that_ends_frees_its_slot(stack: Stack) -> None:
+    user = User(stack.producer_url)
+    done = user.submit("job_match").json()
+    for _ in range(MAX_STREAMS + 2):  # each read to its terminal event, one after the other
+        assert follow(stack.producer_url, done["events_url"])[-1].data["status"] == "succeeded"
+
+
+@pytest.fixture
+def slots(redis_backend: Any, redis_prefix: str) -> State:
+    """The stream slots on each Redis adapter, with a short slot TTL."""
+    return State(redis_backend, prefix=redis_prefix, stream_slot_ttl=0.5)
+
+
+def test_a_stream_whose_holder_died_frees_its_slot_after_the_ttl(slots: State) -> None:
+    user, other = str(uuid.uuid4()), str(uuid.uuid4())
+    slots.hold_stream(user, "alive", 2)
+    slots.hold_stream(user, "died", 2)  # never refreshed, never dropped: its function died
+    with pytest.raises(RateLimitError) as refused:
+        slots.hold_stream(user, "third", 2)
+    assert refused.value.code == "stream_limit" and refused.value.retry_after == 1
+    slots.hold_stream(other, "theirs", 2)  # another user is unaffected
+
+    def admitted() -> bool:
+        slots.hold_stream(user, "alive", 2, refresh=True)  # the live stream's heartbeat
+        try:
+            slots.hold_stream(user, "third", 2)
+        except RateLimitError:
+            return False
+        return True
+
+    wait_for(admitted, timeout=5, interval=0.1, what="the dead stream's slot to lapse")
+    assert slots.open_streams(user) == 2  # "alive" (refreshed) and "third"
+    slots.drop_stream(user, "third")
+    assert slots.open_streams(user) == 1
+    ttl = slots.backend.command("PTTL", slots.keys.streams(user))
+    assert 0 < int(ttl) <= 500  # the key itself expires too
