@@ -19,7 +19,7 @@ from lib.errors import AppError, AuthError
 from lib.models import ErrorCode
 
 if TYPE_CHECKING:  # imported on first use: a cold start pays only for what it serves
-    from lib.auth import Verifier
+    from lib.auth import Identity, Verifier
     from lib.service import Producer
 
 log = logging.getLogger("cs.api")
@@ -102,6 +102,17 @@ def verifier() -> Verifier:
 def current_user() -> str:
     """The caller's user id from `Authorization: Bearer <Supabase access token>`."""
     return verifier().user_id(bearer())
+
+
+def current_identity() -> Identity:
+    """The caller (user id, and whether anonymous) from the bearer token."""
+    return verifier().identity(bearer())
+
+
+def holds_credit(identity: Identity) -> bool:
+    """Whether the caller gets coins and free jobs: anonymous users get none, and never reach
+    the SQL that grants them, unless ALLOW_ANONYMOUS_USERS=true."""
+    return identity.may_hold_credit(config.settings("api").allow_anonymous_users)
 
 
 def create_app(name: str) -> Flask:

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     user_max_active_free: int = Field(1, ge=0)
     user_max_active_paid: int = Field(3, ge=0)
     free_daily_jobs: int = Field(3, ge=0)
+    # Supabase anonymous users (is_anonymous, or a role other than authenticated) get no coins
+    # and no free jobs unless this is true.
+    allow_anonymous_users: bool = False
     initial_coins: int = Field(5, ge=0)
     admission_ttl_seconds: int = Field(1800, ge=5)
     retry_after_seconds: int = Field(5, ge=1)

@@ -7,17 +7,21 @@ call the producer's I/O-free submit parser, or the Redis state, directly.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
 import httpx
+import jwt
+import psycopg
 import pytest
 from e2e_support import JD, RESUME, User, follow
 from support import wait_for
 
 from lib import config
+from lib.config import DEV_JWT_SECRET
 from lib.errors import InputError, RateLimitError
 from lib.models import (
     MAX_JOB_DESCRIPTION_CHARS,
@@ -253,3 +257,79 @@ def test_a_stream_whose_holder_died_frees_its_slot_after_the_ttl(slots: State) -
     assert slots.open_streams(user) == 1
     ttl = slots.backend.command("PTTL", slots.keys.streams(user))
     assert 0 < int(ttl) <= 500  # the key itself expires too
+
+
+# 6. Anonymous users --------------------------------------------------------------------------
+def supabase_token(user_id: str, **claims: Any) -> str:
+    """An access token with the claims Supabase Auth puts in one (HS256, the dev secret).
+
+    An anonymous sign-in (`signInAnonymously()`) gets role `authenticated` like a permanent
+    user, and `is_anonymous: true` (supabase.com/docs/guides/auth/auth-anonymous), with
+    `amr` method "anonymous"; a permanent user has `is_anonymous: false`.
+    """
+    now = int(time.time())
+    body = {
+        "iss": "http://127.0.0.1:54321/auth/v1",
+        "aud": "authenticated",
+        "sub": user_id,
+        "exp": now + 3600,
+        "iat": now,
+        "email": "",
+        "phone": "",
+        "app_metadata": {},
+        "user_metadata": {},
+        "role": "authenticated",
+        "aal": "aal1",
+        "amr": [{"method": "anonymous", "timestamp": now}],
+        "session_id": str(uuid.uuid4()),
+        "is_anonymous": True,
+        **claims,
+    }
+    return jwt.encode(body, DEV_JWT_SECRET, algorithm="HS256")
+
+
+def as_token(stack: Stack, token: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=stack.producer_url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+    )
+
+
+def balance_rows(database_url: str, user_id: str) -> int:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "select (select count(*) from cs_balances where user_id = %s)"
+            " + (select count(*) from cs_ledger where user_id = %s)",
+            (user_id, user_id),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {},  # an anonymous sign-in
+        {"is_anonymous": False, "role": "anon"},  # a role other than authenticated
+        {"is_anonymous": False, "role": "service_role"},
+    ],
+)
+def test_anonymous_users_get_no_coins_and_no_free_jobs(
+    stack: Stack, database_url: str, claims: dict[str, Any]
+) -> None:
+    user_id = str(uuid.uuid4())
+    body = {"kind": "job_match", "input": {"resume_text": RESUME, "job_description": JD}}
+    with as_token(stack, supabase_token(user_id, **claims)) as client:
+        me = client.get("/api/me").json()
+        assert (me["coins"], me["free_jobs_left_today"]) == (0, 0), me
+        for tier in ("auto", "paid", "free"):
+            refused = client.post("/api/jobs", json={**body, "tier": tier})
+            error = assert_error(refused, 402, "quota_exhausted")
+            assert error["details"] == {"coins": 0, "free_jobs_left_today": 0}
+        assert client.get("/api/jobs").json()["jobs"] == []
+    assert balance_rows(database_url, user_id) == 0  # no grant was written: nothing to farm
+    # The same user after linking an identity (a permanent user) gets the grant, once.
+    permanent = supabase_token(user_id, is_anonymous=False, amr=[{"method": "password"}])
+    with as_token(stack, permanent) as client:
+        assert client.get("/api/me").json()["coins"] == 5
+        assert client.post("/api/jobs", json=body).status_code == 202
+        assert client.get("/api/me").json()["coins"] == 4
