@@ -7,10 +7,12 @@ call the producer's I/O-free submit parser, or the Redis state, directly.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +22,7 @@ import pytest
 from e2e_support import JD, RESUME, User, follow
 from support import wait_for
 
+import api
 from lib import config
 from lib.config import DEV_JWT_SECRET
 from lib.errors import InputError, RateLimitError
@@ -333,3 +336,19 @@ def test_anonymous_users_get_no_coins_and_no_free_jobs(
         assert client.get("/api/me").json()["coins"] == 5
         assert client.post("/api/jobs", json=body).status_code == 202
         assert client.get("/api/me").json()["coins"] == 4
+
+
+def test_the_api_document_describes_the_stream_limit_and_the_bounded_match() -> None:
+    document = json.loads((Path(api.__file__).parent / "_openapi.json").read_text())
+    events = document["paths"]["/api/jobs/{job_id}/events"]["get"]["responses"]
+    assert events["429"]["$ref"] == "#/components/responses/TooManyRequests"
+    schemas = document["components"]["schemas"]
+    error = schemas["TooManyRequestsError"]["allOf"][1]["properties"]["error"]["properties"]
+    assert "stream_limit" in error["code"]["enum"]
+    match_input = schemas["MatchInput"]
+    assert schemas["JobInput"]["properties"]["match"]["$ref"].endswith("/MatchInput")
+    assert match_input["additionalProperties"] is False
+    assert match_input["properties"]["summary"]["maxLength"] == MAX_MATCH_SUMMARY_CHARS
+    for name in ("strengths", "gaps", "missing_keywords"):
+        assert match_input["properties"][name]["maxItems"] == MAX_MATCH_LIST_ITEMS
+        assert match_input["properties"][name]["items"]["maxLength"] == MAX_MATCH_ITEM_CHARS
