@@ -26,6 +26,7 @@ import api
 from lib import config
 from lib.config import DEV_JWT_SECRET
 from lib.errors import InputError, RateLimitError
+from lib.events import HeldStream
 from lib.models import (
     MAX_JOB_DESCRIPTION_CHARS,
     MAX_MATCH_ITEM_CHARS,
@@ -352,3 +353,34 @@ def test_the_api_document_describes_the_stream_limit_and_the_bounded_match() -> 
     for name in ("strengths", "gaps", "missing_keywords"):
         assert match_input["properties"][name]["maxItems"] == MAX_MATCH_LIST_ITEMS
         assert match_input["properties"][name]["items"]["maxLength"] == MAX_MATCH_ITEM_CHARS
+
+
+def test_an_open_stream_keeps_its_slot_past_the_ttl_and_frees_it_when_closed(
+    slots: State,
+) -> None:
+    slots.stream_slot_ttl_ms = 1000  # refreshed at least every 1/3 s plus one frame's wait
+    user, closed = str(uuid.uuid4()), []
+
+    def frames() -> Iterator[str]:
+        try:
+            for _ in range(12):  # 2.4 s of a live stream: heartbeats every 0.2 s
+                time.sleep(0.2)
+                yield ": keep-alive\n\n"
+        finally:
+            closed.append(True)
+
+    held = HeldStream(slots, user, "live", frames(), limit=1)
+    slots.hold_stream(user, "live", 1)
+    for _ in range(12):
+        next(held)
+        assert slots.open_streams(user) == 1
+    with pytest.raises(RateLimitError):
+        slots.hold_stream(user, "another", 1)
+    second = HeldStream(slots, user, "second", frames(), limit=1)
+    held.close()
+    assert closed == [True] and slots.open_streams(user) == 0
+    slots.hold_stream(user, "second", 1)
+    with pytest.raises(StopIteration):
+        for _ in range(13):
+            next(second)
+    assert slots.open_streams(user) == 0  # the end of a stream frees its slot too
