@@ -70,6 +70,7 @@ SECURITY_HEADERS = {
     "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
 }
+SECURITY_HEADERS_CSP = "frame-ancestors 'none'"
 
 
 @pytest.mark.parametrize("path", ["/", "/index.html", "/api/health", "/api/me", "/api/nope"])
@@ -77,7 +78,16 @@ def test_no_page_or_answer_can_be_framed_or_sniffed(stack: Stack, path: str) -> 
     response = httpx.get(stack.producer_url + path, timeout=10)
     for name, value in SECURITY_HEADERS.items():
         assert response.headers.get(name) == value, (path, name, dict(response.headers))
-    assert "frame-ancestors 'none'" in response.headers.get("content-security-policy", ""), path
+    assert response.headers.get("content-security-policy") == SECURITY_HEADERS_CSP, path
+
+
+def test_vercel_sends_the_same_security_headers_on_every_path() -> None:
+    config = json.loads((Path(api.__file__).parents[1] / "vercel.json").read_text())
+    every_path = [rule for rule in config.get("headers", []) if rule["source"] == "/(.*)"]
+    assert every_path, config.get("headers")
+    sent = {h["key"].lower(): h["value"] for h in every_path[0]["headers"]}
+    assert {k: sent.get(k) for k in SECURITY_HEADERS} == SECURITY_HEADERS
+    assert sent["content-security-policy"] == SECURITY_HEADERS_CSP
 
 
 @pytest.mark.parametrize("path", ["/no-such-page", "/no/such/file.js", "/api/nope", "/api/x/y"])
