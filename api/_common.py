@@ -11,7 +11,7 @@ import time
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from lib import config, logs
@@ -19,7 +19,7 @@ from lib.errors import AppError, AuthError
 from lib.models import ErrorCode
 
 if TYPE_CHECKING:  # imported on first use: a cold start pays only for what it serves
-    from lib.auth import Verifier
+    from lib.auth import Identity, Verifier
     from lib.service import Producer
 
 log = logging.getLogger("cs.api")
@@ -31,6 +31,14 @@ _HTTP_CODES = {
     405: ErrorCode.METHOD_NOT_ALLOWED,
     413: ErrorCode.PAYLOAD_TOO_LARGE,
     415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+}
+
+# Sent on every answer, the demo page's included (vercel.json sets the same on Vercel): no page
+# of ours may be framed (clickjacking), and no answer is sniffed into another media type.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
 }
 
 
@@ -62,6 +70,23 @@ def error_response(
     return response
 
 
+def secure(response: Response) -> Response:
+    """Add SECURITY_HEADERS to an answer (an `after_request` hook)."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def http_error(exc: HTTPException) -> Response:
+    """A werkzeug HTTP error (404, 405, 413...) in the SPEC's error shape."""
+    status = exc.code or 500
+    code = _HTTP_CODES.get(status, ErrorCode.INTERNAL)
+    response = error_response(code, exc.description or exc.name, status)
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
 def bearer() -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -79,12 +104,26 @@ def current_user() -> str:
     return verifier().user_id(bearer())
 
 
+def current_identity() -> Identity:
+    """The caller (user id, and whether anonymous) from the bearer token."""
+    return verifier().identity(bearer())
+
+
+def holds_credit(identity: Identity) -> bool:
+    """Whether the caller gets coins and free jobs: anonymous users get none, and never reach
+    the SQL that grants them, unless ALLOW_ANONYMOUS_USERS=true."""
+    return identity.may_hold_credit(config.settings("api").allow_anonymous_users)
+
+
 def create_app(name: str) -> Flask:
     """A Flask app with the SPEC's error shape, CORS and the body size limit."""
     settings = config.settings("api")
     logs.setup(settings.log_level, settings.log_format)
     app = Flask(name)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # One byte over the limit: werkzeug stops reading a chunked body at MAX_CONTENT_LENGTH
+    # without an error, so `json_body` tells a body over the limit by that extra byte.
+    app.config["MAX_BODY_BYTES"] = settings.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     @app.errorhandler(AppError)
@@ -100,14 +139,8 @@ def create_app(name: str) -> Flask:
             413,
         )
 
-    @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        code = _HTTP_CODES.get(status, ErrorCode.INTERNAL)
-        response = error_response(code, exc.description or exc.name, status)
-        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
-            response.headers["Allow"] = ", ".join(exc.valid_methods)
-        return response
+    app.register_error_handler(HTTPException, http_error)
+    app.after_request(secure)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
@@ -168,6 +201,9 @@ def json_body() -> Any:
         raise AppError(
             "send the body as application/json", code=ErrorCode.UNSUPPORTED_MEDIA_TYPE, status=415
         )
+    # Read the body first, so a body over the limit (chunked too) is a 413, not "invalid JSON".
+    if len(request.get_data(cache=True)) > current_app.config["MAX_BODY_BYTES"]:
+        raise RequestEntityTooLarge()
     try:
         body = request.get_json(silent=True)
     except RecursionError:

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
 
 from api import dev, events, health, jobs, me, openapi
+from api._common import http_error, secure
 
 PUBLIC = Path(__file__).resolve().parents[1] / "public"
 
@@ -30,6 +32,9 @@ ROUTES: list[tuple[re.Pattern[str], Any]] = [
 def _static_site() -> Flask:
     # send_static_file joins paths safely: `..` and absolute paths answer 404.
     site = Flask(__name__, static_folder=PUBLIC, static_url_path="")
+    # As the API answers: the SPEC's error shape (not Flask's HTML) and the security headers.
+    site.register_error_handler(HTTPException, http_error)
+    site.after_request(secure)
 
     @site.get("/")
     def index() -> Response:

@@ -27,7 +27,7 @@ def events(job_id: str) -> Response:
     after = validate_cursor(
         request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     )
-    frames = service.stream(job_id, after)
+    frames = service.hold_stream(user_id, service.stream(job_id, after))  # 429 stream_limit
     return Response(
         stream_with_context(frames),
         mimetype="text/event-stream",

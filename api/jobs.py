@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from flask import Response, jsonify, request
 
-from api._common import create_app, current_user, json_body, producer
-from lib.errors import InputError
+from api._common import (
+    create_app,
+    current_identity,
+    current_user,
+    holds_credit,
+    json_body,
+    producer,
+)
+from lib.errors import InputError, QuotaError
 from lib.models import MAX_IDEMPOTENCY_KEY_CHARS
 
 app = create_app(__name__)
@@ -13,14 +20,21 @@ app = create_app(__name__)
 
 @app.post("/api/jobs")
 def submit() -> tuple[Response, int]:
-    user_id = current_user()
+    who = current_identity()
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS):
         raise InputError(
             "invalid Idempotency-Key",
             details={"Idempotency-Key": f"1 to {MAX_IDEMPOTENCY_KEY_CHARS} chars"},
         )
-    submitted = producer().submit(user_id, json_body(), key)
+    body = json_body()
+    if not holds_credit(who):  # checked before the store, whose first touch grants coins
+        producer().parse(body)  # bad input is still a 400
+        raise QuotaError(
+            "anonymous users get no coins and no free jobs; sign in to submit jobs",
+            details={"coins": 0, "free_jobs_left_today": 0},
+        )
+    submitted = producer().submit(who.user_id, body, key)
     return jsonify(submitted.body()), 202 if submitted.created else 200
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -29,6 +30,26 @@ def _uuid(value: Any) -> str:
         return str(uuid.UUID(str(value)))
     except ValueError:
         raise AuthError("the token's subject is not a user id") from None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who an access token names."""
+
+    user_id: str
+    # A Supabase anonymous sign-in (`is_anonymous: true`), or a `role` other than
+    # `authenticated`: such users get no coins and no free jobs unless ALLOW_ANONYMOUS_USERS.
+    anonymous: bool = False
+
+    def may_hold_credit(self, allow_anonymous: bool) -> bool:
+        """Whether this user is granted coins and free jobs."""
+        return allow_anonymous or not self.anonymous
+
+
+def _is_anonymous(claims: dict[str, Any]) -> bool:
+    # Supabase anonymous users have role `authenticated` like permanent ones, and are told apart
+    # by the `is_anonymous` claim (supabase.com/docs/guides/auth/auth-anonymous).
+    return claims.get("is_anonymous") is True or claims.get("role") != ACCESS_AUDIENCE
 
 
 class Verifier:
@@ -57,6 +78,10 @@ class Verifier:
 
     def user_id(self, token: str) -> str:
         """Return the user id (`sub`) of a valid access token. Raises AuthError otherwise."""
+        return self.identity(token).user_id
+
+    def identity(self, token: str) -> Identity:
+        """Return the user a valid access token names. Raises AuthError otherwise."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -83,7 +108,7 @@ class Verifier:
             raise AuthError("the access token has expired") from None
         except jwt.PyJWTError:
             raise AuthError("invalid access token") from None
-        return _uuid(claims["sub"])
+        return Identity(_uuid(claims["sub"]), _is_anonymous(claims))
 
     def mint_stream_token(self, job_id: str, user_id: str, *, now: float | None = None) -> str:
         """A token that lets its holder stream one job's events until it expires."""
@@ -128,6 +153,7 @@ def mint_access_token(user_id: str, secret: str, *, ttl: int = 3600, email: str 
         "exp": now + ttl,
         "iss": "supabase-dev",
         "email": email,
+        "is_anonymous": False,
     }
     return jwt.encode(claims, secret, algorithm="HS256")
 

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     user_max_active_free: int = Field(1, ge=0)
     user_max_active_paid: int = Field(3, ge=0)
     free_daily_jobs: int = Field(3, ge=0)
+    # Supabase anonymous users (is_anonymous, or a role other than authenticated) get no coins
+    # and no free jobs unless this is true.
+    allow_anonymous_users: bool = False
     initial_coins: int = Field(5, ge=0)
     admission_ttl_seconds: int = Field(1800, ge=5)
     retry_after_seconds: int = Field(5, ge=1)
@@ -144,6 +147,8 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     sse_max_seconds: float = Field(280.0, gt=0)
     sse_heartbeat_seconds: float = Field(15.0, gt=0, le=15)
+    # Open event streams per user, of both endpoints; past it, 429 stream_limit.
+    sse_max_streams_per_user: int = Field(4, ge=1)
     # "block": wait for events with a blocking read or a subscription (the SPEC's way). "poll":
     # the original design, XRANGE every 400 ms backing off to 8 s, kept only as the baseline of
     # `make bench`; refused in production.

@@ -8,12 +8,16 @@ first tokens show up quickly while a long answer costs few Redis commands.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from lib.errors import AppError
 from lib.models import EventType, StreamStatus
 from lib.state import State
+
+log = logging.getLogger("cs.events")
 
 
 class StreamClosed(Exception):
@@ -227,3 +231,50 @@ def emit_terminal(
         )
     events.append((EventType.STATUS, data(job_id, status=status, attempt=attempt)))
     return state.emit(job_id, events, terminal=status)
+
+
+class HeldStream(Iterator[str]):
+    """An event stream that holds one of its user's stream slots: refreshed as frames go out
+    (at least every heartbeat), freed at its end or when the server closes it (the client
+    went away)."""
+
+    def __init__(
+        self, state: State, user_id: str, stream_id: str, frames: Iterator[str], limit: int
+    ) -> None:
+        self.state = state
+        self.user_id = user_id
+        self.stream_id = stream_id
+        self.frames = frames
+        self.limit = limit
+        self.refresh_every = state.stream_slot_ttl_ms / 3000
+        self.refreshed = time.monotonic()
+        self.closed = False
+
+    def __next__(self) -> str:
+        try:
+            frame = next(self.frames)
+        except BaseException:
+            self.close()
+            raise
+        if time.monotonic() - self.refreshed >= self.refresh_every:
+            self.refreshed = time.monotonic()
+            try:
+                self.state.hold_stream(self.user_id, self.stream_id, self.limit, refresh=True)
+            except AppError:
+                log.warning("could not refresh an event stream's slot; it lapses by itself")
+        return frame
+
+    def close(self) -> None:
+        """End the stream and free its slot (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            close = getattr(self.frames, "close", None)
+            if close is not None:
+                close()
+        finally:
+            try:
+                self.state.drop_stream(self.user_id, self.stream_id)
+            except AppError:
+                log.warning("could not free an event stream's slot; it lapses by itself")

@@ -11,6 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_RESUME_CHARS = 20_000
 MAX_JOB_DESCRIPTION_CHARS = 10_000
 MAX_IDEMPOTENCY_KEY_CHARS = 128
+# An earlier job_match result passed back as `match` (resume_customize, interview_prep): each
+# field is bounded, and so is the whole match as the prompt renders it (JSON).
+MAX_MATCH_LIST_ITEMS = 30
+MAX_MATCH_ITEM_CHARS = 500
+MAX_MATCH_SUMMARY_CHARS = 2_000
+MAX_MATCH_PROMPT_CHARS = 6_000
+# Each kind's bound on its rendered user prompt (Handler.max_prompt_chars), so a coin buys a
+# bounded prompt. Without `match`: both texts at their limits, plus the framing. With it: less
+# than every field at its limit, so long texts leave room for a shorter match only.
+MAX_PROMPT_CHARS = MAX_RESUME_CHARS + MAX_JOB_DESCRIPTION_CHARS + 500
+MAX_PROMPT_WITH_MATCH_CHARS = MAX_PROMPT_CHARS + MAX_MATCH_PROMPT_CHARS // 2
 
 
 class JobStatus(StrEnum):
@@ -62,6 +73,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     USER_CONCURRENCY = "user_concurrency"
     BACKPRESSURE = "backpressure"
+    STREAM_LIMIT = "stream_limit"
     UNAVAILABLE = "unavailable"
     ALREADY_FINISHED = "already_finished"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"

@@ -30,7 +30,7 @@ from lib.errors import (
     QuotaError,
     UnavailableError,
 )
-from lib.events import data, emit_terminal, is_terminal, sse_frame
+from lib.events import HeldStream, data, emit_terminal, is_terminal, sse_frame
 from lib.models import ErrorCode, EventType, Job, Me, StreamStatus, SubmitRequest
 from lib.state import WATCH_REFRESH, State
 from lib.store import Store
@@ -142,6 +142,15 @@ class Producer:
             job_input = handler.input_model.model_validate(req.input)
         except ValidationError as exc:
             raise InputError("the input is invalid", details=_field_errors(exc, "input.")) from None
+        sizes = handler.prompt_chars(job_input)
+        if sizes["total"] > handler.max_prompt_chars:  # each field fits, but not all together
+            total = sizes.pop("total")
+            details = {f"input.{name}": f"{size} characters" for name, size in sizes.items()}
+            details["input"] = (
+                f"the prompt would be {total} characters; {req.kind} allows at most "
+                f"{handler.max_prompt_chars}"
+            )
+            raise InputError("the input is too large for one prompt", details=details)
         normalised = job_input.model_dump(mode="json", exclude_none=True)
         nul = _nul_fields(normalised, "input")
         if nul:  # Postgres cannot store U+0000 in text
@@ -342,6 +351,17 @@ class Producer:
                 cursor = entry_id
                 if is_terminal(event_type, payload):
                     return
+
+    def hold_stream(self, user_id: str, frames: Iterator[str]) -> HeldStream:
+        """Count `frames` (an event stream of either endpoint) as one of the user's open
+        streams while it runs. Raises RateLimitError (stream_limit) when the user already has
+        SSE_MAX_STREAMS_PER_USER open; the slot is freed when the stream ends or is closed,
+        and lapses by itself if the process dies."""
+        stream_id = uuid.uuid4().hex
+        self.state.hold_stream(user_id, stream_id, self.settings.sse_max_streams_per_user)
+        return HeldStream(
+            self.state, user_id, stream_id, frames, self.settings.sse_max_streams_per_user
+        )
 
     def heal_stream(self, job: Job) -> None:
         """A terminal job whose stream expired or was never closed gets its final events."""

@@ -26,7 +26,8 @@ from flask import Flask, jsonify
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from support import serve_wsgi
 
-from lib.auth import ACCESS_AUDIENCE, Verifier, mint_access_token
+from lib.auth import ACCESS_AUDIENCE, Identity, Verifier, mint_access_token
+from lib.config import load
 from lib.errors import AuthError
 
 SECRET = "a-test-jwt-secret-that-is-at-least-32-characters"
@@ -355,3 +356,39 @@ def test_a_stream_token_is_not_accepted_as_an_access_token() -> None:
     token = verifier.mint_stream_token(str(uuid.uuid4()), str(uuid.uuid4()))
     with pytest.raises(AuthError):
         verifier.user_id(token)
+
+
+# Anonymous users (issue 11, item 6) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "anonymous"),
+    [
+        ({"role": "authenticated", "is_anonymous": False}, False),
+        ({"role": "authenticated"}, False),  # tokens from before anonymous sign-ins existed
+        ({"role": "authenticated", "is_anonymous": True}, True),  # signInAnonymously()
+        ({"role": "anon", "is_anonymous": False}, True),
+        ({"role": "service_role", "is_anonymous": False}, True),
+        ({"is_anonymous": False}, True),  # no role at all
+    ],
+)
+def test_an_anonymous_sign_in_or_another_role_is_an_anonymous_identity(
+    extra: dict[str, Any], anonymous: bool
+) -> None:
+    body = claims(**extra)
+    identity = Verifier(jwt_secret=SECRET).identity(jwt.encode(body, SECRET, algorithm="HS256"))
+    assert identity.user_id == body["sub"]
+    assert identity.anonymous is anonymous
+
+
+def test_anonymous_users_hold_credit_only_when_allowed() -> None:
+    assert not Identity(str(uuid.uuid4()), anonymous=True).may_hold_credit(False)
+    assert Identity(str(uuid.uuid4()), anonymous=True).may_hold_credit(True)
+    assert Identity(str(uuid.uuid4()), anonymous=False).may_hold_credit(False)
+
+
+def test_allow_anonymous_users_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ALLOW_ANONYMOUS_USERS", raising=False)
+    assert load().allow_anonymous_users is False
+    monkeypatch.setenv("ALLOW_ANONYMOUS_USERS", "true")
+    assert load().allow_anonymous_users is True

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from lib.errors import PermanentError
 from lib.events import JobEvents
-from lib.models import ErrorCode, JobInput
+from lib.models import MAX_PROMPT_CHARS, ErrorCode, JobInput
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
@@ -32,6 +32,11 @@ def detect_language(*texts: str) -> str:
     return "zh" if letters and cjk / letters > 0.2 else "en"
 
 
+def text_fields(job_input: JobInput) -> dict[str, str]:
+    """The prompt fields every kind has: the resume and the job description."""
+    return {"resume_text": job_input.resume_text, "job_description": job_input.job_description}
+
+
 @dataclass(frozen=True)
 class Handler:
     """A registered job kind."""
@@ -42,6 +47,21 @@ class Handler:
     result_model: type[BaseModel]
     handle: Callable[[Context, Any], BaseModel]
     expected_chars: int = 1500
+    prompts: Prompts = field(default_factory=dict)
+    # The prompt's fields from a validated input (what `handle` renders into `prompts`).
+    fields: Callable[[Any], dict[str, str]] = text_fields
+    max_prompt_chars: int = MAX_PROMPT_CHARS
+
+    def prompt_chars(self, job_input: JobInput) -> dict[str, int]:
+        """The size in characters of the rendered user prompt ("total", the longest over the
+        kind's languages) and of each field in it, for the submit bound."""
+        fields = self.fields(job_input)
+        sizes = {name: len(value) for name, value in fields.items()}
+        sizes["total"] = max(
+            (len(user.format(**fields)) for _, user in self.prompts.values()),
+            default=sum(sizes.values()),
+        )
+        return sizes
 
 
 @dataclass

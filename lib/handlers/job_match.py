@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+import json
+from typing import Annotated, Self
 
-from lib.handlers.base import Context, Handler, Prompts
-from lib.models import JobInput
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from lib.handlers.base import Context, Handler, Prompts, text_fields
+from lib.models import (
+    MAX_MATCH_ITEM_CHARS,
+    MAX_MATCH_LIST_ITEMS,
+    MAX_MATCH_PROMPT_CHARS,
+    MAX_MATCH_SUMMARY_CHARS,
+    JobInput,
+)
 
 
 class MatchResult(BaseModel):
@@ -16,6 +25,35 @@ class MatchResult(BaseModel):
         description="Terms from the posting absent from the resume."
     )
     summary: str = Field(description="Two or three sentences a recruiter would read first.")
+
+
+MatchItem = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=MAX_MATCH_ITEM_CHARS)
+]
+
+
+class MatchInput(BaseModel):
+    """A `MatchResult` sent back as input (`match` of resume_customize and interview_prep):
+    the same fields, each bounded, strictly typed, and nothing else."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    score: int = Field(ge=0, le=100)
+    strengths: list[MatchItem] = Field(max_length=MAX_MATCH_LIST_ITEMS)
+    gaps: list[MatchItem] = Field(max_length=MAX_MATCH_LIST_ITEMS)
+    missing_keywords: list[MatchItem] = Field(max_length=MAX_MATCH_LIST_ITEMS)
+    summary: str = Field(max_length=MAX_MATCH_SUMMARY_CHARS)
+
+    @model_validator(mode="after")
+    def _fits_the_prompt(self) -> Self:
+        size = len(self.rendered())
+        if size > MAX_MATCH_PROMPT_CHARS:
+            raise ValueError(f"is {size} characters as JSON; at most {MAX_MATCH_PROMPT_CHARS}")
+        return self
+
+    def rendered(self) -> str:
+        """The match as the prompt shows it."""
+        return json.dumps(self.model_dump(), ensure_ascii=False)
 
 
 PROMPTS: Prompts = {
@@ -38,14 +76,7 @@ PROMPTS: Prompts = {
 
 
 def handle(ctx: Context, job_input: JobInput) -> MatchResult:
-    result = ctx.structured(
-        MatchResult,
-        PROMPTS,
-        {
-            "resume_text": job_input.resume_text,
-            "job_description": job_input.job_description,
-        },
-    )
+    result = ctx.structured(MatchResult, PROMPTS, text_fields(job_input))
     assert isinstance(result, MatchResult)
     return result
 
@@ -57,4 +88,5 @@ HANDLER = Handler(
     result_model=MatchResult,
     handle=handle,
     expected_chars=900,
+    prompts=PROMPTS,
 )

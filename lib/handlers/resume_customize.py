@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import json
-
 from pydantic import BaseModel, Field
 
-from lib.handlers.base import Context, Handler, Prompts
-from lib.handlers.job_match import MatchResult
-from lib.models import JobInput
+from lib.handlers.base import Context, Handler, Prompts, text_fields
+from lib.handlers.job_match import MatchInput
+from lib.models import MAX_PROMPT_WITH_MATCH_CHARS, JobInput
 
 
 class CustomizeInput(JobInput):
-    match: MatchResult | None = None
+    match: MatchInput | None = None
+
+
+def fields(job_input: CustomizeInput) -> dict[str, str]:
+    """The prompt's fields: the two texts, and the match analysis as JSON ("{}" if none)."""
+    match = job_input.match.rendered() if job_input.match else "{}"
+    return {**text_fields(job_input), "match": match}
 
 
 class Change(BaseModel):
@@ -49,16 +53,7 @@ PROMPTS: Prompts = {
 
 
 def handle(ctx: Context, job_input: CustomizeInput) -> CustomizeResult:
-    match = job_input.match.model_dump_json() if job_input.match else "{}"
-    result = ctx.structured(
-        CustomizeResult,
-        PROMPTS,
-        {
-            "resume_text": job_input.resume_text,
-            "job_description": job_input.job_description,
-            "match": json.dumps(json.loads(match), ensure_ascii=False),
-        },
-    )
+    result = ctx.structured(CustomizeResult, PROMPTS, fields(job_input))
     assert isinstance(result, CustomizeResult)
     return result
 
@@ -70,4 +65,7 @@ HANDLER = Handler(
     result_model=CustomizeResult,
     handle=handle,
     expected_chars=2500,
+    prompts=PROMPTS,
+    fields=fields,
+    max_prompt_chars=MAX_PROMPT_WITH_MATCH_CHARS,
 )

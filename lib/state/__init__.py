@@ -25,6 +25,9 @@ Publish = Literal["auto", "always", "never"]
 # every WATCH_REFRESH seconds (a blocking read returns at least every SSE_HEARTBEAT_SECONDS).
 WATCH_TTL_MS = 45_000
 WATCH_REFRESH = 10.0
+# How long an open event stream's slot lasts after its last refresh (`hold_stream`); a stream
+# refreshes it at least every STREAM_SLOT_TTL / 3 plus one heartbeat.
+STREAM_SLOT_TTL = 45.0
 
 
 class Renewal(NamedTuple):
@@ -53,6 +56,7 @@ class State:
         events_ttl: int = 172800,
         publish: Publish | bool = "auto",
         retry_after: int = 5,
+        stream_slot_ttl: float = STREAM_SLOT_TTL,
     ) -> None:
         self.backend = backend
         self.keys = Keys(prefix)
@@ -67,6 +71,7 @@ class State:
             publish if isinstance(publish, str) else ("always" if publish else "never")
         )
         self.retry_after = retry_after
+        self.stream_slot_ttl_ms = int(stream_slot_ttl * 1000)
 
     # Admission -------------------------------------------------------------------------------
     def admit(self, job_id: str, tier: str, user_id: str) -> None:
@@ -131,6 +136,50 @@ class State:
 
     def live_for_user(self, user_id: str, tier: str) -> int:
         return int(self.backend.run(scripts.LIVE, [self.keys.user(user_id, tier)], [_now_ms()]))
+
+    # Event stream slots ----------------------------------------------------------------------
+    def hold_stream(
+        self, user_id: str, stream_id: str, limit: int, *, refresh: bool = False
+    ) -> None:
+        """Count one open event stream of the user for the next STREAM_SLOT_TTL.
+
+        Opening (`refresh=False`) raises RateLimitError (code stream_limit, with retry_after and
+        details) when the user already holds `limit` streams; a refresh keeps the slot always.
+        """
+        now = _now_ms()
+        result = self.backend.run(
+            scripts.HOLD_STREAM,
+            [self.keys.streams(user_id)],
+            [
+                stream_id,
+                now,
+                now + self.stream_slot_ttl_ms,
+                limit,
+                self.stream_slot_ttl_ms,
+                int(refresh),
+            ],
+        )
+        if result[0] == "stream_limit":
+            lapse_s = max(1, -(-int(result[1]) // 1000))
+            raise RateLimitError(
+                f"you already have {limit} open event stream(s); close one first",
+                code=ErrorCode.STREAM_LIMIT,
+                retry_after=lapse_s,
+                details={
+                    "limit": limit,
+                    "open": int(result[2]),
+                    # When the oldest slot lapses if its stream has gone without closing.
+                    "next_slot_in_s": lapse_s,
+                },
+            )
+
+    def drop_stream(self, user_id: str, stream_id: str) -> None:
+        """Free an event stream's slot (it ended or its client went away). Idempotent."""
+        self.backend.command("ZREM", self.keys.streams(user_id), stream_id)
+
+    def open_streams(self, user_id: str) -> int:
+        """The number of the user's event streams that hold a slot now."""
+        return int(self.backend.run(scripts.LIVE, [self.keys.streams(user_id)], [_now_ms()]))
 
     # Leases ----------------------------------------------------------------------------------
     def acquire(self, job_id: str, tier: str, user_id: str, token: str) -> tuple[str, Any]:
@@ -294,4 +343,6 @@ def from_settings(settings: Any, backend: RedisBackend | None = None) -> State:
         events_ttl=settings.events_ttl_seconds,
         publish=settings.events_publish,
         retry_after=settings.retry_after_seconds,
+        # Longer than the time between two refreshes: a third of it plus one heartbeat.
+        stream_slot_ttl=max(STREAM_SLOT_TTL, 3 * settings.sse_heartbeat_seconds),
     )

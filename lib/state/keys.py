@@ -14,6 +14,11 @@ slot on clustered Redis. TTLs:
 | `adm:tier:<tier>`            | zset   | none (one per tier); members expire by score (deadline) |
 | `adm:user:<tier>:<user id>`  | zset   | 2 x ADMISSION_TTL_SECONDS, refreshed on each admission  |
 | `stats:admission`            | hash   | none (one, a field per tier and refusal reason)         |
+| `sse:user:<user id>`         | zset   | STREAM_SLOT_TTL (45 s), refreshed by each open stream    |
+
+`sse:user:<user id>` holds one member per open event stream of the user (either endpoint),
+scored by the time (ms) it lapses unless its stream refreshes it, so a stream whose function
+died frees its slot by itself.
 """
 
 from __future__ import annotations
@@ -52,3 +57,7 @@ class Keys:
 
     def admission_stats(self) -> str:
         return f"{self.prefix}stats:admission"
+
+    def streams(self, user_id: str) -> str:
+        """The user's open event streams (SSE_MAX_STREAMS_PER_USER)."""
+        return f"{self.prefix}sse:user:{user_id}"

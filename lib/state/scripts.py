@@ -146,4 +146,27 @@ return redis.call('ZCARD', KEYS[1])
 """,
 )
 
-ALL = (ADMIT, ACQUIRE, RENEW, RELEASE, EMIT, LIVE)
+# Hold a slot for one open event stream of a user: members are stream ids scored by the time
+# (ms) they lapse. Expired members are dropped first, so a stream whose function died frees its
+# slot by itself. Opening (ARGV[6] = 0) is refused at the limit; a refresh (1) by a stream that
+# holds a slot always keeps it, even when it lapsed meanwhile.
+# KEYS: the user's stream set. ARGV: stream id, now ms, lapse ms, limit, key ttl ms, refresh 0|1.
+# Returns {"ok"} | {"stream_limit", ms until the first slot lapses, open streams}.
+HOLD_STREAM = Script(
+    "hold_stream",
+    """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if ARGV[6] ~= '1' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  local open = redis.call('ZCARD', KEYS[1])
+  if open >= tonumber(ARGV[4]) then
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return {'stream_limit', tonumber(first[2]) - tonumber(ARGV[2]), open}
+  end
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {'ok'}
+""",
+)
+
+ALL = (ADMIT, ACQUIRE, RENEW, RELEASE, EMIT, LIVE, HOLD_STREAM)
