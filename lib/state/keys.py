@@ -14,6 +14,8 @@ slot on clustered Redis. TTLs:
 | `adm:tier:<tier>`            | zset   | none (one per tier); members expire by score (deadline) |
 | `adm:user:<tier>:<user id>`  | zset   | 2 x ADMISSION_TTL_SECONDS, refreshed on each admission  |
 | `stats:admission`            | hash   | none (one, a field per tier and refusal reason)         |
+| `sig:<jti>`                  | string | exp + QSTASH_CLOCK_TOLERANCE_SECONDS - now (<= 5.5 min) |
+|                              |        | a delivery signature already used (replay cache)        |
 """
 
 from __future__ import annotations
@@ -52,3 +54,7 @@ class Keys:
 
     def admission_stats(self) -> str:
         return f"{self.prefix}stats:admission"
+
+    def signature(self, jti: str) -> str:
+        """A delivery signature's id, kept until the signature could no longer verify."""
+        return f"{self.prefix}sig:{jti}"
