@@ -5,7 +5,9 @@ stream. gevent (the default) runs them as greenlets on one hub per process; gthr
 See docs/performance.md for the gthread/gevent measurements behind the default. With gevent,
 psycopg must be imported after gunicorn patches (it is: the master never imports it; do not
 set `preload_app`). Everything comes from the environment
-(PORT, WEB_CONCURRENCY, GUNICORN_THREADS, GUNICORN_WORKER_CLASS) through lib.config.
+(HOST, PORT, WEB_CONCURRENCY, GUNICORN_THREADS, GUNICORN_WORKER_CLASS) through lib.config.
+HOST defaults to loopback in development and to every interface otherwise (the Docker image):
+the worker refuses the public dev signing keys unless it binds loopback.
 """
 
 import os
@@ -17,7 +19,7 @@ from lib.config import load as _load_settings
 
 _settings = _load_settings("any")
 
-bind = f"0.0.0.0:{_settings.port}"
+bind = f"{_settings.bind_host}:{_settings.port}"
 workers = _settings.web_concurrency
 worker_class = _settings.gunicorn_worker_class
 threads = _settings.gunicorn_threads
