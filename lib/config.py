@@ -326,7 +326,7 @@ def _worker_problems(s: Settings) -> list[str]:
     return problems
 
 
-def _public_dev_values(s: Settings, role: Role) -> list[str]:
+def public_dev_values(s: Settings, role: Role) -> list[str]:
     """The settings of `role` that hold a public dev secret or key (`.env.example`'s values)."""
     found = []
     if role == "api":
@@ -344,7 +344,8 @@ def _public_dev_values(s: Settings, role: Role) -> list[str]:
     return found
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, IPv6 with or without brackets) is loopback only."""
     if host == "localhost":
         return True
     try:
@@ -356,7 +357,7 @@ def _loopback(host: str) -> bool:
 def _dev_value_problems(s: Settings, role: Role) -> list[str]:
     """The public dev values are accepted only by an explicit development process on loopback,
     never on Vercel: anyone can sign tokens and deliveries with them."""
-    names = _public_dev_values(s, role)
+    names = public_dev_values(s, role)
     if not names:
         return []
     which = ", ".join(names) + (
@@ -366,7 +367,7 @@ def _dev_value_problems(s: Settings, role: Role) -> list[str]:
         return [f"{which}, refused on Vercel (VERCEL is set)"]
     if s.app_env != "development":
         return [f"{which}, accepted only with APP_ENV=development (APP_ENV is {s.app_env})"]
-    if not _loopback(s.bind_host):
+    if not is_loopback(s.bind_host):
         return [f"{which}, accepted only on loopback (HOST is {s.bind_host})"]
     return []
 

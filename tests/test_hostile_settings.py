@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+from support import free_port
 
 from lib.auth import Verifier, from_settings
 from lib.config import DEV_JWT_SECRET, Settings, load
@@ -168,6 +169,40 @@ def test_a_worker_started_with_the_dev_keys_and_no_app_env_exits_naming_every_pr
     assert "QSTASH_CURRENT_SIGNING_KEY, QSTASH_NEXT_SIGNING_KEY are public dev values" in message
     assert "unknown provider 'acme'" in message
     assert "REDIS_URL" in message and "WORKER_URL" in message
+
+
+def test_a_dev_worker_told_to_bind_every_interface_on_the_command_line_exits(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    done = subprocess.run(  # noqa: S603
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "worker/gunicorn.conf.py",
+            "--bind",
+            f"0.0.0.0:{port}",
+            "worker.wsgi:app",
+        ],
+        cwd=ROOT,
+        env=clean_process_env(
+            **DEV_WORKER,
+            APP_ENV="development",
+            PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+            GUNICORN_WORKER_CLASS="gthread",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert (
+        "QSTASH_CURRENT_SIGNING_KEY, QSTASH_NEXT_SIGNING_KEY: public dev values, accepted only "
+        f"on loopback (listening at http://0.0.0.0:{port})"
+    ) in done.stderr
+    assert "Booting worker" not in done.stderr
 
 
 # Item 7: stream tokens ----------------------------------------------------------------------
