@@ -139,8 +139,9 @@ def _verified(executor: Executor, settings: Any, url: str) -> bytes | Response:
         log.warning("could not check the signature for replay", extra={"code": exc.code})
         return _error(503, exc.code, exc.message, {"Retry-After": "10"})
     if not first:
-        # QStash signs every attempt anew (a new jti), so only a replay repeats one. 401, as for
-        # any bad signature: a retry by QStash itself would carry a fresh signature.
+        # QStash sends a JWT "with each request", living 5 minutes (upstash.com/docs/qstash/
+        # features/security), so every attempt has its own jti and only a replay repeats one.
+        # 401, as for any bad signature: a retry by QStash itself carries a fresh signature.
         log.warning("rejected a replayed delivery signature", extra={"path": url})
         return _error(401, "unauthorized", "this Upstash-Signature was already used")
     return body
