@@ -5,6 +5,13 @@ project's JWKS (cached). We require `aud=authenticated`, a valid `exp` and a UUI
 algorithm is chosen by which key we have, never by the token: an HS256 token is only checked
 with the shared secret and an asymmetric one only with JWKS keys, so `alg: none` and HS/RS
 confusion are refused.
+
+Stream tokens are ours, not Supabase's: they name their user in a claim of their own (`uid`, no
+`sub`), carry no `role`, and have an audience and issuer Supabase never uses, so no Supabase
+service reads one as a session even where both share a secret (development only: production
+signs them with STREAM_TOKEN_SECRET, lib/config.py). They travel in URLs, so they are short-lived
+(STREAM_TOKEN_TTL_SECONDS, 10 minutes by default) and scoped to one job; docs/security.md says
+where such URLs are logged.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from lib.errors import AuthError
 
 ACCESS_AUDIENCE = "authenticated"
 STREAM_AUDIENCE = "careershaper-stream"
+STREAM_ISSUER = "careershaper-jobs"
 ASYMMETRIC = ("ES256", "RS256")
 LEEWAY_SECONDS = 30
 
@@ -61,7 +69,7 @@ class Verifier:
         jwt_secret: str = "",
         jwks_url: str = "",
         stream_secret: str = "",
-        stream_ttl: int = 3600,
+        stream_ttl: int = 600,
     ) -> None:
         self.jwt_secret = jwt_secret
         self.jwks_url = jwks_url
@@ -114,8 +122,9 @@ class Verifier:
         """A token that lets its holder stream one job's events until it expires."""
         issued = int(now if now is not None else time.time())
         claims = {
+            "iss": STREAM_ISSUER,
             "aud": STREAM_AUDIENCE,
-            "sub": user_id,
+            "uid": user_id,
             "job": job_id,
             "iat": issued,
             "exp": issued + self.stream_ttl,
@@ -130,8 +139,9 @@ class Verifier:
                 self.stream_secret,
                 algorithms=["HS256"],
                 audience=STREAM_AUDIENCE,
+                issuer=STREAM_ISSUER,
                 leeway=LEEWAY_SECONDS,
-                options={"require": ["exp", "sub", "job"]},
+                options={"require": ["exp", "iss", "aud", "uid", "job"]},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("the stream token has expired") from None
@@ -139,7 +149,7 @@ class Verifier:
             raise AuthError("invalid stream token") from None
         if claims.get("job") != job_id:
             raise AuthError("the stream token is for another job")
-        return _uuid(claims["sub"])
+        return _uuid(claims["uid"])
 
 
 def mint_access_token(user_id: str, secret: str, *, ttl: int = 3600, email: str = "") -> str:

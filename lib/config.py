@@ -7,6 +7,7 @@ list rather than one variable at a time. This module is the only place that read
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import cache
 from typing import Annotated, Literal
@@ -17,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from lib.errors import ConfigError
 from lib.queue import plans
+from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
 
 Role = Literal["api", "worker", "any"]
 
@@ -30,6 +32,7 @@ PROVIDER_DEFAULT_BASE_URLS = {
 JSON_SCHEMA_PROVIDERS = {"openai"}
 
 DEV_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"  # noqa: S105
+DEV_SIGNING_KEYS = (DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY)
 
 
 class Settings(BaseSettings):
@@ -37,7 +40,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
-    app_env: Literal["development", "production", "test"] = "development"
+    # Production unless set: the public dev secrets and keys need APP_ENV=development, said
+    # explicitly, on a process that serves on loopback only (HOST), and never on Vercel.
+    app_env: Literal["development", "production", "test"] = "production"
+    # Set to 1 by Vercel in its functions: the public dev values are refused there regardless.
+    vercel: str = ""
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
@@ -58,9 +65,10 @@ class Settings(BaseSettings):
     # (WORKER_REPLICAS' default) hold 12, within Supabase's smallest session pooler (15 clients).
     db_max_connections: int = Field(6, ge=1)
 
-    # Stream tokens (scoped to one job) are HS256 JWTs signed with this secret.
+    # Stream tokens (scoped to one job) are HS256 JWTs signed with this secret, short-lived: they
+    # travel in URLs. Required (and distinct from SUPABASE_JWT_SECRET) outside development.
     stream_token_secret: str = ""
-    stream_token_ttl_seconds: int = Field(3600, ge=60)
+    stream_token_ttl_seconds: int = Field(600, ge=60, le=3600)
 
     # QStash.
     qstash_url: str = "https://qstash.upstash.io"
@@ -127,7 +135,9 @@ class Settings(BaseSettings):
     llm_model_paid: str = "openai:gpt-4o"
     llm_model_overrides: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
-    # Worker process model (worker/gunicorn.conf.py).
+    # Worker process model (worker/gunicorn.conf.py). HOST empty binds loopback in development
+    # and every interface otherwise (the Docker image).
+    host: str = ""
     port: int = Field(8080, ge=1, le=65535)
     web_concurrency: int = Field(2, ge=1)
     gunicorn_threads: int = Field(64, ge=1)
@@ -196,6 +206,17 @@ class Settings(BaseSettings):
         return self.app_env == "production"
 
     @property
+    def bind_host(self) -> str:
+        """The address the worker binds: HOST, else loopback in development, else 0.0.0.0."""
+        if self.host:
+            return self.host
+        return "127.0.0.1" if self.app_env == "development" else "0.0.0.0"  # noqa: S104
+
+    @property
+    def on_vercel(self) -> bool:
+        return self.vercel.strip() not in ("", "0")
+
+    @property
     def signing_keys(self) -> list[str]:
         return [k for k in (self.qstash_current_signing_key, self.qstash_next_signing_key) if k]
 
@@ -223,7 +244,10 @@ class Settings(BaseSettings):
 
     @property
     def stream_secret(self) -> str:
-        return self.stream_token_secret or self.supabase_jwt_secret
+        """STREAM_TOKEN_SECRET; in development only, SUPABASE_JWT_SECRET when it is unset."""
+        if self.stream_token_secret or self.app_env != "development":
+            return self.stream_token_secret
+        return self.supabase_jwt_secret
 
     def cost(self, kind: str, default: int) -> int:
         """The coin cost of `kind`: `COST_<KIND>` when set, else the handler's default."""
@@ -292,7 +316,14 @@ def _api_problems(s: Settings) -> list[str]:
     problems = []
     if not s.supabase_jwt_secret and not s.jwks_url:
         problems.append("set SUPABASE_JWT_SECRET or SUPABASE_URL (for JWKS) to verify tokens")
-    if len(s.stream_secret) < 32:
+    if s.app_env != "development":
+        if len(s.stream_token_secret) < 32:
+            problems.append(
+                f"STREAM_TOKEN_SECRET must be set (>= 32 chars) with APP_ENV={s.app_env}"
+            )
+        elif s.stream_token_secret == s.supabase_jwt_secret:
+            problems.append("STREAM_TOKEN_SECRET must differ from SUPABASE_JWT_SECRET")
+    elif len(s.stream_secret) < 32:
         problems.append("STREAM_TOKEN_SECRET (or SUPABASE_JWT_SECRET) must be >= 32 chars")
     if s.qstash_mode == "broker" and not s.qstash_token:
         problems.append("QSTASH_TOKEN is required when QSTASH_MODE=broker")
@@ -302,8 +333,6 @@ def _api_problems(s: Settings) -> list[str]:
         problems.append("QSTASH_MODE=direct is for development only")
     if s.is_production and s.sse_read_mode == "poll":
         problems.append("SSE_READ_MODE=poll is the benchmark baseline; not for production")
-    if s.is_production and s.supabase_jwt_secret == DEV_JWT_SECRET:
-        problems.append("SUPABASE_JWT_SECRET is the public dev secret; not for production")
     return problems
 
 
@@ -328,10 +357,56 @@ def _worker_problems(s: Settings) -> list[str]:
     return problems
 
 
+def public_dev_values(s: Settings, role: Role) -> list[str]:
+    """The settings of `role` that hold a public dev secret or key (`.env.example`'s values)."""
+    found = []
+    if role == "api":
+        if s.supabase_jwt_secret == DEV_JWT_SECRET:
+            found.append("SUPABASE_JWT_SECRET")
+        if s.stream_token_secret == DEV_JWT_SECRET:
+            found.append("STREAM_TOKEN_SECRET")
+        if s.qstash_token == DEV_TOKEN:
+            found.append("QSTASH_TOKEN")
+    if role == "worker" or (role == "api" and s.qstash_mode == "direct"):
+        if s.qstash_current_signing_key in DEV_SIGNING_KEYS:
+            found.append("QSTASH_CURRENT_SIGNING_KEY")
+        if s.qstash_next_signing_key in DEV_SIGNING_KEYS:
+            found.append("QSTASH_NEXT_SIGNING_KEY")
+    return found
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, IPv6 with or without brackets) is loopback only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _dev_value_problems(s: Settings, role: Role) -> list[str]:
+    """The public dev values are accepted only by an explicit development process on loopback,
+    never on Vercel: anyone can sign tokens and deliveries with them."""
+    names = public_dev_values(s, role)
+    if not names:
+        return []
+    which = ", ".join(names) + (
+        " is a public dev value" if len(names) == 1 else " are public dev values"
+    )
+    if s.on_vercel:
+        return [f"{which}, refused on Vercel (VERCEL is set)"]
+    if s.app_env != "development":
+        return [f"{which}, accepted only with APP_ENV=development (APP_ENV is {s.app_env})"]
+    if not is_loopback(s.bind_host):
+        return [f"{which}, accepted only on loopback (HOST is {s.bind_host})"]
+    return []
+
+
 def _problems(s: Settings, role: Role) -> list[str]:
     problems = _cost_problems()
     if role != "any":
-        problems += _shared_problems(s) + plan_problems(s)
+        problems += _shared_problems(s) + plan_problems(s) + _dev_value_problems(s, role)
     if role == "api":
         problems += _api_problems(s)
     if role == "worker":

@@ -186,13 +186,11 @@ class Executor:
             logs.job_scope(job_id, user_id=user_id, tier=tier),
             tracing.attempt_span(job_id, tier=tier, retried=retried),
         ):
-            outcome = self._execute(job_id, user_id, tier, retried=retried, max_retries=max_retries)
+            outcome = self._execute(job_id, user_id, tier, max_retries=max_retries)
             tracing.annotate(http_status=outcome.status)
             return outcome
 
-    def _execute(
-        self, job_id: str, user_id: str, tier: str, *, retried: int, max_retries: int
-    ) -> Outcome:
+    def _execute(self, job_id: str, user_id: str, tier: str, *, max_retries: int) -> Outcome:
         if self.draining:
             return _retry("the worker is shutting down", ErrorCode.WORKER_SHUTTING_DOWN, 5)
         lease = _Lease(job_id, tier, user_id, uuid.uuid4().hex)
@@ -208,7 +206,7 @@ class Executor:
         if self.metrics:
             self.metrics.running(+1)
         try:
-            return self._attempt(lease, retried=retried, last=retried >= max_retries)
+            return self._attempt(lease, max_retries=max_retries)
         except AppError:
             # The store or Redis failed before the attempt settled: free the lease (keep the
             # slots, the job is still live) so the broker's retry is not refused as busy.
@@ -222,7 +220,7 @@ class Executor:
             if self.metrics:
                 self.metrics.running(-1)
 
-    def _attempt(self, lease: _Lease, *, retried: int, last: bool) -> Outcome:
+    def _attempt(self, lease: _Lease, *, max_retries: int) -> Outcome:
         job_id = lease.job_id
         started = self.store.start_attempt(job_id)
         if started.outcome == "not_found":
@@ -231,6 +229,9 @@ class Executor:
             return Outcome(200, {"job_id": job_id, "note": "unknown job"})
         job = started.job
         assert job is not None
+        # The last attempt is decided by the job's own attempt count (this one included) against
+        # the signed `retries`, never by the unsigned Upstash-Retried header.
+        last = job.attempts > max_retries
         if started.outcome == "terminal":
             self._close(job)
             self.state.release(job_id, lease.tier, lease.user_id, lease.token)

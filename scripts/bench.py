@@ -268,6 +268,7 @@ def _cold_env() -> dict[str, str]:
         {
             "PYTHONPATH": str(ROOT),
             "PYTHONDONTWRITEBYTECODE": "1",
+            "APP_ENV": "development",  # the public dev values below need it
             "SUPABASE_JWT_SECRET": DEV_JWT_SECRET,
             "REDIS_URL": "redis://127.0.0.1:1/0",  # never reached: the first request needs none
             "DATABASE_URL": "postgresql://127.0.0.1:1/none",

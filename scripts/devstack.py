@@ -100,8 +100,11 @@ class Stack:
         if env.get("DATABASE_URL"):
             applied = migrate.apply(env["DATABASE_URL"])
             self._log(f"migrations applied: {', '.join(applied) or 'none pending'}")
+        # Said explicitly, whatever `.env` says: the public dev secrets and keys below are
+        # accepted only by a development process that binds loopback (lib/config.py).
+        env["APP_ENV"] = self.overrides.get("APP_ENV", "development")
+        env["HOST"] = "127.0.0.1"
         defaults = {
-            "APP_ENV": "development",
             "LOG_FORMAT": "text",
             "SUPABASE_JWT_SECRET": DEV_JWT_SECRET,
             "WORKER_URL": self.worker_url,

@@ -137,6 +137,7 @@ def local_stack(
     def start(name: str, **env: str) -> Iterator[Stack]:
         ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
         overrides = {
+            "APP_ENV": "development",
             "REDIS_URL": redis_url,
             "DATABASE_URL": database_url,
             "REDIS_PREFIX": f"{name}-{uuid.uuid4().hex[:6]}:",

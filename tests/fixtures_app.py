@@ -50,6 +50,8 @@ def base_settings(
 ) -> dict[str, Any]:
     """Settings overrides shared by the worker and the producer in one test."""
     return {
+        # Said explicitly: production is the default, and it refuses the public dev keys below.
+        "app_env": "development",
         "redis_url": redis_url,
         "database_url": database_url,
         "redis_prefix": redis_prefix,

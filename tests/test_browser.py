@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -293,7 +294,15 @@ def test_the_dev_token_endpoint_mints_only_in_development(stack: Stack) -> None:
     producer = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "api._local:app"],
         cwd=ROOT,
-        env={**stack.env, "APP_ENV": "test"},
+        # Outside development the public dev secret is refused at start, so this producer has
+        # secrets of its own: the dev token endpoint must be off even so.
+        env={
+            **stack.env,
+            "APP_ENV": "test",
+            "SUPABASE_JWT_SECRET": secrets.token_urlsafe(32),
+            "STREAM_TOKEN_SECRET": secrets.token_urlsafe(32),
+            "QSTASH_TOKEN": secrets.token_urlsafe(16),
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

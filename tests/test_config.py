@@ -17,9 +17,16 @@ COMMON = {
     "DATABASE_URL": "postgresql://127.0.0.1/cs",
     "WORKER_URL": "http://127.0.0.1:8080",
 }
-API = {**COMMON, "SUPABASE_JWT_SECRET": DEV_JWT_SECRET, "QSTASH_TOKEN": DEV_TOKEN}
+# The public dev values: accepted only with APP_ENV=development said explicitly (on loopback).
+API = {
+    **COMMON,
+    "APP_ENV": "development",
+    "SUPABASE_JWT_SECRET": DEV_JWT_SECRET,
+    "QSTASH_TOKEN": DEV_TOKEN,
+}
 WORKER = {
     **COMMON,
+    "APP_ENV": "development",
     "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
     "QSTASH_NEXT_SIGNING_KEY": DEV_NEXT_SIGNING_KEY,
 }
@@ -220,7 +227,10 @@ def test_the_api_refuses_direct_mode_and_the_dev_jwt_secret_in_production(
     )
     message = config_error("api")
     assert "QSTASH_MODE=direct is for development only" in message
-    assert "SUPABASE_JWT_SECRET is the public dev secret" in message
+    assert (
+        "SUPABASE_JWT_SECRET, QSTASH_TOKEN, QSTASH_CURRENT_SIGNING_KEY are public dev values, "
+        "accepted only with APP_ENV=development (APP_ENV is production)"
+    ) in message
 
 
 def test_the_polling_sse_baseline_is_refused_in_production(
@@ -276,6 +286,8 @@ def test_the_api_in_production_loads_with_a_real_secret_and_the_broker(
             **API,
             "APP_ENV": "production",
             "SUPABASE_JWT_SECRET": "a-production-secret-of-forty-characters!",
+            "STREAM_TOKEN_SECRET": "another-production-secret-of-40-chars!!",
+            "QSTASH_TOKEN": "a-real-qstash-token",
         },
     )
     assert load("api").is_production

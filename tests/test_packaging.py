@@ -15,6 +15,7 @@ API_ENV = {
     "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
     "WORKER_URL": "http://127.0.0.1:1",
     "SUPABASE_JWT_SECRET": "x" * 40,
+    "STREAM_TOKEN_SECRET": "y" * 40,
     "QSTASH_TOKEN": "t",
 }
 

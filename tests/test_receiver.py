@@ -13,7 +13,7 @@ import pytest
 from qstash import Receiver
 from qstash.errors import SignatureError
 
-from lib.queue.receiver import InvalidSignature, verify
+from lib.queue.receiver import InvalidSignature, verify, verify_body, verify_token
 from lib.queue.signing import (
     DEV_CURRENT_SIGNING_KEY,
     DEV_NEXT_SIGNING_KEY,
@@ -101,6 +101,7 @@ def test_a_body_hash_with_base64_padding_still_verifies() -> None:
             "exp": now + SIGNATURE_TTL_SECONDS,
             "nbf": now,
             "iat": now,
+            "jti": "jwt_padding",
             "body": body_hash(BODY) + "=",
         },
         DEV_CURRENT_SIGNING_KEY,
@@ -113,7 +114,14 @@ def token_without_body_claim() -> str:
     """A correctly signed Upstash-shaped token that has no `body` claim."""
     now = int(time.time())
     return jwt.encode(
-        {"iss": "Upstash", "sub": URL, "exp": now + SIGNATURE_TTL_SECONDS, "nbf": now, "iat": now},
+        {
+            "iss": "Upstash",
+            "sub": URL,
+            "exp": now + SIGNATURE_TTL_SECONDS,
+            "nbf": now,
+            "iat": now,
+            "jti": "jwt_no_body",
+        },
         DEV_CURRENT_SIGNING_KEY,
         algorithm="HS256",
     )
@@ -140,6 +148,34 @@ def test_a_token_from_another_issuer_is_refused() -> None:
     )
     with pytest.raises(InvalidSignature):
         verify(signature, BODY, keys=KEYS, url=URL)
+
+
+def test_a_token_without_a_jti_claim_is_refused() -> None:
+    now = int(time.time())
+    signature = jwt.encode(
+        {"iss": "Upstash", "sub": URL, "exp": now + 300, "nbf": now, "body": body_hash(BODY)},
+        DEV_CURRENT_SIGNING_KEY,
+        algorithm="HS256",
+    )
+    with pytest.raises(InvalidSignature, match="jti"):
+        verify(signature, BODY, keys=KEYS, url=URL)
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer x", "not-a-jwt", "a.b", "a.b.c.d", "a.b.c" + "x" * 5000, "a.b.c\n", "é.b.c"],
+)
+def test_a_header_that_is_not_a_compact_jwt_is_refused_as_malformed(header: str) -> None:
+    with pytest.raises(InvalidSignature, match="malformed"):
+        verify_token(header, keys=KEYS, url=URL)
+
+
+def test_the_token_verifies_without_the_body_and_the_body_is_checked_after() -> None:
+    claims = verify_token(sign(DEV_CURRENT_SIGNING_KEY, URL, BODY), keys=KEYS, url=URL)
+    assert claims.jti.startswith("jwt_") and claims.exp > time.time()
+    verify_body(claims, BODY)
+    with pytest.raises(InvalidSignature, match="body hash"):
+        verify_body(claims, BODY + b" ")
 
 
 # The official SDK (qstash 3.4): the two behaviours `lib.queue.receiver` exists to avoid.

@@ -306,7 +306,8 @@ def test_a_transient_llm_failure_is_retried_by_the_broker_and_then_succeeds(
 def test_a_failure_on_the_last_attempt_is_final_and_refunds_once(env: WorkerEnv, db: Db) -> None:
     job = env.create_job("[[llm:fail=500]]")
 
-    response = deliver(env, job, retried=3, retries=3)
+    # The signed body says no retries: this first attempt is the last one.
+    response = deliver(env, job, retries=0)
 
     assert response.status_code == 489
     assert response.headers["Upstash-NonRetryable-Error"] == "true"
@@ -320,7 +321,7 @@ def test_a_failure_on_the_last_attempt_is_final_and_refunds_once(env: WorkerEnv,
     assert [e.data["status"] for e in events if e.type == "status"].count("failed") == 1
     assert env.state.live("paid") == 0
 
-    again = deliver(env, job, retried=3, retries=3)
+    again = deliver(env, job, retries=0)
 
     assert again.status_code == 200
     assert db.ledger(job.job_id) == [("debit", -1), ("refund", 1)]
@@ -623,8 +624,7 @@ def test_health_readiness_and_metrics_answer(env: WorkerEnv) -> None:
     metrics = client.get("/metrics")
 
     assert health.status_code == 200 and health.get_json()["ok"] is True
-    assert ready.status_code == 200
-    assert ready.get_json()["checks"] == {"redis": True, "db": True}
+    assert ready.status_code == 200 and ready.get_json() == {"ok": True}
     assert metrics.status_code == 200
     assert metrics.content_type.startswith("text/plain")
     text = metrics.get_data(as_text=True)
@@ -637,8 +637,7 @@ def test_readiness_fails_when_redis_is_unreachable(make_worker: Callable[..., Wo
 
     ready = env.app.test_client().get("/readyz")
 
-    assert ready.status_code == 503
-    assert ready.get_json()["checks"] == {"redis": False, "db": True}
+    assert ready.status_code == 503 and ready.get_json() == {"ok": False}
 
 
 def test_an_attempt_that_loses_its_lease_stops_without_deciding_anything(
@@ -648,9 +647,7 @@ def test_an_attempt_that_loses_its_lease_stops_without_deciding_anything(
     env.state.watch(job.job_id, "tcp")
     results: list[TestResponse] = []
     # The last attempt: a lost lease must still not fail the job another attempt may own.
-    runner = threading.Thread(
-        target=lambda: results.append(deliver(env, job, retried=3, retries=3))
-    )
+    runner = threading.Thread(target=lambda: results.append(deliver(env, job, retries=0)))
     runner.start()
     wait_for(lambda: any(e.type == "delta" for e in env.stream(job.job_id)), 10, what="a delta")
     env.state.backend.command("SET", env.state.keys.lease(job.job_id), "someone-else", "PX", 60000)

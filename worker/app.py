@@ -5,16 +5,23 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from lib import config, logs, tracing
 from lib.errors import AppError
 from lib.executor import Executor, Outcome
-from lib.queue.receiver import InvalidSignature, verify
+from lib.queue.receiver import InvalidSignature, verify_body, verify_token
 
 log = logging.getLogger("cs.worker")
+
+# A delivery body is about 150 bytes and a failure callback a few KiB (QStash's payload carries
+# our short answer and the source body, base64). Anything larger is refused: by its
+# Content-Length before a byte is read, and a chunked body as soon as it passes the cap.
+MAX_BODY_BYTES = 64 * 1024
 
 
 def _respond(outcome: Outcome) -> Response:
@@ -77,7 +84,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if executor.metrics is not None:
         count_errors(executor.store, executor.state)
     app = Flask(__name__)
+    # werkzeug stops reading a chunked body at MAX_CONTENT_LENGTH without a word (it truncates):
+    # one byte more than the cap lets `_read_body` tell a body at the cap from one over it.
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1
     app.extensions["executor"] = executor
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(_: RequestEntityTooLarge) -> Response:
+        return _error(413, "payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+
     _delivery_routes(app, executor, settings)
     _health_routes(
         app, executor, AdmissionCollector(executor.state, settings.metrics_redis_refresh_seconds)
@@ -85,23 +100,56 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
-def _delivery_routes(app: Flask, executor: Executor, settings: Any) -> None:
-    keys = settings.signing_keys
+def _read_body() -> bytes:
+    """The request body, at most MAX_BODY_BYTES. Raises RequestEntityTooLarge (413) past it."""
+    body = request.get_data(cache=False)
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestEntityTooLarge()
+    return body
 
+
+def _verified(executor: Executor, settings: Any, url: str) -> bytes | Response:
+    """The body of a genuine, first-seen delivery to `url`, or the answer that refuses it.
+
+    Everything that needs no body is checked before a byte of it is read: the size by
+    Content-Length, then the signature (HMAC, issuer, destination, expiry). The body is read up
+    to the cap, its hash checked, and last the signature's `jti` is recorded, so a captured
+    delivery cannot be replayed while its signature is still valid."""
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise RequestEntityTooLarge()
+    tolerance = settings.qstash_clock_tolerance_seconds
+    try:
+        claims = verify_token(
+            request.headers.get("Upstash-Signature"),
+            keys=settings.signing_keys,
+            url=url,
+            clock_tolerance=tolerance,
+        )
+        body = _read_body()
+        verify_body(claims, body)
+    except InvalidSignature as exc:
+        log.warning(
+            "rejected a delivery with an invalid signature",
+            extra={"path": url, "reason": str(exc)},
+        )
+        return _error(401, "unauthorized", "invalid Upstash-Signature")
+    try:
+        first = executor.state.first_use(claims.jti, claims.exp - int(time.time()) + tolerance)
+    except AppError as exc:
+        log.warning("could not check the signature for replay", extra={"code": exc.code})
+        return _error(503, exc.code, exc.message, {"Retry-After": "10"})
+    if not first:
+        # QStash sends a JWT "with each request", living 5 minutes (upstash.com/docs/qstash/
+        # features/security), so every attempt has its own jti and only a replay repeats one.
+        # 401, as for any bad signature: a retry by QStash itself carries a fresh signature.
+        log.warning("rejected a replayed delivery signature", extra={"path": url})
+        return _error(401, "unauthorized", "this Upstash-Signature was already used")
+    return body
+
+
+def _delivery_routes(app: Flask, executor: Executor, settings: Any) -> None:
     def verified(url: str) -> bytes | Response:
-        body = request.get_data(cache=False)
-        try:
-            verify(
-                request.headers.get("Upstash-Signature"),
-                body,
-                keys=keys,
-                url=url,
-                clock_tolerance=settings.qstash_clock_tolerance_seconds,
-            )
-        except InvalidSignature:
-            log.warning("rejected a delivery with an invalid signature", extra={"path": url})
-            return _error(401, "unauthorized", "invalid Upstash-Signature")
-        return body
+        return _verified(executor, settings, url)
 
     @app.post("/v1/execute")
     def execute() -> Response:
@@ -116,6 +164,8 @@ def _delivery_routes(app: Flask, executor: Executor, settings: Any) -> None:
                 "malformed delivery body",
                 {"Upstash-NonRetryable-Error": "true"},
             )
+        # Upstash-Retried is not signed: it is informational (logs, traces) only. Whether this is
+        # the last attempt comes from the job's own attempt count against the signed `retries`.
         retried = _int_header("Upstash-Retried")
         max_retries = int(payload.get("retries", settings.job_retries))
         with logs.job_scope(payload["job_id"], user_id=payload["user_id"]):
@@ -167,15 +217,18 @@ def _health_routes(app: Flask, executor: Executor, admission: Any) -> None:
 
     @app.get("/readyz")
     def readyz() -> Response:
-        checks: dict[str, bool] = {}
+        # The answer says only ready or not: which dependency is down is for the operator's
+        # log, not for whoever can reach the worker's public URL.
+        down = []
         for name, ping in (("redis", executor.state.ping), ("db", executor.store.ping)):
             try:
                 ping()
-                checks[name] = True
             except Exception:
-                checks[name] = False
-        ok = all(checks.values()) and not executor.draining
-        response = jsonify({"ok": ok, "checks": checks, "draining": executor.draining})
+                down.append(name)
+        if down:
+            log.warning("not ready: a dependency is down", extra={"down": down})
+        ok = not down and not executor.draining
+        response = jsonify({"ok": ok})
         response.status_code = 200 if ok else 503
         return response
 

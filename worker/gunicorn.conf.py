@@ -5,19 +5,24 @@ stream. gevent (the default) runs them as greenlets on one hub per process; gthr
 See docs/performance.md for the gthread/gevent measurements behind the default. With gevent,
 psycopg must be imported after gunicorn patches (it is: the master never imports it; do not
 set `preload_app`). Everything comes from the environment
-(PORT, WEB_CONCURRENCY, GUNICORN_THREADS, GUNICORN_WORKER_CLASS) through lib.config.
+(HOST, PORT, WEB_CONCURRENCY, GUNICORN_THREADS, GUNICORN_WORKER_CLASS) through lib.config.
+HOST defaults to loopback in development and to every interface otherwise (the Docker image):
+the worker refuses the public dev signing keys unless it binds loopback.
 """
 
 import os
 import shutil
 import signal
+import sys
 import tempfile
 
+from lib.config import is_loopback as _is_loopback
 from lib.config import load as _load_settings
+from lib.config import public_dev_values as _public_dev_values
 
 _settings = _load_settings("any")
 
-bind = f"0.0.0.0:{_settings.port}"
+bind = f"{_settings.bind_host}:{_settings.port}"
 workers = _settings.web_concurrency
 worker_class = _settings.gunicorn_worker_class
 threads = _settings.gunicorn_threads
@@ -41,6 +46,23 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 def on_starting(server):  # noqa: ARG001
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     os.makedirs(_metrics_dir, exist_ok=True)
+
+
+def when_ready(server):
+    """The public dev signing keys only behind loopback listeners, even when a `--bind` on the
+    command line overrode HOST (lib/config.py checks HOST alone)."""
+    dev_keys = _public_dev_values(_settings, "worker")
+    exposed = [
+        str(listener)
+        for listener in server.LISTENERS
+        if isinstance(listener.cfg_addr, tuple) and not _is_loopback(str(listener.cfg_addr[0]))
+    ]
+    if dev_keys and exposed:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
+        sys.exit(
+            f"invalid configuration:\n  - {', '.join(dev_keys)}: public dev values, accepted "
+            f"only on loopback (listening at {', '.join(exposed)})"
+        )
 
 
 def post_worker_init(worker):

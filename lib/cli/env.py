@@ -74,15 +74,15 @@ def dev_user_id(settings: CliSettings, user: str | None = None) -> str:
 def dev_token(user: str | None = None, ttl: int = 3600) -> tuple[str, str]:
     """Mint a dev access token; returns (token, user id).
 
-    Signed with SUPABASE_JWT_SECRET, or the Supabase local dev secret when it is unset.
-    Raises ConfigError in production, where tokens come from Supabase Auth only.
+    Signed with the public Supabase local dev secret, which only a development stack on
+    loopback accepts (lib/config.py). Raises ConfigError when SUPABASE_JWT_SECRET is a real
+    secret: real tokens come from Supabase Auth only.
     """
     settings = config.load("any")
-    if settings.is_production:
-        raise ConfigError("dev tokens are for development; APP_ENV is production")
+    if settings.supabase_jwt_secret not in ("", config.DEV_JWT_SECRET):
+        raise ConfigError("dev tokens use the public dev secret; SUPABASE_JWT_SECRET is a real one")
     user_id = dev_user_id(cli_settings(), user)
-    secret = settings.supabase_jwt_secret or config.DEV_JWT_SECRET
-    return mint_access_token(user_id, secret, ttl=ttl), user_id
+    return mint_access_token(user_id, config.DEV_JWT_SECRET, ttl=ttl), user_id
 
 
 def access_token(token: str | None, dev: bool) -> str:

@@ -313,6 +313,14 @@ class State:
         value = self.backend.command("GET", self.keys.done(job_id))
         return str(value) if value else None
 
+    def first_use(self, jti: str, ttl_seconds: int) -> bool:
+        """Record a delivery signature's `jti` for `ttl_seconds` (at least 1); return False when
+        it was recorded already (a replay). One command (SET NX EX)."""
+        answer = self.backend.command(
+            "SET", self.keys.signature(jti), "1", "NX", "EX", max(1, int(ttl_seconds))
+        )
+        return answer is not None
+
     def ping(self) -> None:
         self.backend.ping()
 

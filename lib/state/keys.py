@@ -15,6 +15,8 @@ slot on clustered Redis. TTLs:
 | `adm:user:<tier>:<user id>`  | zset   | 2 x ADMISSION_TTL_SECONDS, refreshed on each admission  |
 | `stats:admission`            | hash   | none (one, a field per tier and refusal reason)         |
 | `sse:user:<user id>`         | zset   | STREAM_SLOT_TTL (45 s), refreshed by each open stream    |
+| `sig:<jti>`                  | string | exp + QSTASH_CLOCK_TOLERANCE_SECONDS - now (<= 5.5 min) |
+|                              |        | a delivery signature already used (replay cache)        |
 
 `sse:user:<user id>` holds one member per open event stream of the user (either endpoint),
 scored by the time (ms) it lapses unless its stream refreshes it, so a stream whose function
@@ -61,3 +63,7 @@ class Keys:
     def streams(self, user_id: str) -> str:
         """The user's open event streams (SSE_MAX_STREAMS_PER_USER)."""
         return f"{self.prefix}sse:user:{user_id}"
+
+    def signature(self, jti: str) -> str:
+        """A delivery signature's id, kept until the signature could no longer verify."""
+        return f"{self.prefix}sig:{jti}"
