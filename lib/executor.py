@@ -273,6 +273,8 @@ class Executor:
         except Exception:
             log.exception("attempt crashed", extra=extra)
             outcome = self._retryable(job, lease, ErrorCode.INTERNAL, "internal error", 5, last)
+        if lease.events is not None:  # a repair attempt ran after the first
+            extra["attempt"] = lease.events.attempt
         log.info(
             "attempt ended",
             extra={
@@ -297,7 +299,7 @@ class Executor:
             raise PermanentError(
                 "the stored input is invalid", code=ErrorCode.INVALID_INPUT
             ) from exc
-        lease.typical = handler.typical_chars
+        lease.typical = handler.expected_chars
         try:
             return self._generate(job, handler, job_input, lease)
         except PermanentError as exc:
@@ -342,7 +344,7 @@ class Executor:
         repair: str | None = None,
     ) -> Outcome:
         model = self.settings.model_for(job.tier, job.kind)
-        typical = handler.typical_chars
+        typical = handler.expected_chars
         events = JobEvents(
             self.state,
             job.id,
@@ -373,7 +375,7 @@ class Executor:
                 events=events,
                 llm=self.llm,
                 check=lambda: self._check(lease),
-                typical_chars=typical,
+                expected_chars=typical,
                 metrics=self.metrics,
                 started=lease.started,
                 repair=repair,

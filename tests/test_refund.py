@@ -111,7 +111,7 @@ def test_prompt_injected_prose_is_repaired_once_then_fails_and_streamed_prose_is
     events = env.stream(job.job_id)
     assert statuses(events) == [("running", 1), ("running", 2), ("failed", 2)]
     assert {e.data["attempt"] for e in events if e.type == "delta"} == {1, 2}
-    typical = registry()["job_match"].typical_chars
+    typical = registry()["job_match"].expected_chars
     first = "".join(e.data["text"] for e in events if e.type == "delta" and e.data["attempt"] == 1)
     assert len(first) * 100 > 25 * typical  # the prose was streamed: it was delivered
     [(debit), (rule, amount, pct)] = ledger(db, job)
@@ -177,7 +177,7 @@ def test_a_cancel_after_reading_most_of_the_output_refunds_nothing(
     env: WorkerEnv, db: Db, tier: str
 ) -> None:
     kind = "resume_customize"
-    typical = registry()[kind].typical_chars
+    typical = registry()[kind].expected_chars
     job = env.create_job("[[llm:slow=20]]", kind=kind, tier=tier, cost=2)  # ~8 s of output
     env.state.watch(job.job_id, "tcp")
     runner, answers = in_background(lambda: deliver(env, job))
@@ -200,7 +200,7 @@ def test_a_cancel_right_after_the_first_delta_refunds_and_no_more_than_the_thres
     env: WorkerEnv, db: Db
 ) -> None:
     kind = "resume_customize"
-    limit = registry()[kind].typical_chars * 25 // 100
+    limit = registry()[kind].expected_chars * 25 // 100
     job = env.create_job("[[llm:slow=20]]", kind=kind, cost=2)
     env.state.watch(job.job_id, "tcp")
     runner, _ = in_background(lambda: deliver(env, job))

@@ -85,7 +85,7 @@ def test_reading_most_of_the_output_and_then_cancelling_refunds_nothing(
     body = submitted(user, kind, f"{RESUME} [[llm:slow=20]]", tier)  # ~8 s of output
     before = user.me()
 
-    read = read_until(stack.producer_url, body["events_url"], registry()[kind].typical_chars // 2)
+    read = read_until(stack.producer_url, body["events_url"], registry()[kind].expected_chars // 2)
     cancel = user.post(f"/api/jobs/{body['job']['id']}/cancel")
 
     assert cancel.status_code == 202 and cancel.json()["job"]["status"] == "cancelled"

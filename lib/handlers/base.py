@@ -45,9 +45,10 @@ def detect_language(*texts: str) -> str:
 class Handler:
     """A registered job kind.
 
-    `typical_chars` is the size of a typical answer, in characters: progress is reported
+    `expected_chars` is the size of a typical answer, in characters: progress is reported
     against it, and a failure or cancel after more than REFUND_MAX_DELIVERED_PCT of it was
-    delivered refunds nothing (docs/security.md, "Model output for free").
+    delivered refunds nothing. Each kind's value, and the offline LLM's and a real model's
+    answers it was chosen from: docs/security.md, "Model output for free".
     """
 
     kind: str
@@ -55,7 +56,7 @@ class Handler:
     input_model: type[JobInput]
     result_model: type[BaseModel]
     handle: Callable[[Context, Any], BaseModel]
-    typical_chars: int = 1500
+    expected_chars: int = 1500
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Context:
     events: JobEvents
     llm: Any  # lib.llm.LLM; typed loosely so api/ never imports openai through here
     check: Callable[[], None] = lambda: None
-    typical_chars: int = 1500
+    expected_chars: int = 1500
     usage: dict[str, Any] = field(default_factory=dict)
     # lib.metrics.Metrics (or None), and the attempt's start (time.monotonic()), from which
     # the time to first token is measured.
@@ -121,7 +122,7 @@ class Context:
             self.check()
             self.events.delta(text, emitted_at=emitted_at)
             received += len(text)
-            if received / self.typical_chars >= next_mark and next_mark < 1:
+            if received / self.expected_chars >= next_mark and next_mark < 1:
                 self.events.progress("generating", 10 + int(80 * next_mark))
                 next_mark += 0.25
 

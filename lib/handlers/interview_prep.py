@@ -69,7 +69,5 @@ HANDLER = Handler(
     input_model=PrepInput,
     result_model=PrepResult,
     handle=handle,
-    # Typical answer: the offline LLM's median is 1,224 characters; a real model's six to eight
-    # questions with outlines and focus areas, about 2,500.
-    typical_chars=2500,
+    expected_chars=2500,
 )

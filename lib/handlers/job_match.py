@@ -56,7 +56,5 @@ HANDLER = Handler(
     input_model=JobInput,
     result_model=MatchResult,
     handle=handle,
-    # Typical answer: the offline LLM's median is 663 characters; a real model's, with four to
-    # six items per list and a three-sentence summary, about 900.
-    typical_chars=900,
+    expected_chars=900,
 )
