@@ -201,7 +201,8 @@ def test_a_cancel_right_after_the_first_delta_refunds_and_no_more_than_the_thres
 ) -> None:
     kind = "resume_customize"
     limit = registry()[kind].expected_chars * 25 // 100
-    job = env.create_job("[[llm:slow=20]]", kind=kind, cost=2)
+    # The threshold is about 8 s of output away: the cancel lands well before it.
+    job = env.create_job("[[llm:slow=50]]", kind=kind, cost=2)
     env.state.watch(job.job_id, "tcp")
     runner, _ = in_background(lambda: deliver(env, job))
     wait_for(lambda: read_text(env, job), timeout=20, what="the first delta")
