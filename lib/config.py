@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     # and no free jobs unless this is true.
     allow_anonymous_users: bool = False
     initial_coins: int = Field(5, ge=0)
+    # A failure or cancel after more than this share (%) of the kind's typical output was
+    # delivered refunds nothing (SPEC "Delivered output is paid for").
+    refund_max_delivered_pct: int = Field(25, ge=0, le=100)
     admission_ttl_seconds: int = Field(1800, ge=5)
     retry_after_seconds: int = Field(5, ge=1)
 

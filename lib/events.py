@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from lib.errors import AppError
@@ -41,6 +42,33 @@ def is_terminal(event_type: str, payload: str) -> bool:
     return status in ("succeeded", "failed", "cancelled")
 
 
+@dataclass
+class Delivery:
+    """Write-ahead record of how much of an attempt's model output a client can read.
+
+    Every delta written to the job's stream is readable by its owner (the stream replays from
+    the first event), so written is delivered, watched or not. Refunds depend on it (SPEC
+    "Delivered output is paid for"): once more than `limit` characters were delivered, a
+    failure or cancel refunds nothing. `record(total)` stores the total durably where the
+    refund is decided (`cs_record_delivered`); it is called before the write that takes the
+    total past `limit`, then again every `step` characters, so the refund decision never sees
+    less than a client could already read. `record` raises to stop the write (the job is no
+    longer this attempt's); the text is then dropped, never written unrecorded.
+    """
+
+    record: Callable[[int], None]
+    limit: int
+    step: int
+    recorded: int = 0
+
+    def before_write(self, total: int) -> None:
+        """Record `total` first when writing it crosses the limit or the next step."""
+        mark = self.limit if self.recorded <= self.limit else self.recorded + self.step - 1
+        if total > mark:
+            self.record(total)
+            self.recorded = total
+
+
 class JobEvents:
     """The event writer of one attempt of one job.
 
@@ -50,6 +78,9 @@ class JobEvents:
     `idle_flush_ms`, or, at 0, not until a viewer comes or the attempt ends. Progress held
     meanwhile is coalesced to the latest. Redis is billed per command, so an unwatched job
     writes its text once, with its result.
+
+    `delivered` counts the delta characters this attempt wrote; with a `delivery`, each write
+    of delta text is recorded ahead as that says (see `Delivery`).
     """
 
     def __init__(
@@ -64,6 +95,7 @@ class JobEvents:
         idle_flush_ms: int | None = None,
         viewer: Callable[[], str | None] = lambda: "tcp",
         clock: Callable[[], float] = time.monotonic,
+        delivery: Delivery | None = None,
     ) -> None:
         self.state = state
         self.job_id = job_id
@@ -81,21 +113,35 @@ class JobEvents:
         self._running: dict[str, Any] | None = None  # the attempt's `running`, while held
         self._last_flush: float | None = None
         self.flushes = 0
+        self.delivery = delivery
+        self.delivered = 0
 
-    def _emit(
+    def _write(
         self,
         events: list[tuple[str, dict[str, Any]]],
         *,
         terminal: str | None = None,
         refresh_ttl: bool = False,
-    ) -> str:
+        record: bool = True,
+    ) -> str | None:
+        """Append `events`; delta text is recorded ahead (unless `record` is false: the job
+        has already succeeded) and counted once written. None when the stream is closed."""
+        chars = sum(len(e[1]["text"]) for e in events if e[0] == EventType.DELTA)
+        if chars and record and self.delivery is not None:
+            self.delivery.before_write(self.delivered + chars)
         entry = self.state.emit(
             self.job_id,
             events,
             terminal=terminal,
-            refresh_ttl=refresh_ttl or any(e[0] == EventType.STATUS for e in events),
+            refresh_ttl=refresh_ttl,
             publish=self._viewer() == "rest",
         )
+        if entry is not None:
+            self.delivered += chars
+        return entry
+
+    def _emit(self, events: list[tuple[str, dict[str, Any]]]) -> str:
+        entry = self._write(events, refresh_ttl=any(e[0] == EventType.STATUS for e in events))
         if entry is None:
             raise StreamClosed(self.job_id)
         return entry
@@ -170,8 +216,7 @@ class JobEvents:
 
     def succeeded(self, result: dict[str, Any]) -> None:
         """Flush, then the result and the terminal `succeeded` status, in one atomic step."""
-        self.state.emit(
-            self.job_id,
+        self._write(
             self._pending()
             + [
                 (EventType.RESULT, data(self.job_id, result=result)),
@@ -181,13 +226,13 @@ class JobEvents:
                 ),
             ],
             terminal=StreamStatus.SUCCEEDED,
-            publish=self._viewer() == "rest",
+            record=False,
         )
 
     def retrying(self, code: str, message: str) -> None:
-        """The attempt failed but the broker will redeliver."""
-        self.state.emit(
-            self.job_id,
+        """The attempt failed but the broker will redeliver. Its held text is written too, so
+        it counts as delivered (recorded ahead like any flush)."""
+        self._write(
             self._pending()
             + [
                 (EventType.ERROR, data(self.job_id, code=code, message=message, retryable=True)),
@@ -196,7 +241,6 @@ class JobEvents:
                     data(self.job_id, status=StreamStatus.RETRYING, attempt=self.attempt),
                 ),
             ],
-            publish=self._viewer() == "rest",
         )
 
 

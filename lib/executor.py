@@ -21,8 +21,8 @@ from pydantic import ValidationError
 from lib import handlers, logs, tracing
 from lib.config import Settings
 from lib.errors import AppError, PermanentError, RetryableError
-from lib.events import JobEvents, StreamClosed, emit_terminal
-from lib.handlers.base import Context
+from lib.events import Delivery, JobEvents, StreamClosed, emit_terminal
+from lib.handlers.base import Context, Handler
 from lib.models import ErrorCode, Job, JobStatus
 from lib.state import State
 from lib.store import Store
@@ -60,6 +60,14 @@ class _Lease:
     watch: str | None = None
     # The attempt's event writer, so a retry writes what it holds (lib.events.JobEvents).
     events: Any = None
+    # Output delivered by earlier attempts of this delivery (a repair's first attempt), and the
+    # kind's typical output size: what the refund rule weighs when the job fails or is cancelled.
+    delivered: int = 0
+    typical: int | None = None
+
+    def delivered_chars(self) -> int:
+        """The most output any attempt of this delivery wrote to the job's stream."""
+        return max(self.delivered, self.events.delivered if self.events is not None else 0)
 
 
 class Leases:
@@ -266,6 +274,8 @@ class Executor:
         except Exception:
             log.exception("attempt crashed", extra=extra)
             outcome = self._retryable(job, lease, ErrorCode.INTERNAL, "internal error", 5, last)
+        if lease.events is not None:  # a repair attempt ran after the first
+            extra["attempt"] = lease.events.attempt
         log.info(
             "attempt ended",
             extra={
@@ -290,7 +300,52 @@ class Executor:
             raise PermanentError(
                 "the stored input is invalid", code=ErrorCode.INVALID_INPUT
             ) from exc
+        lease.typical = handler.expected_chars
+        try:
+            return self._generate(job, handler, job_input, lease)
+        except PermanentError as exc:
+            if exc.code != ErrorCode.INVALID_MODEL_OUTPUT:
+                raise
+            problem = _problem(exc)
+        # Invalid model output (a prompt injection can cause it) gets one repair attempt.
+        return self._generate(self._repair(job, lease), handler, job_input, lease, problem)
+
+    def _repair(self, job: Job, lease: _Lease) -> Job:
+        """Start the repair attempt: a new attempt, so clients drop the invalid output (its
+        `running` has a higher attempt), run in this delivery within the same
+        JOB_TIMEOUT_SECONDS, so the broker's response-time limit still holds."""
+        lease.delivered = lease.delivered_chars()
+        self._check(lease)
+        started = self.store.start_attempt(job.id)
+        if started.outcome != "started" or started.job is None:
+            raise StreamClosed(job.id)  # it ended meanwhile (cancelled): close as it says
+        repair = started.job
+        logs.bind(attempt=repair.attempts)
+        log.info(
+            "repairing invalid model output", extra={"job_id": job.id, "attempt": repair.attempts}
+        )
+        return repair
+
+    def _record_delivered(self, job: Job, lease: _Lease, total: int) -> None:
+        """Record `total` characters of output as delivered before they are written (see
+        lib.events.Delivery): a cancel meanwhile stops the attempt, a lost lease too."""
+        outcome = self.store.record_delivered(job.id, job.attempts, total, lease.typical or 1)
+        if outcome == "terminal":
+            raise StreamClosed(job.id)
+        if outcome != "recorded":
+            lease.lost = True
+            raise RetryableError("the job's lease was lost", code=LEASE_LOST, retry_after=1)
+
+    def _generate(
+        self,
+        job: Job,
+        handler: Handler,
+        job_input: Any,
+        lease: _Lease,
+        repair: str | None = None,
+    ) -> Outcome:
         model = self.settings.model_for(job.tier, job.kind)
+        typical = handler.expected_chars
         events = JobEvents(
             self.state,
             job.id,
@@ -300,6 +355,14 @@ class Executor:
             flush_tokens=self.settings.delta_flush_tokens,
             idle_flush_ms=self.settings.delta_flush_idle_ms,
             viewer=lambda: lease.watch,
+            # Recorded before the write that passes the refund threshold (that decides), then
+            # every quarter of the typical output: a cancel's ledger row then shows what was
+            # read to within that, for a few database writes per watched job.
+            delivery=Delivery(
+                record=lambda total: self._record_delivered(job, lease, total),
+                limit=typical * self.settings.refund_max_delivered_pct // 100,
+                step=max(1, typical // 4),
+            ),
         )
         lease.events = events
         events.running()
@@ -313,9 +376,10 @@ class Executor:
                 events=events,
                 llm=self.llm,
                 check=lambda: self._check(lease),
-                expected_chars=handler.expected_chars,
+                expected_chars=typical,
                 metrics=self.metrics,
                 started=lease.started,
+                repair=repair,
             )
             result = handler.handle(ctx, job_input)
         payload = result.model_dump(mode="json")
@@ -376,17 +440,27 @@ class Executor:
     def _finish(
         self, job: Job, lease: _Lease, status: JobStatus, *, error: dict[str, Any]
     ) -> Outcome:
-        finished = self.store.finish(job.id, status, error=error)
+        finished = self.store.finish(
+            job.id,
+            status,
+            error=error,
+            delivered_chars=lease.delivered_chars(),
+            typical_chars=lease.typical,
+        )
         final = finished.job or job
         self._close(final)
         self.state.release(job.id, lease.tier, lease.user_id, lease.token)
         return Outcome(200, {"job_id": job.id, "status": final.status})
 
     def _fail(self, job: Job, lease: _Lease, code: str, message: str) -> Outcome:
-        log.info("job failed", extra={"job_id": job.id, "code": code})
         finished = self.store.finish(
-            job.id, JobStatus.FAILED, error={"code": code, "message": message}
+            job.id,
+            JobStatus.FAILED,
+            error={"code": code, "message": message},
+            delivered_chars=lease.delivered_chars(),
+            typical_chars=lease.typical,
         )
+        log.info("job failed", extra={"job_id": job.id, "code": code, "refund": finished.refund})
         self._close(finished.job or job)
         self.state.release(job.id, lease.tier, lease.user_id, lease.token)
         return Outcome(
@@ -500,6 +574,18 @@ class _Held:
 
     def __exit__(self, *exc: object) -> None:
         self.slot.release()
+
+
+def _problem(exc: PermanentError) -> str:
+    """What was wrong with an invalid answer, for the repair prompt: the error and where the
+    result did not validate (field paths and pydantic's messages, never the output itself)."""
+    details = exc.details if isinstance(exc.details, list) else []
+    where = "; ".join(
+        f"{'.'.join(str(p) for p in d.get('loc', [])) or 'answer'}: {d.get('msg', '')}"
+        for d in details
+        if isinstance(d, dict)
+    )
+    return f"{exc.message} ({where})" if where else exc.message
 
 
 def _retry(message: str, code: str, retry_after: float, *, status: int = 503) -> Outcome:

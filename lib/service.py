@@ -271,7 +271,9 @@ class Producer:
         return self.store.me(user_id)
 
     def cancel(self, job_id: str, user_id: str) -> Job:
-        """Cancel a queued or running job and refund it. Raises NotFound/ConflictError."""
+        """Cancel a queued or running job. It is refunded in full unless more than
+        REFUND_MAX_DELIVERED_PCT of its output was delivered, as the worker recorded it before
+        writing (decided in SQL, under the job's row lock). Raises NotFound/ConflictError."""
         outcome, job = self.store.cancel(validate_job_id(job_id), user_id)
         if outcome == "not_found" or job is None:
             raise NotFoundError("no such job")

@@ -132,18 +132,25 @@ def _coins(
 ) -> None:
     _ledger_rows(report, jobs, ledger)
     _balances(report, jobs, ledger, balances, user_ids)
-    _free_use(report, jobs, free)
+    _free_use(report, jobs, free, _kept(ledger))
+
+
+def _kept(ledger: list[dict[str, Any]]) -> set[str]:
+    """Jobs that failed or were cancelled after their output was delivered: not refunded."""
+    return {str(r["job_id"]) for r in ledger if r["reason"] == "no_refund_delivered"}
 
 
 def _ledger_rows(report: Report, jobs: list[dict[str, Any]], ledger: list[dict[str, Any]]) -> None:
-    """One debit per paid job, one refund per failed or cancelled job, nothing twice."""
+    """One debit per paid job, one refund decision (a refund, or none because the output was
+    delivered) per failed or cancelled job, nothing twice."""
     rows = Counter((str(r["job_id"]), r["reason"]) for r in ledger if r["job_id"])
     for (job_id, reason), n in rows.items():
         if n > 1:
             report.add(f"job {job_id} has {n} '{reason}' ledger rows")
     for job in jobs:
         job_id, ended = str(job["id"]), job["status"] in ("failed", "cancelled")
-        debits, refunds = rows[(job_id, "debit")], rows[(job_id, "refund")]
+        debits = rows[(job_id, "debit")]
+        refunds = rows[(job_id, "refund")] + rows[(job_id, "no_refund_delivered")]
         if job["tier"] == "paid" and debits != 1:
             report.add(f"paid job {job_id} has {debits} debits")
         if job["tier"] == "free" and debits:
@@ -159,7 +166,8 @@ def _balances(
     balances: list[dict[str, Any]],
     user_ids: list[str],
 ) -> None:
-    """balance == grants - cost of succeeded paid jobs == the sum of the user's ledger."""
+    """balance == grants - cost of paid jobs kept (succeeded, or their output delivered) == the
+    sum of the user's ledger."""
     coins = {str(b["user_id"]): b["coins"] for b in balances}
     grants: dict[str, int] = defaultdict(int)
     sums: dict[str, int] = defaultdict(int)
@@ -168,8 +176,9 @@ def _balances(
         if row["reason"] == "grant":
             grants[str(row["user_id"])] += row["amount"]
     spent: dict[str, int] = defaultdict(int)
+    kept = _kept(ledger)
     for job in jobs:
-        if job["status"] == "succeeded" and job["tier"] == "paid":
+        if job["tier"] == "paid" and (job["status"] == "succeeded" or str(job["id"]) in kept):
             spent[str(job["user_id"])] += job["cost"]
     for user in user_ids:
         if user not in coins:
@@ -177,17 +186,21 @@ def _balances(
         if coins[user] != grants[user] - spent[user]:
             report.add(
                 f"user {user}: balance {coins[user]} != grant {grants[user]}"
-                f" - succeeded paid {spent[user]}"
+                f" - kept paid {spent[user]}"
             )
         if coins[user] != sums[user]:
             report.add(f"user {user}: balance {coins[user]} != ledger sum {sums[user]}")
 
 
-def _free_use(report: Report, jobs: list[dict[str, Any]], free: list[dict[str, Any]]) -> None:
-    """A day's free use counts that day's free jobs that did not fail or get cancelled."""
+def _free_use(
+    report: Report, jobs: list[dict[str, Any]], free: list[dict[str, Any]], kept: set[str]
+) -> None:
+    """A day's free use counts that day's free jobs that did not fail or get cancelled, or did
+    after their output was delivered."""
     used: Counter[tuple[str, Any]] = Counter()
     for job in jobs:
-        if job["tier"] == "free" and job["status"] in ("queued", "running", "succeeded"):
+        live = job["status"] in ("queued", "running", "succeeded") or str(job["id"]) in kept
+        if job["tier"] == "free" and live:
             used[(str(job["user_id"]), job["created_at"].astimezone(UTC).date())] += 1
     for row in free:
         key = (str(row["user_id"]), row["day"])

@@ -4,8 +4,9 @@ The real `openai` client talks to it with `base_url=http://127.0.0.1:PORT/v1`. O
 deterministic per request (seeded from the messages) and, when a JSON schema is requested, is a
 valid instance of that schema. Markers in the message text script faults (SPEC "Offline LLM"):
 `[[llm:fail=CODE]]`, `[[llm:fail_once=CODE]]`, `[[llm:hang]]`, `[[llm:slow=MS]]`,
-`[[llm:invalid_json]]` and `[[llm:refuse]]`; for benchmarks, `[[llm:tokens=N]]` lengthens a
-schema answer to at least N tokens with an extra `notes` field, which result models ignore.
+`[[llm:invalid_json]]`, `[[llm:invalid_json_once]]` (the first answer to a user message only)
+and `[[llm:refuse]]`; for benchmarks, `[[llm:tokens=N]]` lengthens a schema answer to at least
+N tokens with an extra `notes` field, which result models ignore.
 
 Message content is never logged: it carries resume text.
 """
@@ -13,6 +14,7 @@ Message content is never logged: it carries resume text.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -64,6 +66,7 @@ class Faults:
     slow_ms: float | None = None
     tokens: int | None = None
     invalid_json: bool = False
+    invalid_json_once: bool = False
     refuse: bool = False
 
 
@@ -77,7 +80,7 @@ def parse_faults(text: str) -> Faults:
             found["slow_ms"] = float(arg)
         elif name == "tokens" and re.fullmatch(r"\d{1,6}", arg):
             found["tokens"] = int(arg)
-        elif name in ("hang", "invalid_json", "refuse"):
+        elif name in ("hang", "invalid_json", "invalid_json_once", "refuse"):
             found[name] = True
     return Faults(**found)
 
@@ -555,6 +558,10 @@ def _chat(state: _State) -> Response:
                 state.hanging -= 1
         return Response(status=504)
     interval = faults.slow_ms / 1000 if faults.slow_ms is not None else 1 / state.tokens_per_second
+    if faults.invalid_json_once and state.first_call(_user_key(req)):
+        # Keyed by the user message alone: a repair that only adds to the system prompt, or a
+        # plain retry, gets a valid answer.
+        faults = dataclasses.replace(faults, invalid_json=True)
     pieces = tokenize(REFUSAL if faults.refuse else render(req, faults))
     if req.stream:
         frames = _frames(req, pieces, faults.refuse)
@@ -565,6 +572,10 @@ def _chat(state: _State) -> Response:
         stream = _stream(req, frames, interval)
         return Response(stream, mimetype="text/event-stream", headers=headers)
     return _completion(req, pieces, faults.refuse, interval)
+
+
+def _user_key(req: ChatRequest) -> str:
+    return "user:" + hashlib.sha256(req.last_user.encode()).hexdigest()
 
 
 def create_app(tokens_per_second: float = 40.0, hang_seconds: float = 600.0) -> Flask:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from e2e_support import RESUME, User, follow, terminal_count
-from support import free_port
+from support import free_port, wait_for
 
 from scripts.devstack import Ports, Stack
 
@@ -51,6 +51,8 @@ def test_direct_mode_runs_a_job_without_a_broker(stack: Stack) -> None:
 def test_direct_mode_fails_and_refunds_a_permanent_failure(stack: Stack) -> None:
     user = User(stack.producer_url)
     body = user.submit("job_match", resume=RESUME + " [[llm:invalid_json]]").json()
+    # Read once it has failed: its unread output was never delivered, so it is refunded.
+    wait_for(lambda: user.job(body["job"]["id"])["status"] == "failed", 30, what="the failure")
     stream = follow(stack.producer_url, body["events_url"])
     assert stream[-1].data["status"] == "failed"
     assert user.job(body["job"]["id"])["error"]["code"] == "invalid_model_output"

@@ -13,7 +13,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from lib.events import JobEvents, StreamClosed, data, emit_terminal, is_terminal, sse_frame
+from lib.events import (
+    Delivery,
+    JobEvents,
+    StreamClosed,
+    data,
+    emit_terminal,
+    is_terminal,
+    sse_frame,
+)
 from lib.state import State
 from lib.state.tcp import TcpBackend
 
@@ -362,3 +370,94 @@ def test_an_attempt_publishes_only_for_a_reader_that_waits_by_subscription(
     finally:
         pubsub.close()
         client.close()
+
+
+# What was delivered: counted when written, recorded ahead (the refund rule) ----------------
+
+
+class Recorder:
+    """A `Delivery.record` that notes each total and what the stream held at that moment."""
+
+    def __init__(self, state: State, job_id: str, fail: Exception | None = None) -> None:
+        self.state, self.job_id, self.fail = state, job_id, fail
+        self.calls: list[tuple[int, str]] = []
+
+    def __call__(self, total: int) -> None:
+        written = "".join(
+            str(d["text"]) for t, d in events_of(self.state, self.job_id) if t == "delta"
+        )
+        self.calls.append((total, written))
+        if self.fail is not None:
+            raise self.fail
+
+
+def test_output_is_recorded_before_the_write_that_passes_the_limit_then_at_each_step(
+    state: State, job_id: str, clock: Clock
+) -> None:
+    record = Recorder(state, job_id)
+    events = JobEvents(
+        state,
+        job_id,
+        1,
+        flush_ms=0,
+        flush_chars=1,
+        clock=clock,
+        delivery=Delivery(record, limit=5, step=4),
+    )
+    for piece in ("abc", "de", "f", "gh", "ijk", "l"):
+        events.delta(piece)
+    # 3 and 5 are not past the limit; 6 is, and is recorded while the stream holds only 5;
+    # then 11 (6 + 4 reached), not 8 or 12.
+    assert record.calls == [(6, "abcde"), (11, "abcdefgh")]
+    assert events.delivered == 12
+
+
+def test_a_failed_record_drops_the_text_rather_than_writing_it_unrecorded(
+    state: State, job_id: str, clock: Clock
+) -> None:
+    record = Recorder(state, job_id, fail=StreamClosed(job_id))
+    events = JobEvents(state, job_id, 1, clock=clock, delivery=Delivery(record, limit=0, step=1))
+    with pytest.raises(StreamClosed):
+        events.delta("secret answer")
+    events.flush()
+    assert events_of(state, job_id) == [] and events.delivered == 0
+
+
+def test_held_output_is_not_delivered_until_written_and_a_retry_records_it_first(
+    state: State, job_id: str, clock: Clock
+) -> None:
+    record = Recorder(state, job_id)
+    events = JobEvents(
+        state,
+        job_id,
+        1,
+        flush_ms=0,
+        idle_flush_ms=0,
+        viewer=Viewer(),
+        clock=clock,
+        delivery=Delivery(record, limit=3, step=100),
+    )
+    events.delta("held text")
+    events.flush()
+    assert events.delivered == 0 and record.calls == []
+    events.retrying("llm_unavailable", "503")
+    assert record.calls == [(9, "")]
+    assert events.delivered == 9
+
+
+def test_text_written_with_the_result_is_counted_but_not_recorded(
+    state: State, job_id: str, clock: Clock
+) -> None:
+    record = Recorder(state, job_id)
+    events = JobEvents(
+        state,
+        job_id,
+        1,
+        idle_flush_ms=0,
+        viewer=Viewer(),
+        clock=clock,
+        delivery=Delivery(record, 0, 1),
+    )
+    events.delta("the answer")  # held: nobody watches
+    events.succeeded({"ok": True})
+    assert record.calls == [] and events.delivered == 10  # a success refunds nothing anyway

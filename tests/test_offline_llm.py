@@ -398,6 +398,19 @@ def test_an_invalid_json_marker_streams_text_that_is_not_json(llm: Llm) -> None:
         json.loads(content)
 
 
+def test_an_invalid_json_once_marker_spoils_only_the_first_answer_to_that_user_message(
+    llm: Llm,
+) -> None:
+    asked = user(f"{RESUME} [[llm:invalid_json_once]]")
+    repair = [{"role": "system", "content": "Answer with only the JSON object."}, *asked]
+
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(llm.stream(messages=asked, response_format=schema_format(Review)).content)
+    answer = llm.stream(messages=repair, response_format=schema_format(Review)).content
+
+    Review.model_validate_json(answer)
+
+
 def test_a_refuse_marker_streams_a_refusal_instead_of_content(llm: Llm) -> None:
     messages = user(f"{RESUME} [[llm:refuse]]")
     streamed = llm.stream(messages=messages, response_format=schema_format(Review))

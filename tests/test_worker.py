@@ -338,10 +338,10 @@ def test_a_retryable_failure_before_the_last_attempt_is_not_final(env: WorkerEnv
     assert db.ledger(job.job_id) == [("debit", -1)]
 
 
-def test_invalid_json_from_the_model_fails_the_job_permanently_and_refunds(
+def test_invalid_json_from_the_model_fails_the_job_permanently_after_one_repair_and_refunds(
     env: WorkerEnv, db: Db
 ) -> None:
-    job = env.create_job("[[llm:invalid_json]]")
+    job = env.create_job("[[llm:invalid_json]]")  # nobody watches: no output was delivered
 
     response = deliver(env, job)
 
@@ -349,13 +349,13 @@ def test_invalid_json_from_the_model_fails_the_job_permanently_and_refunds(
     assert response.headers["Upstash-NonRetryable-Error"] == "true"
     row = db.job(job.job_id)
     assert row["status"] == "failed" and row["error"]["code"] == "invalid_model_output"
-    assert row["attempts"] == 1
+    assert row["attempts"] == 2  # the repair attempt
     assert db.ledger(job.job_id) == [("debit", -1), ("refund", 1)]
     assert db.coins(job.user_id) == 5
     events = env.stream(job.job_id)
     assert events[-2].type == "error" and events[-2].data["code"] == "invalid_model_output"
     assert events[-2].data["retryable"] is False
-    assert statuses(events)[-1] == ("failed", 1)
+    assert statuses(events)[-1] == ("failed", 2)
     assert env.state.live("paid") == 0
 
 

@@ -28,11 +28,13 @@ class Started:
 
 @dataclass(frozen=True)
 class Finished:
-    """The result of `finish`: whether this call made the job terminal, and the job after it."""
+    """The result of `finish`: whether this call made the job terminal, and the job after it.
+    `refund` is the refund rule this call applied (refund, no_refund_delivered) or None."""
 
     changed: bool
     job: Job | None
     user_id: str | None
+    refund: str | None = None
 
 
 def _job(data: Any) -> Job | None:
@@ -40,12 +42,24 @@ def _job(data: Any) -> Job | None:
 
 
 class Store:
-    """Domain operations over a `StoreBackend`."""
+    """Domain operations over a `StoreBackend`.
 
-    def __init__(self, backend: StoreBackend, *, initial_coins: int, free_daily: int) -> None:
+    `refund_max_delivered_pct` is REFUND_MAX_DELIVERED_PCT: a failed or cancelled job with more
+    than that share of its kind's typical output delivered is not refunded (the SQL decides).
+    """
+
+    def __init__(
+        self,
+        backend: StoreBackend,
+        *,
+        initial_coins: int,
+        free_daily: int,
+        refund_max_delivered_pct: int = 25,
+    ) -> None:
         self.backend = backend
         self.initial_coins = initial_coins
         self.free_daily = free_daily
+        self.refund_max_delivered_pct = refund_max_delivered_pct
 
     def prepare_submit(
         self, user_id: str, cost: int, tier: str, idempotency_key: str | None, request_hash: str
@@ -111,6 +125,21 @@ class Store:
         r = self.backend.call("cs_start_attempt", {"p_job_id": job_id})
         return Started(r["outcome"], _job(r.get("job")), r.get("user_id"), r.get("input"))
 
+    def record_delivered(self, job_id: str, attempt: int, chars: int, typical_chars: int) -> str:
+        """Record that `attempt` has delivered `chars` characters of output (the most any
+        attempt delivered is kept), before they are written. Returns recorded, terminal (the
+        job ended: write nothing more), stale (another attempt runs it) or not_found."""
+        r = self.backend.call(
+            "cs_record_delivered",
+            {
+                "p_job_id": job_id,
+                "p_attempt": attempt,
+                "p_chars": chars,
+                "p_typical_chars": typical_chars,
+            },
+        )
+        return str(r["outcome"])
+
     def finish(
         self,
         job_id: str,
@@ -118,21 +147,44 @@ class Store:
         *,
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
+        delivered_chars: int | None = None,
+        typical_chars: int | None = None,
     ) -> Finished:
-        """Make the job terminal once; failed/cancelled refund in the same transaction."""
+        """Make the job terminal once; failed/cancelled apply the refund rule in the same
+        transaction, counting `delivered_chars` (the attempt's final count, if it ran one)."""
         r = self.backend.call(
             "cs_finish",
-            {"p_job_id": job_id, "p_status": status, "p_result": result, "p_error": error},
+            {
+                "p_job_id": job_id,
+                "p_status": status,
+                "p_result": result,
+                "p_error": error,
+                "p_delivered_chars": delivered_chars,
+                "p_typical_chars": typical_chars,
+                "p_max_pct": self.refund_max_delivered_pct,
+            },
         )
-        return Finished(bool(r["changed"]), _job(r.get("job")), r.get("user_id"))
+        return Finished(bool(r["changed"]), _job(r.get("job")), r.get("user_id"), r.get("refund"))
 
     def refund(self, job_id: str) -> bool:
-        """Refund a failed or cancelled job at most once; True if this call refunded it."""
-        return bool(self.backend.call("cs_refund", {"p_job_id": job_id})["refunded"])
+        """Apply the refund rule to a failed or cancelled job at most once; True if this call
+        gave coins (or the free daily use) back."""
+        r = self.backend.call(
+            "cs_refund", {"p_job_id": job_id, "p_max_pct": self.refund_max_delivered_pct}
+        )
+        return bool(r["refunded"])
 
     def cancel(self, job_id: str, user_id: str) -> tuple[str, Job | None]:
-        """Cancel the user's job: (cancelled | already_finished | not_found, job)."""
-        r = self.backend.call("cs_cancel", {"p_job_id": job_id, "p_user_id": user_id})
+        """Cancel the user's job and apply the refund rule to the output recorded as delivered
+        so far: (cancelled | already_finished | not_found, job)."""
+        r = self.backend.call(
+            "cs_cancel",
+            {
+                "p_job_id": job_id,
+                "p_user_id": user_id,
+                "p_max_pct": self.refund_max_delivered_pct,
+            },
+        )
         return r["outcome"], _job(r.get("job"))
 
     def get_job(self, job_id: str, user_id: str) -> Job | None:
@@ -186,7 +238,12 @@ def from_settings(
         )
     else:
         backend = SupabaseBackend(settings.supabase_url, settings.supabase_service_role_key)
-    return Store(backend, initial_coins=settings.initial_coins, free_daily=settings.free_daily_jobs)
+    return Store(
+        backend,
+        initial_coins=settings.initial_coins,
+        free_daily=settings.free_daily_jobs,
+        refund_max_delivered_pct=settings.refund_max_delivered_pct,
+    )
 
 
 def worker_pool_size(settings: Any) -> int:
