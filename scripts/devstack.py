@@ -5,6 +5,15 @@ REDIS_URL / DATABASE_URL are set, the migrations, the offline LLM (unless a real
 is configured), the QStash-compatible dev broker (unless QSTASH_MODE=direct or QSTASH_URL points
 elsewhere), the worker (gunicorn, :8080) and the producer (gunicorn, :3000). `dev` restarts any
 component that dies and says so; Ctrl-C stops everything cleanly.
+
+Two profiles (`--profile`, `make dev PROFILE=...`):
+- `local` (the default): every part on TCP Redis and direct Postgres.
+- `cloud`: each part as in production. The producer runs as on Vercel: Redis through the Upstash
+  REST adapter by way of `scripts/upstash_standin.py` (:8079), the store through supabase-py by
+  way of `scripts/postgrest_standin.py` (:8078), both in front of the same real servers, and
+  requests routed by vercel.json's rewrites with the rewritten path (`api._local:rewritten_app`).
+  The worker runs as on the VPS: TCP Redis and psycopg, logged in as a role capped at
+  SESSION_POOLER_CLIENTS connections, as Supabase's smallest session pooler caps its clients.
 """
 
 from __future__ import annotations
@@ -26,9 +35,19 @@ from lib.config import DEV_JWT_SECRET
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
 from lib.store import migrate
 from scripts import embedded
+from scripts.session_pooler import SESSION_POOLER_CLIENTS, capped_role_url
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE_DIR = ROOT / ".devstack"
+
+PROFILES = ("local", "cloud")
+# The cloud profile's stand-in credentials (local only, like the dev QStash token).
+UPSTASH_TOKEN = "devstack-upstash-token"  # noqa: S105
+# The Supabase CLI's local service-role key: a JWT signed with the public dev secret.
+SERVICE_ROLE_KEY = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIiwiaXNzIjoic3VwYWJhc2UtZ"
+    "GVtbyIsImV4cCI6MTk4MzgxMjk5Nn0.VkcJ801Bd30muD6WhyO-U6YR4hiCG96YZmkBFWN3QqI"
+)
 
 
 def say(message: str) -> None:
@@ -40,6 +59,8 @@ class Component:
     name: str
     argv: list[str]
     health_url: str
+    env: dict[str, str] = field(default_factory=dict)  # on top of the stack's environment
+    health_headers: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
 
@@ -50,6 +71,8 @@ class Ports:
     worker: int = 8080
     broker: int = 8081
     llm: int = 8400
+    upstash: int = 8079
+    postgrest: int = 8078
 
 
 @dataclass
@@ -57,6 +80,7 @@ class Stack:
     """A running local stack. Use as a context manager, or call start() and stop()."""
 
     ports: Ports = field(default_factory=Ports)
+    profile: str = "local"
     overrides: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
     quiet: bool = False
@@ -76,6 +100,10 @@ class Stack:
     def broker_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.broker}"
 
+    @property
+    def cloud(self) -> bool:
+        return self.profile == "cloud"
+
     def _log(self, message: str) -> None:
         if not self.quiet:
             say(message)
@@ -86,12 +114,13 @@ class Stack:
         dotenv = {k: v for k, v in dotenv_values(ROOT / ".env").items() if v is not None}
         base = {**dotenv, **os.environ, **self.overrides}
         env = dict(base)
-        if not base.get("REDIS_URL") and not base.get("UPSTASH_REDIS_REST_URL"):
+        # The cloud profile puts its stand-ins in front of real servers: it needs both URLs.
+        if not base.get("REDIS_URL") and (self.cloud or not base.get("UPSTASH_REDIS_REST_URL")):
             server = embedded.start_redis()
             self._servers.append(server)
             env["REDIS_URL"] = server.url
             self._log(f"embedded Redis at {server.url}")
-        if not base.get("DATABASE_URL") and not base.get("SUPABASE_URL"):
+        if not base.get("DATABASE_URL") and (self.cloud or not base.get("SUPABASE_URL")):
             STATE_DIR.mkdir(exist_ok=True)
             server = embedded.start_postgres()
             self._servers.append(server)
@@ -132,6 +161,33 @@ class Stack:
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         return env
 
+    def _producer_env(self) -> dict[str, str]:
+        """The cloud producer's services, as on Vercel: Upstash REST and supabase-py, each
+        through its stand-in. The TCP URLs are blanked, not dropped: `.env` cannot refill them."""
+        if not self.cloud:
+            return {}
+        return {
+            "REDIS_URL": "",
+            "DATABASE_URL": "",
+            "UPSTASH_REDIS_REST_URL": f"http://127.0.0.1:{self.ports.upstash}",
+            "UPSTASH_REDIS_REST_TOKEN": UPSTASH_TOKEN,
+            "SUPABASE_URL": f"http://127.0.0.1:{self.ports.postgrest}",
+            "SUPABASE_SERVICE_ROLE_KEY": SERVICE_ROLE_KEY,
+            "STORE_BACKEND": "supabase",
+        }
+
+    def _worker_env(self) -> dict[str, str]:
+        """The cloud worker, as on the VPS: TCP Redis, and psycopg logged in as a role that
+        Postgres caps at SESSION_POOLER_CLIENTS connections (scripts/session_pooler.py). A
+        worker-side connection cap belongs here too, set to fit under that one."""
+        if not self.cloud:
+            return {}
+        return {
+            "UPSTASH_REDIS_REST_URL": "",
+            "DATABASE_URL": capped_role_url(self.env["DATABASE_URL"], SESSION_POOLER_CLIENTS),
+            "STORE_BACKEND": "postgres",
+        }
+
     def _plan(self) -> list[Component]:
         py = sys.executable
         gunicorn = [py, "-m", "gunicorn"]
@@ -152,11 +208,14 @@ class Stack:
                     f"{self.broker_url}/healthz",
                 )
             )
+        if self.cloud:
+            plan += self._standins()
         plan.append(
             Component(
                 "worker",
                 [*gunicorn, "-c", "worker/gunicorn.conf.py", "worker.wsgi:app"],
                 f"{self.worker_url}/readyz",
+                env=self._worker_env(),
             )
         )
         plan.append(
@@ -175,12 +234,37 @@ class Stack:
                     "1",
                     "--graceful-timeout",
                     "5",
-                    "api._local:app",
+                    # Vercel routes rewrites with the rewritten path in backend-framework
+                    # projects; the cloud profile does so, the local one keeps the original.
+                    "api._local:rewritten_app" if self.cloud else "api._local:app",
                 ],
                 f"{self.producer_url}/api/health?deep=1",
+                env=self._producer_env(),
             )
         )
         return plan
+
+    def _standins(self) -> list[Component]:
+        """The Upstash REST and PostgREST stand-ins, in front of the stack's real servers."""
+        py = sys.executable
+        upstash = f"http://127.0.0.1:{self.ports.upstash}"
+        postgrest = f"http://127.0.0.1:{self.ports.postgrest}"
+        return [
+            Component(
+                "upstash",
+                [py, "-m", "scripts.upstash_standin", "--port", str(self.ports.upstash)],
+                f"{upstash}/ping",
+                env={"UPSTASH_REDIS_REST_TOKEN": UPSTASH_TOKEN},
+                health_headers={"Authorization": f"Bearer {UPSTASH_TOKEN}"},
+            ),
+            Component(
+                "postgrest",
+                [py, "-m", "scripts.postgrest_standin", "--port", str(self.ports.postgrest)],
+                f"{postgrest}/rest/v1/rpc/cs_ping",
+                env={"SUPABASE_SERVICE_ROLE_KEY": SERVICE_ROLE_KEY},
+                health_headers={"apikey": SERVICE_ROLE_KEY},
+            ),
+        ]
 
     # Lifecycle ---------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> Stack:
@@ -190,7 +274,10 @@ class Stack:
             self._spawn(component)
         for component in self.components:
             self.wait_healthy(component, timeout)
-        self._log(f"ready: producer {self.producer_url}, worker {self.worker_url}")
+        self._log(
+            f"ready ({self.profile} profile): producer {self.producer_url}, "
+            f"worker {self.worker_url}"
+        )
         return self
 
     def _spawn(self, component: Component) -> None:
@@ -203,7 +290,7 @@ class Stack:
         component.proc = subprocess.Popen(  # noqa: S603
             component.argv,
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **component.env},
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
             start_new_session=True,
@@ -215,7 +302,10 @@ class Stack:
             if component.proc and component.proc.poll() is not None:
                 raise RuntimeError(f"{component.name} exited with {component.proc.returncode}")
             try:
-                if requests.get(component.health_url, timeout=2).status_code == 200:
+                answer = requests.get(
+                    component.health_url, headers=component.health_headers, timeout=2
+                )
+                if answer.status_code == 200:
                     return
             except requests.RequestException:
                 pass
@@ -279,6 +369,12 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="devstack", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["demo", "dev"])
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="local",
+        help="local: TCP Redis and Postgres everywhere; cloud: each part as in production",
+    )
     args = parser.parse_args(argv)
     stopping = False
 
@@ -289,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     stack = Stack(
+        profile=args.profile,
         overrides={"WORKER_DRAIN_SECONDS": "3"} if args.command == "demo" else {},
         log_dir=STATE_DIR / "logs" if args.command == "demo" else None,
     )
