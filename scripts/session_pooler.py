@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 # The smallest session pooler's client cap. The worker's own connection cap, across all its
 # processes, must fit under it (docs/deploy.md); the cloud profile enforces it on the server.
@@ -43,4 +43,4 @@ def capped_role_url(database_url: str, clients: int = SESSION_POOLER_CLIENTS) ->
         conn.execute(
             sql.SQL("grant {} to {}").format(sql.Identifier(owner[0]), sql.Identifier(ROLE))
         )
-    return make_conninfo(**{**conninfo_to_dict(database_url), "user": ROLE, "password": PASSWORD})
+    return make_conninfo(database_url, user=ROLE, password=PASSWORD)
