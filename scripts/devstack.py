@@ -12,8 +12,8 @@ Two profiles (`--profile`, `make dev PROFILE=...`):
   REST adapter by way of `scripts/upstash_standin.py` (:8079), the store through supabase-py by
   way of `scripts/postgrest_standin.py` (:8078), both in front of the same real servers, and
   requests routed by vercel.json's rewrites with the rewritten path (`api._local:rewritten_app`).
-  The worker runs as on the VPS: TCP Redis and psycopg, logged in as a role capped at
-  SESSION_POOLER_CLIENTS connections, as Supabase's smallest session pooler caps its clients.
+  The worker runs as on the VPS: TCP Redis and psycopg, logged in as a role capped at 15
+  connections, as Supabase's smallest session pooler caps its clients (scripts/cloud_profile.py).
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import requests
@@ -34,20 +35,12 @@ from dotenv import dotenv_values
 from lib.config import DEV_JWT_SECRET
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
 from lib.store import migrate
-from scripts import embedded
-from scripts.session_pooler import SESSION_POOLER_CLIENTS, capped_role_url
+from scripts import cloud_profile, embedded
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE_DIR = ROOT / ".devstack"
 
 PROFILES = ("local", "cloud")
-# The cloud profile's stand-in credentials (local only, like the dev QStash token).
-UPSTASH_TOKEN = "devstack-upstash-token"  # noqa: S105
-# The Supabase CLI's local service-role key: a JWT signed with the public dev secret.
-SERVICE_ROLE_KEY = (
-    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIiwiaXNzIjoic3VwYWJhc2UtZ"
-    "GVtbyIsImV4cCI6MTk4MzgxMjk5Nn0.VkcJ801Bd30muD6WhyO-U6YR4hiCG96YZmkBFWN3QqI"
-)
 
 
 def say(message: str) -> None:
@@ -74,6 +67,17 @@ class Ports:
     upstash: int = 8079
     postgrest: int = 8078
 
+    @classmethod
+    def free(cls) -> Ports:
+        """Free loopback ports for every component (tests, or a second stack beside a first)."""
+        return cls(*(_free_port() for _ in fields(cls)))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
 
 @dataclass
 class Stack:
@@ -99,6 +103,14 @@ class Stack:
     @property
     def broker_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.broker}"
+
+    @property
+    def upstash_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.upstash}"
+
+    @property
+    def postgrest_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.postgrest}"
 
     @property
     def cloud(self) -> bool:
@@ -161,33 +173,6 @@ class Stack:
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         return env
 
-    def _producer_env(self) -> dict[str, str]:
-        """The cloud producer's services, as on Vercel: Upstash REST and supabase-py, each
-        through its stand-in. The TCP URLs are blanked, not dropped: `.env` cannot refill them."""
-        if not self.cloud:
-            return {}
-        return {
-            "REDIS_URL": "",
-            "DATABASE_URL": "",
-            "UPSTASH_REDIS_REST_URL": f"http://127.0.0.1:{self.ports.upstash}",
-            "UPSTASH_REDIS_REST_TOKEN": UPSTASH_TOKEN,
-            "SUPABASE_URL": f"http://127.0.0.1:{self.ports.postgrest}",
-            "SUPABASE_SERVICE_ROLE_KEY": SERVICE_ROLE_KEY,
-            "STORE_BACKEND": "supabase",
-        }
-
-    def _worker_env(self) -> dict[str, str]:
-        """The cloud worker, as on the VPS: TCP Redis, and psycopg logged in as a role that
-        Postgres caps at SESSION_POOLER_CLIENTS connections (scripts/session_pooler.py). A
-        worker-side connection cap belongs here too, set to fit under that one."""
-        if not self.cloud:
-            return {}
-        return {
-            "UPSTASH_REDIS_REST_URL": "",
-            "DATABASE_URL": capped_role_url(self.env["DATABASE_URL"], SESSION_POOLER_CLIENTS),
-            "STORE_BACKEND": "postgres",
-        }
-
     def _plan(self) -> list[Component]:
         py = sys.executable
         gunicorn = [py, "-m", "gunicorn"]
@@ -215,7 +200,7 @@ class Stack:
                 "worker",
                 [*gunicorn, "-c", "worker/gunicorn.conf.py", "worker.wsgi:app"],
                 f"{self.worker_url}/readyz",
-                env=self._worker_env(),
+                env=cloud_profile.worker_env(self.env["DATABASE_URL"]) if self.cloud else {},
             )
         )
         plan.append(
@@ -239,7 +224,11 @@ class Stack:
                     "api._local:rewritten_app" if self.cloud else "api._local:app",
                 ],
                 f"{self.producer_url}/api/health?deep=1",
-                env=self._producer_env(),
+                env=(
+                    cloud_profile.producer_env(self.upstash_url, self.postgrest_url)
+                    if self.cloud
+                    else {}
+                ),
             )
         )
         return plan
@@ -247,22 +236,21 @@ class Stack:
     def _standins(self) -> list[Component]:
         """The Upstash REST and PostgREST stand-ins, in front of the stack's real servers."""
         py = sys.executable
-        upstash = f"http://127.0.0.1:{self.ports.upstash}"
-        postgrest = f"http://127.0.0.1:{self.ports.postgrest}"
+        token, key = cloud_profile.UPSTASH_TOKEN, cloud_profile.SERVICE_ROLE_KEY
         return [
             Component(
                 "upstash",
                 [py, "-m", "scripts.upstash_standin", "--port", str(self.ports.upstash)],
-                f"{upstash}/ping",
-                env={"UPSTASH_REDIS_REST_TOKEN": UPSTASH_TOKEN},
-                health_headers={"Authorization": f"Bearer {UPSTASH_TOKEN}"},
+                f"{self.upstash_url}/ping",
+                env={"UPSTASH_REDIS_REST_TOKEN": token},
+                health_headers={"Authorization": f"Bearer {token}"},
             ),
             Component(
                 "postgrest",
                 [py, "-m", "scripts.postgrest_standin", "--port", str(self.ports.postgrest)],
-                f"{postgrest}/rest/v1/rpc/cs_ping",
-                env={"SUPABASE_SERVICE_ROLE_KEY": SERVICE_ROLE_KEY},
-                health_headers={"apikey": SERVICE_ROLE_KEY},
+                f"{self.postgrest_url}/rest/v1/rpc/cs_ping",
+                env={"SUPABASE_SERVICE_ROLE_KEY": key},
+                health_headers={"apikey": key},
             ),
         ]
 
@@ -375,6 +363,11 @@ def main(argv: list[str] | None = None) -> int:
         default="local",
         help="local: TCP Redis and Postgres everywhere; cloud: each part as in production",
     )
+    parser.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="free loopback ports instead of :3000, :8080, ... (printed once ready)",
+    )
     args = parser.parse_args(argv)
     stopping = False
 
@@ -385,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     stack = Stack(
+        ports=Ports.free() if args.free_ports else Ports(),
         profile=args.profile,
         overrides={"WORKER_DRAIN_SECONDS": "3"} if args.command == "demo" else {},
         log_dir=STATE_DIR / "logs" if args.command == "demo" else None,

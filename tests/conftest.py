@@ -131,20 +131,11 @@ def local_stack(
     on free ports, on the session's Redis and Postgres, with the key prefix `<name>-<random>:`
     and JSON logs in a temporary folder. `env` is set on top (the tests' own limits and speeds).
     """
-    from support import free_port
-
     from scripts.devstack import Ports, Stack
 
     @contextmanager
     def start(name: str, profile: str = "local", **env: str) -> Iterator[Stack]:
-        ports = Ports(
-            producer=free_port(),
-            worker=free_port(),
-            broker=free_port(),
-            llm=free_port(),
-            upstash=free_port(),
-            postgrest=free_port(),
-        )
+        ports = Ports.free()
         overrides = {
             "REDIS_URL": redis_url,
             "DATABASE_URL": database_url,
@@ -175,18 +166,9 @@ def e2e_stack(
     Upstash REST, supabase-py and vercel.json's rewritten paths; the worker under the session
     pooler's client cap), for each module that uses it. Tests may kill and restart its
     components; each test uses users of its own."""
-    from support import free_port
-
     from scripts.devstack import Ports, Stack
 
-    ports = Ports(
-        producer=free_port(),
-        worker=free_port(),
-        broker=free_port(),
-        llm=free_port(),
-        upstash=free_port(),
-        postgrest=free_port(),
-    )
+    ports = Ports.free()
     logs = tmp_path_factory.mktemp(f"{request.param}-stack-logs")
     overrides = {
         "REDIS_URL": redis_url,

@@ -9,7 +9,6 @@ from pathlib import Path
 import httpx
 import pytest
 from e2e_support import RESUME, User, follow, terminal_count
-from support import free_port
 
 from scripts.devstack import PROFILES, Ports, Stack
 
@@ -25,14 +24,7 @@ def stack(
     database_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    ports = Ports(
-        producer=free_port(),
-        worker=free_port(),
-        broker=free_port(),
-        llm=free_port(),
-        upstash=free_port(),
-        postgrest=free_port(),
-    )
+    ports = Ports.free()
     overrides = {
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,

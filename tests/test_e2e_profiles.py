@@ -1,5 +1,5 @@
-"""End to end on both stack profiles: the demo, the rewritten routes, and what makes `cloud` the
-production path (the producer on the stand-ins, the worker under the session pooler's cap)."""
+"""End to end on both stack profiles: the rewritten routes, and what makes `cloud` the production
+path (the producer on the stand-ins, the worker under the session pooler's cap)."""
 
 from __future__ import annotations
 
@@ -11,22 +11,10 @@ import psycopg
 import pytest
 from e2e_support import User, events, follow
 
-from lib.config import DEV_JWT_SECRET
-from scripts.demo import run_demo
+from scripts.cloud_profile import ROLE, SESSION_POOLER_CLIENTS
 from scripts.devstack import Stack
-from scripts.session_pooler import ROLE, SESSION_POOLER_CLIENTS
 
 pytestmark = pytest.mark.e2e
-
-
-def test_the_demo_runs_one_job_of_each_kind_to_success(
-    e2e_stack: Stack, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert run_demo(e2e_stack.producer_url, DEV_JWT_SECRET) == 0
-    out = capsys.readouterr().out
-    for kind in ("job_match", "resume_customize", "interview_prep"):
-        assert f"\n{kind}: job " in out
-    assert "demo: all jobs succeeded" in out
 
 
 def test_each_job_route_also_answers_its_rewritten_form(e2e_stack: Stack) -> None:

@@ -1,4 +1,10 @@
-"""A Postgres login role capped like Supabase's session pooler, for the `cloud` stack profile.
+"""What makes the `cloud` stack profile (scripts/devstack.py): each part as in production.
+
+- The producer as on Vercel: Redis through the Upstash REST adapter and the store through
+  supabase-py, each by way of its stand-in (scripts/upstash_standin.py,
+  scripts/postgrest_standin.py) in front of the stack's real servers.
+- The worker as on the VPS: TCP Redis, and psycopg logged in as a role capped like Supabase's
+  session pooler.
 
 Supabase's session pooler (Supavisor, port 5432) caps its clients at the "Pool Size" setting,
 15 on the small plans, for each role and database: "If there are 16 connection attempts, only
@@ -15,8 +21,16 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+# The stand-ins' credentials (local only, like the dev QStash token).
+UPSTASH_TOKEN = "devstack-upstash-token"  # noqa: S105
+# The Supabase CLI's local service-role key: a JWT signed with the public dev secret.
+SERVICE_ROLE_KEY = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIiwiaXNzIjoic3VwYWJhc2UtZ"
+    "GVtbyIsImV4cCI6MTk4MzgxMjk5Nn0.VkcJ801Bd30muD6WhyO-U6YR4hiCG96YZmkBFWN3QqI"
+)
+
 # The smallest session pooler's client cap. The worker's own connection cap, across all its
-# processes, must fit under it (docs/deploy.md); the cloud profile enforces it on the server.
+# processes, must fit under it; the cloud profile enforces this one on the server.
 SESSION_POOLER_CLIENTS = 15
 ROLE = "cs_session_pooler"
 # Local stacks only: this role exists on the developer's own (often trust-auth) Postgres.
@@ -44,3 +58,27 @@ def capped_role_url(database_url: str, clients: int = SESSION_POOLER_CLIENTS) ->
             sql.SQL("grant {} to {}").format(sql.Identifier(owner[0]), sql.Identifier(ROLE))
         )
     return make_conninfo(database_url, user=ROLE, password=PASSWORD)
+
+
+def producer_env(upstash_url: str, postgrest_url: str) -> dict[str, str]:
+    """The producer's services, as on Vercel: Upstash REST and supabase-py, each through its
+    stand-in. The TCP URLs are blanked, not dropped, so that `.env` cannot refill them."""
+    return {
+        "REDIS_URL": "",
+        "DATABASE_URL": "",
+        "UPSTASH_REDIS_REST_URL": upstash_url,
+        "UPSTASH_REDIS_REST_TOKEN": UPSTASH_TOKEN,
+        "SUPABASE_URL": postgrest_url,
+        "SUPABASE_SERVICE_ROLE_KEY": SERVICE_ROLE_KEY,
+        "STORE_BACKEND": "supabase",
+    }
+
+
+def worker_env(database_url: str) -> dict[str, str]:
+    """The worker, as on the VPS: TCP Redis, and psycopg logged in as the role capped at
+    SESSION_POOLER_CLIENTS. A worker-side connection cap belongs here too, set to fit under it."""
+    return {
+        "UPSTASH_REDIS_REST_URL": "",
+        "DATABASE_URL": capped_role_url(database_url, SESSION_POOLER_CLIENTS),
+        "STORE_BACKEND": "postgres",
+    }
