@@ -42,21 +42,26 @@ def capped_role_url(database_url: str, clients: int = SESSION_POOLER_CLIENTS) ->
     URL logged in as it. The role inherits the privileges of the URL's own user, the owner of
     the migrated schema, but not superuser status: Postgres exempts superusers from the cap.
 
-    Raises psycopg.Error when that user may not create roles."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        owner = conn.execute("select current_user").fetchone()
-        assert owner is not None
-        exists = conn.execute("select 1 from pg_roles where rolname = %s", [ROLE]).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("create role {} login").format(sql.Identifier(ROLE)))
-        conn.execute(
-            sql.SQL("alter role {} nosuperuser login connection limit {} password {}").format(
-                sql.Identifier(ROLE), sql.Literal(clients), sql.Literal(PASSWORD)
+    Raises RuntimeError when that user may not create roles."""
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            (owner,) = conn.execute("select current_user").fetchone() or ("",)
+            exists = conn.execute("select 1 from pg_roles where rolname = %s", [ROLE]).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("create role {} login").format(sql.Identifier(ROLE)))
+            conn.execute(
+                sql.SQL("alter role {} login connection limit {} password {}").format(
+                    sql.Identifier(ROLE), sql.Literal(clients), sql.Literal(PASSWORD)
+                )
             )
-        )
-        conn.execute(
-            sql.SQL("grant {} to {}").format(sql.Identifier(owner[0]), sql.Identifier(ROLE))
-        )
+            conn.execute(
+                sql.SQL("grant {} to {}").format(sql.Identifier(owner), sql.Identifier(ROLE))
+            )
+    except psycopg.Error as exc:
+        raise RuntimeError(
+            f"the cloud profile logs the worker in as the role {ROLE}, and DATABASE_URL's user "
+            f"could not set it up ({exc.sqlstate}: {str(exc).strip()})"
+        ) from exc
     return make_conninfo(database_url, user=ROLE, password=PASSWORD)
 
 
