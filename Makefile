@@ -3,12 +3,16 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The stack profile of `make demo` / `make dev`: local (TCP Redis and Postgres everywhere) or
+# cloud (each part as in production: the producer on Upstash REST, supabase-py and vercel.json's
+# rewrites through local stand-ins; the worker on TCP Redis under a session-pooler-sized cap).
+PROFILE ?= local
 
 .PHONY: help install demo dev test test-browser check-deploy chaos bench lint format lock clean
 
 help:
-	@echo "make demo   run one job of each kind on a local stack, then stop"
-	@echo "make dev    run the local stack until Ctrl-C"
+	@echo "make demo   run one job of each kind on a local stack, then stop (PROFILE=local|cloud)"
+	@echo "make dev    run the local stack until Ctrl-C (PROFILE=local|cloud)"
 	@echo "make test   run the whole test suite (real Redis and Postgres, embedded)"
 	@echo "make test-browser  the demo page in headless Chromium"
 	@echo "make check-deploy  validate Dockerfile, compose, Vercel build, deploy scripts"
@@ -25,10 +29,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m scripts.devstack demo
+	$(PY) -m scripts.devstack demo --profile $(PROFILE)
 
 dev: $(STAMP)
-	$(PY) -m scripts.devstack dev
+	$(PY) -m scripts.devstack dev --profile $(PROFILE)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -1,14 +1,26 @@
-"""Vercel function: the Server-Sent-Events stream of one job (`/api/jobs/<id>/events`)."""
+"""Vercel function: the Server-Sent-Events stream of one job (`/api/jobs/<id>/events`).
+
+It also answers `/api/events?id=<id>`, the form `vercel.json`'s rewrite gives the same request
+when Vercel routes with the rewritten path (see api/_local.py).
+"""
 
 from __future__ import annotations
 
 from flask import Response, request, stream_with_context
 
 from api._common import bearer, create_app, producer
-from lib.errors import AuthError
+from lib.errors import AuthError, NotFoundError
 from lib.service import validate_cursor, validate_job_id
 
 app = create_app(__name__)
+
+
+@app.get("/api/events")
+def rewritten() -> Response:
+    job_id = request.args.get("id")
+    if job_id is None:
+        raise NotFoundError("not found: the stream of a job is /api/jobs/<id>/events")
+    return events(job_id)
 
 
 @app.get("/api/jobs/<job_id>/events")

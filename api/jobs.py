@@ -1,8 +1,14 @@
-"""Vercel function: submit, read, list and cancel jobs (`/api/jobs...`)."""
+"""Vercel function: submit, read, list and cancel jobs (`/api/jobs...`).
+
+Each job route answers both the path the front end calls (`/api/jobs/<id>`, `.../cancel`) and
+the form `vercel.json`'s rewrites give it when Vercel routes with the rewritten path
+(`/api/jobs?id=<id>`, `/api/jobs?action=cancel&id=<id>`; see api/_local.py).
+"""
 
 from __future__ import annotations
 
 from flask import Response, jsonify, request
+from werkzeug.exceptions import MethodNotAllowed
 
 from api._common import (
     create_app,
@@ -20,6 +26,11 @@ app = create_app(__name__)
 
 @app.post("/api/jobs")
 def submit() -> tuple[Response, int]:
+    job_id = request.args.get("id")
+    if job_id is not None:  # a rewritten `/api/jobs/<id>...`: only `/cancel` takes a POST
+        if request.args.get("action") != "cancel":
+            raise MethodNotAllowed(valid_methods=["GET", "HEAD", "OPTIONS"])
+        return cancel(job_id)
     who = current_identity()
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS):
@@ -40,6 +51,9 @@ def submit() -> tuple[Response, int]:
 
 @app.get("/api/jobs")
 def list_jobs() -> Response:
+    job_id = request.args.get("id")
+    if job_id is not None:  # a rewritten `/api/jobs/<id>`
+        return get_job(job_id)
     user_id = current_user()
     try:
         limit = int(request.args.get("limit", "20"))

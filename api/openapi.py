@@ -3,6 +3,9 @@
 The page is Swagger UI, whose files come from the `flask-swagger-ui` package (Swagger UI 5,
 which reads OpenAPI 3.1) and are served under `/api/docs/`, so the docs need no CDN. The page
 has no inline script: its start-up code is `/api/docs/init.js`.
+
+When Vercel routes with the rewritten path (see api/_local.py), the same requests arrive as
+`/api/openapi` (the document) and `/api/openapi?page=docs&path=<file>` (the page and its files).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import flask_swagger_ui
-from flask import Response, send_from_directory
+from flask import Response, request, send_from_directory
 
 from api._common import create_app
 from lib.errors import NotFoundError
@@ -60,6 +63,16 @@ INIT = """window.addEventListener("load", function () {
 """
 
 app = create_app(__name__)
+
+
+@app.get("/api/openapi")
+def rewritten() -> Response:
+    if request.args.get("page") != "docs":
+        return document()
+    name = request.args.get("path", "")
+    if not name:
+        return docs()
+    return init() if name == "init.js" else asset(name)
 
 
 @app.get("/api/openapi.json")

@@ -5,6 +5,15 @@ REDIS_URL / DATABASE_URL are set, the migrations, the offline LLM (unless a real
 is configured), the QStash-compatible dev broker (unless QSTASH_MODE=direct or QSTASH_URL points
 elsewhere), the worker (gunicorn, :8080) and the producer (gunicorn, :3000). `dev` restarts any
 component that dies and says so; Ctrl-C stops everything cleanly.
+
+Two profiles (`--profile`, `make dev PROFILE=...`):
+- `local` (the default): every part on TCP Redis and direct Postgres.
+- `cloud`: each part as in production. The producer runs as on Vercel: Redis through the Upstash
+  REST adapter by way of `scripts/upstash_standin.py` (:8079), the store through supabase-py by
+  way of `scripts/postgrest_standin.py` (:8078), both in front of the same real servers, and
+  requests routed by vercel.json's rewrites with the rewritten path (`api._local:rewritten_app`).
+  The worker runs as on the VPS: TCP Redis and psycopg, logged in as a role capped at 15
+  connections, as Supabase's smallest session pooler caps its clients (scripts/cloud_profile.py).
 """
 
 from __future__ import annotations
@@ -12,11 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import requests
@@ -25,10 +35,12 @@ from dotenv import dotenv_values
 from lib.config import DEV_JWT_SECRET
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
 from lib.store import migrate
-from scripts import embedded
+from scripts import cloud_profile, embedded
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE_DIR = ROOT / ".devstack"
+
+PROFILES = ("local", "cloud")
 
 
 def say(message: str) -> None:
@@ -40,6 +52,8 @@ class Component:
     name: str
     argv: list[str]
     health_url: str
+    env: dict[str, str] = field(default_factory=dict)  # on top of the stack's environment
+    health_headers: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
 
@@ -50,6 +64,19 @@ class Ports:
     worker: int = 8080
     broker: int = 8081
     llm: int = 8400
+    upstash: int = 8079
+    postgrest: int = 8078
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Free loopback ports for every component (tests, or a second stack beside a first)."""
+        return cls(*(_free_port() for _ in fields(cls)))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -57,6 +84,7 @@ class Stack:
     """A running local stack. Use as a context manager, or call start() and stop()."""
 
     ports: Ports = field(default_factory=Ports)
+    profile: str = "local"
     overrides: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
     quiet: bool = False
@@ -76,6 +104,18 @@ class Stack:
     def broker_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.broker}"
 
+    @property
+    def upstash_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.upstash}"
+
+    @property
+    def postgrest_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.postgrest}"
+
+    @property
+    def cloud(self) -> bool:
+        return self.profile == "cloud"
+
     def _log(self, message: str) -> None:
         if not self.quiet:
             say(message)
@@ -86,12 +126,13 @@ class Stack:
         dotenv = {k: v for k, v in dotenv_values(ROOT / ".env").items() if v is not None}
         base = {**dotenv, **os.environ, **self.overrides}
         env = dict(base)
-        if not base.get("REDIS_URL") and not base.get("UPSTASH_REDIS_REST_URL"):
+        # The cloud profile puts its stand-ins in front of real servers: it needs both URLs.
+        if not base.get("REDIS_URL") and (self.cloud or not base.get("UPSTASH_REDIS_REST_URL")):
             server = embedded.start_redis()
             self._servers.append(server)
             env["REDIS_URL"] = server.url
             self._log(f"embedded Redis at {server.url}")
-        if not base.get("DATABASE_URL") and not base.get("SUPABASE_URL"):
+        if not base.get("DATABASE_URL") and (self.cloud or not base.get("SUPABASE_URL")):
             STATE_DIR.mkdir(exist_ok=True)
             server = embedded.start_postgres()
             self._servers.append(server)
@@ -155,11 +196,14 @@ class Stack:
                     f"{self.broker_url}/healthz",
                 )
             )
+        if self.cloud:
+            plan += self._standins()
         plan.append(
             Component(
                 "worker",
                 [*gunicorn, "-c", "worker/gunicorn.conf.py", "worker.wsgi:app"],
                 f"{self.worker_url}/readyz",
+                env=cloud_profile.worker_env(self.env["DATABASE_URL"]) if self.cloud else {},
             )
         )
         plan.append(
@@ -178,12 +222,40 @@ class Stack:
                     "1",
                     "--graceful-timeout",
                     "5",
-                    "api._local:app",
+                    # Vercel routes rewrites with the rewritten path in backend-framework
+                    # projects; the cloud profile does so, the local one keeps the original.
+                    "api._local:rewritten_app" if self.cloud else "api._local:app",
                 ],
                 f"{self.producer_url}/api/health?deep=1",
+                env=(
+                    cloud_profile.producer_env(self.upstash_url, self.postgrest_url)
+                    if self.cloud
+                    else {}
+                ),
             )
         )
         return plan
+
+    def _standins(self) -> list[Component]:
+        """The Upstash REST and PostgREST stand-ins, in front of the stack's real servers."""
+        py = sys.executable
+        token, key = cloud_profile.UPSTASH_TOKEN, cloud_profile.SERVICE_ROLE_KEY
+        return [
+            Component(
+                "upstash",
+                [py, "-m", "scripts.upstash_standin", "--port", str(self.ports.upstash)],
+                f"{self.upstash_url}/ping",
+                env={"UPSTASH_REDIS_REST_TOKEN": token},
+                health_headers={"Authorization": f"Bearer {token}"},
+            ),
+            Component(
+                "postgrest",
+                [py, "-m", "scripts.postgrest_standin", "--port", str(self.ports.postgrest)],
+                f"{self.postgrest_url}/rest/v1/rpc/cs_ping",
+                env={"SUPABASE_SERVICE_ROLE_KEY": key},
+                health_headers={"apikey": key},
+            ),
+        ]
 
     # Lifecycle ---------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> Stack:
@@ -193,7 +265,10 @@ class Stack:
             self._spawn(component)
         for component in self.components:
             self.wait_healthy(component, timeout)
-        self._log(f"ready: producer {self.producer_url}, worker {self.worker_url}")
+        self._log(
+            f"ready ({self.profile} profile): producer {self.producer_url}, "
+            f"worker {self.worker_url}"
+        )
         return self
 
     def _spawn(self, component: Component) -> None:
@@ -206,7 +281,7 @@ class Stack:
         component.proc = subprocess.Popen(  # noqa: S603
             component.argv,
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **component.env},
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
             start_new_session=True,
@@ -218,7 +293,10 @@ class Stack:
             if component.proc and component.proc.poll() is not None:
                 raise RuntimeError(f"{component.name} exited with {component.proc.returncode}")
             try:
-                if requests.get(component.health_url, timeout=2).status_code == 200:
+                answer = requests.get(
+                    component.health_url, headers=component.health_headers, timeout=2
+                )
+                if answer.status_code == 200:
                     return
             except requests.RequestException:
                 pass
@@ -282,6 +360,17 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="devstack", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["demo", "dev"])
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="local",
+        help="local: TCP Redis and Postgres everywhere; cloud: each part as in production",
+    )
+    parser.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="free loopback ports instead of :3000, :8080, ... (printed once ready)",
+    )
     args = parser.parse_args(argv)
     stopping = False
 
@@ -292,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     stack = Stack(
+        ports=Ports.free() if args.free_ports else Ports(),
+        profile=args.profile,
         overrides={"WORKER_DRAIN_SECONDS": "3"} if args.command == "demo" else {},
         log_dir=STATE_DIR / "logs" if args.command == "demo" else None,
     )

@@ -2,7 +2,8 @@
 
 Every test gets its own Redis key prefix, so tests never see each other's keys even on a shared
 server. With DATABASE_URL set, the suite creates (and drops) a database of its own on that server.
-`local_stack` starts the whole local stack (`scripts.devstack.Stack`) on those servers.
+`local_stack` starts the whole local stack (`scripts.devstack.Stack`) on those servers;
+`e2e_stack` is the end-to-end suite's stack, once on each profile (`local`, `cloud`).
 """
 
 from __future__ import annotations
@@ -123,19 +124,18 @@ def store_backend(request: pytest.FixtureRequest, database_url: str) -> Iterator
 def local_stack(
     redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[..., AbstractContextManager[Stack]]:
-    """Start a stack the way `make dev` does, as a context manager: `local_stack(name, **env)`.
+    """Start a stack the way `make dev` does, as a context manager:
+    `local_stack(name, profile="local", **env)`.
 
-    Offline LLM, dev broker, worker and producer (gunicorn) on free ports, on the session's Redis
-    and Postgres, with the key prefix `<name>-<random>:` and JSON logs in a temporary folder.
-    `env` is set on top (the tests' own limits and speeds).
+    Offline LLM, dev broker, worker and producer (gunicorn), and the cloud profile's stand-ins,
+    on free ports, on the session's Redis and Postgres, with the key prefix `<name>-<random>:`
+    and JSON logs in a temporary folder. `env` is set on top (the tests' own limits and speeds).
     """
-    from support import free_port
-
     from scripts.devstack import Ports, Stack
 
     @contextmanager
-    def start(name: str, **env: str) -> Iterator[Stack]:
-        ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
+    def start(name: str, profile: str = "local", **env: str) -> Iterator[Stack]:
+        ports = Ports.free()
         overrides = {
             "APP_ENV": "development",
             "REDIS_URL": redis_url,
@@ -148,10 +148,54 @@ def local_stack(
             **env,
         }
         logs = Path(tmp_path_factory.mktemp(f"{name}-stack-logs"))
-        with Stack(ports=ports, overrides=overrides, log_dir=logs, quiet=True) as running:
+        with Stack(
+            ports=ports, profile=profile, overrides=overrides, log_dir=logs, quiet=True
+        ) as running:
             yield running
 
     return start
+
+
+@pytest.fixture(scope="module", params=["local", "cloud"])
+def e2e_stack(
+    request: pytest.FixtureRequest,
+    redis_url: str,
+    database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    """The end-to-end suite's stack, once per profile: `local`, and `cloud` (the producer on
+    Upstash REST, supabase-py and vercel.json's rewritten paths; the worker under the session
+    pooler's client cap), for each module that uses it. Tests may kill and restart its
+    components; each test uses users of its own."""
+    from scripts.devstack import Ports, Stack
+
+    ports = Ports.free()
+    logs = tmp_path_factory.mktemp(f"{request.param}-stack-logs")
+    overrides = {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "REDIS_PREFIX": f"e2e-{uuid.uuid4().hex[:6]}:",
+        "OPENAI_API_KEY": "",
+        "QSTASH_URL": "",
+        "QSTASH_MODE": "broker",
+        "QUEUE_MAX_FREE": "2",
+        "USER_MAX_ACTIVE_FREE": "1",
+        "USER_MAX_ACTIVE_PAID": "3",
+        "FREE_DAILY_JOBS": "2",
+        "INITIAL_COINS": "5",
+        "JOB_RETRIES": "5",
+        "JOB_RETRY_DELAY": "400 * (1 + retried)",
+        "DEV_BROKER_TIME_SCALE": "1",
+        "LEASE_TTL_SECONDS": "2",
+        "OFFLINE_LLM_TOKENS_PER_SECOND": "500",
+        "WORKER_DRAIN_SECONDS": "2",
+        "WEB_CONCURRENCY": "2",
+        "LOG_FORMAT": "json",
+    }
+    with Stack(
+        ports=ports, profile=request.param, overrides=overrides, log_dir=Path(logs), quiet=True
+    ) as running:
+        yield running
 
 
 UPSTASH_TOKEN = "upstash-test-token"  # noqa: S105

@@ -78,6 +78,12 @@ def test_vercel_functions_exist_and_the_sse_limit_fits_inside_their_time_limit()
     assert Settings.model_fields["sse_max_seconds"].default <= events <= 300
 
 
+def test_vercel_json_keeps_the_detected_flask_preset_from_taking_over_the_build() -> None:
+    # requirements.txt names flask, so Vercel would pick its Flask preset, which fails the
+    # build with FLASK_ENTRYPOINT_NOT_FOUND; null means "Other" whatever the project setting.
+    assert json.loads((ROOT / "vercel.json").read_text())["framework"] is None
+
+
 def test_vercel_rewrites_send_each_spec_path_to_its_function() -> None:
     rewrites = {
         r["source"]: r["destination"]
@@ -85,11 +91,12 @@ def test_vercel_rewrites_send_each_spec_path_to_its_function() -> None:
     }
     assert rewrites == {
         "/api/jobs/:id/events": "/api/events",
-        "/api/jobs/:id/cancel": "/api/jobs",
+        # The query tells the rewritten forms apart when Vercel routes with the rewritten path.
+        "/api/jobs/:id/cancel": "/api/jobs?action=cancel",
         "/api/jobs/:id": "/api/jobs",
         "/api/openapi.json": "/api/openapi",
-        "/api/docs": "/api/openapi",
-        "/api/docs/:path*": "/api/openapi",
+        "/api/docs": "/api/openapi?page=docs",
+        "/api/docs/:path*": "/api/openapi?page=docs",
     }
 
 

@@ -7,8 +7,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,45 +20,20 @@ from e2e_support import (
     terminal_count,
     text_of_last_attempt,
 )
-from support import free_port, wait_for
+from support import wait_for
 
 from lib.handlers import registry
-from scripts.devstack import Ports, Stack
+from scripts.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 
 KINDS = ["job_match", "resume_customize", "interview_prep"]
 
 
-@pytest.fixture(scope="module")
-def stack(
-    redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
-    logs = tmp_path_factory.mktemp("stack-logs")
-    overrides = {
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "REDIS_PREFIX": f"e2e-{uuid.uuid4().hex[:6]}:",
-        "OPENAI_API_KEY": "",
-        "QSTASH_URL": "",
-        "QSTASH_MODE": "broker",
-        "QUEUE_MAX_FREE": "2",
-        "USER_MAX_ACTIVE_FREE": "1",
-        "USER_MAX_ACTIVE_PAID": "3",
-        "FREE_DAILY_JOBS": "2",
-        "INITIAL_COINS": "5",
-        "JOB_RETRIES": "5",
-        "JOB_RETRY_DELAY": "400 * (1 + retried)",
-        "DEV_BROKER_TIME_SCALE": "1",
-        "LEASE_TTL_SECONDS": "2",
-        "OFFLINE_LLM_TOKENS_PER_SECOND": "500",
-        "WORKER_DRAIN_SECONDS": "2",
-        "WEB_CONCURRENCY": "2",
-        "LOG_FORMAT": "json",
-    }
-    with Stack(ports=ports, overrides=overrides, log_dir=Path(logs), quiet=True) as running:
-        yield running
+@pytest.fixture
+def stack(e2e_stack: Stack) -> Stack:
+    """The suite below runs once on each profile (conftest.py `e2e_stack`)."""
+    return e2e_stack
 
 
 @pytest.fixture

@@ -1,0 +1,94 @@
+"""End to end on both stack profiles: the rewritten routes, and what makes `cloud` the production
+path (the producer on the stand-ins, the worker under the session pooler's cap)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import httpx
+import psycopg
+import pytest
+from e2e_support import User, events, follow
+
+from scripts.cloud_profile import ROLE, SESSION_POOLER_CLIENTS
+from scripts.devstack import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+def test_each_job_route_also_answers_its_rewritten_form(e2e_stack: Stack) -> None:
+    user = User(e2e_stack.producer_url)
+    body = user.submit("job_match").json()
+    job_id = body["job"]["id"]
+    stream = events(e2e_stack.producer_url, f"/api/events?id={job_id}&token={body['stream_token']}")
+    assert stream[-1].data["status"] == "succeeded"
+    assert [e.id for e in stream] == [
+        e.id for e in follow(e2e_stack.producer_url, body["events_url"])
+    ]
+    assert user.get(f"/api/jobs?id={job_id}").json()["job"] == user.job(job_id)
+    done = user.post(f"/api/jobs?action=cancel&id={job_id}")
+    assert done.status_code == 409 and done.json()["error"]["code"] == "already_finished"
+    # POST /api/jobs/<id> has no route; rewritten it must not become a submit either.
+    refused = [user.post(f"/api/jobs/{job_id}"), user.post(f"/api/jobs?id={job_id}")]
+    assert [r.status_code for r in refused] == [405, 405]
+    allowed = [set(r.headers["Allow"].split(", ")) for r in refused]
+    assert allowed == [{"GET", "HEAD", "OPTIONS"}] * 2
+    with user.client() as client:
+        assert client.get("/api/events").json()["error"]["code"] == "not_found"
+    assert [j["id"] for j in user.get("/api/jobs").json()["jobs"]] == [job_id]
+    assert httpx.get(f"{e2e_stack.producer_url}/api/openapi").json()["openapi"].startswith("3.")
+
+
+@pytest.mark.parametrize("e2e_stack", ["cloud"], indirect=True)
+@pytest.mark.parametrize("standin", ["upstash", "postgrest"])
+def test_the_cloud_producer_reaches_redis_and_the_database_only_through_the_stand_ins(
+    e2e_stack: Stack, standin: str
+) -> None:
+    check = {"upstash": "redis", "postgrest": "db"}[standin]
+    health = f"{e2e_stack.producer_url}/api/health?deep=1"
+    component = e2e_stack.component(standin)
+    assert component.proc is not None
+    os.killpg(component.proc.pid, signal.SIGKILL)
+    component.proc.wait(10)
+    try:
+        down = httpx.get(health, timeout=30)
+        assert down.status_code == 503 and down.json()["checks"][check]["ok"] is False
+        other = "db" if check == "redis" else "redis"
+        assert down.json()["checks"][other]["ok"] is True
+        # The worker runs as on the VPS, on TCP Redis and psycopg: the stand-ins are not its path.
+        assert httpx.get(f"{e2e_stack.worker_url}/readyz", timeout=10).status_code == 200
+    finally:
+        e2e_stack.restart(standin)
+    assert httpx.get(health, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("e2e_stack", ["cloud"], indirect=True)
+def test_the_cloud_worker_logs_in_as_a_role_capped_like_the_session_pooler(
+    e2e_stack: Stack, database_url: str
+) -> None:
+    user = User(e2e_stack.producer_url)
+    body = user.submit("job_match").json()
+    assert follow(e2e_stack.producer_url, body["events_url"])[-1].data["status"] == "succeeded"
+
+    def role_connections() -> int:
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute(
+                "select count(*) from pg_stat_activity where usename = %s", [ROLE]
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    assert 0 < role_connections() <= SESSION_POOLER_CLIENTS
+    # Postgres refuses the role's client beyond the cap, as the pooler does.
+    worker_url = e2e_stack.component("worker").env["DATABASE_URL"]
+    held: list[psycopg.Connection[tuple[object, ...]]] = []
+    try:
+        with pytest.raises(psycopg.OperationalError, match="too many connections for role"):
+            for _ in range(SESSION_POOLER_CLIENTS + 1):
+                held.append(psycopg.connect(worker_url))
+        assert role_connections() == SESSION_POOLER_CLIENTS
+    finally:
+        for conn in held:
+            conn.close()
+    again = user.submit("job_match").json()
+    assert follow(e2e_stack.producer_url, again["events_url"])[-1].data["status"] == "succeeded"
