@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -212,3 +214,42 @@ def test_a_delivery_that_finds_tcp_redis_down_answers_a_plain_503(
         down.close()
     assert db.job(job.job_id)["status"] == "queued"
     assert db.ledger(job.job_id) == [("debit", -1)]
+
+
+def test_the_dev_broker_spaces_a_workers_outage_answers_by_qstashs_scaled_backoff(
+    rest_worker: tuple[WorkerEnv, Flask], upstash: tuple[Flask, str]
+) -> None:
+    from qstash import QStash
+
+    from lib.queue.signing import DEV_TOKEN
+    from scripts.dev_broker import create_app as create_broker
+
+    env, app = rest_worker
+    job = env.create_job()
+    arrivals: list[float] = []
+
+    def recording(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"] == "/v1/execute":
+            arrivals.append(time.monotonic())
+        return app(environ, start_response)
+
+    scale = 0.02  # QStash's 12 s and 2 m 28 s become 0.24 s and 2.97 s
+    broker = create_broker(time_scale=scale)
+    upstash_standin.set_fault(upstash[0], Fault("limit"))
+    port = int(env.settings.worker_url.rsplit(":", 1)[1])
+    try:
+        with serve_wsgi(recording, port=port), serve_wsgi(broker) as broker_url:
+            QStash(DEV_TOKEN, base_url=broker_url).message.publish(
+                url=env.settings.execute_url,
+                body=message_body(job.job_id, job.user_id, job.tier, 2).decode(),
+                content_type="application/json",
+                retries=2,
+            )
+            wait_for(lambda: len(arrivals) == 3, 15, what="the first delivery and two retries")
+    finally:
+        broker.broker.stop()  # type: ignore[attr-defined]
+
+    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:], strict=False)]
+    for gap, n in zip(gaps, (1, 2), strict=True):
+        expected = math.exp(2.5 * n) * scale
+        assert expected <= gap < expected + 1.0, (gaps, n)
