@@ -487,7 +487,10 @@ class Executor:
         except Exception:
             log.warning("could not emit retrying", extra={"job_id": job.id})
         self.state.release(job.id, lease.tier, lease.user_id, lease.token, slots=False)
-        return _retry(message, code, retry_after or 5, status=status)
+        # Redis or the database is down: no Retry-After, so the broker's own backoff spaces
+        # the retries (a Retry-After replaces it and still uses up a retry).
+        delay = None if code == ErrorCode.UNAVAILABLE else retry_after or 5
+        return _retry(message, code, delay, status=status)
 
     def _close(self, job: Job) -> None:
         """Write the job's terminal events if nobody has yet (idempotent)."""
@@ -588,8 +591,8 @@ def _problem(exc: PermanentError) -> str:
     return f"{exc.message} ({where})" if where else exc.message
 
 
-def _retry(message: str, code: str, retry_after: float, *, status: int = 503) -> Outcome:
-    seconds = max(1, math.ceil(retry_after))
-    return Outcome(
-        status, {"error": {"code": code, "message": message}}, {"Retry-After": str(seconds)}
-    )
+def _retry(message: str, code: str, retry_after: float | None, *, status: int = 503) -> Outcome:
+    body = {"error": {"code": code, "message": message}}
+    if retry_after is None:
+        return Outcome(status, body, {})
+    return Outcome(status, body, {"Retry-After": str(max(1, math.ceil(retry_after)))})

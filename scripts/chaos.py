@@ -56,6 +56,8 @@ from scripts.chaos_faults import (
     llm_markers,
     no_fault,
     pause_redis,
+    postgres_outage,
+    redis_outage,
     restart_postgres,
     sigkill_twice,
     sigterm_once,
@@ -98,6 +100,12 @@ BASE_ENV = {
 }
 
 
+# The outage scenarios run on QStash's own retry policy: the production retry count, its default
+# backoff (no JOB_RETRY_DELAY), and the worker's outage answers carrying no Retry-After. At this
+# scale, 5 minutes of QStash time are 6 s and the backoff is 0.24 s, 3 s, 36 s.
+OUTAGE_ENV = {"JOB_RETRIES": "3", "JOB_RETRY_DELAY": "", "DEV_BROKER_TIME_SCALE": "0.02"}
+
+
 @dataclass
 class Scenario:
     name: str
@@ -123,6 +131,21 @@ SCENARIOS = [
     Scenario("redis-pause", "Redis SIGSTOP 5 s", pause_redis, 100),
     Scenario("redis-cut", "Redis connections cut (proxy)", cut_redis, 100, proxy=True),
     Scenario("pg-restart", "Postgres restarted mid-run", restart_postgres, 100),
+    Scenario(
+        "redis-outage",
+        "Redis down 5 min of QStash time",
+        redis_outage,
+        150,
+        overrides=OUTAGE_ENV,
+        proxy=True,
+    ),
+    Scenario(
+        "pg-outage",
+        "Postgres down 5 min of QStash time",
+        postgres_outage,
+        150,
+        overrides=OUTAGE_ENV,
+    ),
     Scenario(
         "redeliver",
         "2-5 deliveries per message",

@@ -217,6 +217,41 @@ def no_fault(ctx: FaultContext) -> None:
     ctx.at_peak()
 
 
+# Outages in QStash's time: the broker's backoff runs DEV_BROKER_TIME_SCALE times faster, so an
+# outage of QSTASH_OUTAGE_SECONDS lasts that many seconds times the scale here, and sits in the
+# broker's retry schedule (12 s, 2 m 28 s, 30 m 8 s, ...) where a real one would.
+QSTASH_OUTAGE_SECONDS = 300.0
+
+
+def _scaled_outage(ctx: FaultContext) -> tuple[float, str]:
+    scale = float(ctx.stack.env.get("DEV_BROKER_TIME_SCALE", "1"))
+    seconds = QSTASH_OUTAGE_SECONDS * scale
+    return seconds, f"{seconds:.0f}s (5 min x {scale:g})"
+
+
+def redis_outage(ctx: FaultContext) -> None:
+    """Every Redis connection cut and refused for 5 minutes of QStash time, mid-load."""
+    assert ctx.proxy is not None
+    seconds, span = _scaled_outage(ctx)
+    ctx.at_peak()
+    running = ctx.load.monitor.counts.get("running", 0)
+    cut = ctx.proxy.cut(refuse_seconds=seconds)
+    ctx.note(f"redis down {span}: cut x{cut}, refused ({running} running)")
+    time.sleep(seconds)
+    ctx.note("redis back")
+
+
+def postgres_outage(ctx: FaultContext) -> None:
+    """Postgres stopped for 5 minutes of QStash time while jobs finish, then started again."""
+    seconds, span = _scaled_outage(ctx)
+    # In the first burst of endings, so that attempts finishing meet it as well as deliveries.
+    ctx.load.monitor.wait(lambda m: m.counts.get("succeeded", 0) >= 20, 90)
+    running = ctx.load.monitor.counts.get("running", 0)
+    ctx.note(f"postgres down {span} ({running} running)")
+    ctx.infra.restart_postgres(seconds)
+    ctx.note("postgres back")
+
+
 # Redelivery -----------------------------------------------------------------------------------
 class Duplicator:
     """Redeliver each job 1-4 more times through the broker (2-5 deliveries in all).

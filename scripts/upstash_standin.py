@@ -8,11 +8,19 @@ official `upstash_redis.Redis(url=..., token=...)` client works against it uncha
   `{"result"}` / `{"error"}`; `/multi-exec` runs them inside MULTI/EXEC.
 - `GET|POST|PUT /<command>/<arg>/...` is the path form; a POST body is the last argument, and query
   parameters (`?EX=100`) follow it.
-- `GET|POST /subscribe/<channel>` (and `/psubscribe/<pattern>`) stream Server-Sent Events:
-  `data: subscribe,<channel>,1`, then `data: message,<channel>,<payload>`.
+- `POST /subscribe/<channel>` (and `/psubscribe/<pattern>`) stream Server-Sent Events:
+  `data: subscribe,<channel>,1`, then `data: message,<channel>,<payload>`. Upstash documents
+  these endpoints as POST ("Subscribe & Publish Commands" in restapi.mdx) and the official
+  TypeScript SDK sends every request, `/subscribe` included, as POST (redis-js
+  `packages/redis/pkg/http.ts`, `method: "POST"`), so a GET is refused with 405, the status the
+  docs give for a method the API does not serve.
 - `Upstash-Encoding: base64` base64-encodes every string in a result except the status "OK".
 - `Authorization: Bearer <token>` (or `?_token=`) is required; otherwise 401
   `{"error": "Unauthorized"}`.
+
+A fault switch (`set_fault`, or `PUT`/`DELETE /_standin/fault` over HTTP) makes the stand-in
+answer as the real service does when it cannot serve a request (`Fault`): the daily request
+limit error, an edge 5xx with an HTML body, or a hang past the client's timeout.
 
 Commands that Upstash REST does not serve (blocking reads, WATCH, subscriptions outside
 `/subscribe`, connection state) are refused with an error, as the real service does.
@@ -44,9 +52,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
+from scripts.upstash_faults import Command, Fault, FaultSwitch
+
 log = logging.getLogger("upstash_standin")
 
 EXTENSION = "upstash_standin"
+FAULT_PATH = "/_standin/fault"
 KEEPALIVE_SECONDS = 15.0
 _JSON = "application/json"
 # Upstash REST serves none of these ("REST - Redis API Compatibility" in the docs): blocking
@@ -88,16 +99,22 @@ class _State:
     pool: redis.ConnectionPool
     token: str
     keepalive_seconds: float
+    faults: FaultSwitch
 
 
 def create_app(
-    redis_url: str, token: str, *, keepalive_seconds: float = KEEPALIVE_SECONDS
+    redis_url: str,
+    token: str,
+    *,
+    keepalive_seconds: float = KEEPALIVE_SECONDS,
+    hang_seconds: float = 60.0,
 ) -> Flask:
     """Build the stand-in for the Redis at `redis_url`, guarded by the bearer `token`.
 
     `keepalive_seconds` is the longest silence on a subscription stream before a comment line
-    goes out; writing it is also how a vanished client is noticed. Call `close(app)` to release
-    the Redis connections. Raises ValueError for an empty token.
+    goes out; writing it is also how a vanished client is noticed. `hang_seconds` bounds how
+    long a `hang` fault holds a request. Call `close(app)` to release the Redis connections.
+    Raises ValueError for an empty token.
     """
     if not token:
         raise ValueError("the stand-in needs a non-empty token")
@@ -106,14 +123,22 @@ def create_app(
     pool = redis.ConnectionPool.from_url(
         redis_url, protocol=2, parser_class=_VerbatimErrorParser, socket_timeout=60
     )
-    app.extensions[EXTENSION] = _State(pool=pool, token=token, keepalive_seconds=keepalive_seconds)
+    app.extensions[EXTENSION] = _State(
+        pool=pool,
+        token=token,
+        keepalive_seconds=keepalive_seconds,
+        faults=FaultSwitch(hang_seconds),
+    )
     app.before_request(_authenticate)
+    app.before_request(_inject_fault)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(RedisConnectionError, _redis_down)
     app.register_error_handler(RedisTimeoutError, _redis_down)
     app.add_url_rule("/", view_func=_single, methods=["GET", "POST", "PUT"])
     app.add_url_rule("/pipeline", view_func=_pipeline, methods=["POST"])
     app.add_url_rule("/multi-exec", view_func=_multi_exec, methods=["POST"])
+    app.add_url_rule(FAULT_PATH, view_func=_fault_control, methods=["GET", "PUT", "DELETE"])
+    # GET is routed here too, so that it is refused with 405 rather than run by the path form.
     app.add_url_rule("/subscribe/<path:names>", view_func=_subscribe, methods=["GET", "POST"])
     app.add_url_rule("/psubscribe/<path:names>", view_func=_psubscribe, methods=["GET", "POST"])
     app.add_url_rule("/<path:_>", view_func=_path_form, methods=["GET", "POST", "PUT"])
@@ -121,8 +146,22 @@ def create_app(
 
 
 def close(app: Flask) -> None:
-    """Release the stand-in's Redis connections."""
-    app.extensions[EXTENSION].pool.disconnect()
+    """Release the stand-in's Redis connections and any request a `hang` fault holds."""
+    state: _State = app.extensions[EXTENSION]
+    state.faults.set(None)
+    state.pool.disconnect()
+
+
+def set_fault(app: Flask, fault: Fault | None) -> None:
+    """Answer every matching request with `fault` from now on; None serves normally again."""
+    state: _State = app.extensions[EXTENSION]
+    state.faults.set(fault)
+
+
+def fault_hits(app: Flask) -> int:
+    """How many requests met a fault since the stand-in started."""
+    state: _State = app.extensions[EXTENSION]
+    return state.faults.hits
 
 
 def _state() -> _State:
@@ -137,6 +176,45 @@ def _authenticate() -> Response | None:
     if hmac.compare_digest(supplied.encode(), _state().token.encode()):
         return None
     return _json({"error": "Unauthorized"}, 401)
+
+
+def _inject_fault() -> Response | None:
+    if request.path == FAULT_PATH:
+        return None
+    faults = _state().faults
+    met = faults.take(_request_commands())
+    if met is None:
+        return None
+    log.info("answering with the %s fault", met[0].kind)
+    return faults.answer(*met)
+
+
+def _request_commands() -> list[Command]:
+    """The commands a request carries, as far as they parse (for matching a fault)."""
+    path = request.path
+    if path.startswith(("/subscribe/", "/psubscribe/")):
+        return []
+    try:
+        if path == "/":
+            return [_command(_body_json())]
+        if path in ("/pipeline", "/multi-exec"):
+            return [c for c in _commands(_body_json()) if not isinstance(c, _CommandError)]
+        return [_command(_path_args())]
+    except _CommandError:
+        return []
+
+
+def _fault_control() -> Response:
+    """The fault switch over HTTP: PUT a fault's JSON, DELETE it, GET it and the hit count."""
+    faults = _state().faults
+    if request.method == "PUT":
+        try:
+            faults.set(Fault.from_json(request.get_json(silent=True)))
+        except ValueError as exc:
+            return _json({"error": f"ERR {exc}"}, 400)
+    elif request.method == "DELETE":
+        faults.set(None)
+    return _json(faults.describe())
 
 
 def _http_error(exc: HTTPException) -> Response:
@@ -206,6 +284,16 @@ def _subscribe(names: str) -> Response:
 
 def _psubscribe(names: str) -> Response:
     return _stream("psubscribe", names)
+
+
+def _post_only() -> Response | None:
+    # Upstash documents only POST here (see the module docstring); the docs answer a method
+    # the API does not serve with 405, so a client that sends GET learns it in tests.
+    if request.method == "POST":
+        return None
+    response = _json({"error": f"ERR {request.method} is not allowed here; use POST"}, 405)
+    response.headers["Allow"] = "POST"
+    return response
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -337,6 +425,9 @@ def _render(value: Reply, encode: bool) -> Any:
 
 
 def _stream(kind: str, path: str) -> Response:
+    refused = _post_only()
+    if refused is not None:
+        return refused
     names = [n for n in path.split("/") if n]
     if not names:
         return _json({"error": "ERR name at least one channel"}, 400)

@@ -296,7 +296,7 @@ def test_a_publish_reaches_a_subscribed_sse_client(
     standin_url: str, upstash: UpstashRedis, direct: redis.Redis, redis_prefix: str
 ) -> None:
     channel = f"{redis_prefix}chan"
-    with requests.get(
+    with requests.post(
         f"{standin_url}/subscribe/{channel}",
         headers={**AUTH, "Accept": "text/event-stream"},
         stream=True,
@@ -328,7 +328,7 @@ def test_a_subscription_is_released_after_the_client_disconnects(
     standin_url: str, direct: redis.Redis, redis_prefix: str
 ) -> None:
     channel = f"{redis_prefix}gone"
-    stream = requests.get(
+    stream = requests.post(
         f"{standin_url}/subscribe/{channel}", headers=AUTH, stream=True, timeout=10
     )
     assert read_data_line(stream.iter_lines(decode_unicode=True)) == f"subscribe,{channel},1"
@@ -339,8 +339,20 @@ def test_a_subscription_is_released_after_the_client_disconnects(
         timeout=5,
         what="the stand-in to drop the Redis subscription",
     )
-    unauthorized = requests.get(f"{standin_url}/subscribe/{channel}", timeout=10)
+    unauthorized = requests.post(f"{standin_url}/subscribe/{channel}", timeout=10)
     assert unauthorized.status_code == 401
+
+
+def test_a_subscription_by_get_is_refused_with_405_as_only_post_is_documented(
+    standin_url: str, direct: redis.Redis, redis_prefix: str
+) -> None:
+    channel = f"{redis_prefix}by-get"
+    for path in (f"subscribe/{channel}", f"psubscribe/{channel}*"):
+        answer = requests.get(f"{standin_url}/{path}", headers=AUTH, timeout=10)
+        assert answer.status_code == 405, path
+        assert answer.headers["Allow"] == "POST"
+        assert "POST" in answer.json()["error"]
+    assert direct.pubsub_numsub(channel) == [(channel, 0)]
 
 
 def test_main_serves_the_api_from_the_command_line_and_environment(redis_url: str) -> None:

@@ -389,7 +389,8 @@ def test_a_delivery_that_finds_the_database_down_does_not_block_the_next_one(
         down.close()
         down_store.close()
 
-    assert first.status_code == 503 and int(first.headers["Retry-After"]) >= 1
+    # No Retry-After on an outage: QStash's own backoff spaces the retries (tests/test_outage.py).
+    assert first.status_code == 503 and "Retry-After" not in first.headers
     assert db.job(job.job_id)["attempts"] == 0
     assert env.state.live("paid") == 1
     assert not env.lease_held(job.job_id)

@@ -38,6 +38,12 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return response
 
 
+def _outage(exc: AppError) -> Response:
+    """503 without Retry-After: QStash then spaces the retries by its own backoff (12 s,
+    2 m 28 s, 30 m 8 s, ...), where a Retry-After would replace it and still use up a retry."""
+    return _error(503, exc.code, exc.message)
+
+
 def _int_header(name: str) -> int:
     try:
         return max(0, int(request.headers.get(name, "0")))
@@ -179,7 +185,7 @@ def _delivery_routes(app: Flask, executor: Executor, settings: Any) -> None:
                 )
             except AppError as exc:  # Redis or the DB is down: let the broker retry later
                 log.warning("delivery failed", extra={"code": exc.code})
-                return _error(503, exc.code, exc.message, {"Retry-After": "10"})
+                return _outage(exc)
         return _respond(outcome)
 
     @app.post("/v1/failed")
@@ -206,7 +212,7 @@ def _delivery_routes(app: Flask, executor: Executor, settings: Any) -> None:
                 )
             except AppError as exc:
                 log.warning("failure callback failed", extra={"code": exc.code})
-                return _error(503, exc.code, exc.message, {"Retry-After": "10"})
+                return _outage(exc)
         return _respond(outcome)
 
 

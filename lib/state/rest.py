@@ -1,15 +1,24 @@
 """Upstash Redis over its REST API, with the official `upstash-redis` client.
 
 Upstash REST serves no blocking commands, so `wait` subscribes to the job's notify channel
-through Upstash's `GET /subscribe/<channel>` Server-Sent-Events endpoint (the EMIT script
-PUBLISHes each new entry id there) and then reads the stream.
+through Upstash's `POST /subscribe/<channel>` Server-Sent-Events endpoint (documented as POST in
+upstash/docs `redis/features/restapi.mdx`; the EMIT script PUBLISHes each new entry id there)
+and then reads the stream.
+
+"Redis unavailable" (`UnavailableError`) is every answer that is not Redis's own verdict on our
+command: a transport error or timeout, a 5xx or non-JSON answer from the edge, and an `error`
+answer from the service itself (`ERR max daily request limit exceeded`, auth, quotas). Redis's
+verdicts (a script error raised inside one of our scripts, a wrong type or arity) are bugs in
+this project and stay loud as `UpstashError`.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -20,7 +29,32 @@ from lib.errors import UnavailableError
 from lib.state.backend import Entry, pairs
 from lib.state.scripts import Script
 
-_DOWN = (httpx.TransportError,)
+
+class _EdgeError(Exception):
+    """The answer did not come from the database: a 5xx or a body that is not JSON."""
+
+
+_DOWN = (httpx.TransportError, _EdgeError)
+# Redis's own verdicts on a command. Every error raised while a script runs names the script
+# ("... script: <sha>, on @user_script:3." since Redis 7; "Error running script ... @user_script"
+# before), a compile error says so, and the rest are Redis's fixed argument and type errors.
+_REDIS_VERDICT = re.compile(
+    r"user_script|Error (running|compiling) script|^WRONGTYPE |^ERR (wrong number of arguments"
+    r"|unknown command|syntax error|value is not|Command is not available)"
+)
+
+
+def _check_answer(response: httpx.Response) -> None:
+    """httpx response hook: only a JSON answer below 500 is the database's own (the REST API
+    answers `application/json`, restapi.mdx "RESP2 Format Responses")."""
+    content_type = response.headers.get("content-type", "")
+    if response.status_code >= 500 or not content_type.startswith("application/json"):
+        raise _EdgeError(f"redis answered {response.status_code} ({content_type or 'no type'})")
+
+
+def _service_error(exc: UpstashError) -> bool:
+    """True when an `error` answer comes from the service, not from Redis running our command."""
+    return not _REDIS_VERDICT.search(str(exc))
 
 
 class RestBackend:
@@ -34,8 +68,11 @@ class RestBackend:
         self._timeout = timeout
         # rest_retries=0: a retried EVAL could run twice; our callers decide about retrying.
         self._client = Redis(url=self._url, token=token, rest_retries=0, allow_telemetry=False)
-        # upstash-redis builds its httpx client with no timeout at all; bound every call.
-        self._client._http._client = httpx.Client(timeout=httpx.Timeout(timeout))  # noqa: SLF001
+        # upstash-redis builds its httpx client with no timeout at all; bound every call. The
+        # SDK reads any answer as JSON whatever its status; the hook refuses edge answers first.
+        self._client._http._client = httpx.Client(  # noqa: SLF001
+            timeout=httpx.Timeout(timeout), event_hooks={"response": [_check_answer]}
+        )
         self._sse = httpx.Client(timeout=httpx.Timeout(timeout))
         self._loaded: set[str] = set()
 
@@ -53,6 +90,10 @@ class RestBackend:
             return result
         except _DOWN as exc:
             raise UnavailableError("redis is unavailable") from exc
+        except UpstashError as exc:
+            if _service_error(exc):
+                raise UnavailableError("redis is unavailable") from exc
+            raise
 
     def run_many(self, calls: list[tuple[Script, list[str], list[str | int]]]) -> list[Any]:
         # Upstash's /pipeline would make this one request; one per call keeps it simple here.
@@ -60,28 +101,21 @@ class RestBackend:
 
     def read(self, stream: str, after: str, count: int) -> list[Entry]:
         start = "-" if after in ("", "0", "0-0") else f"({after}"
-        try:
-            rows: Any = self._client.execute(["XRANGE", stream, start, "+", "COUNT", str(count)])
-        except _DOWN as exc:
-            raise UnavailableError("redis is unavailable") from exc
+        rows: Any = self.command("XRANGE", stream, start, "+", "COUNT", str(count))
         return [(str(row[0]), pairs(row[1])) for row in rows or []]
 
     def wait(
         self, stream: str, channel: str, after: str, timeout: float, count: int
     ) -> list[Entry]:
         deadline = time.monotonic() + timeout
-        url = f"{self._url}/subscribe/{channel}"
-        headers = {"Authorization": f"Bearer {self._token}", "Accept": "text/event-stream"}
+        confirmed = False
         try:
-            with self._sse.stream(
-                "GET", url, headers=headers, timeout=httpx.Timeout(self._timeout, read=timeout)
-            ) as response:
-                if response.status_code != 200:
-                    raise UnavailableError(f"redis subscribe answered {response.status_code}")
+            with self._subscribe(channel, read=timeout) as response:
                 lines = response.iter_lines()
                 # Read only after the subscription is confirmed, so no PUBLISH slips between.
                 for line in lines:
                     if line.startswith("data:") and "subscribe" in line:
+                        confirmed = True
                         break
                 rows = self.read(stream, after, count)
                 if rows:
@@ -91,46 +125,60 @@ class RestBackend:
                         break
                     if time.monotonic() >= deadline:
                         break
-        except httpx.ReadTimeout:
-            pass
+        except httpx.ReadTimeout as exc:
+            if not confirmed:  # no answer at all is a hang, not a quiet channel
+                raise UnavailableError("redis is unavailable") from exc
         except _DOWN as exc:
             raise UnavailableError("redis is unavailable") from exc
         return self.read(stream, after, count)
 
     def listen(self, channel: str, stop: threading.Event) -> Iterator[str]:
-        url = f"{self._url}/subscribe/{channel}"
-        headers = {"Authorization": f"Bearer {self._token}", "Accept": "text/event-stream"}
+        confirmed = False
         try:
             # Upstash sends a keep-alive comment now and then; `stop` is checked on each line.
-            with self._sse.stream(
-                "GET", url, headers=headers, timeout=httpx.Timeout(self._timeout, read=30)
-            ) as response:
-                if response.status_code != 200:
-                    raise UnavailableError(f"redis subscribe answered {response.status_code}")
+            with self._subscribe(channel, read=30) as response:
                 for line in response.iter_lines():
                     if stop.is_set():
                         return
                     kind, _, rest = line.removeprefix("data:").lstrip().partition(",")
-                    if line.startswith("data:") and kind == "message":
+                    if line.startswith("data:") and kind == "subscribe":
+                        confirmed = True
+                    elif line.startswith("data:") and kind == "message":
                         yield rest.partition(",")[2]
-        except httpx.ReadTimeout:
-            return  # a quiet channel: the caller subscribes again, nothing is wrong
+        except httpx.ReadTimeout as exc:
+            if confirmed or stop.is_set():
+                return  # a quiet channel: the caller subscribes again, nothing is wrong
+            raise UnavailableError("redis is unavailable") from exc
         except _DOWN as exc:
             if stop.is_set():
                 return
             raise UnavailableError("redis is unavailable") from exc
 
+    @contextmanager
+    def _subscribe(self, channel: str, *, read: float) -> Iterator[httpx.Response]:
+        """Upstash's SSE subscription; raises UnavailableError unless it answers 200."""
+        with self._sse.stream(
+            "POST",
+            f"{self._url}/subscribe/{channel}",
+            headers={"Authorization": f"Bearer {self._token}", "Accept": "text/event-stream"},
+            timeout=httpx.Timeout(self._timeout, read=read),
+        ) as response:
+            if response.status_code != 200:
+                raise UnavailableError(f"redis subscribe answered {response.status_code}")
+            yield response
+
     def ping(self) -> None:
-        try:
-            self._client.ping()
-        except _DOWN as exc:
-            raise UnavailableError("redis is unavailable") from exc
+        self.command("PING")
 
     def command(self, *args: str | int) -> Any:
         try:
             return self._client.execute([str(a) for a in args])
         except _DOWN as exc:
             raise UnavailableError("redis is unavailable") from exc
+        except UpstashError as exc:
+            if _service_error(exc):
+                raise UnavailableError("redis is unavailable") from exc
+            raise
 
     def close(self) -> None:
         self._client.close()
