@@ -248,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
         subprocess.run([builder, "rm", "--force", CONTAINER], capture_output=True)  # noqa: S603
     size = image_build.image_size(builder, image)
-    image_build.say(f"image {image}: {size / 1e6:.0f} MB uncompressed")
+    packed = image_build.compressed_size(builder, image)
+    image_build.say(
+        f"image {image}: {size / 1e6:.0f} MB uncompressed, {packed / 1e6:.0f} MB gzipped"
+    )
     return 0
 
 

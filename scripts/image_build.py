@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,6 +137,7 @@ def ensure_base(cache: Path) -> str:
 def build(builder: str, cache: Path) -> str:
     """Build the Dockerfile as is; returns the image's tag."""
     started = time.monotonic()
+    previous = image_id(builder, IMAGE)
     if builder == "docker":
         run(["docker", "build", "--tag", IMAGE, str(ROOT)])
     else:
@@ -151,12 +153,36 @@ def build(builder: str, cache: Path) -> str:
                  "--isolation", "chroot", "--layers", "--build-arg", f"PYTHON_IMAGE={base}",
                  *mounts, "--tag", IMAGE, str(ROOT)])  # fmt: skip
     say(f"built {IMAGE} with {builder} ({time.monotonic() - started:.0f} s)")
+    if previous and previous != image_id(builder, IMAGE):  # the last run's image, now untagged
+        subprocess.run([builder, "rmi", previous], capture_output=True)  # noqa: S603
     return IMAGE
 
 
 def image_size(builder: str, tag: str) -> int:
     """The image's uncompressed size in bytes, as the builder reports it."""
     return int(run([builder, "image", "inspect", "--format", "{{.Size}}", tag]).stdout.strip())
+
+
+def compressed_size(builder: str, tag: str) -> int:
+    """About what a pull transfers: the saved image, gzipped (level 1, as fast as it gets)."""
+    save = subprocess.Popen(
+        [builder, "save", tag], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )  # noqa: S603
+    assert save.stdout is not None
+    gzip = zlib.compressobj(1, zlib.DEFLATED, 31)
+    size = 0
+    while chunk := save.stdout.read(1 << 20):
+        size += len(gzip.compress(chunk))
+    size += len(gzip.flush())
+    if save.wait() != 0:
+        raise SystemExit(f"{builder} save {tag} exited {save.returncode}")
+    return size
+
+
+def image_id(builder: str, tag: str) -> str | None:
+    result = subprocess.run([builder, "image", "inspect", "--format", "{{.Id}}", tag],  # noqa: S603
+                            capture_output=True, text=True)  # fmt: skip
+    return result.stdout.strip() or None
 
 
 def healthcheck(builder: str, tag: str) -> list[str]:
