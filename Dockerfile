@@ -6,8 +6,8 @@
 #
 # It installs exactly worker/requirements.txt (the pinned worker set, `make lock`), then this
 # project without dependencies. PORT, WEB_CONCURRENCY, GUNICORN_THREADS and every other
-# setting come from the environment (lib/config.py, .env.example). scripts/check-deploy runs
-# the same install and the CMD below in a clean venv, since CI has no Docker engine.
+# setting come from the environment (lib/config.py, .env.example). `make check-deploy` builds
+# this file as it is (Docker, or podman from Debian's packages) and runs the image read-only.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

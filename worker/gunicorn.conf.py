@@ -33,6 +33,9 @@ timeout = 60
 # gunicorn waits a little longer than that before it kills the process.
 graceful_timeout = int(_settings.worker_drain_seconds) + 15
 keepalive = 5
+# gunicorn >= 25's control socket (`gunicornc`) is not used, and under the image's read-only root
+# and home (/nonexistent) it logs an error at every start: off.
+control_socket_disable = True
 accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
