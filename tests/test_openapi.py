@@ -173,6 +173,11 @@ def test_the_kinds_their_inputs_and_results_are_generated_from_the_handler_regis
     assert _lookup("#/components/schemas/Kind")["enum"] == sorted(registry())
     mapping = _lookup("#/components/schemas/SubmitRequest")["discriminator"]["mapping"]
     assert set(mapping) == set(registry())
+    examples = _lookup("#/paths/~1api~1jobs/post/requestBody/content/application~1json/examples")
+    for example in examples.values():
+        validate(example["value"], "#/components/schemas/SubmitRequest")
+        kind = registry()[example["value"]["kind"]]
+        kind.input_model.model_validate(example["value"]["input"])
 
 
 @pytest.mark.parametrize("kind", sorted(KIND_INPUTS))
