@@ -75,36 +75,61 @@ def watch(client: httpx.Client, base: str, events_url: str, kind: str) -> View:
     return view
 
 
+def job_input(kind: str, resume: str, jd: str, earlier: dict[str, Any]) -> dict[str, Any]:
+    """The input of `kind` from the samples and the results of the kinds that ran before it."""
+    if kind in ("resume_summary", "detailed_resume_summary"):
+        return {"resume_text": resume}
+    if kind == "job_summary":
+        return {"job_description": jd}
+    both: dict[str, Any] = {"resume_text": resume, "job_description": jd}
+    if kind == "pre_match_audit" and "job_summary" in earlier:
+        both["job_summary"] = earlier["job_summary"]
+    if kind in ("resume_customize", "interview_prep") and "job_match" in earlier:
+        both["match"] = earlier["job_match"]
+    return both
+
+
+# Each kind once, in the order whose results feed the later ones.
+KINDS = (
+    "resume_summary",
+    "detailed_resume_summary",
+    "job_summary",
+    "pre_match_audit",
+    "job_match",
+    "resume_customize",
+    "interview_prep",
+)
+
+
 def run_demo(base: str, jwt_secret: str) -> int:
-    """Run the three kinds in order (the match feeds the other two). Exit code 0 if all pass."""
+    """Run every kind in order (the job summary feeds the audit, the match the last two).
+    Exit code 0 if all pass."""
     user_id = str(uuid.uuid4())
     token = mint_access_token(user_id, jwt_secret)
     resume = (SAMPLES / "resume.txt").read_text()
     jd = (SAMPLES / "job_description.txt").read_text()
     headers = {"Authorization": f"Bearer {token}"}
     ok = True
-    match: dict[str, Any] | None = None
+    earlier: dict[str, Any] = {}
     with httpx.Client(headers=headers, timeout=httpx.Timeout(30, read=60)) as client:
         me = client.get(f"{base}/api/me").json()
         print(f"dev user {user_id}: {me['coins']} coins, {me['free_jobs_left_today']} free jobs")
-        for kind in ("job_match", "resume_customize", "interview_prep"):
-            job_input: dict[str, Any] = {"resume_text": resume, "job_description": jd}
-            if match and kind != "job_match":
-                job_input["match"] = match
-            response = client.post(f"{base}/api/jobs", json={"kind": kind, "input": job_input})
+        for kind in KINDS:
+            body = {"kind": kind, "input": job_input(kind, resume, jd, earlier)}
+            response = client.post(f"{base}/api/jobs", json=body)
             if response.status_code != 202:
                 print(f"{kind}: submit failed {response.status_code} {response.text}")
                 ok = False
                 continue
-            body = response.json()
-            print(f"\n{kind}: job {body['job']['id']} ({body['job']['tier']} tier)")
-            final = watch(client, base, body["events_url"], kind)
-            job = client.get(f"{base}/api/jobs/{body['job']['id']}").json()["job"]
+            submitted = response.json()
+            print(f"\n{kind}: job {submitted['job']['id']} ({submitted['job']['tier']} tier)")
+            final = watch(client, base, submitted["events_url"], kind)
+            job = client.get(f"{base}/api/jobs/{submitted['job']['id']}").json()["job"]
             print(json.dumps(job["result"] or job["error"], indent=2, ensure_ascii=False)[:3000])
             if job["status"] != "succeeded" or final.status != "succeeded":
                 ok = False
-            elif kind == "job_match":
-                match = job["result"]
+            else:
+                earlier[kind] = job["result"]
         me = client.get(f"{base}/api/me").json()
         print(f"\nleft: {me['coins']} coins, {me['free_jobs_left_today']} free jobs")
     print("demo: all jobs succeeded" if ok else "demo: some jobs failed")

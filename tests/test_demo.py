@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lib.handlers import registry
+from scripts.demo import KINDS
 from scripts.devstack import PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,11 +40,15 @@ def test_make_demo_runs_one_job_of_each_kind_to_success_and_exits_0(
         env=env,
         capture_output=True,
         text=True,
-        timeout=100,
+        timeout=240,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"ready ({profile} profile)" in done.stdout
-    for kind in ("job_match", "resume_customize", "interview_prep"):
+    for kind in KINDS:
         assert f"\n{kind}: job " in done.stdout
     assert "demo: all jobs succeeded" in done.stdout
+
+
+def test_the_demo_covers_every_registered_kind() -> None:
+    assert sorted(KINDS) == sorted(registry())

@@ -357,7 +357,9 @@ def test_the_api_document_describes_the_stream_limit_and_the_bounded_match() -> 
     error = schemas["TooManyRequestsError"]["allOf"][1]["properties"]["error"]["properties"]
     assert "stream_limit" in error["code"]["enum"]
     match_input = schemas["MatchInput"]
-    assert schemas["JobInput"]["properties"]["match"]["$ref"].endswith("/MatchInput")
+    for kind_input in ("CustomizeInput", "PrepInput"):  # the kinds that take a match
+        options = schemas[kind_input]["properties"]["match"]["anyOf"]
+        assert {"$ref": "#/components/schemas/MatchInput"} in options
     assert match_input["additionalProperties"] is False
     assert match_input["properties"]["summary"]["maxLength"] == MAX_MATCH_SUMMARY_CHARS
     for name in ("strengths", "gaps", "missing_keywords"):

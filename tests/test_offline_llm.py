@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import re
+import string
 import subprocess
 import sys
 import threading
@@ -27,6 +28,8 @@ from flask import Flask
 from pydantic import BaseModel, Field, HttpUrl
 from support import free_port, serve_wsgi, wait_for
 
+from lib.handlers import registry
+from lib.handlers.base import detect_language
 from scripts.offline_llm import EXTENSION, REFUSAL, create_app
 
 pytestmark = pytest.mark.timeout(30)
@@ -249,6 +252,29 @@ def test_a_chinese_message_gets_chinese_strings(llm: Llm) -> None:
         assert re.search(r"[\u4e00-\u9fff]", text)
         assert not re.search(r"[A-Za-z]", text)
     assert max(len(c.choices[0].delta.content) for c in structured.content_chunks[5:-5]) <= 5
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("kind", sorted(registry()))
+def test_every_kinds_prompts_get_an_answer_its_result_model_accepts(
+    llm: Llm, kind: str, lang: str
+) -> None:
+    handler = registry()[kind]
+    text = RESUME if lang == "en" else CJK_RESUME
+    system, template = handler.prompts[lang]
+    names = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    schema = handler.result_model.model_json_schema()
+    messages = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": template.format(**dict.fromkeys(names, text))},
+    ]
+    streamed = llm.stream(
+        messages=messages,
+        response_format={"type": "json_schema", "json_schema": {"name": kind, "schema": schema}},
+    )
+
+    result = handler.result_model.model_validate_json(streamed.content)
+    assert detect_language(json.dumps(result.model_dump(), ensure_ascii=False)) == lang
 
 
 def test_include_usage_adds_a_final_chunk_that_counts_the_tokens(llm: Llm) -> None:

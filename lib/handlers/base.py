@@ -58,7 +58,7 @@ class Handler:
 
     kind: str
     cost: int
-    input_model: type[JobInput]
+    input_model: type[BaseModel]
     result_model: type[BaseModel]
     handle: Callable[[Context, Any], BaseModel]
     expected_chars: int = 1500
@@ -67,7 +67,7 @@ class Handler:
     fields: Callable[[Any], dict[str, str]] = text_fields
     max_prompt_chars: int = MAX_PROMPT_CHARS
 
-    def prompt_chars(self, job_input: JobInput) -> dict[str, int]:
+    def prompt_chars(self, job_input: BaseModel) -> dict[str, int]:
         """The size in characters of the rendered user prompt ("total", the longest over the
         kind's languages) and of each field in it, for the submit bound."""
         fields = self.fields(job_input)
