@@ -143,7 +143,7 @@ def _verified(executor: Executor, settings: Any, url: str) -> bytes | Response:
         first = executor.state.first_use(claims.jti, claims.exp - int(time.time()) + tolerance)
     except AppError as exc:
         log.warning("could not check the signature for replay", extra={"code": exc.code})
-        return _error(503, exc.code, exc.message, {"Retry-After": "10"})
+        return _outage(exc)
     if not first:
         # QStash sends a JWT "with each request", living 5 minutes (upstash.com/docs/qstash/
         # features/security), so every attempt has its own jti and only a replay repeats one.
