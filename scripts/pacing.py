@@ -41,21 +41,40 @@ class Paced:
         started = time.monotonic()
         if self.delay_ms > 0:
             time.sleep(self.delay_ms / 1000)
-        body = self.app(environ, start_response)
         path = str(environ.get("PATH_INFO", ""))
-        return self._recorded(body, path, started)
+        streamed: list[bool] = []
 
-    def _recorded(self, body: Iterable[bytes], path: str, started: float) -> Iterator[bytes]:
-        # Recorded once the whole answer was produced: a streamed answer ends when the client
-        # stops reading it.
+        def started_response(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
+            streamed.append(any(v.startswith("text/event-stream") for _, v in headers))
+            return start_response(status, headers, *exc)
+
+        body = self.app(environ, started_response)
+        if streamed and streamed[0]:
+            return self._streamed(body, path, started)
+        # Recorded before the client can read the answer, so the next request it sends always
+        # begins after this one's end.
+        try:
+            answer = list(body)
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        self._record(Seen(path, started, time.monotonic()))
+        return answer
+
+    def _streamed(self, body: Iterable[bytes], path: str, started: float) -> Iterator[bytes]:
+        # An event stream ends when the client stops reading it.
         try:
             yield from body
         finally:
             close = getattr(body, "close", None)
             if close is not None:
                 close()
-            with self._lock:
-                self.requests.append(Seen(path, started, time.monotonic()))
+            self._record(Seen(path, started, time.monotonic()))
+
+    def _record(self, seen: Seen) -> None:
+        with self._lock:
+            self.requests.append(seen)
 
     def count(self) -> int:
         """How many requests have been answered so far."""
