@@ -34,9 +34,11 @@ class RestBackend:
         self._timeout = timeout
         # rest_retries=0: a retried EVAL could run twice; our callers decide about retrying.
         self._client = Redis(url=self._url, token=token, rest_retries=0, allow_telemetry=False)
-        # upstash-redis builds its httpx client with no timeout at all; bound every call.
-        self._client._http._client = httpx.Client(timeout=httpx.Timeout(timeout))  # noqa: SLF001
-        self._sse = httpx.Client(timeout=httpx.Timeout(timeout))
+        # upstash-redis builds its httpx client with no timeout at all; bound every call. That
+        # one client also carries the subscriptions: each new client loads the CA bundle, which
+        # a cold start pays (docs/performance.md).
+        self._sse: httpx.Client = self._client._http._client  # noqa: SLF001
+        self._sse.timeout = httpx.Timeout(timeout)
         self._loaded: set[str] = set()
 
     def run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
