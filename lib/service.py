@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from lib import handlers
 from lib.config import Settings
 from lib.errors import (
     AppError,
@@ -127,6 +126,8 @@ class Producer:
     # Submit ------------------------------------------------------------------------------------
     def parse(self, body: Any) -> tuple[SubmitRequest, dict[str, Any], int]:
         """Validate a submit body. Returns (request, normalised input, cost); raises InputError."""
+        from lib import handlers  # their models load on the first submit, not on every cold start
+
         if not isinstance(body, dict):
             raise InputError("the body must be a JSON object", details={"body": "not an object"})
         try:
