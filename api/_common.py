@@ -101,6 +101,27 @@ def producer() -> Producer:
     return LazyProducer(config.settings("api"))
 
 
+def warm(*services: str) -> None:
+    """Start building these services of the producer in a background thread, if they are not
+    built yet. A cold start's request then overlaps their imports and CA loads with its own
+    work and first round trip, which wait on the network; the request waits for a service
+    still being built when it reaches it (its first use takes the same lock), and a build that
+    failed here is tried again, and raises, there."""
+    service = producer()
+    missing = [name for name in services if name not in vars(service)]
+    if not missing:
+        return
+
+    def build() -> None:
+        for name in missing:
+            try:
+                getattr(service, name)
+            except Exception:  # noqa: S110 - the request's own first use raises it
+                pass
+
+    threading.Thread(target=build, name="warm-services", daemon=True).start()
+
+
 def error_response(
     code: str, message: str, status: int, details: Any = None, retry_after: float | None = None
 ) -> Response:

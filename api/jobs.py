@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response, jsonify, request
 
-from api._common import create_app, current_user, json_body, producer
+from api._common import create_app, current_user, json_body, producer, warm
 from lib.errors import InputError
 from lib.models import MAX_IDEMPOTENCY_KEY_CHARS
 
@@ -13,6 +13,7 @@ app = create_app(__name__)
 
 @app.post("/api/jobs")
 def submit() -> tuple[Response, int]:
+    warm("state", "publisher")  # while the token is checked and the job charged
     user_id = current_user()
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS):
