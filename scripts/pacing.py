@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +50,9 @@ class Paced:
 
         body = self.app(environ, started_response)
         if streamed and streamed[0]:
-            return self._streamed(body, path, started)
+            # An event stream's round trip is its opening: recorded once its headers are ready.
+            self._record(Seen(path, started, time.monotonic()))
+            return body
         # Recorded before the client can read the answer, so the next request it sends always
         # begins after this one's end.
         try:
@@ -61,16 +63,6 @@ class Paced:
                 close()
         self._record(Seen(path, started, time.monotonic()))
         return answer
-
-    def _streamed(self, body: Iterable[bytes], path: str, started: float) -> Iterator[bytes]:
-        # An event stream ends when the client stops reading it.
-        try:
-            yield from body
-        finally:
-            close = getattr(body, "close", None)
-            if close is not None:
-                close()
-            self._record(Seen(path, started, time.monotonic()))
 
     def _record(self, seen: Seen) -> None:
         with self._lock:

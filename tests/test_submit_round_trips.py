@@ -183,3 +183,21 @@ def test_a_submit_with_the_broker_down_still_answers_after_its_round_trips_and_r
 
     me = producer.me(someone)
     assert (me.coins, me.active_jobs) == (5, 0)
+
+
+def test_the_first_frame_of_a_new_stream_needs_no_subscription_on_upstash_rest(
+    make_producer: Callable[..., Producer], servers: Servers
+) -> None:
+    producer = make_producer()
+    submitted = producer.submit(user(), BODY, None)
+    mark = servers.mark()
+
+    frames = producer.stream(submitted.job.id, None, max_seconds=10, heartbeat=5)
+    assert next(frames).startswith("retry:")
+    first = next(frames)
+    frames.close()
+
+    assert "event: status" in first and '"status":"queued"' in first
+    seen = [(name, s.path) for name, s in servers.since(mark)]
+    # The viewer's presence (SET, then PUBLISH for a new viewer), then one XRANGE.
+    assert seen == [("upstash", "/")] * 3
