@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from flask import Response, jsonify
 
-from api._common import create_app, current_user, producer, warm
+from api._common import create_app, current_user, producer
 
 app = create_app(__name__)
 
 
 @app.get("/api/me")
 def me() -> Response:
-    warm("store")  # its import and CA load overlap the token check
     return jsonify(producer().me(current_user()).model_dump())
