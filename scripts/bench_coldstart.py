@@ -10,8 +10,9 @@
    scripts/upstash_standin.py) and supabase-py (through scripts/postgrest_standin.py) on real
    Redis and Postgres, and the QStash SDK publishing to the dev broker. The interpreter and the
    packages are Vercel's: Python 3.12 when pyenv has it, in a virtualenv holding exactly
-   `requirements.txt` (`.venv-vercel`, built once). The time runs from the spawn to the moment the
-   child has the whole answer (its interpreter's exit is not counted). Medians over several runs,
+   `requirements.txt` (`.venv-vercel`, built once), and our sources' bytecode is compiled ahead,
+   as Vercel's builder does (`precompile`). The time runs from the spawn to the moment the child
+   has the whole answer (its interpreter's exit is not counted). Medians over several runs,
    with a bare Flask app's first answer measured the same way in the same run as the baseline.
 2. **A submit's sequential round trips**, with each stand-in and the broker 20 ms away
    (`scripts/pacing.py`): the requests they saw during one warm submit, and its time.
@@ -51,6 +52,7 @@ from scripts.pacing import Paced
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench"
 VENV = ROOT / ".venv-vercel"
+PYCACHE = OUT / "scratch" / "pycache"
 TARGET_MS = 400
 FUNCTIONS = ["api.jobs", "api.events", "api.me", "api.health", "api.openapi"]
 UPSTASH_TOKEN = "bench-upstash-token"  # noqa: S105
@@ -149,7 +151,8 @@ class Services:
         env.update(
             {
                 "PYTHONPATH": str(ROOT),
-                "PYTHONDONTWRITEBYTECODE": "1",
+                "PYTHONDONTWRITEBYTECODE": "1",  # a function's filesystem is read-only
+                "PYTHONPYCACHEPREFIX": str(PYCACHE),  # the builder's bytecode (precompile())
                 "UPSTASH_REDIS_REST_URL": self.upstash_url,
                 "UPSTASH_REDIS_REST_TOKEN": UPSTASH_TOKEN,
                 "SUPABASE_URL": self.postgrest_url,
@@ -298,12 +301,24 @@ def first_answer(python: Path, module: str, svc: Services, scratch: Path) -> dic
     return {"total": total, "import": imported, "first_request": served}
 
 
+def precompile(python: Path, paths: list[Path]) -> None:
+    """Bytecode for our own sources, in a read-only-at-run-time tree, as Vercel's Python builder
+    ships it: it runs `compileall` at build time and points `PYTHONPYCACHEPREFIX` at the result
+    (vercel/vercel#16313, #16970, #17129). The packages' own bytecode comes from pip."""
+    shutil.rmtree(PYCACHE, ignore_errors=True)
+    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(PYCACHE)}
+    subprocess.run(  # noqa: S603
+        [str(python), "-m", "compileall", "-q", *map(str, paths)], env=env, check=True
+    )
+
+
 def cold_start(python: Path, svc: Services, rounds: int) -> dict[str, Any]:
     """Median first answers of each function and of a bare Flask app, interleaved per round so
     that a busy moment of a shared machine falls on all of them alike."""
     scratch = OUT / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     (scratch / "bare.py").write_text(_BARE)
+    precompile(python, [ROOT / "api", ROOT / "lib", scratch / "bare.py"])
     modules = ["bare", *FUNCTIONS]
     samples: dict[str, list[dict[str, float]]] = {m: [] for m in modules}
     for _ in range(rounds):
