@@ -63,7 +63,7 @@ from lib.state import State
 from lib.state.rest import RestBackend
 from lib.state.tcp import TcpBackend
 from lib.store import migrate
-from scripts import embedded
+from scripts import bench_coldstart, embedded
 from scripts.bench_worker import _group_pids, _rss_kb, pct
 from scripts.devstack import ROOT, Ports, Stack
 
@@ -115,7 +115,16 @@ TARGETS = {
     "qstash_messages_per_successful_job": 1,
 }
 # The result keys of the sections (`--only` names them: cold, parse, cost, latency, ...).
-SECTIONS = {"cold_start", "llm_parse", "cost", "sweep", "latency", "submit", "concurrency"}
+SECTIONS = {
+    "cold_start",
+    "cold_start_production",
+    "llm_parse",
+    "cost",
+    "sweep",
+    "latency",
+    "submit",
+    "concurrency",
+}
 API_FUNCTIONS = ["api.jobs", "api.events", "api.me", "api.health", "api.openapi"]
 
 
@@ -1183,6 +1192,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "cold" in sections:
         results["cold_start"] = cold_start(3 if args.quick else 7)
+        results["cold_start_production"] = bench_coldstart.run(args.quick)
     if "parse" in sections:
         results["llm_parse"] = llm_parse(50 if args.quick else 100)
     pg = embedded.start_postgres()

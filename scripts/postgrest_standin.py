@@ -39,6 +39,8 @@ from psycopg.types.json import Json, Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 from werkzeug.serving import make_server
 
+from scripts.pacing import ENV_DELAY, PACING, Paced
+
 log = logging.getLogger("postgrest_standin")
 
 EXTENSION = "postgrest_standin"
@@ -114,13 +116,18 @@ class _State:
 
 
 def create_app(
-    database_url: str, service_role_key: str, *, db_role: str | None = "service_role"
+    database_url: str,
+    service_role_key: str,
+    *,
+    db_role: str | None = "service_role",
+    delay_ms: float = 0.0,
 ) -> Flask:
     """Build the stand-in for the Postgres at `database_url`, guarded by `service_role_key`.
 
     Each call runs as `db_role` (PostgREST switches to the role in the key's JWT); None keeps the
-    connecting user. Call `close(app)` to close the connection pool. Raises ValueError for an
-    empty key.
+    connecting user. `delay_ms` is added to every request, as the distance to Supabase would be;
+    `app.extensions["pacing"]` counts requests (scripts/pacing.py). Call `close(app)` to close
+    the connection pool. Raises ValueError for an empty key.
     """
     if not service_role_key:
         raise ValueError("the stand-in needs a non-empty service-role key")
@@ -143,6 +150,8 @@ def create_app(
         "/rest/v1/rpc/<fn>", endpoint="_wrong_verb", view_func=_wrong_verb,
         methods=["PUT", "PATCH", "DELETE"],
     )  # fmt: skip
+    app.extensions[PACING] = Paced(app.wsgi_app, delay_ms)
+    app.wsgi_app = app.extensions[PACING]  # type: ignore[method-assign]
     return app
 
 
@@ -414,13 +423,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="service_role",
         help="role each call runs as; empty keeps the login role",
     )
+    parser.add_argument(
+        "--delay-ms", type=float, default=float(os.environ.get(ENV_DELAY) or 0),
+        help=f"added to every request, like the distance to Supabase (default ${ENV_DELAY} or 0)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if not args.database_url:
         parser.error("set --database-url or DATABASE_URL")
     if not args.key:
         parser.error("set --key or SUPABASE_SERVICE_ROLE_KEY")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = create_app(args.database_url, args.key, db_role=args.db_role or None)
+    app = create_app(
+        args.database_url, args.key, db_role=args.db_role or None, delay_ms=args.delay_ms
+    )
     server = make_server(args.host, args.port, app, threaded=True)
     log.info("PostgREST stand-in on http://%s:%d/rest/v1", args.host, server.server_port)
     try:

@@ -52,6 +52,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
+from scripts.pacing import ENV_DELAY, PACING, Paced
 from scripts.upstash_faults import Command, Fault, FaultSwitch
 
 log = logging.getLogger("upstash_standin")
@@ -108,13 +109,15 @@ def create_app(
     *,
     keepalive_seconds: float = KEEPALIVE_SECONDS,
     hang_seconds: float = 60.0,
+    delay_ms: float = 0.0,
 ) -> Flask:
     """Build the stand-in for the Redis at `redis_url`, guarded by the bearer `token`.
 
     `keepalive_seconds` is the longest silence on a subscription stream before a comment line
     goes out; writing it is also how a vanished client is noticed. `hang_seconds` bounds how
-    long a `hang` fault holds a request. Call `close(app)` to release the Redis connections.
-    Raises ValueError for an empty token.
+    long a `hang` fault holds a request. `delay_ms` is added to every request, as the distance to
+    Upstash would be; `app.extensions["pacing"]` counts requests (scripts/pacing.py). Call
+    `close(app)` to release the Redis connections. Raises ValueError for an empty token.
     """
     if not token:
         raise ValueError("the stand-in needs a non-empty token")
@@ -142,6 +145,8 @@ def create_app(
     app.add_url_rule("/subscribe/<path:names>", view_func=_subscribe, methods=["GET", "POST"])
     app.add_url_rule("/psubscribe/<path:names>", view_func=_psubscribe, methods=["GET", "POST"])
     app.add_url_rule("/<path:_>", view_func=_path_form, methods=["GET", "POST", "PUT"])
+    app.extensions[PACING] = Paced(app.wsgi_app, delay_ms)
+    app.wsgi_app = app.extensions[PACING]  # type: ignore[method-assign]
     return app
 
 
@@ -494,6 +499,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8079)
     parser.add_argument("--keepalive-seconds", type=float, default=KEEPALIVE_SECONDS)
+    parser.add_argument(
+        "--delay-ms", type=float, default=float(os.environ.get(ENV_DELAY) or 0),
+        help=f"added to every request, like the distance to Upstash (default ${ENV_DELAY} or 0)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if not args.redis_url:
         parser.error("set --redis-url or REDIS_URL")
@@ -502,7 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # werkzeug's access log prints request paths, and the path form carries command arguments.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app = create_app(args.redis_url, args.token, keepalive_seconds=args.keepalive_seconds)
+    app = create_app(
+        args.redis_url, args.token, keepalive_seconds=args.keepalive_seconds,
+        delay_ms=args.delay_ms,
+    )  # fmt: skip
     server = make_server(args.host, args.port, app, threaded=True)
     log.info("Upstash REST stand-in on http://%s:%d", args.host, server.server_port)
     try:

@@ -197,10 +197,16 @@ def test_a_submit_while_redis_is_down_is_refused_and_charges_nothing(
 
     assert time.monotonic() - started < 5
     assert caught.value.status == 503
-    assert db.coins(user) == 5  # the initial grant only
-    assert db.ledger_of(user) == [("grant", 5)]
+    assert db.coins(user) == 5
+    # Charged in the submit's first round trip, then taken back: the ledger shows both.
+    assert db.ledger_of(user) == [("grant", 5), ("debit", -1), ("refund", 1)]
     assert db.jobs_of(user) == []
     assert env.published() == 0
+
+    retried = make_producer().producer.submit(user, body(), "key-redis-down")
+
+    assert retried.created is True
+    assert db.coins(user) == 4
 
 
 def test_a_submit_while_the_database_is_down_is_refused_and_admits_nothing(
@@ -349,7 +355,7 @@ def test_a_full_tier_answers_backpressure_and_charges_nothing(
     make_producer: Callable[..., ProducerEnv], db: Db
 ) -> None:
     env = make_producer(queue_max_paid=1)
-    env.producer.submit(new_user(), body(), None)
+    admitted = env.producer.submit(new_user(), body(), None)
     user = new_user()
 
     with pytest.raises(RateLimitError) as caught:
@@ -359,6 +365,26 @@ def test_a_full_tier_answers_backpressure_and_charges_nothing(
     assert caught.value.retry_after and caught.value.retry_after >= 1
     assert db.coins(user) == 5
     assert db.jobs_of(user) == []
+    assert env.published() == 1
+    # The refused job's stream was never started: the admitted job's is the only one.
+    streams = env.state.backend.command("KEYS", f"{env.settings.redis_prefix}job:*")
+    assert streams == [env.state.keys.events(admitted.job.id)]
+
+
+def test_a_user_at_their_concurrency_limit_is_refused_and_the_free_job_is_given_back(
+    make_producer: Callable[..., ProducerEnv], db: Db
+) -> None:
+    env = make_producer(initial_coins=0, free_daily_jobs=3)
+    user = new_user()
+    first = env.producer.submit(user, body(), "key-first")
+
+    with pytest.raises(RateLimitError) as caught:
+        env.producer.submit(user, body(resume_text="Another resume."), "key-second")
+
+    assert (caught.value.status, caught.value.code) == (429, "user_concurrency")
+    assert db.free_used(user) == 1
+    assert [j["id"] for j in db.jobs_of(user)] == [first.job.id]
+    assert env.state.live_for_user(user, "free") == 1
     assert env.published() == 1
 
 

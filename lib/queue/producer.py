@@ -53,7 +53,9 @@ class QStashPublisher:
             retry={"retries": 1, "backoff": lambda attempt: 200.0},
         )
         # The SDK's default timeout is 600 s; a submit must fail fast when the broker is down.
-        self._client.http._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=2.0))
+        # Set on the SDK's own client: a new one would load the CA bundle again (a cold start
+        # pays each load; docs/performance.md).
+        self._client.http._client.timeout = httpx.Timeout(timeout, connect=2.0)
 
     def publish(self, job_id: str, *, user_id: str, tier: str, model: str) -> str:
         import httpx

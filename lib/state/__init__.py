@@ -74,27 +74,41 @@ class State:
         self.stream_slot_ttl_ms = int(stream_slot_ttl * 1000)
 
     # Admission -------------------------------------------------------------------------------
-    def admit(self, job_id: str, tier: str, user_id: str) -> None:
-        """Reserve a live slot for the job in its tier and for its user.
+    def admit(
+        self,
+        job_id: str,
+        tier: str,
+        user_id: str,
+        *,
+        first_event: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Reserve a live slot for the job in its tier and for its user; with `first_event`
+        (type, data), also start the job's event stream with it, in the same round trip.
 
-        Raises RateLimitError (code backpressure or user_concurrency, with retry_after).
-        Admitting the same job twice is a no-op.
+        Raises RateLimitError (code backpressure or user_concurrency, with retry_after); then
+        nothing is written. Admitting the same job twice is a no-op.
         """
         tier_max, user_max = self.limits[tier]
         now = _now_ms()
-        result = self.backend.run(
-            scripts.ADMIT,
-            [self.keys.tier(tier), self.keys.user(user_id, tier), self.keys.admission_stats()],
-            [
-                job_id,
-                now,
-                now + self.admission_ttl_ms,
-                tier_max,
-                user_max,
-                self.admission_ttl_ms * 2,
-                tier,
-            ],
-        )
+        keys = [self.keys.tier(tier), self.keys.user(user_id, tier), self.keys.admission_stats()]
+        args: list[str | int] = [
+            job_id,
+            now,
+            now + self.admission_ttl_ms,
+            tier_max,
+            user_max,
+            self.admission_ttl_ms * 2,
+            tier,
+        ]
+        if first_event is not None:
+            event_type, data = first_event
+            keys += [self.keys.events(job_id), self.keys.done(job_id)]
+            args += [
+                self.events_ttl,
+                event_type,
+                json.dumps(data, separators=(",", ":"), ensure_ascii=False),
+            ]
+        result = self.backend.run(scripts.ADMIT, keys, args)
         outcome = result[0]
         if outcome == "backpressure":
             raise RateLimitError(

@@ -61,16 +61,30 @@ class Store:
         self.free_daily = free_daily
         self.refund_max_delivered_pct = refund_max_delivered_pct
 
-    def prepare_submit(
-        self, user_id: str, cost: int, tier: str, idempotency_key: str | None, request_hash: str
+    def submit_job(
+        self,
+        *,
+        job_id: str,
+        user_id: str,
+        kind: str,
+        tier: str,
+        cost: int,
+        input: dict[str, Any],
+        idempotency_key: str | None,
+        request_hash: str,
     ) -> dict[str, Any]:
-        """Choose a tier without charging. Returns the SQL outcome dict (see the migration)."""
+        """The producer's submit, in one SQL call: idempotency, the tier choice (`tier` is
+        auto, paid or free), the charge and the insert. Outcome: created (job), existing (job,
+        enqueued), idempotency_conflict or quota_exhausted (coins, free_jobs_left_today)."""
         result: dict[str, Any] = self.backend.call(
-            "cs_prepare_submit",
+            "cs_submit_job",
             {
+                "p_job_id": job_id,
                 "p_user_id": user_id,
-                "p_cost": cost,
+                "p_kind": kind,
                 "p_tier": tier,
+                "p_cost": cost,
+                "p_input": input,
                 "p_idempotency_key": idempotency_key,
                 "p_request_hash": request_hash,
                 "p_initial_coins": self.initial_coins,
@@ -78,6 +92,12 @@ class Store:
             },
         )
         return result
+
+    def withdraw_submit(self, job_id: str) -> bool:
+        """Take back a job just submitted that was never admitted: refund it and delete it and
+        its idempotency key. True if this call did it; False once a delivery touched it."""
+        result = self.backend.call("cs_withdraw_submit", {"p_job_id": job_id})
+        return bool(result and result.get("outcome") == "withdrawn")
 
     def submit(
         self,
@@ -91,8 +111,10 @@ class Store:
         idempotency_key: str | None,
         request_hash: str,
     ) -> dict[str, Any]:
-        """Insert and charge the job in one transaction. Outcome: created, existing,
-        idempotency_conflict or quota_exhausted."""
+        """Insert and charge a job of a chosen tier (paid or free), not yet enqueued, in one
+        transaction: what the producer did before `submit_job`, kept for jobs made without a
+        producer (the worker's tests) and the sweeper that heals them. Outcome: created,
+        existing, idempotency_conflict or quota_exhausted."""
         result: dict[str, Any] = self.backend.call(
             "cs_submit",
             {
@@ -111,10 +133,12 @@ class Store:
         return result
 
     def mark_enqueued(self, job_id: str) -> None:
+        """Record that the broker accepted a job inserted by `submit` (not yet enqueued)."""
         self.backend.call("cs_mark_enqueued", {"p_job_id": job_id})
 
     def abort_submit(self, job_id: str, code: str, message: str) -> bool:
-        """Fail and refund a job the broker never accepted; True if this call did it."""
+        """Fail and refund a job the broker refused; True if this call did it (False once a
+        delivery started it)."""
         result = self.backend.call(
             "cs_abort_submit", {"p_job_id": job_id, "p_error": {"code": code, "message": message}}
         )
