@@ -208,7 +208,7 @@ class Producer:
         except Exception:
             # The database failed too: the job stays queued and charged, never published, like a
             # message the broker lost (docs/reliability.md, "Known limits"); cancel refunds it.
-            log.error("could not withdraw a refused submit", extra={"job_id": job_id})
+            log.exception("could not withdraw a refused submit", extra={"job_id": job_id})
 
     def _settled(self, outcome: dict[str, Any], user_id: str) -> Submitted:
         kind = outcome["outcome"]

@@ -52,6 +52,7 @@ def cold(upstash_url: str, postgrest_url: str, redis_prefix: str) -> object:
         SUPABASE_URL=postgrest_url,
         SUPABASE_SERVICE_ROLE_KEY=SERVICE_ROLE_KEY,
         SUPABASE_JWT_SECRET=SECRET,
+        STREAM_TOKEN_SECRET="a-stream-token-secret-of-at-least-32-chars",
         QSTASH_URL=f"http://127.0.0.1:{free_port()}",  # no broker: a submit answers 503
         QSTASH_TOKEN="t",
         WORKER_URL="http://127.0.0.1:9",
@@ -69,8 +70,9 @@ def cold(upstash_url: str, postgrest_url: str, redis_prefix: str) -> object:
             capture_output=True,
             text=True,
             timeout=120,
-            check=True,
+            check=False,
         )
+        assert out.returncode == 0, out.stderr[-2000:]
         answer = json.loads(out.stdout.strip().splitlines()[-1])
         return answer["status"], set(answer["loaded"])
 

@@ -89,7 +89,9 @@ def make_producer(servers: Servers, redis_prefix: str) -> Iterator[Callable[...,
                 "supabase_service_role_key": SERVICE_ROLE_KEY,
                 "supabase_jwt_secret": "a-test-secret-that-is-at-least-32-characters",
                 "qstash_url": servers.broker,
-                "qstash_token": DEV_TOKEN,
+                "qstash_token": DEV_TOKEN,  # the dev broker's: a development, loopback process
+                "app_env": "development",
+                "host": "127.0.0.1",
                 "worker_url": f"http://127.0.0.1:{free_port()}",  # deliveries just fail
                 "job_retries": 0,
                 "redis_prefix": redis_prefix,

@@ -83,7 +83,7 @@ begin
   if not found or j.status <> 'queued' or j.attempts > 0 then
     return jsonb_build_object('outcome', 'unchanged');
   end if;
-  perform public.cs__refund(j);
+  perform public.cs__refund(j, 100);  -- nothing was delivered: the rule refunds in full
   delete from public.cs_idempotency where job_id = p_job_id;
   delete from public.cs_jobs where id = p_job_id;
   return jsonb_build_object('outcome', 'withdrawn');
@@ -104,7 +104,7 @@ begin
   end if;
   update public.cs_jobs set status = 'failed', error = p_error, finished_at = now(),
     updated_at = now() where id = p_job_id returning * into j;
-  perform public.cs__refund(j);
+  perform public.cs__refund(j, 100);  -- nothing was delivered: the rule refunds in full
   delete from public.cs_idempotency where job_id = p_job_id;
   return jsonb_build_object('outcome', 'aborted', 'job', public.cs__job_json(j));
 end
