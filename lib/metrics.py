@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 from lib.config import settings
 from lib.state.backend import Entry
 from lib.state.scripts import Script
+from lib.verdict import Done, GiveUp, Verdict
 
 ATTEMPTS = Counter(
     "cs_job_attempts_total",
@@ -76,14 +77,14 @@ class Metrics:
     def running(self, delta: int) -> None:
         LIVE.inc(delta)
 
-    def attempt(self, job: Any, status: int, seconds: float, final: str | None = None) -> None:
-        """One attempt ended with HTTP `status`; `final` is the job's status it reported.
-
-        An attempt that made the job terminal also counts in `cs_jobs_finished_total`."""
-        if status == 200:
-            outcome = final or "succeeded"
+    def attempt(self, job: Any, verdict: Verdict, seconds: float) -> None:
+        """One attempt ended with `verdict`: done (with the job's status), given up (failed),
+        or to be retried. One that made the job terminal also counts in
+        `cs_jobs_finished_total`."""
+        if isinstance(verdict, Done):
+            outcome = verdict.status or "succeeded"
         else:
-            outcome = "failed" if status == 489 else "retry"
+            outcome = "failed" if isinstance(verdict, GiveUp) else "retry"
         ATTEMPTS.labels(job.kind, job.tier, outcome).inc()
         DURATION.labels(job.kind, job.tier).observe(seconds)
         if outcome in FINAL:

@@ -30,7 +30,7 @@ from lib.errors import (
     QuotaError,
     UnavailableError,
 )
-from lib.events import HeldStream, data, emit_terminal, is_terminal, sse_frame
+from lib.events import HeldStream, close_stream, data, emit_terminal, is_terminal, sse_frame
 from lib.models import ErrorCode, EventType, Job, Me, StreamStatus, SubmitRequest
 from lib.state import WATCH_REFRESH, State
 from lib.store import Store
@@ -285,14 +285,7 @@ class Producer:
             )
         try:
             # Closing the stream is also the worker's cancel flag.
-            emit_terminal(
-                self.state,
-                job.id,
-                StreamStatus.CANCELLED,
-                result=None,
-                error=job.error.model_dump() if job.error else None,
-                attempt=job.attempts,
-            )
+            close_stream(self.state, job)
             self.state.release(job.id, job.tier, user_id)
         except AppError:
             log.warning(
@@ -368,11 +361,4 @@ class Producer:
     def heal_stream(self, job: Job) -> None:
         """A terminal job whose stream expired or was never closed gets its final events."""
         if job.status.terminal:
-            emit_terminal(
-                self.state,
-                job.id,
-                job.status,
-                result=job.result,
-                error=job.error.model_dump() if job.error else None,
-                attempt=job.attempts,
-            )
+            close_stream(self.state, job)

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 import httpx
 import redis
 
-from lib.queue.producer import flow_control_key, message_body
+from lib.queue.producer import flow_control_key
+from lib.queue.wire import message_body
 from lib.queue.signing import DEV_TOKEN
 from lib.store import migrate
 from scripts import embedded

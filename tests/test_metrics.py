@@ -16,7 +16,7 @@ from support import free_port, wait_for
 from werkzeug.test import TestResponse
 
 from lib.errors import RateLimitError
-from lib.queue.producer import message_body
+from lib.queue.wire import message_body
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from lib import tracing
 from lib.config import load
 from lib.errors import ConfigError
 from lib.logs import user_hash
-from lib.queue.producer import message_body
+from lib.queue.wire import message_body
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
 from scripts.devstack import Ports, Stack
 

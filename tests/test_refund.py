@@ -18,7 +18,7 @@ from support import wait_for
 from werkzeug.test import TestResponse
 
 from lib.handlers import registry
-from lib.queue.producer import message_body
+from lib.queue.wire import message_body
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
 
 if TYPE_CHECKING:

@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 
 from lib.errors import RateLimitError
@@ -18,7 +19,16 @@ from lib.state import scripts
 from lib.state.backend import Entry, RedisBackend, pairs
 from lib.state.keys import Keys
 
-__all__ = ["State", "RedisBackend", "Entry", "Keys", "Renewal", "from_settings"]
+__all__ = [
+    "State",
+    "Acquire",
+    "Acquisition",
+    "RedisBackend",
+    "Entry",
+    "Keys",
+    "Renewal",
+    "from_settings",
+]
 
 Publish = Literal["auto", "always", "never"]
 # How long a live SSE reader's presence lasts after its last refresh; readers refresh it at least
@@ -36,6 +46,36 @@ class Renewal(NamedTuple):
     held: bool
     done: str | None  # the terminal status once the stream is closed (the cancel flag)
     watch: str | None  # "tcp" or "rest" while an SSE reader watches the job, else None
+
+
+class Acquire(StrEnum):
+    """What ACQUIRE did with a job's lease."""
+
+    ACQUIRED = "acquired"
+    DONE = "done"
+    BUSY = "busy"
+
+
+class Acquisition(NamedTuple):
+    """ACQUIRE's answer: the outcome and its detail (see the properties)."""
+
+    outcome: Acquire
+    detail: str | int | None
+
+    @property
+    def watch(self) -> str | None:
+        """ACQUIRED: the transport of a live SSE reader ("tcp", "rest"), or None."""
+        return str(self.detail) if self.outcome == Acquire.ACQUIRED and self.detail else None
+
+    @property
+    def status(self) -> str | None:
+        """DONE: the job's terminal status (its stream is closed)."""
+        return str(self.detail) if self.outcome == Acquire.DONE else None
+
+    @property
+    def remaining_ms(self) -> int:
+        """BUSY: how long the other attempt's lease still lasts, in ms (0 otherwise)."""
+        return int(self.detail or 0) if self.outcome == Acquire.BUSY else 0
 
 
 def _now_ms() -> int:
@@ -182,11 +222,11 @@ class State:
         return int(self.backend.run(scripts.LIVE, [self.keys.streams(user_id)], [_now_ms()]))
 
     # Leases ----------------------------------------------------------------------------------
-    def acquire(self, job_id: str, tier: str, user_id: str, token: str) -> tuple[str, Any]:
+    def acquire(self, job_id: str, tier: str, user_id: str, token: str) -> Acquisition:
         """Take the job's lease for one attempt.
 
-        Returns ("acquired", watch) where watch is the transport of a live SSE reader ("tcp",
-        "rest") or None, ("done", terminal status) when the stream is closed, or ("busy",
+        Returns (ACQUIRED, watch) where watch is the transport of a live SSE reader ("tcp",
+        "rest") or None, (DONE, terminal status) when the stream is closed, or (BUSY,
         remaining lease ms) when another attempt holds it.
         """
         deadline = _now_ms() + self.admission_ttl_ms
@@ -195,7 +235,7 @@ class State:
             self._lease_keys(job_id, tier, user_id),
             [token, self.lease_ttl_ms, job_id, deadline, self.admission_ttl_ms * 2],
         )
-        return str(result[0]), (result[1] if len(result) > 1 else None)
+        return Acquisition(Acquire(str(result[0])), result[1] if len(result) > 1 else None)
 
     def renew(
         self, job_id: str, tier: str, user_id: str, token: str, *, admission: bool = True
