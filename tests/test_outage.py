@@ -28,8 +28,8 @@ from lib.auth import from_settings as verifier_from_settings
 from lib.errors import UnavailableError
 from lib.executor import Executor
 from lib.queue.producer import QStashPublisher
-from lib.queue.wire import message_body
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
+from lib.queue.wire import message_body
 from lib.service import Producer
 from lib.state import scripts
 from lib.state.rest import RestBackend
