@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -22,10 +21,11 @@ from lib import handlers, logs, tracing
 from lib.config import Settings
 from lib.errors import AppError, PermanentError, RetryableError
 from lib.events import Delivery, JobEvents, StreamClosed, close_stream
-from lib.handlers.base import Context, Handler
+from lib.handlers.base import Context, Handler, repair_problem
 from lib.leases import Lease, Leases
 from lib.llm_types import LLM
-from lib.models import ErrorCode, Job, JobStatus, Tier
+from lib.models import ErrorCode, Job, JobStatus
+from lib.slots import ModelSlots
 from lib.state import Acquire, State
 from lib.store import Store
 from lib.verdict import Busy, Done, GiveUp, RetryAfter, Verdict
@@ -61,8 +61,7 @@ class Executor:
         # time Redis lets the lease go and another delivery takes it, this one has stopped.
         self._fence = settings.lease_ttl_seconds * 2 / 3
         self._draining_since: float | None = None
-        self._slots: dict[str, threading.BoundedSemaphore] = {}
-        self._slots_lock = threading.Lock()
+        self._slots = ModelSlots(settings)
 
     # Lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -73,7 +72,6 @@ class Executor:
         """Stop renewing leases; running attempts then fence themselves."""
         self.leases.stop()
 
-    # Shutdown ----------------------------------------------------------------------------------
     def drain(self) -> None:
         """Stop taking work; running attempts get WORKER_DRAIN_SECONDS to finish."""
         if self._draining_since is None:
@@ -82,9 +80,11 @@ class Executor:
 
     @property
     def draining(self) -> bool:
+        """Whether `drain` was called."""
         return self._draining_since is not None
 
     def running(self) -> int:
+        """How many attempts this process runs."""
         return self.leases.count()
 
     # Delivery ----------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ class Executor:
         except PermanentError as exc:
             if exc.code != ErrorCode.INVALID_MODEL_OUTPUT:
                 raise
-            problem = _problem(exc)
+            problem = repair_problem(exc)
         # Invalid model output (a prompt injection can cause it) gets one repair attempt.
         return self._generate(self._repair(job, lease), handler, job_input, lease, problem)
 
@@ -258,7 +258,7 @@ class Executor:
         )
         lease.events = events
         events.running()
-        with self._model_slot(job.tier, model):
+        with self._slots.hold(job.tier, model):
             ctx = Context(
                 job_id=job.id,
                 kind=job.kind,
@@ -307,26 +307,6 @@ class Executor:
             raise RetryableError(
                 "the worker is shutting down", code=ErrorCode.WORKER_SHUTTING_DOWN, retry_after=5
             )
-
-    def _model_slot(self, tier: str, model: str) -> _Held:
-        key = f"{tier}:{model}"
-        with self._slots_lock:
-            slot = self._slots.get(key)
-            if slot is None:
-                limit = (
-                    self.settings.llm_max_concurrency_paid
-                    if tier == Tier.PAID
-                    else self.settings.llm_max_concurrency_free
-                )
-                slot = self._slots[key] = threading.BoundedSemaphore(limit)
-        if not slot.acquire(timeout=0.5):
-            raise RetryableError(
-                "model concurrency limit reached",
-                code=ErrorCode.RATE_LIMITED,
-                status=429,
-                retry_after=10,
-            )
-        return _Held(slot)
 
     # Endings -----------------------------------------------------------------------------------
     def _finish(
@@ -408,28 +388,3 @@ class Executor:
         self.state.release(job_id, tier, user_id)
         log.info("failure callback", extra={"job_id": job_id, "changed": finished.changed})
         return Done(job_id, changed=finished.changed)
-
-
-class _Held:
-    """An acquired model-concurrency slot; leaving the `with` block releases it."""
-
-    def __init__(self, slot: threading.BoundedSemaphore) -> None:
-        self.slot = slot
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        self.slot.release()
-
-
-def _problem(exc: PermanentError) -> str:
-    """What was wrong with an invalid answer, for the repair prompt: the error and where the
-    result did not validate (field paths and pydantic's messages, never the output itself)."""
-    details = exc.details if isinstance(exc.details, list) else []
-    where = "; ".join(
-        f"{'.'.join(str(p) for p in d.get('loc', [])) or 'answer'}: {d.get('msg', '')}"
-        for d in details
-        if isinstance(d, dict)
-    )
-    return f"{exc.message} ({where})" if where else exc.message

@@ -169,3 +169,15 @@ class Context:
                 code=ErrorCode.INVALID_MODEL_OUTPUT,
                 details=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()][:10],
             ) from exc
+
+
+def repair_problem(exc: PermanentError) -> str:
+    """What was wrong with an invalid answer, for the repair prompt: the error and where the
+    result did not validate (field paths and pydantic's messages, never the output itself)."""
+    details = exc.details if isinstance(exc.details, list) else []
+    where = "; ".join(
+        f"{'.'.join(str(p) for p in d.get('loc', [])) or 'answer'}: {d.get('msg', '')}"
+        for d in details
+        if isinstance(d, dict)
+    )
+    return f"{exc.message} ({where})" if where else exc.message
