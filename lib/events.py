@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lib.errors import AppError
-from lib.models import EventType, Job, StreamStatus
+from lib.models import TERMINAL, EventType, Job, StreamStatus
 from lib.state import State
 
 log = logging.getLogger("cs.events")
@@ -39,7 +39,7 @@ def is_terminal(event_type: str, payload: str) -> bool:
     if event_type != EventType.STATUS:
         return False
     status = json.loads(payload).get("status")
-    return status in ("succeeded", "failed", "cancelled")
+    return status in TERMINAL
 
 
 @dataclass

@@ -27,7 +27,7 @@ from lib.llm_types import LLM
 from lib.models import ErrorCode, Job, JobStatus
 from lib.slots import ModelSlots
 from lib.state import Acquire, State
-from lib.store import Store
+from lib.store import Attempt, Delivered, Store
 from lib.verdict import Busy, Done, GiveUp, RetryAfter, Verdict
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class Executor:
     def _attempt(self, lease: Lease, *, max_retries: int) -> Verdict:
         job_id = lease.job_id
         started = self.store.start_attempt(job_id)
-        if started.outcome == "not_found":
+        if started.outcome == Attempt.NOT_FOUND:
             log.warning("delivery for an unknown job", extra={"job_id": job_id})
             self.state.release(job_id, lease.tier, lease.user_id, lease.token)
             return Done(job_id, note="unknown job")
@@ -134,7 +134,7 @@ class Executor:
         # The last attempt is decided by the job's own attempt count (this one included) against
         # the signed `retries`, never by the unsigned Upstash-Retried header.
         last = job.attempts > max_retries
-        if started.outcome == "terminal":
+        if started.outcome == Attempt.TERMINAL:
             close_stream(self.state, job)
             self.state.release(job_id, lease.tier, lease.user_id, lease.token)
             return Done(job_id, status=job.status)
@@ -209,7 +209,7 @@ class Executor:
         lease.delivered = lease.delivered_chars()
         self._check(lease)
         started = self.store.start_attempt(job.id)
-        if started.outcome != "started" or started.job is None:
+        if started.outcome != Attempt.STARTED or started.job is None:
             raise StreamClosed(job.id)  # it ended meanwhile (cancelled): close as it says
         repair = started.job
         logs.bind(attempt=repair.attempts)
@@ -222,9 +222,9 @@ class Executor:
         """Record `total` characters of output as delivered before they are written (see
         lib.events.Delivery): a cancel meanwhile stops the attempt, a lost lease too."""
         outcome = self.store.record_delivered(job.id, job.attempts, total, lease.typical or 1)
-        if outcome == "terminal":
+        if outcome == Delivered.TERMINAL:
             raise StreamClosed(job.id)
-        if outcome != "recorded":
+        if outcome != Delivered.RECORDED:
             lease.lost = True
             raise RetryableError("the job's lease was lost", code=LEASE_LOST, retry_after=1)
 

@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from lib.config import settings
+from lib.models import TERMINAL
 from lib.state.backend import Entry
 from lib.state.scripts import Script
 from lib.verdict import Done, GiveUp, Verdict
@@ -68,7 +69,6 @@ DB_ERRORS = Counter("cs_db_errors_total", "Database calls of the worker that rai
 ADMISSION_REJECTIONS = "cs_admission_rejections"
 ADMISSION_REASONS = ("backpressure", "user_concurrency")
 TIERS = ("free", "paid")
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 class Metrics:
@@ -87,7 +87,7 @@ class Metrics:
             outcome = "failed" if isinstance(verdict, GiveUp) else "retry"
         ATTEMPTS.labels(job.kind, job.tier, outcome).inc()
         DURATION.labels(job.kind, job.tier).observe(seconds)
-        if outcome in FINAL:
+        if outcome in TERMINAL:
             self.finished(job, outcome)
 
     def finished(self, job: Any, outcome: str) -> None:

@@ -33,7 +33,7 @@ from lib.errors import (
 from lib.events import HeldStream, close_stream, data, emit_terminal, is_terminal, sse_frame
 from lib.models import ErrorCode, EventType, Job, Me, StreamStatus, SubmitRequest
 from lib.state import WATCH_REFRESH, State
-from lib.store import Store
+from lib.store import Cancel, Store
 
 if TYPE_CHECKING:  # the api/ functions import these only when they build a Producer
     from lib.auth import Verifier
@@ -275,9 +275,9 @@ class Producer:
         REFUND_MAX_DELIVERED_PCT of its output was delivered, as the worker recorded it before
         writing (decided in SQL, under the job's row lock). Raises NotFound/ConflictError."""
         outcome, job = self.store.cancel(validate_job_id(job_id), user_id)
-        if outcome == "not_found" or job is None:
+        if outcome == Cancel.NOT_FOUND or job is None:
             raise NotFoundError("no such job")
-        if outcome == "already_finished":
+        if outcome == Cancel.ALREADY_FINISHED:
             raise ConflictError(
                 "the job has already finished",
                 code=ErrorCode.ALREADY_FINISHED,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from flask import Flask
-from support import free_port, serve_wsgi, wait_for
+from support import free_port, live_for_user, serve_wsgi, wait_for
 from werkzeug.test import TestResponse
 
 from lib import state, store
@@ -96,7 +96,7 @@ def test_a_submit_that_meets_an_upstash_fault_answers_503_and_charges_and_queues
             assert [j["status"] for j in jobs] == ([] if step == "admit" else ["failed"])
             if jobs and tier == "paid":
                 assert db.ledger(jobs[0]["id"]) == [("debit", -1), ("refund", 1)]
-            assert rest.live_for_user(user, tier) == 0
+            assert live_for_user(rest, user, tier) == 0
         assert upstash_standin.fault_hits(upstash[0]) >= 2
     finally:
         producer.store.close()

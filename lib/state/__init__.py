@@ -174,9 +174,6 @@ class State:
         """The number of live (admitted, unexpired) jobs in a tier."""
         return int(self.backend.run(scripts.LIVE, [self.keys.tier(tier)], [_now_ms()]))
 
-    def live_for_user(self, user_id: str, tier: str) -> int:
-        return int(self.backend.run(scripts.LIVE, [self.keys.user(user_id, tier)], [_now_ms()]))
-
     # Event stream slots ----------------------------------------------------------------------
     def hold_stream(
         self, user_id: str, stream_id: str, limit: int, *, refresh: bool = False
@@ -217,10 +214,6 @@ class State:
         """Free an event stream's slot (it ended or its client went away). Idempotent."""
         self.backend.command("ZREM", self.keys.streams(user_id), stream_id)
 
-    def open_streams(self, user_id: str) -> int:
-        """The number of the user's event streams that hold a slot now."""
-        return int(self.backend.run(scripts.LIVE, [self.keys.streams(user_id)], [_now_ms()]))
-
     # Leases ----------------------------------------------------------------------------------
     def acquire(self, job_id: str, tier: str, user_id: str, token: str) -> Acquisition:
         """Take the job's lease for one attempt.
@@ -237,15 +230,10 @@ class State:
         )
         return Acquisition(Acquire(str(result[0])), result[1] if len(result) > 1 else None)
 
-    def renew(
-        self, job_id: str, tier: str, user_id: str, token: str, *, admission: bool = True
-    ) -> Renewal:
-        """Extend the lease, and the admission deadlines when `admission` is true."""
-        return self.renew_many([(job_id, tier, user_id, token, admission)])[0]
-
     def renew_many(self, leases: list[tuple[str, str, str, str, bool]]) -> list[Renewal]:
-        """`renew` for many (job id, tier, user id, token, admission) at once, in one round
-        trip. Each costs 3 Redis commands, 6 when its admission deadlines are refreshed too."""
+        """Extend the leases of many (job id, tier, user id, token, admission) at once, and
+        their admission deadlines where admission is true, in one round trip. Each costs 3
+        Redis commands, 6 when its admission deadlines are refreshed too."""
         deadline = _now_ms() + self.admission_ttl_ms
         calls: list[tuple[scripts.Script, list[str], list[str | int]]] = [
             (
