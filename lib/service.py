@@ -30,10 +30,10 @@ from lib.errors import (
     QuotaError,
     UnavailableError,
 )
-from lib.events import HeldStream, data, emit_terminal, is_terminal, sse_frame
+from lib.events import HeldStream, close_stream, data, emit_terminal, is_terminal, sse_frame
 from lib.models import ErrorCode, EventType, Job, Me, StreamStatus, SubmitRequest
 from lib.state import WATCH_REFRESH, State
-from lib.store import Store
+from lib.store import Cancel, Store
 
 if TYPE_CHECKING:  # the api/ functions import these only when they build a Producer
     from lib.auth import Verifier
@@ -280,9 +280,9 @@ class Producer:
         REFUND_MAX_DELIVERED_PCT of its output was delivered, as the worker recorded it before
         writing (decided in SQL, under the job's row lock). Raises NotFound/ConflictError."""
         outcome, job = self.store.cancel(validate_job_id(job_id), user_id)
-        if outcome == "not_found" or job is None:
+        if outcome == Cancel.NOT_FOUND or job is None:
             raise NotFoundError("no such job")
-        if outcome == "already_finished":
+        if outcome == Cancel.ALREADY_FINISHED:
             raise ConflictError(
                 "the job has already finished",
                 code=ErrorCode.ALREADY_FINISHED,
@@ -290,14 +290,7 @@ class Producer:
             )
         try:
             # Closing the stream is also the worker's cancel flag.
-            emit_terminal(
-                self.state,
-                job.id,
-                StreamStatus.CANCELLED,
-                result=None,
-                error=job.error.model_dump() if job.error else None,
-                attempt=job.attempts,
-            )
+            close_stream(self.state, job)
             self.state.release(job.id, job.tier, user_id)
         except AppError:
             log.warning(
@@ -373,11 +366,4 @@ class Producer:
     def heal_stream(self, job: Job) -> None:
         """A terminal job whose stream expired or was never closed gets its final events."""
         if job.status.terminal:
-            emit_terminal(
-                self.state,
-                job.id,
-                job.status,
-                result=job.result,
-                error=job.error.model_dump() if job.error else None,
-                attempt=job.attempts,
-            )
+            close_stream(self.state, job)

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING
 import httpx
 import redis
 
-from lib.queue.producer import flow_control_key, message_body
+from lib.queue.producer import flow_control_key
 from lib.queue.signing import DEV_TOKEN
+from lib.queue.wire import message_body
 from lib.store import migrate
 from scripts import embedded
 from scripts.chaos_load import Load, Monitor, Sent

@@ -176,7 +176,7 @@ def caddyfile() -> str:
 def test_caddy_caps_request_bodies_well_above_the_largest_failure_callback() -> None:
     import base64
 
-    from lib.queue.producer import message_body
+    from lib.queue.wire import message_body
 
     text = caddyfile()
     assert re.search(r"request_body \{\s*max_size 64KB\s*\}", text)

@@ -20,7 +20,7 @@ import jwt
 import psycopg
 import pytest
 from e2e_support import JD, RESUME, User, follow
-from support import wait_for
+from support import open_streams, wait_for
 
 import api
 from lib import config
@@ -266,9 +266,9 @@ def test_a_stream_whose_holder_died_frees_its_slot_after_the_ttl(slots: State) -
         return True
 
     wait_for(admitted, timeout=5, interval=0.1, what="the dead stream's slot to lapse")
-    assert slots.open_streams(user) == 2  # "alive" (refreshed) and "third"
+    assert open_streams(slots, user) == 2  # "alive" (refreshed) and "third"
     slots.drop_stream(user, "third")
-    assert slots.open_streams(user) == 1
+    assert open_streams(slots, user) == 1
     ttl = slots.backend.command("PTTL", slots.keys.streams(user))
     assert 0 < int(ttl) <= 500  # the key itself expires too
 
@@ -385,14 +385,14 @@ def test_an_open_stream_keeps_its_slot_past_the_ttl_and_frees_it_when_closed(
     slots.hold_stream(user, "live", 1)
     for _ in range(12):
         next(held)
-        assert slots.open_streams(user) == 1
+        assert open_streams(slots, user) == 1
     with pytest.raises(RateLimitError):
         slots.hold_stream(user, "another", 1)
     second = HeldStream(slots, user, "second", frames(), limit=1)
     held.close()
-    assert closed == [True] and slots.open_streams(user) == 0
+    assert closed == [True] and open_streams(slots, user) == 0
     slots.hold_stream(user, "second", 1)
     with pytest.raises(StopIteration):
         for _ in range(13):
             next(second)
-    assert slots.open_streams(user) == 0  # the end of a stream frees its slot too
+    assert open_streams(slots, user) == 0  # the end of a stream frees its slot too

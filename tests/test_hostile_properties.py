@@ -19,6 +19,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from support import live_for_user, renew
 
 import lib.state
 from lib import config, handlers
@@ -112,7 +113,7 @@ def test_any_json_body_is_either_parsed_or_refused_with_per_field_details(
         for key, message in error.details.items():
             assert isinstance(key, str) and isinstance(message, str) and message
             assert _names_a_field(key, body), (key, body)
-        json.dumps(error.body(), allow_nan=False)  # the 400 body is always serialisable
+        json.dumps(error.details, allow_nan=False)  # the 400 body is always serialisable
         return
     assert isinstance(body, dict) and request.kind in KINDS
     assert cost == producer.settings.cost(request.kind, handlers.registry()[request.kind].cost)
@@ -327,7 +328,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         job_id, tier, user = job
         holder = self.model.leases.get(job_id, "")
         token = holder if own_token else "not-the-holder"
-        held, done, _ = self.state.renew(job_id, tier, user, token)
+        held, done, _ = renew(self.state, job_id, tier, user, token)
         assert held is bool(holder and token == holder)
         assert done == ("succeeded" if job_id in self.model.done else None)
         if held:
@@ -363,7 +364,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.model.prune(tier_key, self.now)
         self.model.prune(user_key, self.now)
         assert self.state.live(tier) == len(self.model.zset(tier_key))
-        assert self.state.live_for_user(user, tier) == len(self.model.zset(user_key))
+        assert live_for_user(self.state, user, tier) == len(self.model.zset(user_key))
 
     @precondition(lambda self: any(self.model.sets.values()))
     @rule()
@@ -372,7 +373,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         for tier in TIER_LIMITS:
             assert self.state.live(tier) == 0
             for user in USERS:
-                assert self.state.live_for_user(user, tier) == 0
+                assert live_for_user(self.state, user, tier) == 0
         self.model.sets.clear()
 
     # Invariants --------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ from lib import tracing
 from lib.config import load
 from lib.errors import ConfigError
 from lib.logs import user_hash
-from lib.queue.producer import message_body
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
+from lib.queue.wire import message_body
 from scripts.devstack import Ports, Stack
 
 if TYPE_CHECKING:

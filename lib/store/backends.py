@@ -94,14 +94,9 @@ class PostgresBackend:
                     for k, v in params.items()
                 }
                 row = conn.execute(f"select public.{fn}({args})", values).fetchone()  # noqa: S608
-        except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+        # psycopg_pool.PoolTimeout (pool exhausted or unreachable) is an OperationalError.
+        except (psycopg.OperationalError, psycopg.errors.AdminShutdown, TimeoutError) as exc:
             raise UnavailableError("the database is unavailable") from exc
-        except TimeoutError as exc:  # pool exhausted or unreachable
-            raise UnavailableError("the database is unavailable") from exc
-        except Exception as exc:
-            if type(exc).__name__ == "PoolTimeout":
-                raise UnavailableError("the database is unavailable") from exc
-            raise
         return row[0] if row else None
 
     def ping(self) -> None:
@@ -111,10 +106,8 @@ class PostgresBackend:
         try:
             with self._pool.connection(timeout=self._timeout) as conn:
                 conn.execute("select 1")
-        except Exception as exc:
-            if isinstance(exc, psycopg.Error) or type(exc).__name__ == "PoolTimeout":
-                raise UnavailableError("the database is unavailable") from exc
-            raise
+        except psycopg.Error as exc:  # psycopg_pool.PoolTimeout included
+            raise UnavailableError("the database is unavailable") from exc
 
     def close(self) -> None:
         if self._opened:
