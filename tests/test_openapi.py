@@ -26,7 +26,7 @@ from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from scripts.devstack import Stack
+from scripts.stack.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -1,7 +1,7 @@
 """Load test: many users submitting at once against a running producer, then the invariants.
 
-    python -m scripts.loadtest                      # starts a local stack (like `make dev`)
-    python -m scripts.loadtest --base-url URL ...   # against a running producer
+    python -m scripts.bench.loadtest                      # starts a local stack (like `make dev`)
+    python -m scripts.bench.loadtest --base-url URL ...   # against a running producer
 
 `--clients` threads, one per user (`--users`), share `--submits` submits. Each submit is a
 random kind with tier `auto` (sometimes `paid` or `free`), and sometimes a repeat of the user's
@@ -41,7 +41,7 @@ import httpx
 from lib.auth import mint_access_token
 from lib.config import DEV_JWT_SECRET
 
-SAMPLES = Path(__file__).resolve().parent / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "stack" / "samples"
 KINDS = ("job_match", "resume_customize", "interview_prep")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 REFUSALS = {
@@ -405,7 +405,7 @@ def local_overrides() -> dict[str, str]:
 
 
 def run_on_local_stack(**options: Any) -> Report:
-    from scripts.devstack import Stack
+    from scripts.stack.devstack import Stack
 
     with Stack(overrides=local_overrides(), quiet=True) as stack:
         counts = redis_live_counts(stack.env["REDIS_URL"], stack.env.get("REDIS_PREFIX", "cs:"))

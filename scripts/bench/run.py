@@ -63,9 +63,9 @@ from lib.state import State
 from lib.state.rest import RestBackend
 from lib.state.tcp import TcpBackend
 from lib.store import migrate
-from scripts import embedded
-from scripts.bench_worker import _group_pids, _rss_kb, pct
-from scripts.devstack import ROOT, Ports, Stack
+from scripts.bench.worker_classes import _group_pids, _rss_kb, pct
+from scripts.stack import embedded
+from scripts.stack.devstack import ROOT, Ports, Stack
 
 sys.path.insert(0, str(ROOT / "tests"))
 from e2e_support import JD, RESUME  # noqa: E402
@@ -342,7 +342,7 @@ def llm_parse(streams: int) -> dict[str, Any]:
     say(f"model stream parsing: {streams} streams at 20 tokens/s, SDK models vs raw lines")
     port = free_port()
     server = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "scripts.offline_llm", "--port", str(port)],
+        [sys.executable, "-m", "scripts.fakes.offline_llm", "--port", str(port)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -502,7 +502,7 @@ class SweepRun:
 
 
 def _sweep_one(run: SweepRun) -> SweepRun:
-    from scripts.upstash_standin import create_app as upstash_standin
+    from scripts.fakes.upstash_standin import create_app as upstash_standin
 
     server = start_redis()
     stack = ExitStack()

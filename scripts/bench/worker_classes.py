@@ -1,6 +1,6 @@
 """Benchmark the worker's gunicorn worker class: gthread against gevent.
 
-`.venv/bin/python -m scripts.bench_worker` (gevent must be installed in the venv). For each
+`.venv/bin/python -m scripts.bench.worker_classes` (gevent must be installed in the venv). For each
 configuration and each N it starts a fresh local Stack (embedded Redis and Postgres unless
 REDIS_URL / DATABASE_URL are set, offline LLM, dev broker, worker, producer), submits N
 `job_match` jobs from N distinct users at once, each streaming at 20 tokens/s
@@ -48,7 +48,7 @@ from httpx_sse import aconnect_sse
 
 from lib.auth import mint_access_token
 from lib.config import DEV_JWT_SECRET
-from scripts.devstack import ROOT, Ports, Stack
+from scripts.stack.devstack import ROOT, Ports, Stack
 
 sys.path.insert(0, str(ROOT / "tests"))
 from e2e_support import JD, RESUME  # noqa: E402
@@ -589,7 +589,7 @@ def probe_psycopg(database_url: str) -> dict[str, Any]:
 
 
 def _probe_with_db() -> dict[str, Any]:
-    from scripts import embedded
+    from scripts.stack import embedded
 
     if os.environ.get("DATABASE_URL"):
         return probe_psycopg(os.environ["DATABASE_URL"])
@@ -638,7 +638,7 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": ".venv/bin/python -m scripts.bench_worker " + " ".join(sys.argv[1:]),
+        "command": ".venv/bin/python -m scripts.bench.worker_classes " + " ".join(sys.argv[1:]),
         "nproc": os.cpu_count(),
         "mem_total_gb": round(mem_kb / 1024 / 1024, 1),
         "python": platform.python_version(),
@@ -693,7 +693,9 @@ def _measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.bench_worker", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.bench.worker_classes", description=__doc__
+    )
     parser.add_argument("--n", default="50,100,200", help="comma-separated job counts")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated")
     parser.add_argument("--workers", type=int, default=2, help="WEB_CONCURRENCY")

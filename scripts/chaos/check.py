@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 
 from lib import handlers
 from lib.state.keys import Keys
-from scripts.chaos_load import TERMINAL, Load
+from scripts.chaos.load import TERMINAL, Load
 
 
 @dataclass

@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 import redis
@@ -28,13 +27,11 @@ import redis
 from lib.queue.producer import flow_control_key, message_body
 from lib.queue.signing import DEV_TOKEN
 from lib.store import migrate
-from scripts import embedded
-from scripts.chaos_load import Load, Monitor, Sent
-from scripts.chaos_proxy import Proxy
-from scripts.devstack import Stack
-
-if TYPE_CHECKING:
-    from scripts.chaos_clock import WorkerClock
+from scripts.chaos.clock import WorkerClock
+from scripts.chaos.load import Load, Monitor, Sent
+from scripts.chaos.proxy import Proxy
+from scripts.stack import embedded
+from scripts.stack.devstack import Stack
 
 
 class Infra:

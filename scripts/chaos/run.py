@@ -1,11 +1,11 @@
 """`make chaos`: fault injection under load on the real local stack, then invariants.
 
-For each scenario it starts a fresh stack (`scripts.devstack.Stack`: offline LLM, dev broker,
+For each scenario it starts a fresh stack (`scripts.stack.devstack.Stack`: offline LLM, dev broker,
 worker under gunicorn, producer) on the run's own embedded Redis and Postgres, has many users
 submit a few hundred jobs that stream for several seconds each, injects the scenario's fault
 while they run, waits until every job is terminal (within the scenario's time budget), and
-checks the invariants of `scripts.chaos_check` over Postgres and Redis. The clock-skew scenarios
-run the worker under libfaketime (`scripts.chaos_clock`; `scripts/install-faketime` installs it).
+checks the invariants of `scripts.chaos.check` over Postgres and Redis. The clock-skew scenarios
+run the worker under libfaketime (`scripts.chaos.clock`; `scripts/install-faketime` installs it).
 It prints one row per scenario and exits 1 when any invariant was violated.
 
     .venv/bin/python -m scripts.chaos [--only NAME ...] [--jobs 240] [--users 60] [--list]
@@ -34,19 +34,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from scripts.chaos_check import check
-from scripts.chaos_clock import (
-    Skew,
-    SkewedStack,
-    WorkerClock,
-    check_skew,
-    redrive_dead_letters,
-    skewed,
-    skewed_and_killed,
-    step_after_dead_letters,
-    step_after_refusals,
-)
-from scripts.chaos_faults import (
+from scripts.chaos.check import check
+from scripts.chaos.clock import SkewedStack, WorkerClock
+from scripts.chaos.faults import (
     Duplicator,
     FaultContext,
     Infra,
@@ -63,9 +53,18 @@ from scripts.chaos_faults import (
     sigterm_once,
     wait_broker_idle,
 )
-from scripts.chaos_load import LeaseWatch, Load, Marker, plan_jobs
-from scripts.chaos_proxy import Proxy
-from scripts.devstack import ROOT, Ports
+from scripts.chaos.load import LeaseWatch, Load, Marker, plan_jobs
+from scripts.chaos.proxy import Proxy
+from scripts.chaos.skew import (
+    Skew,
+    check_skew,
+    redrive_dead_letters,
+    skewed,
+    skewed_and_killed,
+    step_after_dead_letters,
+    step_after_refusals,
+)
+from scripts.stack.devstack import ROOT, Ports
 
 OUT = ROOT / ".devstack" / "chaos"
 TOTAL_BUDGET = 14 * 60  # seconds: `make chaos` must end within 15 minutes
@@ -163,7 +162,7 @@ SCENARIOS = [
         overrides={"LLM_READ_TIMEOUT_SECONDS": "3", "JOB_RETRIES": "3"},
         marker=llm_markers,
     ),
-    # Clock skew: only the worker's clock moves (scripts/chaos_clock.py). A signature is valid
+    # Clock skew: only the worker's clock moves (scripts/chaos/clock.py). A signature is valid
     # from its `nbf` (the broker's now) for 5 minutes, so a fast worker is within it at any
     # tolerance while a slow one needs QSTASH_CLOCK_TOLERANCE_SECONDS above its lag.
     Scenario(

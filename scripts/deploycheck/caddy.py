@@ -1,6 +1,6 @@
 """`make check-deploy`'s caddy step, run for real: deploy/Caddyfile in front of a stand-in worker.
 
-    python -m scripts.check_caddy CADDY_BINARY WORK_DIR
+    python -m scripts.deploycheck.caddy CADDY_BINARY WORK_DIR
 
 The Caddyfile is adapted to JSON by the real caddy (`caddy adapt`), served over plain HTTP on
 a loopback port (the site address comes from CS_DOMAIN, so only the scheme and port differ from
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIGNATURE = "eyJhbGciOiJIUzI1NiJ9.check-caddy-signature.sig"
 BEARER = "Bearer check-caddy-credential"
 

@@ -1,10 +1,11 @@
 """`make check-deploy`'s image step: the worker image, built for real and run as production runs it.
 
-    python -m scripts.check_image [--keep-logs DIR]
+    python -m scripts.deploycheck.image [--keep-logs DIR]
 
-1. Builds the Dockerfile (`scripts/image_build.py`: Docker, else podman from Debian's packages).
+1. Builds the Dockerfile (`scripts/deploycheck/image_build.py`: Docker, else podman from
+   Debian's packages).
 2. Runs the container read-only with a tmpfs /tmp, as docker-compose.prod.yml does, on the host
-   network, inside the local stack of `scripts/devstack.py` in place of its gunicorn worker:
+   network, inside the local stack of `scripts/stack/devstack.py` in place of its gunicorn worker:
    producer -> dev broker -> the container -> Redis and Postgres (embedded, real servers).
 3. Checks: /healthz, /readyz and the image's own HEALTHCHECK; no error line in the container's
    log at start (gunicorn's control socket is off); one job of each kind through the producer,
@@ -36,9 +37,9 @@ from pathlib import Path
 import httpx
 
 from lib.auth import mint_access_token
-from scripts import image_build
-from scripts.demo import SAMPLES, run_demo
-from scripts.devstack import Component, Ports, Stack
+from scripts.deploycheck import image_build
+from scripts.stack.demo import SAMPLES, run_demo
+from scripts.stack.devstack import Component, Ports, Stack
 
 CONTAINER = "cs-check-deploy-worker"
 # Start-up lines that mean something is wrong (gunicorn's own format and our JSON logs).

@@ -1,6 +1,6 @@
 """Build the worker image with a real OCI builder: Docker where an engine runs, else podman.
 
-Used by `scripts/check_image.py` (the `image` step of `make check-deploy`). Without a Docker
+Used by `scripts/deploycheck/image.py` (the `image` step of `make check-deploy`). Without a Docker
 engine, everything comes from Debian's packages (`scripts/install-podman`): the base image is a
 debootstrapped bookworm with Debian's Python 3.11 (the public image registry may be out of
 reach), cached in podman's store under a tag that names its recipe, so a rerun skips it. The
@@ -22,7 +22,7 @@ import time
 import zlib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/careershaper-worker:check-deploy"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 # buildah leaves an empty file where it mounted this for RUN steps; check_image checks it is empty.

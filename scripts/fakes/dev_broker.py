@@ -1,12 +1,13 @@
 """A QStash-compatible dev broker: in memory, no Docker, the token and signing keys of `qstash dev`.
 
-Run it with `python -m scripts.dev_broker --host 127.0.0.1 --port 8081`. `QSTASH_TOKEN`,
+Run it with `python -m scripts.fakes.dev_broker --host 127.0.0.1 --port 8081`. `QSTASH_TOKEN`,
 `QSTASH_CURRENT_SIGNING_KEY` and `QSTASH_NEXT_SIGNING_KEY` override the dev defaults;
 `DEV_BROKER_TIME_SCALE` (default 1) shortens delays, and `--time-scale` wins over it.
 `QSTASH_PLAN` (default `payg`; `--plan` wins) sets the limits it enforces as QStash does: the
 account-wide parallelism, the retry maximum and the response-time limit (lib/queue/plans.py).
 
-Publishes are parsed by `scripts.dev_broker_publish`, delivered by `scripts.dev_broker_core`.
+Publishes are parsed by `scripts.fakes.dev_broker_publish`, delivered by
+`scripts.fakes.dev_broker_core`.
 REST API, as the official SDK calls it (https://upstash.com/docs/qstash/api-reference):
 `POST /v2/publish/<url>`, `GET|DELETE /v2/messages/<id>`, `DELETE /v2/messages`, `GET|DELETE
 /v2/dlq`, `GET|DELETE /v2/dlq/<dlqId>`, `GET /v2/keys`; plus the dev-only `GET /v2/_dev/stats`
@@ -29,9 +30,9 @@ from werkzeug.serving import make_server
 
 from lib.queue.plans import DEFAULT_PLAN, PLANS, Plan, plan
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
-from scripts.dev_broker_core import Broker
-from scripts.dev_broker_model import RuleError
-from scripts.dev_broker_publish import parse_publish
+from scripts.fakes.dev_broker_core import Broker
+from scripts.fakes.dev_broker_model import RuleError
+from scripts.fakes.dev_broker_publish import parse_publish
 
 log = logging.getLogger("dev_broker")
 
@@ -210,7 +211,7 @@ def _sigterm(_signum: int, _frame: object) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve the dev broker (werkzeug, threaded) until interrupted or sent SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python -m scripts.dev_broker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m scripts.fakes.dev_broker", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument(

@@ -1,7 +1,8 @@
 """The dev broker's engine: scheduling, signed delivery, retries, DLQ, callbacks, flow control.
 
-It knows nothing of HTTP requests to itself: `scripts.dev_broker` parses the QStash REST API into
-`Message`s and serialises the answers; `scripts.dev_broker_model` holds the formats and rules.
+It knows nothing of HTTP requests to itself: `scripts.fakes.dev_broker` parses the QStash REST
+API into `Message`s and serialises the answers; `scripts.fakes.dev_broker_model` holds the
+formats and rules.
 
 Threads: one scheduler thread, plus one daemon thread per in-flight delivery attempt, because a
 delivery to the worker is held open for the whole job (minutes) and hundreds may be open at once.
@@ -23,7 +24,7 @@ import requests
 
 from lib.queue.plans import DEFAULT_PLAN, Plan, plan
 from lib.queue.signing import sign
-from scripts.dev_broker_model import (
+from scripts.fakes.dev_broker_model import (
     Message,
     Outcome,
     RuleError,

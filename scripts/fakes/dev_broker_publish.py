@@ -16,7 +16,7 @@ from urllib.parse import unquote
 from werkzeug.datastructures import Headers
 
 from lib.queue.plans import DEFAULT_PLAN, Plan, plan
-from scripts.dev_broker_model import (
+from scripts.fakes.dev_broker_model import (
     Message,
     RuleError,
     evaluate_retry_delay,

@@ -619,7 +619,9 @@ def main(argv: list[str] | None = None) -> None:
     """Serve the offline LLM until interrupted."""
     # argparse applies `type` to a string default, so a bad value gets a usage error.
     env_rate = os.environ.get("OFFLINE_LLM_TOKENS_PER_SECOND", "40")
-    parser = argparse.ArgumentParser(prog="python -m scripts.offline_llm", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.fakes.offline_llm", description=__doc__
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8400)
     parser.add_argument("--tokens-per-second", type=float, default=env_rate)

@@ -402,7 +402,7 @@ def _status(sqlstate: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the stand-in until interrupted; returns the process exit code."""
     parser = argparse.ArgumentParser(
-        prog="python -m scripts.postgrest_standin",
+        prog="python -m scripts.fakes.postgrest_standin",
         description="PostgREST stand-in serving POST /rest/v1/rpc/<fn> from a real Postgres.",
     )
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))

@@ -52,7 +52,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
-from scripts.upstash_faults import Command, Fault, FaultSwitch
+from scripts.fakes.upstash_faults import Command, Fault, FaultSwitch
 
 log = logging.getLogger("upstash_standin")
 
@@ -486,7 +486,7 @@ def _frame(message: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the stand-in until interrupted; returns the process exit code."""
     parser = argparse.ArgumentParser(
-        prog="python -m scripts.upstash_standin",
+        prog="python -m scripts.fakes.upstash_standin",
         description="Upstash Redis REST API stand-in that forwards to a real Redis.",
     )
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))

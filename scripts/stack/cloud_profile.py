@@ -1,8 +1,8 @@
-"""What makes the `cloud` stack profile (scripts/devstack.py): each part as in production.
+"""What makes the `cloud` stack profile (scripts/stack/devstack.py): each part as in production.
 
 - The producer as on Vercel: Redis through the Upstash REST adapter and the store through
-  supabase-py, each by way of its stand-in (scripts/upstash_standin.py,
-  scripts/postgrest_standin.py) in front of the stack's real servers.
+  supabase-py, each by way of its stand-in (scripts/fakes/upstash_standin.py,
+  scripts/fakes/postgrest_standin.py) in front of the stack's real servers.
 - The worker as on the VPS: TCP Redis, and psycopg logged in as a role capped like Supabase's
   session pooler.
 

@@ -9,11 +9,13 @@ component that dies and says so; Ctrl-C stops everything cleanly.
 Two profiles (`--profile`, `make dev PROFILE=...`):
 - `local` (the default): every part on TCP Redis and direct Postgres.
 - `cloud`: each part as in production. The producer runs as on Vercel: Redis through the Upstash
-  REST adapter by way of `scripts/upstash_standin.py` (:8079), the store through supabase-py by
-  way of `scripts/postgrest_standin.py` (:8078), both in front of the same real servers, and
-  requests routed by vercel.json's rewrites with the rewritten path (`api._local:rewritten_app`).
+  REST adapter by way of `scripts/fakes/upstash_standin.py` (:8079), the store through
+  supabase-py by way of `scripts/fakes/postgrest_standin.py` (:8078), both in front of the same
+  real servers, and requests routed by vercel.json's rewrites with the rewritten path
+  (`api._local:rewritten_app`).
   The worker runs as on the VPS: TCP Redis and psycopg, logged in as a role capped at 15
-  connections, as Supabase's smallest session pooler caps its clients (scripts/cloud_profile.py).
+  connections, as Supabase's smallest session pooler caps its clients
+  (scripts/stack/cloud_profile.py).
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ from dotenv import dotenv_values
 from lib.config import DEV_JWT_SECRET
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
 from lib.store import migrate
-from scripts import cloud_profile, embedded
+from scripts.stack import cloud_profile, embedded
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = ROOT / ".devstack"
 
 PROFILES = ("local", "cloud")
@@ -184,7 +186,7 @@ class Stack:
             plan.append(
                 Component(
                     "llm",
-                    [py, "-m", "scripts.offline_llm", "--port", str(self.ports.llm)],
+                    [py, "-m", "scripts.fakes.offline_llm", "--port", str(self.ports.llm)],
                     f"http://127.0.0.1:{self.ports.llm}/healthz",
                 )
             )
@@ -192,7 +194,7 @@ class Stack:
             plan.append(
                 Component(
                     "broker",
-                    [py, "-m", "scripts.dev_broker", "--port", str(self.ports.broker)],
+                    [py, "-m", "scripts.fakes.dev_broker", "--port", str(self.ports.broker)],
                     f"{self.broker_url}/healthz",
                 )
             )
@@ -243,14 +245,14 @@ class Stack:
         return [
             Component(
                 "upstash",
-                [py, "-m", "scripts.upstash_standin", "--port", str(self.ports.upstash)],
+                [py, "-m", "scripts.fakes.upstash_standin", "--port", str(self.ports.upstash)],
                 f"{self.upstash_url}/ping",
                 env={"UPSTASH_REDIS_REST_TOKEN": token},
                 health_headers={"Authorization": f"Bearer {token}"},
             ),
             Component(
                 "postgrest",
-                [py, "-m", "scripts.postgrest_standin", "--port", str(self.ports.postgrest)],
+                [py, "-m", "scripts.fakes.postgrest_standin", "--port", str(self.ports.postgrest)],
                 f"{self.postgrest_url}/rest/v1/rpc/cs_ping",
                 env={"SUPABASE_SERVICE_ROLE_KEY": key},
                 health_headers={"apikey": key},
@@ -389,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.start()
         if args.command == "demo":
-            from scripts.demo import run_demo
+            from scripts.stack.demo import run_demo
 
             return run_demo(stack.producer_url, stack.env["SUPABASE_JWT_SECRET"])
         say("running; Ctrl-C stops everything")

@@ -1,4 +1,4 @@
-"""Mint a dev access token shaped like Supabase's: `python -m scripts.mint_token [--user UUID]`.
+"""Mint a dev token shaped like Supabase's: `python -m scripts.stack.mint_token [--user UUID]`.
 
 Signed with SUPABASE_JWT_SECRET (the Supabase local default when unset). Dev and tests only.
 """
