@@ -31,28 +31,26 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import httpx
-from httpx_sse import aconnect_sse
-
-from lib.auth import mint_access_token
-from lib.config import DEV_JWT_SECRET
+from scripts.bench.gevent_probe import probe_with_db
+from scripts.bench.procs import (
+    TICK,
+    GroupMeter,
+    Sampler,
+    all_processes,
+    machine_ticks,
+    other_cpu_seconds,
+    say,
+)
+from scripts.bench.worker_load import drive, figures, free_port
 from scripts.stack.devstack import ROOT, Ports, Stack
-
-sys.path.insert(0, str(ROOT / "tests"))
-from e2e_support import JD, RESUME  # noqa: E402
-from support import free_port  # noqa: E402
 
 CONFIGS: dict[str, dict[str, str]] = {
     "gthread-64": {"GUNICORN_WORKER_CLASS": "gthread", "GUNICORN_THREADS": "64"},
@@ -61,366 +59,6 @@ CONFIGS: dict[str, dict[str, str]] = {
     "gevent": {"GUNICORN_WORKER_CLASS": "gevent", "GUNICORN_THREADS": "64"},
 }
 FLUSH_MS = 200
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def say(message: str) -> None:
-    print(f"[bench] {message}", flush=True)
-
-
-def pct(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0-100), linear between closest ranks; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
-# Process-group accounting --------------------------------------------------------------------
-def _group_pids(pgid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid:  # fields[0] is the state; then ppid, pgrp
-            pids.append(int(entry))
-    return pids
-
-
-def _cpu_ticks(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def _rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _all_processes() -> dict[int, tuple[int, int, str]]:
-    """Every process: pid -> (ppid, utime + stime ticks, name)."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        out[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]), name)
-    return out
-
-
-def _ours(procs: dict[int, tuple[int, int, str]]) -> set[int]:
-    """This process, its descendants (the stack, embedded Valkey) and the embedded Postgres,
-    which pg_ctl detaches (any `postgres` process counts: an outside one would be ours too)."""
-    mine = {os.getpid()}
-    changed = True
-    while changed:
-        more = {pid for pid, (ppid, _, _) in procs.items() if ppid in mine} - mine
-        mine |= more
-        changed = bool(more)
-    return mine | {pid for pid, (_, _, name) in procs.items() if name == "postgres"}
-
-
-def other_cpu_seconds(
-    before: dict[int, tuple[int, int, str]], after: dict[int, tuple[int, int, str]], busy: int
-) -> float:
-    """Machine CPU used outside this bench during the run (other users of the machine), an
-    estimate: processes that started and ended between the two snapshots count as other."""
-    ours = _ours(before) | _ours(after)
-    used = sum(after[p][1] - before.get(p, (0, 0, ""))[1] for p in ours if p in after)
-    return round(max(0, busy - used) / TICK, 2)
-
-
-def _machine_ticks() -> tuple[int, int]:
-    parts = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = parts[3] + parts[4]
-    return sum(parts[:8]) - idle, sum(parts[:8])
-
-
-class GroupMeter:
-    """Samples a process group: peak summed VmRSS, CPU ticks used since `start()`."""
-
-    def __init__(self, pgid: int) -> None:
-        self.pgid = pgid
-        self.base: dict[int, int] = {}
-        self.last: dict[int, int] = {}
-        self.peak_rss_kb = 0
-        self.pids: set[int] = set()
-
-    def sample(self) -> None:
-        rss = 0
-        for pid in _group_pids(self.pgid):
-            ticks = _cpu_ticks(pid)
-            if ticks is None:
-                continue
-            self.pids.add(pid)
-            self.base.setdefault(pid, 0 if self.last else ticks)
-            self.last[pid] = ticks
-            rss += _rss_kb(pid)
-        self.peak_rss_kb = max(self.peak_rss_kb, rss)
-
-    def start(self) -> int:
-        self.sample()
-        self.base = dict(self.last)
-        self.peak_rss_kb = 0
-        self.sample()
-        return self.peak_rss_kb
-
-    def cpu_seconds(self) -> float:
-        return sum(self.cpu_by_pid().values())
-
-    def cpu_by_pid(self) -> dict[int, float]:
-        """CPU seconds per process since `start()`, busiest first (short-lived ones too)."""
-        used = {pid: (t - self.base.get(pid, 0)) / TICK for pid, t in self.last.items()}
-        return dict(sorted(used.items(), key=lambda kv: -kv[1]))
-
-
-class Sampler:
-    """Samples the meters every 0.25 s in a thread until stopped."""
-
-    def __init__(self, meters: dict[str, GroupMeter]) -> None:
-        self.meters = meters
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            for meter in self.meters.values():
-                meter.sample()
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        for meter in self.meters.values():
-            meter.sample()
-
-
-# The load -------------------------------------------------------------------------------------
-@dataclass
-class Job:
-    index: int
-    user_id: str
-    token: str
-    submitted: float = 0.0
-    status_code: int | None = None
-    job_id: str | None = None
-    events_url: str | None = None
-    followed: bool = False
-    final: dict[str, Any] | None = None
-    received: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
-    replay: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-
-def _terminal(event: str, data: dict[str, Any]) -> bool:
-    return event == "status" and data.get("status") in ("succeeded", "failed", "cancelled")
-
-
-async def _submit(
-    client: httpx.AsyncClient, job: Job, resume: str, gate: asyncio.Semaphore
-) -> None:
-    body = {"kind": "job_match", "input": {"resume_text": resume, "job_description": JD}}
-    async with gate:
-        job.submitted = time.time()
-        try:
-            response = await client.post("/api/jobs", json=body, headers=job.headers)
-        except httpx.HTTPError:
-            return
-    job.status_code = response.status_code
-    if response.status_code in (200, 202):
-        payload = response.json()
-        job.job_id = payload["job"]["id"]
-        job.events_url = payload["events_url"]
-
-
-async def _follow(client: httpx.AsyncClient, job: Job, deadline: float) -> None:
-    """Read the job's SSE stream live, reconnecting like EventSource; stamp each event."""
-    last_id: str | None = None
-    while time.time() < deadline:
-        headers = {"Last-Event-ID": last_id} if last_id else {}
-        try:
-            async with aconnect_sse(client, "GET", job.events_url or "", headers=headers) as src:
-                async for sse in src.aiter_sse():
-                    if not sse.data:
-                        continue
-                    data = json.loads(sse.data)
-                    job.received.append((time.time(), sse.event, data))
-                    last_id = sse.id or last_id
-                    if _terminal(sse.event, data):
-                        return
-        except httpx.HTTPError:
-            await asyncio.sleep(0.5)
-
-
-async def _get_job(client: httpx.AsyncClient, job: Job) -> dict[str, Any] | None:
-    try:
-        response = await client.get(f"/api/jobs/{job.job_id}", headers=job.headers)
-    except httpx.HTTPError:
-        return None
-    return response.json()["job"] if response.status_code == 200 else None
-
-
-async def _poll(client: httpx.AsyncClient, job: Job, deadline: float, every: float) -> None:
-    """Poll the job's status until it ends: from 3 `every` after submit, then every `every` s.
-    (Completion times come from the job's `finished_at`, so polling late loses nothing.)"""
-    await asyncio.sleep(max(0.0, job.submitted + 3 * every - time.time()))
-    while time.time() < deadline:
-        state = await _get_job(client, job)
-        if state and state["status"] in ("succeeded", "failed", "cancelled"):
-            return
-        await asyncio.sleep(every)
-
-
-async def _collect(client: httpx.AsyncClient, job: Job, gate: asyncio.Semaphore) -> None:
-    """After the run: the job's final state, and its whole stream as the worker stamped it."""
-    async with gate:
-        for _ in range(3):  # a busy machine may time a request out; that is not a job failure
-            job.final = await _get_job(client, job)
-            if job.final is not None:
-                break
-            await asyncio.sleep(1.0)
-        try:
-            async with aconnect_sse(client, "GET", job.events_url or "") as src:
-                async for sse in src.aiter_sse():
-                    if sse.data:
-                        data = json.loads(sse.data)
-                        job.replay.append((sse.event, data))
-                        if _terminal(sse.event, data):
-                            break
-        except httpx.HTTPError:
-            pass
-
-
-async def drive(
-    base: str, n: int, sample: int, slow_ms: int, timeout: float, poll_every: float = 1.0
-) -> list[Job]:
-    """Submit n jobs at once, follow `sample` streams live, poll the rest, then collect."""
-    jobs = []
-    for i in range(n):
-        user_id = str(uuid.uuid4())
-        jobs.append(Job(i, user_id, mint_access_token(user_id, DEV_JWT_SECRET)))
-    if sample:
-        for job in jobs[:: max(1, n // sample)][:sample]:
-            job.followed = True
-    resume = f"{RESUME} [[llm:slow={slow_ms}]]"
-    limits = httpx.Limits(max_connections=sample + 64, max_keepalive_connections=sample + 64)
-    timeout_cfg = httpx.Timeout(60.0, connect=10.0)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout_cfg) as client:
-        deadline = time.time() + timeout
-        gate = asyncio.Semaphore(16)  # the producer has 64 threads; 20 are held by streams
-
-        async def one(job: Job) -> None:
-            await _submit(client, job, resume, gate)
-            if job.job_id is None:
-                return
-            if job.followed:
-                await _follow(client, job, deadline)
-            else:
-                await _poll(client, job, deadline, poll_every)
-
-        await asyncio.gather(*(one(job) for job in jobs))
-        collect_gate = asyncio.Semaphore(16)
-        await asyncio.gather(*(_collect(client, j, collect_gate) for j in jobs if j.job_id))
-    return jobs
-
-
-# Figures --------------------------------------------------------------------------------------
-def _iso(value: str | None) -> float | None:
-    return datetime.fromisoformat(value).timestamp() if value else None
-
-
-def _delta_gaps(stamps: list[tuple[float, int]]) -> list[float]:
-    """Gaps between consecutive deltas of the same attempt; stamps are (time, attempt)."""
-    return [b[0] - a[0] for a, b in zip(stamps, stamps[1:], strict=False) if a[1] == b[1]]
-
-
-def _count(items: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for item in items:
-        out[str(item)] = out.get(str(item), 0) + 1
-    return out
-
-
-def figures(jobs: list[Job]) -> dict[str, Any]:
-    first, server_gaps, client_first, client_gaps, ends, starts = [], [], [], [], [], []
-    failed = retried = 0
-    for job in jobs:
-        final = job.final or {}
-        if final.get("status") != "succeeded":
-            failed += 1
-        if (final.get("attempts") or 0) > 1:
-            retried += 1
-        if (started := _iso(final.get("started_at"))) is not None:
-            starts.append(started - job.submitted)
-        if (finished := _iso(final.get("finished_at"))) is not None:
-            ends.append(finished - job.submitted)
-        deltas = [(d["ts"], d["attempt"]) for e, d in job.replay if e == "delta"]
-        if deltas:
-            first.append(deltas[0][0] - job.submitted)
-            server_gaps += _delta_gaps(deltas)
-        live = [(t, d["attempt"]) for t, e, d in job.received if e == "delta"]
-        if live:
-            client_first.append(live[0][0] - job.submitted)
-            client_gaps += _delta_gaps(live)
-
-    def dist(values: list[float], scale: float = 1.0) -> dict[str, float | None]:
-        out = {f"p{q}": pct(values, q) for q in (50, 99)}
-        out["max"] = max(values) if values else None
-        return {k: None if v is None else round(v * scale, 3) for k, v in out.items()}
-
-    return {
-        "submitted": len(jobs),
-        "accepted": sum(1 for j in jobs if j.job_id),
-        "submit_status": {
-            str(c): sum(1 for j in jobs if j.status_code == c)
-            for c in {j.status_code for j in jobs}
-        },
-        "failed": failed,
-        # Final status per job as GET /api/jobs/<id> reported it ("unknown": no answer),
-        # and the error codes of the jobs that did not succeed.
-        "outcomes": _count((j.final or {}).get("status", "unknown") for j in jobs),
-        "error_codes": _count(
-            ((j.final or {}).get("error") or {}).get("code", "none")
-            for j in jobs
-            if (j.final or {}).get("status") != "succeeded"
-        ),
-        "retried": retried,
-        "followed_streams": sum(1 for j in jobs if j.followed),
-        "first_delta_s": dist(first),
-        "start_s": dist(starts),
-        "finish_s": dist(ends),
-        "delta_gap_ms_worker": dist(server_gaps, 1000),
-        "first_delta_s_client_sample": dist(client_first),
-        "delta_gap_ms_client_sample": dist(client_gaps, 1000),
-    }
 
 
 # One run --------------------------------------------------------------------------------------
@@ -447,9 +85,9 @@ def wait_quiet(max_wait: float) -> float:
     began = time.monotonic()
     calm = 0
     while time.monotonic() - began < max_wait and calm < 2:
-        busy0, total0 = _machine_ticks()
+        busy0, total0 = machine_ticks()
         time.sleep(1.0)
-        busy1, total1 = _machine_ticks()
+        busy1, total1 = machine_ticks()
         calm = calm + 1 if (busy1 - busy0) < 0.15 * max(1, total1 - total0) else 0
     return round(time.monotonic() - began, 1)
 
@@ -487,8 +125,8 @@ def run_one(
         idle_rss = meters["worker"].start()
         for name in ("llm", "producer"):
             meters[name].start()
-        procs0 = _all_processes()
-        busy0, total0 = _machine_ticks()
+        procs0 = all_processes()
+        busy0, total0 = machine_ticks()
         client0 = resource.getrusage(resource.RUSAGE_SELF)
         began = time.monotonic()
         with Sampler(meters):
@@ -496,8 +134,8 @@ def run_one(
                 drive(stack.producer_url, n, args.sample, args.slow_ms, 240.0, poll_every=4.0)
             )
         wall = time.monotonic() - began
-        busy1, total1 = _machine_ticks()
-        procs1 = _all_processes()
+        busy1, total1 = machine_ticks()
+        procs1 = all_processes()
         client1 = resource.getrusage(resource.RUSAGE_SELF)
         worker = meters["worker"]
         master = stack.component("worker").proc.pid  # type: ignore[union-attr]
@@ -531,73 +169,6 @@ def run_one(
 
 def _rusage_cpu(usage: resource.struct_rusage) -> float:
     return usage.ru_utime + usage.ru_stime
-
-
-# gevent + psycopg probe -----------------------------------------------------------------------
-_PROBE = r"""
-import json, sys, time
-from gevent import monkey
-monkey.patch_all()
-import gevent
-import psycopg.waiting
-from lib.store.backends import PostgresBackend
-
-backend = PostgresBackend(sys.argv[1], max_size=4)
-backend.ping()
-gaps, last, stop = [0.0], [time.monotonic()], [False]
-
-def ticker():
-    while not stop[0]:
-        gevent.sleep(0.01)
-        now = time.monotonic()
-        gaps.append(now - last[0]); last[0] = now
-
-def query():
-    with backend._pool.connection() as conn:
-        conn.execute("select pg_sleep(0.5)")
-
-tick = gevent.spawn(ticker)
-gevent.sleep(0.05)
-began = time.monotonic()
-gevent.joinall([gevent.spawn(query) for _ in range(3)])
-wall = time.monotonic() - began
-stop[0] = True
-tick.join()
-print(json.dumps({"wait_func": psycopg.waiting.wait.__name__,
-                  "three_half_second_queries_wall_s": round(wall, 3),
-                  "max_hub_stall_ms": round(max(gaps) * 1000, 1)}))
-"""
-
-
-def probe_psycopg(database_url: str) -> dict[str, Any]:
-    """Under gevent.monkey, do psycopg queries yield to the hub? And with the C wait (what
-    psycopg picks when it is imported before patching)?"""
-    out = {}
-    for label, extra in (("default", {}), ("forced_wait_c", {"PSYCOPG_WAIT_FUNC": "wait_c"})):
-        env = {**os.environ, **extra, "PYTHONPATH": str(ROOT)}
-        done = subprocess.run(
-            [sys.executable, "-c", _PROBE, database_url],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        lines = done.stdout.strip().splitlines()
-        out[label] = json.loads(lines[-1]) if done.returncode == 0 and lines else done.stderr[-500:]
-    return out
-
-
-def _probe_with_db() -> dict[str, Any]:
-    from scripts.stack import embedded
-
-    if os.environ.get("DATABASE_URL"):
-        return probe_psycopg(os.environ["DATABASE_URL"])
-    server = embedded.start_postgres()
-    try:
-        return probe_psycopg(server.url)
-    finally:
-        server.stop()
 
 
 # Report ---------------------------------------------------------------------------------------
@@ -712,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     args.discarded = []
     report: dict[str, Any] = {"meta": _meta(args), "runs": [], "discarded_runs": args.discarded}
     say("probing psycopg under gevent")
-    report["psycopg_gevent_probe"] = _probe_with_db()
+    report["psycopg_gevent_probe"] = probe_with_db()
     say(json.dumps(report["psycopg_gevent_probe"]))
     with tempfile.TemporaryDirectory(prefix="cs-bench-") as tmp:
         plan = [(n, config) for n in counts for config in configs]
