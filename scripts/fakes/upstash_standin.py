@@ -31,13 +31,11 @@ Command arguments carry user data, so nothing here logs them.
 from __future__ import annotations
 
 import argparse
-import base64
 import hmac
 import json
 import logging
 import os
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -45,7 +43,6 @@ from urllib.parse import unquote
 import redis
 from flask import Flask, Response, current_app, request
 from redis._parsers import _RESP2Parser
-from redis.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -53,6 +50,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
 from scripts.fakes.upstash_faults import Command, Fault, FaultSwitch
+from scripts.fakes.upstash_wire import Arg, Reply, render, run, sse_events
 
 log = logging.getLogger("upstash_standin")
 
@@ -73,9 +71,6 @@ _REFUSED = frozenset(
     }
 )  # fmt: skip
 _BLOCK_OPTION_COMMANDS = frozenset({"XREAD", "XREADGROUP"})
-
-Arg = str | bytes
-Reply = Any  # what the RESP2 parser yields: bytes, int, None, ResponseError, or lists of those
 
 
 class _CommandError(Exception):
@@ -243,10 +238,10 @@ def _path_form(_: str) -> Response:
 
 
 def _one(command: tuple[Arg, ...]) -> Response:
-    reply = _run(_state().pool, [command])[0]
+    reply = run(_state().pool, [command])[0]
     if isinstance(reply, ResponseError):
         return _json({"error": str(reply)}, 400)
-    return _json({"result": _render(reply, _base64())})
+    return _json({"result": render(reply, _base64())})
 
 
 def _pipeline() -> Response:
@@ -255,7 +250,7 @@ def _pipeline() -> Response:
     except _CommandError as exc:
         return _json({"error": str(exc)}, 400)
     # A refused command fails alone; the others still run, in order, as in Upstash.
-    replies = iter(_run(_state().pool, [c for c in commands if not isinstance(c, _CommandError)]))
+    replies = iter(run(_state().pool, [c for c in commands if not isinstance(c, _CommandError)]))
     return _json([_entry(c if isinstance(c, _CommandError) else next(replies)) for c in commands])
 
 
@@ -269,7 +264,7 @@ def _multi_exec() -> Response:
         # One unsupported command discards the whole transaction, as documented.
         return _json({"error": str(exc)}, 400)
     commands = [c for c in parsed if not isinstance(c, _CommandError)]
-    replies = _run(_state().pool, [("MULTI",), *commands, ("EXEC",)])
+    replies = run(_state().pool, [("MULTI",), *commands, ("EXEC",)])
     queued, outcome = replies[1:-1], replies[-1]
     if isinstance(outcome, ResponseError):
         # Discarded by Redis (EXECABORT): report the queuing error that caused it.
@@ -374,54 +369,10 @@ def _path_args() -> list[Arg]:
     return args
 
 
-def _run(pool: redis.ConnectionPool, commands: Sequence[tuple[Arg, ...]]) -> list[Reply]:
-    """Send `commands` in one round trip on one connection; one reply (or error) per command."""
-    if not commands:
-        return []
-    conn = pool.get_connection()
-    try:
-        conn.send_packed_command(conn.pack_commands(commands))
-        replies: list[Reply] = []
-        for _ in commands:
-            try:
-                replies.append(conn.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
-        log.debug("ran %s", ",".join(_name(c) for c in commands))
-        return replies
-    except BaseException:
-        # The connection may hold unread replies; never hand it to the next request.
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
-
-
-def _name(command: tuple[Arg, ...]) -> str:
-    head = command[0]
-    return (head.decode(errors="replace") if isinstance(head, bytes) else head).upper()
-
-
 def _entry(reply: Reply | _CommandError) -> dict[str, Any]:
     if isinstance(reply, (ResponseError, _CommandError)):
         return {"error": str(reply)}
-    return {"result": _render(reply, _base64())}
-
-
-def _render(value: Reply, encode: bool) -> Any:
-    """JSON for a Redis reply; with `encode`, every string but the status "OK" is base64."""
-    if value is None or isinstance(value, int):
-        return value
-    if isinstance(value, list):
-        return [_render(v, encode) for v in value]
-    if isinstance(value, ResponseError):
-        # An error nested in an array (a Lua table or an EXEC slot) travels as its text.
-        value = str(value)
-    raw = value.encode() if isinstance(value, str) else bytes(value)
-    if not encode:
-        # Upstash replaces invalid UTF-8 with U+FFFD unless base64 was asked for.
-        return raw.decode("utf-8", errors="replace")
-    return "OK" if raw == b"OK" else base64.b64encode(raw).decode("ascii")
+    return {"result": render(reply, _base64())}
 
 
 def _stream(kind: str, path: str) -> Response:
@@ -440,47 +391,10 @@ def _stream(kind: str, path: str) -> Response:
         raise
     log.info("%s to %d channel(s)", kind, len(names))
     return Response(
-        _events(pubsub, state.keepalive_seconds),
+        sse_events(pubsub, state.keepalive_seconds),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-
-
-def _events(pubsub: PubSub, keepalive_seconds: float) -> Iterator[str]:
-    """Relay pub/sub messages as SSE until the client goes away.
-
-    The server closes this generator when a write to the client fails; the keep-alive comment
-    guarantees a write at least every `keepalive_seconds`, so an abandoned stream is noticed
-    and its Redis connection released instead of holding a thread forever.
-    """
-    try:
-        last_write = time.monotonic()
-        while True:
-            message = pubsub.get_message(timeout=min(1.0, keepalive_seconds))
-            now = time.monotonic()
-            if message is not None:
-                yield _frame(message)
-                last_write = now
-            elif now - last_write >= keepalive_seconds:
-                yield ": keep-alive\n\n"
-                last_write = now
-    finally:
-        pubsub.close()
-        log.info("subscription closed")
-
-
-def _frame(message: dict[str, Any]) -> str:
-    def text(value: Any) -> str:
-        return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
-
-    kind = text(message["type"])
-    fields = [kind]
-    if kind == "pmessage":
-        fields.append(text(message["pattern"]))
-    fields += [text(message["channel"]), text(message["data"])]
-    # A payload with line breaks becomes several data lines; SSE clients join them with "\n".
-    lines = ",".join(fields).splitlines() or [""]
-    return "".join(f"data: {line}\n" for line in lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
