@@ -204,7 +204,9 @@ def check_build_secrets_left_out(builder: str, image: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="check_image", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.deploycheck.image", description=__doc__.splitlines()[0]
+    )
     parser.add_argument(
         "--cache", type=Path, default=image_build.ROOT / ".cache/check-deploy/image"
     )
