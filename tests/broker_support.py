@@ -28,7 +28,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from lib.queue import receiver
 from lib.queue.plans import Plan
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
-from scripts.dev_broker import create_app
+from scripts.fakes.dev_broker import create_app
 
 SCALE = 0.001
 AUTH = {"Authorization": f"Bearer {DEV_TOKEN}"}

@@ -2,7 +2,7 @@
 
 Every test gets its own Redis key prefix, so tests never see each other's keys even on a shared
 server. With DATABASE_URL set, the suite creates (and drops) a database of its own on that server.
-`local_stack` starts the whole local stack (`scripts.devstack.Stack`) on those servers;
+`local_stack` starts the whole local stack (`scripts.stack.devstack.Stack`) on those servers;
 `e2e_stack` is the end-to-end suite's stack, once on each profile (`local`, `cloud`).
 """
 
@@ -20,10 +20,10 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from lib.store import migrate
-from scripts import embedded
+from scripts.stack import embedded
 
 if TYPE_CHECKING:
-    from scripts.devstack import Stack
+    from scripts.stack.devstack import Stack
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +73,7 @@ def upstash_url(redis_url: str) -> Iterator[str]:
     """An Upstash-REST stand-in that forwards to the real test Redis."""
     from support import serve_wsgi
 
-    from scripts.upstash_standin import create_app
+    from scripts.fakes.upstash_standin import create_app
 
     with serve_wsgi(create_app(redis_url, UPSTASH_TOKEN)) as url:
         yield url
@@ -84,7 +84,7 @@ def postgrest_url(database_url: str) -> Iterator[str]:
     """A PostgREST stand-in serving /rest/v1/rpc/<fn> from the real test Postgres."""
     from support import serve_wsgi
 
-    from scripts.postgrest_standin import create_app
+    from scripts.fakes.postgrest_standin import create_app
 
     with serve_wsgi(create_app(database_url, SERVICE_ROLE_KEY)) as url:
         yield url
@@ -131,7 +131,7 @@ def local_stack(
     on free ports, on the session's Redis and Postgres, with the key prefix `<name>-<random>:`
     and JSON logs in a temporary folder. `env` is set on top (the tests' own limits and speeds).
     """
-    from scripts.devstack import Ports, Stack
+    from scripts.stack.devstack import Ports, Stack
 
     @contextmanager
     def start(name: str, profile: str = "local", **env: str) -> Iterator[Stack]:
@@ -167,7 +167,7 @@ def e2e_stack(
     Upstash REST, supabase-py and vercel.json's rewritten paths; the worker under the session
     pooler's client cap), for each module that uses it. Tests may kill and restart its
     components; each test uses users of its own."""
-    from scripts.devstack import Ports, Stack
+    from scripts.stack.devstack import Ports, Stack
 
     ports = Ports.free()
     logs = tmp_path_factory.mktemp(f"{request.param}-stack-logs")

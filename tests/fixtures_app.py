@@ -36,7 +36,7 @@ JOB_DESCRIPTION = "Senior Python engineer for an AI platform: queues, workers, S
 @pytest.fixture(scope="session")
 def llm_url() -> Iterator[str]:
     """The offline LLM on loopback, fast enough that a normal job takes well under a second."""
-    from scripts.offline_llm import EXTENSION, create_app
+    from scripts.fakes.offline_llm import EXTENSION, create_app
 
     app = create_app(tokens_per_second=2000)
     with serve_wsgi(app) as url:
@@ -237,7 +237,7 @@ def make_worker(
 @pytest.fixture
 def dev_broker() -> Iterator[str]:
     """A fresh QStash-compatible dev broker; its deliveries go nowhere (no worker listens)."""
-    from scripts.dev_broker import create_app
+    from scripts.fakes.dev_broker import create_app
 
     app = create_app()
     try:

@@ -24,7 +24,7 @@ import pytest
 from e2e_support import RESUME, events, text_of_last_attempt
 from support import free_port, wait_for
 
-from scripts.devstack import Ports, Stack
+from scripts.stack.devstack import Ports, Stack
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright

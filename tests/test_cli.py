@@ -22,7 +22,7 @@ from lib.cli.stream import JobProgress
 from lib.config import DEV_JWT_SECRET
 from lib.handlers import registry
 from lib.queue.signing import DEV_TOKEN
-from scripts.devstack import Stack
+from scripts.stack.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from lib.handlers import registry
-from scripts.demo import KINDS
-from scripts.devstack import PROFILES
+from scripts.stack.demo import KINDS
+from scripts.stack.devstack import PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,15 @@ def test_make_demo_runs_one_job_of_each_kind_to_success_and_exits_0(
     }
     # What `make demo PROFILE=<profile>` runs, on free ports rather than :3000, :8080, ...
     done = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "scripts.devstack", "demo", "--profile", profile, "--free-ports"],
+        [
+            sys.executable,
+            "-m",
+            "scripts.stack.devstack",
+            "demo",
+            "--profile",
+            profile,
+            "--free-ports",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -1,6 +1,6 @@
 """The dev broker keeps QStash's account rules: callback retries and the plan's limits.
 
-Each rule is checked against what upstash/docs documents (cited in scripts/dev_broker.py and
+Each rule is checked against what upstash/docs documents (cited in scripts/fakes/dev_broker.py and
 lib/queue/plans.py), through the official qstash SDK, with tests/broker_support.py's harness.
 """
 

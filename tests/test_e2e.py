@@ -23,7 +23,7 @@ from e2e_support import (
 from support import wait_for
 
 from lib.handlers import registry
-from scripts.devstack import Stack
+from scripts.stack.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 

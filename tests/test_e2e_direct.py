@@ -11,7 +11,7 @@ import pytest
 from e2e_support import RESUME, User, follow, terminal_count
 from support import wait_for
 
-from scripts.devstack import PROFILES, Ports, Stack
+from scripts.stack.devstack import PROFILES, Ports, Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -36,7 +36,7 @@ from lib.models import (
 )
 from lib.service import Producer
 from lib.state import State
-from scripts.devstack import Stack
+from scripts.stack.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 

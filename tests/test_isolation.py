@@ -17,7 +17,7 @@ import pytest
 from e2e_support import RESUME, User, follow
 from support import wait_for
 
-from scripts.devstack import Stack
+from scripts.stack.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -26,7 +26,7 @@ from lib.errors import ConfigError
 from lib.logs import user_hash
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
 from lib.queue.wire import message_body
-from scripts.devstack import Ports, Stack
+from scripts.stack.devstack import Ports, Stack
 
 if TYPE_CHECKING:
     from fixtures_app import Created, WorkerEnv

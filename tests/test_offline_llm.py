@@ -30,7 +30,7 @@ from support import free_port, serve_wsgi, wait_for
 
 from lib.handlers import registry
 from lib.handlers.base import detect_language
-from scripts.offline_llm import EXTENSION, REFUSAL, create_app
+from scripts.fakes.offline_llm import EXTENSION, REFUSAL, create_app
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -378,7 +378,7 @@ def test_a_hang_ends_without_a_response_after_hang_seconds(serve: Callable[..., 
 def test_a_tokens_marker_lengthens_a_schema_answer_to_that_many_tokens(
     llm: Llm, tokens: int
 ) -> None:
-    from scripts.offline_llm import tokenize
+    from scripts.fakes.offline_llm import tokenize
 
     plain = llm.stream(messages=user("[[llm:slow=0]] hi"), response_format=schema_format(Tiny))
     longer = llm.stream(
@@ -506,7 +506,7 @@ def test_the_cli_serves_at_the_env_rate_and_never_logs_message_content(tmp_path:
     log_path = tmp_path / "llm.log"
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "scripts.offline_llm", "--port", str(port)],
+            [sys.executable, "-m", "scripts.fakes.offline_llm", "--port", str(port)],
             cwd=Path(__file__).resolve().parents[1],
             env=env,
             stderr=log_file,

@@ -27,8 +27,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from lib.handlers import registry
-from scripts.devstack import Stack
-from scripts.openapi_kinds import updated
+from scripts.gen.openapi_kinds import updated
+from scripts.stack.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -169,7 +169,9 @@ def test_every_status_the_spec_lists_is_documented_with_its_error_codes() -> Non
 
 
 def test_the_kinds_their_inputs_and_results_are_generated_from_the_handler_registry() -> None:
-    assert updated(DOC) == DOC, "api/_openapi.json is stale: run python -m scripts.openapi_kinds"
+    assert updated(DOC) == DOC, (
+        "api/_openapi.json is stale: run python -m scripts.gen.openapi_kinds"
+    )
     assert _lookup("#/components/schemas/Kind")["enum"] == sorted(registry())
     mapping = _lookup("#/components/schemas/SubmitRequest")["discriminator"]["mapping"]
     assert set(mapping) == set(registry())

@@ -1,6 +1,6 @@
 """Redis or the database unavailable, as production meets it, at the producer and the worker.
 
-Upstash is the project's REST stand-in with its fault switch (scripts/upstash_faults.py): the
+Upstash is the project's REST stand-in with its fault switch (scripts/fakes/upstash_faults.py): the
 daily-limit error, an edge 502 in HTML, a hang past the client's timeout. The producer must
 answer 503 `unavailable` having charged nothing and queued nothing; the worker must answer a
 retryable 503 without `Retry-After`, so that QStash spaces its retries by its own backoff
@@ -34,8 +34,8 @@ from lib.service import Producer
 from lib.state import scripts
 from lib.state.rest import RestBackend
 from lib.state.tcp import TcpBackend
-from scripts import upstash_standin
-from scripts.upstash_faults import FAULT_KINDS, Fault
+from scripts.fakes import upstash_standin
+from scripts.fakes.upstash_faults import FAULT_KINDS, Fault
 
 if TYPE_CHECKING:
     from fixtures_app import Created, Db, WorkerEnv
@@ -222,7 +222,7 @@ def test_the_dev_broker_spaces_a_workers_outage_answers_by_qstashs_scaled_backof
     from qstash import QStash
 
     from lib.queue.signing import DEV_TOKEN
-    from scripts.dev_broker import create_app as create_broker
+    from scripts.fakes.dev_broker import create_app as create_broker
 
     env, app = rest_worker
     job = env.create_job()

@@ -19,7 +19,7 @@ from httpx_sse import connect_sse
 from support import wait_for
 
 from lib.handlers import registry
-from scripts.devstack import Stack
+from scripts.stack.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -2,7 +2,7 @@
 
 The producer talks to Upstash REST (through the stand-in, on the real test Redis), to Supabase's
 PostgREST (through the stand-in, on the real test Postgres) and to QStash (the dev broker). Each
-of the three servers records the requests it answers (scripts/pacing.py), so a test can count
+of the three servers records the requests it answers (scripts/fakes/pacing.py), so a test can count
 what one submit cost and check that the requests ran one after another: each is a round trip a
 user in production waits for. Counted, never timed (the timing is in the bench).
 """
@@ -24,7 +24,7 @@ from lib.errors import RateLimitError, UnavailableError
 from lib.queue.producer import QStashPublisher
 from lib.queue.signing import DEV_TOKEN
 from lib.service import Producer
-from scripts.pacing import PACING, Paced, Seen
+from scripts.fakes.pacing import PACING, Paced, Seen
 
 BODY = {
     "kind": "job_match",
@@ -50,7 +50,7 @@ class Servers:
 
 @pytest.fixture(scope="module")
 def servers(redis_url: str, database_url: str) -> Iterator[Servers]:
-    from scripts import dev_broker, postgrest_standin, upstash_standin
+    from scripts.fakes import dev_broker, postgrest_standin, upstash_standin
 
     upstash = upstash_standin.create_app(redis_url, UPSTASH_TOKEN)
     postgrest = postgrest_standin.create_app(database_url, SERVICE_ROLE_KEY)
