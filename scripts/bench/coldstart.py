@@ -9,7 +9,8 @@
    services are the production adapters: Upstash REST (`upstash-redis`, through
    scripts/fakes/upstash_standin.py) and supabase-py (through
    scripts/fakes/postgrest_standin.py) on real Redis and Postgres, and the QStash SDK publishing
-   to the dev broker. The interpreter and the packages are Vercel's: Python 3.12 when pyenv has it, in a virtualenv holding exactly
+   to the dev broker. The interpreter and the packages are Vercel's: Python 3.12 when pyenv has
+   it, in a virtualenv holding exactly
    `requirements.txt` (`.venv-vercel`, built once), and our sources' bytecode is compiled ahead,
    as Vercel's builder does (`precompile`). The time runs from the spawn to the moment the child
    has the whole answer (its interpreter's exit is not counted). Medians over several runs,
