@@ -23,8 +23,8 @@ from lib.handlers import registry
 from lib.handlers.base import detect_language
 from lib.models import MAX_JOB_DESCRIPTION_CHARS, MAX_RESUME_CHARS
 from lib.queue.producer import QStashPublisher
-from lib.queue.wire import message_body
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
+from lib.queue.wire import message_body
 from lib.service import Producer, Submitted
 
 if TYPE_CHECKING:

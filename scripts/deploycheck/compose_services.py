@@ -31,7 +31,7 @@ if set(local) != want:
 published = [p for s in local.values() for p, _ in host_ports(s)]
 if len(published) != len(set(published)):
     problems.append(f"local host ports clash: {sorted(published)}")
-expect = {"producer": (3000, 3000), "local-worker": (8080, 8080), "qstash": (8081, 8080)}
+expect = {"producer": (3000, 3000), "qstash": (8081, 8080)}
 for name, pair in expect.items():
     if pair not in host_ports(local.get(name, {})):
         problems.append(f"{name} must publish host {pair[0]} -> {pair[1]}")
@@ -46,9 +46,18 @@ if local.get("qstash", {}).get("command") != ["qstash", "dev"]:
     problems.append("qstash must run `qstash dev`")
 if local.get("redis-http", {}).get("environment", {}).get("SRH_MODE") != "env":
     problems.append("redis-http must have SRH_MODE=env")
-env = local.get("local-worker", {}).get("environment", {})
-if env.get("WORKER_URL") != "http://local-worker:8080" or not env.get("UPSTASH_REDIS_REST_URL"):
-    problems.append("local-worker: WORKER_URL http://local-worker:8080, Redis over REST")
+worker = local.get("local-worker", {})
+env = worker.get("environment", {})
+# The public dev keys of `qstash dev` are accepted on loopback only: the worker shares QStash's
+# network namespace, binds 127.0.0.1 and QStash delivers there.
+if worker.get("network_mode") != "service:qstash" or worker.get("ports"):
+    problems.append("local-worker: network_mode service:qstash, no published port")
+if (
+    env.get("HOST") != "127.0.0.1"
+    or env.get("WORKER_URL") != f"http://127.0.0.1:{env.get('PORT')}"
+    or not env.get("UPSTASH_REDIS_REST_URL")
+):
+    problems.append("local-worker: HOST 127.0.0.1, WORKER_URL on its PORT, Redis over REST")
 
 if set(prod) != {"worker", "caddy"}:
     problems.append(f"prod services are {sorted(prod)}, want worker and caddy")

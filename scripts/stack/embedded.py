@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,11 @@ class Embedded:
 
     url: str
     stop: Callable[[], None]
+    # What a supervisor's watchdog does if the supervisor dies before stop() (stack/devstack.py):
+    # send `kill_signal` to `pid`, then remove `scratch` (a data directory this module created).
+    pid: int = 0
+    kill_signal: int = signal.SIGKILL
+    scratch: Path | None = None
 
 
 def _runtime_dir() -> None:
@@ -37,7 +43,8 @@ def start_redis(data_dir: Path | None = None) -> Embedded:
 
     server = ValkeyServer(data_dir=data_dir, persist=False, config={"save": "", "appendonly": "no"})
     server.start()
-    return Embedded(url=f"redis://127.0.0.1:{server.port}/0", stop=server.stop)
+    pid = int(server.client().info("server")["process_id"])
+    return Embedded(url=f"redis://127.0.0.1:{server.port}/0", stop=server.stop, pid=pid)
 
 
 def start_postgres(data_dir: Path | None = None) -> Embedded:
@@ -55,4 +62,13 @@ def start_postgres(data_dir: Path | None = None) -> Embedded:
         if owned:
             shutil.rmtree(pgdata, ignore_errors=True)
 
-    return Embedded(url=server.get_uri(), stop=stop)
+    # postmaster.pid's first line is the postmaster's pid; SIGQUIT is its immediate shutdown,
+    # which also ends every backend (PostgreSQL docs, "Shutting Down the Server").
+    pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    return Embedded(
+        url=server.get_uri(),
+        stop=stop,
+        pid=pid,
+        kill_signal=signal.SIGQUIT,
+        scratch=pgdata if owned else None,
+    )
