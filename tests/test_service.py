@@ -384,7 +384,7 @@ def test_a_user_at_their_concurrency_limit_is_refused_and_the_free_job_is_given_
     assert (caught.value.status, caught.value.code) == (429, "user_concurrency")
     assert db.free_used(user) == 1
     assert [j["id"] for j in db.jobs_of(user)] == [first.job.id]
-    assert env.state.live_for_user(user, "free") == 1
+    assert live_for_user(env.state, user, "free") == 1
     assert env.published() == 1
 
 

@@ -47,9 +47,10 @@ _REDIS_VERDICT = re.compile(
 def _check_answer(response: httpx.Response) -> None:
     """httpx response hook: only a JSON answer below 500 is the database's own (the REST API
     answers `application/json`, restapi.mdx "RESP2 Format Responses")."""
+    if "/subscribe/" in response.request.url.path:
+        return  # an SSE subscription: `_subscribe` checks its answer itself
     content_type = response.headers.get("content-type", "")
-    own = content_type.startswith(("application/json", "text/event-stream"))  # /subscribe: SSE
-    if response.status_code >= 500 or not own:
+    if response.status_code >= 500 or not content_type.startswith("application/json"):
         raise _EdgeError(f"redis answered {response.status_code} ({content_type or 'no type'})")
 
 
