@@ -4,21 +4,38 @@ Every test gets its own Redis key prefix, so tests never see each other's keys e
 server. With DATABASE_URL set, the suite creates (and drops) a database of its own on that server.
 `local_stack` starts the whole local stack (`scripts.devstack.Stack`) on those servers;
 `e2e_stack` is the end-to-end suite's stack, once on each profile (`local`, `cloud`).
+
+This is the suite's one home for fixtures: the in-process worker (`make_worker`, `db`, the offline
+LLM) and the dev broker harness (`make_broker`, `dest`) are here too. Plain helpers (no fixtures)
+are in `tests/helpers/`.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+from flask import Flask
+from helpers.broker import SCALE, Destination, RunningBroker
+from helpers.net import free_port, serve_wsgi
+from helpers.worker import Db, WorkerEnv
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from qstash import QStash
+from werkzeug.exceptions import NotFound
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
+from lib import config, state, store
+from lib.config import DEV_JWT_SECRET
+from lib.queue.plans import Plan
+from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
 from lib.store import migrate
 from scripts import embedded
 
@@ -71,8 +88,6 @@ def redis_prefix() -> str:
 @pytest.fixture(scope="session")
 def upstash_url(redis_url: str) -> Iterator[str]:
     """An Upstash-REST stand-in that forwards to the real test Redis."""
-    from support import serve_wsgi
-
     from scripts.upstash_standin import create_app
 
     with serve_wsgi(create_app(redis_url, UPSTASH_TOKEN)) as url:
@@ -82,8 +97,6 @@ def upstash_url(redis_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def postgrest_url(database_url: str) -> Iterator[str]:
     """A PostgREST stand-in serving /rest/v1/rpc/<fn> from the real test Postgres."""
-    from support import serve_wsgi
-
     from scripts.postgrest_standin import create_app
 
     with serve_wsgi(create_app(database_url, SERVICE_ROLE_KEY)) as url:
@@ -196,6 +209,166 @@ def e2e_stack(
         ports=ports, profile=request.param, overrides=overrides, log_dir=Path(logs), quiet=True
     ) as running:
         yield running
+
+
+# The worker, in-process --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def llm_url() -> Iterator[str]:
+    """The offline LLM on loopback, fast enough that a normal job takes well under a second."""
+    from scripts.offline_llm import EXTENSION, create_app
+
+    app = create_app(tokens_per_second=2000)
+    with serve_wsgi(app) as url:
+        yield url
+    app.extensions[EXTENSION].stop.set()
+
+
+@pytest.fixture
+def base_settings(
+    redis_url: str, database_url: str, redis_prefix: str, llm_url: str
+) -> dict[str, Any]:
+    """Settings overrides shared by the worker and the producer in one test."""
+    return {
+        # Said explicitly: production is the default, and it refuses the public dev keys below.
+        "app_env": "development",
+        "redis_url": redis_url,
+        "database_url": database_url,
+        "redis_prefix": redis_prefix,
+        # Nothing listens here: the dev broker's deliveries fail and the worker is driven
+        # through Flask's test client, which signs for this same URL.
+        "worker_url": f"http://127.0.0.1:{free_port()}",
+        "qstash_current_signing_key": DEV_CURRENT_SIGNING_KEY,
+        "qstash_next_signing_key": DEV_NEXT_SIGNING_KEY,
+        "qstash_token": DEV_TOKEN,
+        "openai_base_url": f"{llm_url}/v1",
+        "openai_api_key": "x",
+        "llm_model_free": "openai:offline",
+        "llm_model_paid": "openai:offline",
+        "lease_ttl_seconds": 2,
+        "supabase_jwt_secret": DEV_JWT_SECRET,
+        "sweep_interval_seconds": 0,
+        "log_format": "text",
+    }
+
+
+@pytest.fixture
+def db(database_url: str) -> Db:
+    return Db(database_url)
+
+
+@pytest.fixture
+def make_worker(
+    base_settings: dict[str, Any],
+) -> Iterator[Callable[..., WorkerEnv]]:
+    """Build a worker (settings overrides as keyword arguments); torn down after the test."""
+    from lib.executor import Executor
+    from lib.llm import LLM
+    from lib.metrics import Metrics
+    from worker.app import create_app
+
+    built: list[WorkerEnv] = []
+    # create_app configures the root logger for the process; give pytest's logging back after.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+
+    def build(**overrides: Any) -> WorkerEnv:
+        merged = {**base_settings, **overrides}
+        settings = config.load("worker", **merged)
+        st = state.from_settings(settings)
+        sto = store.from_settings(settings, pool_size=8)
+        executor = Executor(settings, sto, st, LLM(settings), Metrics())
+        app = create_app({"executor": executor, **merged})
+        env = WorkerEnv(settings, sto, st, executor, app, merged)
+        built.append(env)
+        return env
+
+    yield build
+    for env in built:
+        env.executor.close()
+        env.store.close()
+        env.state.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def dev_broker() -> Iterator[str]:
+    """A fresh QStash-compatible dev broker; its deliveries go nowhere (no worker listens)."""
+    from scripts.dev_broker import create_app
+
+    app = create_app()
+    try:
+        with serve_wsgi(app) as url:
+            yield url
+    finally:
+        app.broker.stop()  # type: ignore[attr-defined]
+
+
+# The dev broker harness ------------------------------------------------------------------------
+
+
+_mount_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def mounts() -> Iterator[tuple[str, DispatcherMiddleware]]:
+    """One loopback server for the module; each test mounts its own apps under a fresh prefix.
+
+    Starting and shutting down a server per test costs half a second each; a fresh prefix also
+    keeps a stopped broker's last in-flight request from reaching the next test's destination.
+    """
+    dispatcher = DispatcherMiddleware(NotFound(), {})
+    with serve_wsgi(dispatcher) as url:
+        yield url, dispatcher
+
+
+def _mount(mounts: tuple[str, DispatcherMiddleware], app: Any) -> tuple[str, str]:
+    url, dispatcher = mounts
+    prefix = f"/m{next(_mount_ids)}"
+    dispatcher.mounts[prefix] = app
+    return url + prefix, prefix
+
+
+@pytest.fixture
+def make_broker(
+    mounts: tuple[str, DispatcherMiddleware],
+) -> Iterator[Callable[..., RunningBroker]]:
+    """Start a broker on the given QStash plan (a name or a Plan); stopped after the test."""
+    started: list[tuple[Flask, str]] = []
+
+    def start(limits: str | Plan = "payg") -> RunningBroker:
+        from scripts.dev_broker import create_app
+
+        app = create_app(time_scale=SCALE, limits=limits)
+        url, prefix = _mount(mounts, app)
+        started.append((app, prefix))
+        return RunningBroker(url, app, QStash(DEV_TOKEN, base_url=url))
+
+    yield start
+    for app, prefix in started:
+        app.broker.stop()  # type: ignore[attr-defined]
+        del mounts[1].mounts[prefix]
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., RunningBroker]) -> RunningBroker:
+    """A broker on the default plan (pay-as-you-go)."""
+    return make_broker()
+
+
+@pytest.fixture
+def dest(mounts: tuple[str, DispatcherMiddleware]) -> Iterator[Destination]:
+    destination = Destination()
+    destination.url, prefix = _mount(mounts, destination.app)
+    try:
+        yield destination
+    finally:
+        destination.release.set()
+        del mounts[1].mounts[prefix]
+    unsigned = [(d.path, d.signature_errors) for d in destination.deliveries if d.signature_errors]
+    assert not unsigned, f"deliveries whose signature did not verify: {unsigned}"
 
 
 UPSTASH_TOKEN = "upstash-test-token"  # noqa: S105

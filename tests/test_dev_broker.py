@@ -18,21 +18,19 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
+from helpers.broker import AUTH, SCALE
+from helpers.net import free_port, wait_for
 from qstash import QStash
 from qstash.errors import QStashError
-from support import free_port, wait_for
 
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
 from scripts.dev_broker import create_app
 from scripts.dev_broker_model import RuleError, evaluate_retry_delay, parse_duration
 
 if TYPE_CHECKING:
-    from broker_support import Destination, RunningBroker
+    from helpers.broker import Destination, RunningBroker
 
-pytest_plugins = ("broker_support",)
 
-SCALE = 0.001  # the harness's time scale (tests/broker_support.py)
-AUTH = {"Authorization": f"Bearer {DEV_TOKEN}"}
 ROOT = Path(__file__).resolve().parent.parent
 
 

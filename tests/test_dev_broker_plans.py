@@ -12,18 +12,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 import requests
+from helpers.broker import AUTH
+from helpers.net import wait_for
 from qstash.errors import QStashError
-from support import wait_for
 
 from lib.queue.plans import Plan
-from lib.queue.signing import DEV_TOKEN
 
 if TYPE_CHECKING:
-    from broker_support import Destination, RunningBroker
+    from helpers.broker import Destination, RunningBroker
 
-pytest_plugins = ("broker_support",)
-
-AUTH = {"Authorization": f"Bearer {DEV_TOKEN}"}
 
 ALWAYS_DOWN = [(500, {}, "down")] * 10
 

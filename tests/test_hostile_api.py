@@ -19,8 +19,8 @@ import httpx
 import jwt
 import psycopg
 import pytest
-from e2e_support import JD, RESUME, User, follow
-from support import wait_for
+from helpers.net import wait_for
+from helpers.stack import JD, RESUME, User, follow
 
 import api
 from lib import config

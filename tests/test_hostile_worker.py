@@ -19,16 +19,15 @@ from urllib.parse import urlsplit
 
 import jwt
 import pytest
-from support import free_port, serve_wsgi
+from helpers.net import free_port, serve_wsgi
 
 from lib.queue.producer import message_body
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, SIGNATURE_TTL_SECONDS, sign
 from worker.app import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
-    from fixtures_app import Created, Db, WorkerEnv
+    from helpers.worker import Created, Db, WorkerEnv
 
-pytest_plugins = ("fixtures_app",)
 
 ANSWER_TIMEOUT = 10.0
 HUGE = 300 * 1024 * 1024

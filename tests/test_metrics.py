@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from helpers.net import free_port, wait_for
+from helpers.worker import deliver
 from prometheus_client.parser import text_string_to_metric_families
-from support import free_port, wait_for
 from werkzeug.test import TestResponse
 
 from lib.errors import RateLimitError
@@ -20,24 +21,10 @@ from lib.queue.producer import message_body
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
 
 if TYPE_CHECKING:
-    from fixtures_app import Created, WorkerEnv
+    from helpers.worker import WorkerEnv
 
-pytest_plugins = ("fixtures_app",)
 
 MODEL = "openai:offline"
-
-
-def deliver(env: WorkerEnv, job: Created, *, retried: int = 0, retries: int = 3) -> TestResponse:
-    raw = message_body(job.job_id, job.user_id, job.tier, retries)
-    return env.app.test_client().post(
-        "/v1/execute",
-        data=raw,
-        headers={
-            "Content-Type": "application/json",
-            "Upstash-Retried": str(retried),
-            "Upstash-Signature": sign(DEV_CURRENT_SIGNING_KEY, env.settings.execute_url, raw),
-        },
-    )
 
 
 class Scrape:
@@ -319,7 +306,7 @@ def test_both_redis_adapters_read_the_refusal_counts_alike(
 
 def _scoped_worker(base_settings: dict[str, Any], **overrides: Any) -> WorkerEnv:
     """A worker on the real servers except where `overrides` point at a closed port."""
-    from fixtures_app import WorkerEnv
+    from helpers.worker import WorkerEnv
 
     from lib import config, state, store
     from lib.executor import Executor

@@ -24,8 +24,8 @@ from typing import Any, Literal
 import openai
 import pytest
 from flask import Flask
+from helpers.net import free_port, serve_wsgi, wait_for
 from pydantic import BaseModel, Field, HttpUrl
-from support import free_port, serve_wsgi, wait_for
 
 from scripts.offline_llm import EXTENSION, REFUSAL, create_app
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from support import free_port
+from helpers.net import free_port
 
 from lib import config, state, store
 from lib.auth import from_settings as verifier_from_settings
@@ -34,9 +34,8 @@ from lib.queue.signing import DEV_TOKEN
 from lib.service import Producer
 
 if TYPE_CHECKING:
-    from fixtures_app import Db
+    from helpers.worker import Db
 
-pytest_plugins = ("fixtures_app",)
 
 RESUME = "Jordan Lee, backend engineer. Python, Flask, PostgreSQL, Redis, Docker, AWS."
 JD = "Senior Python engineer for an AI platform: queues, workers, SSE, Postgres, Redis."

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 import redis
-from support import wait_for
+from helpers.net import wait_for
 
 from lib.errors import RateLimitError
 from lib.events import JobEvents, StreamClosed, emit_terminal

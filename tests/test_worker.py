@@ -8,7 +8,6 @@ psycopg and the job's Redis stream, not just the HTTP answer.
 from __future__ import annotations
 
 import base64
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -16,71 +15,17 @@ from typing import TYPE_CHECKING
 
 import jwt
 import pytest
-from support import free_port, wait_for
+from helpers.net import free_port, wait_for
+from helpers.worker import body_of, deliver, failure_callback, statuses
 from werkzeug.test import TestResponse
 
-from lib.queue.producer import message_body
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, body_hash, sign
 
 if TYPE_CHECKING:
-    from fixtures_app import Created, Db, Event, WorkerEnv
+    from helpers.worker import Created, Db, WorkerEnv
 
-pytest_plugins = ("fixtures_app",)
 
 OTHER_KEY = "sig_0000000000000000000000000000"
-
-
-def statuses(events: list[Event]) -> list[tuple[str, int]]:
-    return [(e.data["status"], e.data["attempt"]) for e in events if e.type == "status"]
-
-
-def body_of(job: Created, retries: int = 3) -> bytes:
-    return message_body(job.job_id, job.user_id, job.tier, retries)
-
-
-def deliver(
-    env: WorkerEnv,
-    job: Created,
-    *,
-    retried: int = 0,
-    retries: int = 3,
-    signature: str | None = "sign",
-    body: bytes | None = None,
-) -> TestResponse:
-    """POST one QStash delivery of `job` to /v1/execute, signed with the current key."""
-    raw = body if body is not None else body_of(job, retries)
-    headers = {
-        "Content-Type": "application/json",
-        "Upstash-Retried": str(retried),
-        "Upstash-Message-Id": f"msg_{job.job_id}",
-    }
-    if signature == "sign":
-        signature = sign(DEV_CURRENT_SIGNING_KEY, env.settings.execute_url, raw)
-    if signature is not None:
-        headers["Upstash-Signature"] = signature
-    return env.app.test_client().post("/v1/execute", data=raw, headers=headers)
-
-
-def failure_callback(env: WorkerEnv, job: Created) -> TestResponse:
-    """POST QStash's failure callback for `job`, shaped and signed as QStash sends it."""
-    raw = json.dumps(
-        {
-            "status": 500,
-            "retried": 3,
-            "maxRetries": 3,
-            "sourceMessageId": f"msg_{job.job_id}",
-            "url": env.settings.execute_url,
-            "sourceBody": base64.b64encode(body_of(job)).decode(),
-        }
-    ).encode()
-    return env.app.test_client().post(
-        "/v1/failed",
-        data=raw,
-        headers={
-            "Content-Type": "application/json",
-            "Upstash-Signature": sign(DEV_CURRENT_SIGNING_KEY, env.settings.failed_url, raw),
-        },
-    )
 
 
 def assert_untouched(env: WorkerEnv, db: Db, job: Created) -> None:
