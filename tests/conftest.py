@@ -262,7 +262,8 @@ def db(database_url: str) -> Db:
 def make_worker(
     base_settings: dict[str, Any],
 ) -> Iterator[Callable[..., WorkerEnv]]:
-    """Build a worker (settings overrides as keyword arguments); torn down after the test."""
+    """Build a worker (settings overrides as keyword arguments; `pool_size` and `store_timeout`
+    size its store's pool); torn down after the test."""
     from lib.executor import Executor
     from lib.llm import LLM
     from lib.metrics import Metrics
@@ -273,11 +274,11 @@ def make_worker(
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
 
-    def build(**overrides: Any) -> WorkerEnv:
+    def build(*, pool_size: int = 8, store_timeout: float = 5.0, **overrides: Any) -> WorkerEnv:
         merged = {**base_settings, **overrides}
         settings = config.load("worker", **merged)
         st = state.from_settings(settings)
-        sto = store.from_settings(settings, pool_size=8)
+        sto = store.from_settings(settings, pool_size=pool_size, timeout=store_timeout)
         executor = Executor(settings, sto, st, LLM(settings), Metrics())
         app = create_app({"executor": executor, **merged})
         env = WorkerEnv(settings, sto, st, executor, app, merged)
@@ -291,6 +292,12 @@ def make_worker(
         env.state.close()
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture
+def env(make_worker: Callable[..., WorkerEnv]) -> WorkerEnv:
+    """A worker on the default test settings (test_service.py's `env` is a producer instead)."""
+    return make_worker()
 
 
 @pytest.fixture

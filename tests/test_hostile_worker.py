@@ -34,11 +34,6 @@ HUGE = 300 * 1024 * 1024
 
 
 @pytest.fixture
-def env(make_worker: Callable[..., WorkerEnv]) -> WorkerEnv:
-    return make_worker()
-
-
-@pytest.fixture
 def worker_address(env: WorkerEnv) -> Iterator[tuple[str, int]]:
     with serve_wsgi(env.app) as url:
         parts = urlsplit(url)

@@ -5,6 +5,7 @@ Counters are process-wide, so each test compares a scrape after the job with one
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -49,11 +50,6 @@ def scrape(env: WorkerEnv) -> Scrape:
     response = env.app.test_client().get("/metrics")
     assert response.status_code == 200
     return Scrape(response.get_data(as_text=True))
-
-
-@pytest.fixture
-def env(make_worker: Callable[..., WorkerEnv]) -> WorkerEnv:
-    return make_worker()
 
 
 # Jobs and attempts ----------------------------------------------------------------------------
@@ -304,44 +300,11 @@ def test_both_redis_adapters_read_the_refusal_counts_alike(
 # Redis and database errors --------------------------------------------------------------------
 
 
-def _scoped_worker(base_settings: dict[str, Any], **overrides: Any) -> WorkerEnv:
-    """A worker on the real servers except where `overrides` point at a closed port."""
-    from helpers.worker import WorkerEnv
-
-    from lib import config, state, store
-    from lib.executor import Executor
-    from lib.llm import LLM
-    from lib.metrics import Metrics
-    from worker.app import create_app
-
-    merged = {**base_settings, **overrides}
-    settings = config.load("worker", **merged)
-    st = state.from_settings(settings)
-    sto = store.from_settings(settings, pool_size=2, timeout=1.0)
-    executor = Executor(settings, sto, st, LLM(settings), Metrics())
-    return WorkerEnv(settings, sto, st, executor, create_app({"executor": executor, **merged}), {})
-
-
 @pytest.fixture
-def scoped_worker(base_settings: dict[str, Any]) -> Any:
-    import logging
-
-    built: list[WorkerEnv] = []
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-
-    def build(**overrides: Any) -> WorkerEnv:
-        env = _scoped_worker(base_settings, **overrides)
-        built.append(env)
-        return env
-
-    yield build
-    for env in built:
-        env.executor.close()
-        env.store.close()
-        env.state.close()
-    root.handlers[:] = handlers
-    root.setLevel(level)
+def scoped_worker(make_worker: Callable[..., WorkerEnv]) -> Callable[..., WorkerEnv]:
+    """A worker on the real servers except where overrides point at a closed port: a small store
+    pool that gives up after a second."""
+    return functools.partial(make_worker, pool_size=2, store_timeout=1.0)
 
 
 def test_a_database_that_cannot_be_reached_is_counted_as_db_errors(

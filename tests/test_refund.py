@@ -66,11 +66,6 @@ def in_background(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]
     return runner, answers
 
 
-@pytest.fixture
-def env(make_worker: Callable[..., WorkerEnv]) -> WorkerEnv:
-    return make_worker()
-
-
 # Invalid model output: one repair attempt ------------------------------------------------------
 
 

@@ -37,11 +37,6 @@ def assert_untouched(env: WorkerEnv, db: Db, job: Created) -> None:
     assert db.ledger(job.job_id) == [("debit", -job.cost)]
 
 
-@pytest.fixture
-def env(make_worker: Callable[..., WorkerEnv]) -> WorkerEnv:
-    return make_worker()
-
-
 # Delivery -------------------------------------------------------------------------------------
 
 
