@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers.stack import JD, RESUME, Event
 from werkzeug.test import TestResponse
 
+from helpers.stack import JD, RESUME, Event
 from lib.config import Settings
 from lib.queue.producer import message_body
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
@@ -199,6 +199,16 @@ def failure_callback(
             "Upstash-Signature": sign(DEV_CURRENT_SIGNING_KEY, env.settings.failed_url, raw),
         },
     )
+
+
+def assert_untouched(env: WorkerEnv, db: Db, job: Created) -> None:
+    """Assert that a refused delivery left `job` exactly as admitted: queued, charged, no events."""
+    row = db.job(job.job_id)
+    assert (row["status"], row["attempts"], row["started_at"]) == ("queued", 0, None)
+    assert env.stream(job.job_id) == []
+    assert env.state.live(job.tier) == 1
+    assert env.state.done(job.job_id) is None
+    assert db.ledger(job.job_id) == [("debit", -job.cost)]
 
 
 def _client(env: WorkerEnv, app: Flask | None) -> FlaskClient:
