@@ -9,6 +9,7 @@ fixture fails the test if any signature did not verify.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import threading
@@ -145,3 +146,8 @@ class RunningBroker:
         resp = requests.get(f"{self.url}/v2/messages/{message_id}", headers=AUTH, timeout=5)
         resp.raise_for_status()
         return str(resp.json()["state"])
+
+
+def b64decode(text: str) -> bytes:
+    """A base64 field of a callback or DLQ payload, decoded."""
+    return base64.b64decode(text)
