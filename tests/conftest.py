@@ -25,6 +25,7 @@ import psycopg
 import pytest
 from flask import Flask
 from helpers.broker import SCALE, Destination, RunningBroker
+from helpers.events import Clock
 from helpers.net import free_port, serve_wsgi
 from helpers.worker import Db, WorkerEnv
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -32,7 +33,9 @@ from qstash import QStash
 from werkzeug.exceptions import NotFound
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from lib import config, state, store
+import lib.state
+import lib.store
+from lib import config
 from lib.config import DEV_JWT_SECRET
 from lib.queue.plans import Plan
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
@@ -211,6 +214,29 @@ def e2e_stack(
         yield running
 
 
+# lib/events.py's tests ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def state(redis_url: str, redis_prefix: str) -> Iterator[lib.state.State]:
+    """A `State` on the test Redis over TCP (test_state.py's `state` runs on both adapters)."""
+    from lib.state.tcp import TcpBackend
+
+    backend = TcpBackend(redis_url)
+    yield lib.state.State(backend, prefix=redis_prefix)
+    backend.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def job_id() -> str:
+    return str(uuid.uuid4())
+
+
 # The worker, in-process --------------------------------------------------------------------------
 
 
@@ -277,8 +303,8 @@ def make_worker(
     def build(*, pool_size: int = 8, store_timeout: float = 5.0, **overrides: Any) -> WorkerEnv:
         merged = {**base_settings, **overrides}
         settings = config.load("worker", **merged)
-        st = state.from_settings(settings)
-        sto = store.from_settings(settings, pool_size=pool_size, timeout=store_timeout)
+        st = lib.state.from_settings(settings)
+        sto = lib.store.from_settings(settings, pool_size=pool_size, timeout=store_timeout)
         executor = Executor(settings, sto, st, LLM(settings), Metrics())
         app = create_app({"executor": executor, **merged})
         env = WorkerEnv(settings, sto, st, executor, app, merged)
