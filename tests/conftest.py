@@ -27,6 +27,7 @@ from flask import Flask
 from helpers.broker import SCALE, Destination, RunningBroker
 from helpers.events import Clock
 from helpers.net import free_port, serve_wsgi
+from helpers.producer import ProducerEnv
 from helpers.worker import Db, WorkerEnv
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from qstash import QStash
@@ -324,6 +325,35 @@ def make_worker(
 def env(make_worker: Callable[..., WorkerEnv]) -> WorkerEnv:
     """A worker on the default test settings (test_service.py's `env` is a producer instead)."""
     return make_worker()
+
+
+@pytest.fixture
+def make_producer(
+    base_settings: dict[str, Any], dev_broker: str
+) -> Iterator[Callable[..., ProducerEnv]]:
+    """Build a producer on the real services; settings overrides as keyword arguments."""
+    from lib.auth import from_settings as verifier_from_settings
+    from lib.queue.producer import QStashPublisher
+    from lib.service import Producer
+
+    built: list[Producer] = []
+
+    def build(**overrides: Any) -> ProducerEnv:
+        settings = config.load("api", **{**base_settings, "qstash_url": dev_broker, **overrides})
+        producer = Producer(
+            settings,
+            lib.store.from_settings(settings, pool_size=4),
+            lib.state.from_settings(settings),
+            QStashPublisher(settings, timeout=3.0),
+            verifier_from_settings(settings),
+        )
+        built.append(producer)
+        return ProducerEnv(settings, producer, dev_broker)
+
+    yield build
+    for producer in built:
+        producer.store.close()
+        producer.state.close()
 
 
 @pytest.fixture
