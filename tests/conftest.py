@@ -12,21 +12,21 @@ are in `tests/helpers/`.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 from flask import Flask
-from helpers.broker import SCALE, Destination, RunningBroker
+from helpers.broker import SCALE, Destination, RunningBroker, mount
 from helpers.events import Clock
-from helpers.net import free_port, serve_wsgi
+from helpers.net import SERVICE_ROLE_KEY, UPSTASH_TOKEN, free_port, serve_wsgi
+from helpers.offline_llm import Llm
 from helpers.producer import ProducerEnv
 from helpers.worker import Db, WorkerEnv
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -238,6 +238,34 @@ def job_id() -> str:
     return str(uuid.uuid4())
 
 
+# The offline LLM's own tests --------------------------------------------------------------------
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Llm]]:
+    """Start offline LLM apps of this test's own; they all stop when it ends."""
+    from scripts.offline_llm import create_app
+
+    with ExitStack() as stack:
+
+        def start(tokens_per_second: float = 2000.0, hang_seconds: float = 10.0) -> Llm:
+            app = create_app(tokens_per_second=tokens_per_second, hang_seconds=hang_seconds)
+            return Llm(app, stack.enter_context(serve_wsgi(app)))
+
+        yield start
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[Llm]:
+    """One fast offline LLM app shared by a module's tests that need no state of their own
+    (test_llm.py's `llm` is the product's client instead)."""
+    from scripts.offline_llm import create_app
+
+    app = create_app(tokens_per_second=2000.0, hang_seconds=10.0)
+    with serve_wsgi(app) as url:
+        yield Llm(app, url)
+
+
 # The worker, in-process --------------------------------------------------------------------------
 
 
@@ -372,9 +400,6 @@ def dev_broker() -> Iterator[str]:
 # The dev broker harness ------------------------------------------------------------------------
 
 
-_mount_ids = itertools.count()
-
-
 @pytest.fixture(scope="module")
 def mounts() -> Iterator[tuple[str, DispatcherMiddleware]]:
     """One loopback server for the module; each test mounts its own apps under a fresh prefix.
@@ -385,13 +410,6 @@ def mounts() -> Iterator[tuple[str, DispatcherMiddleware]]:
     dispatcher = DispatcherMiddleware(NotFound(), {})
     with serve_wsgi(dispatcher) as url:
         yield url, dispatcher
-
-
-def _mount(mounts: tuple[str, DispatcherMiddleware], app: Any) -> tuple[str, str]:
-    url, dispatcher = mounts
-    prefix = f"/m{next(_mount_ids)}"
-    dispatcher.mounts[prefix] = app
-    return url + prefix, prefix
 
 
 @pytest.fixture
@@ -405,7 +423,7 @@ def make_broker(
         from scripts.dev_broker import create_app
 
         app = create_app(time_scale=SCALE, limits=limits)
-        url, prefix = _mount(mounts, app)
+        url, prefix = mount(mounts, app)
         started.append((app, prefix))
         return RunningBroker(url, app, QStash(DEV_TOKEN, base_url=url))
 
@@ -424,7 +442,7 @@ def broker(make_broker: Callable[..., RunningBroker]) -> RunningBroker:
 @pytest.fixture
 def dest(mounts: tuple[str, DispatcherMiddleware]) -> Iterator[Destination]:
     destination = Destination()
-    destination.url, prefix = _mount(mounts, destination.app)
+    destination.url, prefix = mount(mounts, destination.app)
     try:
         yield destination
     finally:
@@ -432,11 +450,3 @@ def dest(mounts: tuple[str, DispatcherMiddleware]) -> Iterator[Destination]:
         del mounts[1].mounts[prefix]
     unsigned = [(d.path, d.signature_errors) for d in destination.deliveries if d.signature_errors]
     assert not unsigned, f"deliveries whose signature did not verify: {unsigned}"
-
-
-UPSTASH_TOKEN = "upstash-test-token"  # noqa: S105
-# The Supabase CLI's local service-role key shape: a JWT signed with the dev secret.
-SERVICE_ROLE_KEY = (
-    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIiwiaXNzIjoic3VwYWJhc2UtZ"
-    "GVtbyIsImV4cCI6MTk4MzgxMjk5Nn0.VkcJ801Bd30muD6WhyO-U6YR4hiCG96YZmkBFWN3QqI"
-)

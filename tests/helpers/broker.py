@@ -10,6 +10,7 @@ fixture fails the test if any signature did not verify.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import socket
 import threading
@@ -20,6 +21,7 @@ from typing import Any
 import requests
 from flask import Flask, Response, request
 from qstash import QStash, Receiver
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from lib.queue import receiver
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
@@ -151,3 +153,15 @@ class RunningBroker:
 def b64decode(text: str) -> bytes:
     """A base64 field of a callback or DLQ payload, decoded."""
     return base64.b64decode(text)
+
+
+_mount_ids = itertools.count()
+
+
+def mount(mounts: tuple[str, DispatcherMiddleware], app: Any) -> tuple[str, str]:
+    """Mount `app` on the module's shared server (conftest.py `mounts`) under a fresh prefix;
+    returns its base URL and the prefix."""
+    url, dispatcher = mounts
+    prefix = f"/m{next(_mount_ids)}"
+    dispatcher.mounts[prefix] = app
+    return url + prefix, prefix

@@ -46,3 +46,12 @@ def wait_for(
         time.sleep(interval)
         last = condition()
     return last
+
+
+# The stand-ins' credentials in the tests.
+UPSTASH_TOKEN = "upstash-test-token"  # noqa: S105
+# The Supabase CLI's local service-role key shape: a JWT signed with the dev secret.
+SERVICE_ROLE_KEY = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIiwiaXNzIjoic3VwYWJhc2UtZ"
+    "GVtbyIsImV4cCI6MTk4MzgxMjk5Nn0.VkcJ801Bd30muD6WhyO-U6YR4hiCG96YZmkBFWN3QqI"
+)
