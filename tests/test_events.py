@@ -11,7 +11,8 @@ import json
 import time
 
 import pytest
-from helpers.events import Clock, events_of, writer
+from helpers.events import events_of, writer
+from helpers.net import Clock
 
 from lib.events import (
     StreamClosed,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from helpers.events import Clock, events_of
+from helpers.events import events_of
+from helpers.net import Clock
 
 from lib.events import (
     Delivery,
