@@ -24,10 +24,10 @@ import psycopg
 import pytest
 from flask import Flask
 from helpers.broker import SCALE, Destination, RunningBroker, mount
-from helpers.net import SERVICE_ROLE_KEY, UPSTASH_TOKEN, Clock, free_port, serve_wsgi
+from helpers.events import Clock
+from helpers.net import SERVICE_ROLE_KEY, UPSTASH_TOKEN, free_port, serve_wsgi
 from helpers.offline_llm import Llm
 from helpers.producer import ProducerEnv
-from helpers.stack import User
 from helpers.worker import Db, WorkerEnv
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from qstash import QStash
@@ -173,7 +173,7 @@ def local_stack(
     return start
 
 
-@pytest.fixture(scope="session", params=["local", "cloud"])
+@pytest.fixture(scope="module", params=["local", "cloud"])
 def e2e_stack(
     request: pytest.FixtureRequest,
     redis_url: str,
@@ -182,9 +182,8 @@ def e2e_stack(
 ) -> Iterator[Stack]:
     """The end-to-end suite's stack, once per profile: `local`, and `cloud` (the producer on
     Upstash REST, supabase-py and vercel.json's rewritten paths; the worker under the session
-    pooler's client cap), shared by the modules that use it (pytest runs all of one profile's
-    tests, then stops that stack). Tests may kill and restart its components; each test uses
-    users of its own."""
+    pooler's client cap), for each module that uses it. Tests may kill and restart its
+    components; each test uses users of its own."""
     from scripts.devstack import Ports, Stack
 
     ports = Ports.free()
@@ -214,12 +213,6 @@ def e2e_stack(
         ports=ports, profile=request.param, overrides=overrides, log_dir=Path(logs), quiet=True
     ) as running:
         yield running
-
-
-@pytest.fixture
-def user(stack: Stack) -> User:
-    """A new user of the module's `stack` (each module that uses it says which stack)."""
-    return User(stack.producer_url)
 
 
 # lib/events.py's tests ---------------------------------------------------------------------------

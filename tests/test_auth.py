@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask, jsonify
-from helpers.net import Clock, serve_wsgi
+from helpers.net import serve_wsgi
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from lib.auth import ACCESS_AUDIENCE, Identity, Verifier, mint_access_token
@@ -177,13 +177,26 @@ def signed(key: Any, kid: str, alg: str, **extra: Any) -> tuple[str, str]:
     return jwt.encode(body, key, algorithm=alg, headers={"kid": kid}), body["sub"]
 
 
+class FakeMonotonic:
+    """A clock for PyJWT's JWKS cache: starts at 1000 s and moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-def jwks_clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+def jwks_clock(monkeypatch: pytest.MonkeyPatch) -> FakeMonotonic:
     import jwt.api_jwk
     import jwt.jwk_set_cache
     import jwt.jwks_client
 
-    clock = Clock(now=1000.0)
+    clock = FakeMonotonic()
     fake_time = SimpleNamespace(monotonic=clock, time=time.time)
     for module in (jwt.jwks_client, jwt.jwk_set_cache, jwt.api_jwk):
         monkeypatch.setattr(module, "time", fake_time)
@@ -253,7 +266,7 @@ def test_an_hs256_token_keyed_with_the_rsa_public_pem_is_refused(jwks: Jwks, rsa
 
 
 def test_a_key_rotated_into_the_jwks_is_accepted_after_pyjwts_refresh_cooldown(
-    jwks: Jwks, jwks_clock: Clock
+    jwks: Jwks, jwks_clock: FakeMonotonic
 ) -> None:
     # PyJWKClient refetches the JWKS for an unknown kid, but (PyJWT 2.15) at most once per
     # `cooldown_duration` (30 s by default) after the last fetch; until then the kid is unknown.
@@ -276,7 +289,7 @@ def test_a_key_rotated_into_the_jwks_is_accepted_after_pyjwts_refresh_cooldown(
 
 
 def test_a_key_removed_from_the_jwks_is_refused_once_the_cache_expires(
-    jwks: Jwks, jwks_clock: Clock
+    jwks: Jwks, jwks_clock: FakeMonotonic
 ) -> None:
     revoked, current = ec_key(), ec_key()
     jwks.keys = [public_jwk(revoked, "revoked", "ES256")]

@@ -11,8 +11,7 @@ import json
 import time
 
 import pytest
-from helpers.events import events_of, writer
-from helpers.net import Clock
+from helpers.events import Clock, events_of, writer
 
 from lib.events import (
     StreamClosed,

@@ -9,8 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from helpers.events import events_of
-from helpers.net import Clock
+from helpers.events import Clock, events_of
 
 from lib.events import (
     Delivery,

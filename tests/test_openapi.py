@@ -120,6 +120,11 @@ def stack(local_stack: Callable[..., AbstractContextManager[Stack]]) -> Iterator
         yield running
 
 
+@pytest.fixture
+def user(stack: Stack) -> User:
+    return User(stack.producer_url)
+
+
 def stream_events(stack: Stack, events_url: str) -> list[Any]:
     """The whole stream, each event checked against the document's schema for its type."""
     stream = follow(stack.producer_url, events_url)

@@ -1,12 +1,24 @@
-"""lib/events.py's test helpers: a job's stream as (type, data), and a writer on a given clock."""
+"""lib/events.py's test helpers: a settable clock, a job's stream as (type, data), a writer."""
 
 from __future__ import annotations
 
 import json
 
-from helpers.net import Clock
 from lib.events import JobEvents
 from lib.state import State
+
+
+class Clock:
+    """A monotonic clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def events_of(state: State, job_id: str) -> list[tuple[str, dict[str, object]]]:

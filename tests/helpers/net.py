@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: loopback servers, waiting on a condition, a settable clock."""
+"""Helpers shared by the tests: real servers on loopback, and waiting on conditions."""
 
 from __future__ import annotations
 
@@ -46,19 +46,6 @@ def wait_for(
         time.sleep(interval)
         last = condition()
     return last
-
-
-class Clock:
-    """A monotonic clock that moves only when the test says so."""
-
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # The stand-ins' credentials in the tests.

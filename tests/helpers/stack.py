@@ -136,9 +136,3 @@ def text_of_last_attempt(stream: list[Event]) -> str:
         elif event.type == "delta" and event.data["attempt"] == attempt:
             text += event.data["text"]
     return text
-
-
-def submitted(response: httpx.Response) -> dict[str, object]:
-    """The body of a submit that was accepted (202)."""
-    assert response.status_code == 202, response.text
-    return response.json()  # type: ignore[no-any-return]
