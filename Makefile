@@ -29,10 +29,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m scripts.devstack demo --profile $(PROFILE)
+	$(PY) -m scripts.stack.devstack demo --profile $(PROFILE)
 
 dev: $(STAMP)
-	$(PY) -m scripts.devstack dev --profile $(PROFILE)
+	$(PY) -m scripts.stack.devstack dev --profile $(PROFILE)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -7,7 +7,9 @@ services are built once per process (a warm Vercel instance reuses them).
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -42,22 +44,90 @@ SECURITY_HEADERS = {
 }
 
 
+class _OnFirstUse:
+    """A service of the producer, built on its first use, once per process."""
+
+    def __init__(self, build: Callable[[Any], Any]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        with self._lock:
+            # Stored on the instance, which then shadows this (non-data) descriptor.
+            if self._name not in obj.__dict__:
+                obj.__dict__[self._name] = self._build(obj.settings)
+        return obj.__dict__[self._name]
+
+
+def _store(settings: Any) -> Any:
+    from lib import store
+
+    # A short wait: when the database is down, a submit answers 503 fast.
+    return store.from_settings(settings, pool_size=4, timeout=2.0)
+
+
+def _state(settings: Any) -> Any:
+    from lib import state
+
+    return state.from_settings(settings)
+
+
+def _publisher(settings: Any) -> Any:
+    from lib.queue import producer as queue
+
+    return queue.from_settings(settings)
+
+
+def _verifier(settings: Any) -> Any:
+    from lib import auth
+
+    return auth.from_settings(settings)
+
+
 @cache
 def producer() -> Producer:
-    """The process-wide producer services, built on first use."""
-    from lib import auth, state, store
-    from lib.queue import producer as queue
+    """The process-wide producer. Each service (store, Redis state, publisher, verifier) is
+    built, and its SDK imported, on first use: `/api/me` never loads the QStash or Redis
+    clients, and `/api/health` loads none of them."""
     from lib.service import Producer
 
-    settings = config.settings("api")
-    return Producer(
-        settings,
-        # A short wait: when the database is down, a submit answers 503 fast.
-        store.from_settings(settings, pool_size=4, timeout=2.0),
-        state.from_settings(settings),
-        queue.from_settings(settings),
-        auth.from_settings(settings),
-    )
+    class LazyProducer(Producer):
+        store = _OnFirstUse(_store)
+        state = _OnFirstUse(_state)
+        publisher = _OnFirstUse(_publisher)
+        verifier = _OnFirstUse(_verifier)
+
+        def __init__(self, settings: config.Settings) -> None:  # the services come lazily
+            self.settings = settings
+
+    return LazyProducer(config.settings("api"))
+
+
+def warm(*services: str) -> None:
+    """Start building these services of the producer in a background thread, if they are not
+    built yet. A cold start's request then overlaps their imports and CA loads with its own
+    work and first round trip, which wait on the network; the request waits for a service
+    still being built when it reaches it (its first use takes the same lock), and a build that
+    failed here is tried again, and raises, there."""
+    service = producer()
+    missing = [name for name in services if name not in vars(service)]
+    if not missing:
+        return
+
+    def build() -> None:
+        for name in missing:
+            try:
+                getattr(service, name)
+            except Exception:  # noqa: S110 - the request's own first use raises it
+                pass
+
+    threading.Thread(target=build, name="warm-services", daemon=True).start()
 
 
 def error_response(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Response, request, stream_with_context
 
-from api._common import bearer, create_app, producer
+from api._common import bearer, create_app, producer, warm
 from lib.errors import AuthError, NotFoundError
 from lib.service import validate_cursor, validate_job_id
 
@@ -26,6 +26,7 @@ def rewritten() -> Response:
 @app.get("/api/jobs/<job_id>/events")
 def events(job_id: str) -> Response:
     job_id = validate_job_id(job_id)
+    warm("state")  # while the token is checked and the job read
     service = producer()
     token = request.args.get("token")
     if token:

@@ -17,6 +17,7 @@ from api._common import (
     holds_credit,
     json_body,
     producer,
+    warm,
 )
 from lib.errors import InputError, QuotaError
 from lib.models import MAX_IDEMPOTENCY_KEY_CHARS
@@ -31,6 +32,7 @@ def submit() -> tuple[Response, int]:
         if request.args.get("action") != "cancel":
             raise MethodNotAllowed(valid_methods=["GET", "HEAD", "OPTIONS"])
         return cancel(job_id)
+    warm("state", "publisher")  # while the token is checked and the job charged
     who = current_identity()
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS):

@@ -7,9 +7,8 @@ list rather than one variable at a time. This module is the only place that read
 
 from __future__ import annotations
 
-import ipaddress
 import os
-from functools import cache
+from functools import cache, cached_property
 from typing import Annotated, Literal
 
 from dotenv import dotenv_values
@@ -17,8 +16,9 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from lib.errors import ConfigError
+from lib.models import Tier
 from lib.queue import plans
-from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
+from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY
 
 Role = Literal["api", "worker", "any"]
 
@@ -254,167 +254,25 @@ class Settings(BaseSettings):
 
     def cost(self, kind: str, default: int) -> int:
         """The coin cost of `kind`: `COST_<KIND>` when set, else the handler's default."""
-        raw = _extra_env().get(f"COST_{kind.upper()}")
+        raw = self.cost_overrides.get(f"COST_{kind.upper()}")
         return int(raw) if raw is not None else default
+
+    @cached_property
+    def cost_overrides(self) -> dict[str, str]:
+        """The `COST_<KIND>` settings, read once (environment over `.env`)."""
+        return {k: v for k, v in extra_env().items() if k.startswith("COST_")}
 
     def model_for(self, tier: str, kind: str) -> str:
         """The "provider:model" spec for a tier and kind."""
         override = self.llm_model_overrides.get(f"{tier}.{kind}")
         if override:
             return override
-        return self.llm_model_paid if tier == "paid" else self.llm_model_free
+        return self.llm_model_paid if tier == Tier.PAID else self.llm_model_free
 
     def provider(self, name: str) -> tuple[str, str]:
         """Return (base_url, api_key) for an OpenAI-compatible provider name."""
         base = getattr(self, f"{name}_base_url", "") or PROVIDER_DEFAULT_BASE_URLS.get(name, "")
         return base, getattr(self, f"{name}_api_key", "")
-
-
-def _extra_env() -> dict[str, str]:
-    values = {k.upper(): v for k, v in dotenv_values(".env").items() if v is not None}
-    values.update({k.upper(): v for k, v in os.environ.items()})
-    return values
-
-
-def _cost_problems() -> list[str]:
-    problems = []
-    for name, value in _extra_env().items():
-        if name.startswith("COST_"):
-            try:
-                ok = int(value) >= 0
-            except ValueError:
-                ok = False
-            if not ok:
-                problems.append(f"{name}: must be a whole number of coins >= 0, not {value!r}")
-    return problems
-
-
-def _shared_problems(s: Settings) -> list[str]:
-    problems = []
-    if not s.redis_url and not (s.upstash_redis_rest_url and s.upstash_redis_rest_token):
-        problems.append("set REDIS_URL, or UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN")
-    if s.uses_postgres and not s.database_url:
-        problems.append("STORE_BACKEND=postgres needs DATABASE_URL")
-    if not s.uses_postgres and not (s.supabase_url and s.supabase_service_role_key):
-        problems.append("set DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
-    if not s.worker_url.startswith(("http://", "https://")):
-        problems.append("WORKER_URL must be the worker's public http(s) base URL")
-    return problems
-
-
-def plan_problems(s: Settings) -> list[str]:
-    """The settings that QSTASH_PLAN cannot honour: retries, response time, parallelism."""
-    return plans.problems(
-        s.qstash_plan,
-        job_retries=s.job_retries,
-        job_timeout_seconds=s.job_timeout_seconds,
-        concurrency={
-            "LLM_MAX_CONCURRENCY_FREE": s.llm_max_concurrency_free,
-            "LLM_MAX_CONCURRENCY_PAID": s.llm_max_concurrency_paid,
-        },
-    )
-
-
-def _api_problems(s: Settings) -> list[str]:
-    problems = []
-    if not s.supabase_jwt_secret and not s.jwks_url:
-        problems.append("set SUPABASE_JWT_SECRET or SUPABASE_URL (for JWKS) to verify tokens")
-    if s.app_env != "development":
-        if len(s.stream_token_secret) < 32:
-            problems.append(
-                f"STREAM_TOKEN_SECRET must be set (>= 32 chars) with APP_ENV={s.app_env}"
-            )
-        elif s.stream_token_secret == s.supabase_jwt_secret:
-            problems.append("STREAM_TOKEN_SECRET must differ from SUPABASE_JWT_SECRET")
-    elif len(s.stream_secret) < 32:
-        problems.append("STREAM_TOKEN_SECRET (or SUPABASE_JWT_SECRET) must be >= 32 chars")
-    if s.qstash_mode == "broker" and not s.qstash_token:
-        problems.append("QSTASH_TOKEN is required when QSTASH_MODE=broker")
-    if s.qstash_mode == "direct" and not s.qstash_current_signing_key:
-        problems.append("QSTASH_MODE=direct signs deliveries: set QSTASH_CURRENT_SIGNING_KEY")
-    if s.qstash_mode == "direct" and s.is_production:
-        problems.append("QSTASH_MODE=direct is for development only")
-    if s.is_production and s.sse_read_mode == "poll":
-        problems.append("SSE_READ_MODE=poll is the benchmark baseline; not for production")
-    return problems
-
-
-def _worker_problems(s: Settings) -> list[str]:
-    problems = []
-    if s.uses_postgres and s.db_max_connections < s.web_concurrency:
-        problems.append(
-            f"DB_MAX_CONNECTIONS={s.db_max_connections} gives each of the WEB_CONCURRENCY="
-            f"{s.web_concurrency} worker processes less than one connection"
-        )
-    if not s.signing_keys:
-        problems.append("set QSTASH_CURRENT_SIGNING_KEY and QSTASH_NEXT_SIGNING_KEY")
-    for item in [s.llm_model_free, s.llm_model_paid, *s.llm_model_overrides.values()]:
-        provider, sep, model = item.partition(":")
-        if not sep or not model:
-            problems.append(f"model spec {item!r} must look like 'provider:model'")
-        elif provider not in PROVIDER_DEFAULT_BASE_URLS:
-            problems.append(
-                f"unknown provider {provider!r} in {item!r}; use one of "
-                f"{', '.join(sorted(PROVIDER_DEFAULT_BASE_URLS))}"
-            )
-    return problems
-
-
-def public_dev_values(s: Settings, role: Role) -> list[str]:
-    """The settings of `role` that hold a public dev secret or key (`.env.example`'s values)."""
-    found = []
-    if role == "api":
-        if s.supabase_jwt_secret == DEV_JWT_SECRET:
-            found.append("SUPABASE_JWT_SECRET")
-        if s.stream_token_secret == DEV_JWT_SECRET:
-            found.append("STREAM_TOKEN_SECRET")
-        if s.qstash_token == DEV_TOKEN:
-            found.append("QSTASH_TOKEN")
-    if role == "worker" or (role == "api" and s.qstash_mode == "direct"):
-        if s.qstash_current_signing_key in DEV_SIGNING_KEYS:
-            found.append("QSTASH_CURRENT_SIGNING_KEY")
-        if s.qstash_next_signing_key in DEV_SIGNING_KEYS:
-            found.append("QSTASH_NEXT_SIGNING_KEY")
-    return found
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` (a name or an address, IPv6 with or without brackets) is loopback only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _dev_value_problems(s: Settings, role: Role) -> list[str]:
-    """The public dev values are accepted only by an explicit development process on loopback,
-    never on Vercel: anyone can sign tokens and deliveries with them."""
-    names = public_dev_values(s, role)
-    if not names:
-        return []
-    which = ", ".join(names) + (
-        " is a public dev value" if len(names) == 1 else " are public dev values"
-    )
-    if s.on_vercel:
-        return [f"{which}, refused on Vercel (VERCEL is set)"]
-    if s.app_env != "development":
-        return [f"{which}, accepted only with APP_ENV=development (APP_ENV is {s.app_env})"]
-    if not is_loopback(s.bind_host):
-        return [f"{which}, accepted only on loopback (HOST is {s.bind_host})"]
-    return []
-
-
-def _problems(s: Settings, role: Role) -> list[str]:
-    problems = _cost_problems()
-    if role != "any":
-        problems += _shared_problems(s) + plan_problems(s) + _dev_value_problems(s, role)
-    if role == "api":
-        problems += _api_problems(s)
-    if role == "worker":
-        problems += _worker_problems(s)
-    return sorted(set(problems))
 
 
 def load(role: Role = "any", **overrides: object) -> Settings:
@@ -444,10 +302,20 @@ def load(role: Role = "any", **overrides: object) -> Settings:
             settings = Settings(**{**overrides, **defaults})  # type: ignore[arg-type]
         except (ValidationError, SettingsError):
             raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines)) from None
-    problems = lines + _problems(settings, role)
+    from lib.config_checks import problems as role_problems
+
+    problems = lines + role_problems(settings, role)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return settings
+
+
+def extra_env() -> dict[str, str]:
+    """Every variable of the environment and `.env` (the environment wins), names upper-cased:
+    for the settings a field cannot name (`COST_<KIND>`)."""
+    values = {k.upper(): v for k, v in dotenv_values(".env").items() if v is not None}
+    values.update({k.upper(): v for k, v in os.environ.items()})
+    return values
 
 
 @cache

@@ -34,10 +34,6 @@ class AppError(Exception):
         self.details = details
         self.retry_after = retry_after
 
-    def body(self) -> dict[str, Any]:
-        """The SPEC's error body: `{"error": {"code", "message", "details"}}`."""
-        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
-
 
 class ConfigError(AppError):
     """The configuration is invalid; the message lists every problem found."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lib.errors import AppError
-from lib.models import EventType, StreamStatus
+from lib.models import TERMINAL, EventType, Job, StreamStatus
 from lib.state import State
 
 log = logging.getLogger("cs.events")
@@ -39,7 +39,7 @@ def is_terminal(event_type: str, payload: str) -> bool:
     if event_type != EventType.STATUS:
         return False
     status = json.loads(payload).get("status")
-    return status in ("succeeded", "failed", "cancelled")
+    return status in TERMINAL
 
 
 @dataclass
@@ -275,6 +275,20 @@ def emit_terminal(
         )
     events.append((EventType.STATUS, data(job_id, status=status, attempt=attempt)))
     return state.emit(job_id, events, terminal=status)
+
+
+def close_stream(state: State, job: Job) -> str | None:
+    """Close a terminal `job`'s stream with its final events from the job's row, once
+    (`emit_terminal`): the worker, a cancel, the failure callback and a read that heals all
+    use it. Raises AppError when Redis is down."""
+    return emit_terminal(
+        state,
+        job.id,
+        job.status,
+        result=job.result,
+        error=job.error.model_dump() if job.error else None,
+        attempt=job.attempts,
+    )
 
 
 class HeldStream(Iterator[str]):

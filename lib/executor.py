@@ -1,157 +1,53 @@
 """Run one delivery of one job: lease, attempt, result, events, release.
 
-The executor does not depend on HTTP: `execute()` takes the delivery's fields and returns an
-`Outcome` (status, headers, body) that the worker's Flask view serialises. Every effect is made
-once by the SQL functions and the Lua scripts, so a duplicate delivery, sequential or concurrent,
-never runs a handler twice at the same time and never overwrites a terminal job.
+The executor does not depend on HTTP: `execute()` takes the delivery's fields and returns a
+`lib.verdict.Verdict` (done, retry after, give up, busy) that the worker maps to the broker's
+answer (`lib.queue.wire.answer`). Every effect is made once by the SQL functions and the Lua
+scripts, so a duplicate delivery, sequential or concurrent, never runs a handler twice at the
+same time and never overwrites a terminal job.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from lib import handlers, logs, tracing
 from lib.config import Settings
 from lib.errors import AppError, PermanentError, RetryableError
-from lib.events import Delivery, JobEvents, StreamClosed, emit_terminal
-from lib.handlers.base import Context, Handler
+from lib.events import Delivery, JobEvents, StreamClosed, close_stream
+from lib.handlers.base import Context, Handler, repair_problem
+from lib.leases import Lease, Leases
+from lib.llm_types import LLM
 from lib.models import ErrorCode, Job, JobStatus
-from lib.state import State
-from lib.store import Store
+from lib.slots import ModelSlots
+from lib.state import Acquire, State
+from lib.store import Attempt, Delivered, Store
+from lib.verdict import Busy, Done, GiveUp, RetryAfter, Verdict
+
+if TYPE_CHECKING:
+    from lib.metrics import Metrics
 
 log = logging.getLogger("cs.executor")
 
-NON_RETRYABLE = {"Upstash-NonRetryable-Error": "true"}
 LEASE_LOST = "lease_lost"
-
-
-@dataclass
-class Outcome:
-    """What the worker answers the broker."""
-
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class _Lease:
-    job_id: str
-    tier: str
-    user_id: str
-    token: str
-    lost: bool = False
-    done: str | None = None
-    started: float = field(default_factory=time.monotonic)
-    # When the last ACQUIRE/RENEW that succeeded was sent: Redis keeps the lease at least
-    # LEASE_TTL_SECONDS after that, so the attempt may write until shortly before then.
-    renewed: float = field(default_factory=time.monotonic)
-    # When the admission deadlines were last pushed forward (ACQUIRE does it first).
-    admitted: float = field(default_factory=time.monotonic)
-    # The transport of a live SSE reader ("tcp", "rest"), or None: the flush policy reads it.
-    watch: str | None = None
-    # The attempt's event writer, so a retry writes what it holds (lib.events.JobEvents).
-    events: Any = None
-    # Output delivered by earlier attempts of this delivery (a repair's first attempt), and the
-    # kind's typical output size: what the refund rule weighs when the job fails or is cancelled.
-    delivered: int = 0
-    typical: int | None = None
-
-    def delivered_chars(self) -> int:
-        """The most output any attempt of this delivery wrote to the job's stream."""
-        return max(self.delivered, self.events.delivered if self.events is not None else 0)
-
-
-class Leases:
-    """One heartbeat thread renews every running attempt's lease and admission deadlines."""
-
-    def __init__(self, state: State, interval: float, admission_ttl: float = 1800) -> None:
-        self.state = state
-        self.interval = interval
-        # Admission deadlines last ADMISSION_TTL_SECONDS: push them forward once half has gone.
-        self.admission_refresh = admission_ttl / 2
-        self._held: dict[str, _Lease] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
-        self._thread.start()
-        # New viewers are announced on a channel, so a held attempt starts streaming at once.
-        self._listener = threading.Thread(target=self._listen, name="watch-listener", daemon=True)
-        self._listener.start()
-
-    def add(self, lease: _Lease) -> None:
-        with self._lock:
-            self._held[lease.token] = lease
-
-    def remove(self, lease: _Lease) -> None:
-        with self._lock:
-            self._held.pop(lease.token, None)
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self._held)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            with self._lock:
-                held = list(self._held.values())
-            if not held:
-                continue
-            sent = time.monotonic()
-            refresh = [sent - x.admitted >= self.admission_refresh for x in held]
-            try:
-                # One round trip for every lease of this process: a per-lease loop grows with
-                # the number of running jobs and, under load, outlasts the lease itself.
-                answers = self.state.renew_many(
-                    [
-                        (x.job_id, x.tier, x.user_id, x.token, again)
-                        for x, again in zip(held, refresh, strict=True)
-                    ]
-                )
-            except Exception:  # Redis down: the attempts fence themselves (Executor._fenced)
-                log.warning("lease renewal failed", extra={"running": len(held)})
-                continue
-            for lease, again, (ok, done, watch) in zip(held, refresh, answers, strict=True):
-                if ok:
-                    lease.renewed = sent
-                    if again:
-                        lease.admitted = sent
-                lease.lost = lease.lost or not ok
-                lease.done = done
-                lease.watch = watch
-
-    def _listen(self) -> None:
-        delay = 1.0
-        while not self._stop.is_set():
-            try:
-                for job_id, transport in self.state.watchers(self._stop):
-                    delay = 1.0
-                    with self._lock:
-                        for lease in self._held.values():
-                            if lease.job_id == job_id:
-                                lease.watch = transport
-            except Exception:  # noqa: BLE001 - Redis down: the heartbeat still reports viewers
-                log.warning("watch channel unavailable; viewers are noticed at the next heartbeat")
-                self._stop.wait(delay)
-                delay = min(delay * 2, 30.0)
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 class Executor:
     """Executes deliveries; thread-safe, one instance per worker process."""
 
     def __init__(
-        self, settings: Settings, store: Store, state: State, llm: Any, metrics: Any = None
+        self,
+        settings: Settings,
+        store: Store,
+        state: State,
+        llm: LLM,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -165,10 +61,17 @@ class Executor:
         # time Redis lets the lease go and another delivery takes it, this one has stopped.
         self._fence = settings.lease_ttl_seconds * 2 / 3
         self._draining_since: float | None = None
-        self._slots: dict[str, threading.BoundedSemaphore] = {}
-        self._slots_lock = threading.Lock()
+        self._slots = ModelSlots(settings)
 
-    # Shutdown ----------------------------------------------------------------------------------
+    # Lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start renewing the leases of running attempts (idempotent)."""
+        self.leases.start()
+
+    def close(self) -> None:
+        """Stop renewing leases; running attempts then fence themselves."""
+        self.leases.stop()
+
     def drain(self) -> None:
         """Stop taking work; running attempts get WORKER_DRAIN_SECONDS to finish."""
         if self._draining_since is None:
@@ -177,39 +80,30 @@ class Executor:
 
     @property
     def draining(self) -> bool:
+        """Whether `drain` was called."""
         return self._draining_since is not None
 
     def running(self) -> int:
+        """How many attempts this process runs."""
         return self.leases.count()
 
     # Delivery ----------------------------------------------------------------------------------
-    def execute(
-        self, job_id: str, user_id: str, tier: str, *, retried: int, max_retries: int
-    ) -> Outcome:
-        """Run one delivery of a job and say what to answer the broker.
+    def execute(self, job_id: str, user_id: str, tier: str, *, max_retries: int) -> Verdict:
+        """Run one delivery of a job and decide what becomes of it.
 
-        Meanwhile every log line carries the job's fields (`lib.logs.job_scope`) and, with
-        tracing on, the delivery is one `job.attempt` span (`lib.tracing`)."""
-        with (
-            logs.job_scope(job_id, user_id=user_id, tier=tier),
-            tracing.attempt_span(job_id, tier=tier, retried=retried),
-        ):
-            outcome = self._execute(job_id, user_id, tier, max_retries=max_retries)
-            tracing.annotate(http_status=outcome.status)
-            return outcome
-
-    def _execute(self, job_id: str, user_id: str, tier: str, *, max_retries: int) -> Outcome:
+        Raises AppError when Redis or the database fails before the attempt settles (the
+        lease is then released, so the broker's retry is not refused as busy)."""
         if self.draining:
-            return _retry("the worker is shutting down", ErrorCode.WORKER_SHUTTING_DOWN, 5)
-        lease = _Lease(job_id, tier, user_id, uuid.uuid4().hex)
-        status, detail = self.state.acquire(job_id, tier, user_id, lease.token)
-        if status == "done":
+            return RetryAfter(ErrorCode.WORKER_SHUTTING_DOWN, "the worker is shutting down", 5)
+        lease = Lease(job_id, tier, user_id, uuid.uuid4().hex)
+        acquired = self.state.acquire(job_id, tier, user_id, lease.token)
+        if acquired.outcome == Acquire.DONE:
             self.state.release(job_id, tier, user_id)
-            return Outcome(200, {"job_id": job_id, "status": detail, "note": "already finished"})
-        if status == "busy":
-            wait = max(1, math.ceil(int(detail or 1000) / 1000))
-            return _retry("another attempt holds this job", "busy", wait, status=429)
-        lease.watch = str(detail) if detail else None
+            return Done(job_id, status=acquired.status, note="already finished")
+        if acquired.outcome == Acquire.BUSY:
+            wait = max(1, math.ceil((acquired.remaining_ms or 1000) / 1000))
+            return Busy("busy", "another attempt holds this job", wait)
+        lease.watch = acquired.watch
         self.leases.add(lease)
         if self.metrics:
             self.metrics.running(+1)
@@ -228,69 +122,67 @@ class Executor:
             if self.metrics:
                 self.metrics.running(-1)
 
-    def _attempt(self, lease: _Lease, *, max_retries: int) -> Outcome:
+    def _attempt(self, lease: Lease, *, max_retries: int) -> Verdict:
         job_id = lease.job_id
         started = self.store.start_attempt(job_id)
-        if started.outcome == "not_found":
+        if started.outcome == Attempt.NOT_FOUND:
             log.warning("delivery for an unknown job", extra={"job_id": job_id})
             self.state.release(job_id, lease.tier, lease.user_id, lease.token)
-            return Outcome(200, {"job_id": job_id, "note": "unknown job"})
+            return Done(job_id, note="unknown job")
         job = started.job
         assert job is not None
         # The last attempt is decided by the job's own attempt count (this one included) against
         # the signed `retries`, never by the unsigned Upstash-Retried header.
         last = job.attempts > max_retries
-        if started.outcome == "terminal":
-            self._close(job)
+        if started.outcome == Attempt.TERMINAL:
+            close_stream(self.state, job)
             self.state.release(job_id, lease.tier, lease.user_id, lease.token)
-            return Outcome(200, {"job_id": job_id, "status": job.status})
+            return Done(job_id, status=job.status)
         extra = {"job_id": job_id, "attempt": job.attempts, "kind": job.kind, "tier": job.tier}
         logs.bind(attempt=job.attempts, kind=job.kind)
         tracing.annotate(attempt=job.attempts, kind=job.kind)
         log.info("attempt started", extra=extra)
         began = time.monotonic()
         try:
-            outcome = self._run(job, started.input or {}, lease)
+            verdict = self._run(job, started.input or {}, lease)
         except StreamClosed:
-            outcome = self._finish(
+            verdict = self._finish(
                 job, lease, JobStatus.CANCELLED, error={"code": "cancelled", "message": "cancelled"}
             )
         except PermanentError as exc:
-            outcome = self._fail(job, lease, exc.code, exc.message)
+            verdict = self._fail(job, lease, exc.code, exc.message)
         except RetryableError as exc:
             if exc.code == LEASE_LOST:
                 # Another attempt may own the job now: write nothing, decide nothing, let the
                 # broker redeliver (it then finds the job busy, done, or free to run).
-                return _retry(exc.message, exc.code, exc.retry_after or 1)
-            outcome = self._retryable(
+                return RetryAfter(exc.code, exc.message, exc.retry_after or 1)
+            verdict = self._retryable(
                 job,
                 lease,
                 exc.code,
                 exc.message,
                 exc.retry_after,
                 last,
-                status=429 if exc.status == 429 else 503,
+                throttled=exc.status == 429,
             )
         except Exception:
             log.exception("attempt crashed", extra=extra)
-            outcome = self._retryable(job, lease, ErrorCode.INTERNAL, "internal error", 5, last)
+            verdict = self._retryable(job, lease, ErrorCode.INTERNAL, "internal error", 5, last)
         if lease.events is not None:  # a repair attempt ran after the first
             extra["attempt"] = lease.events.attempt
         log.info(
             "attempt ended",
             extra={
                 **extra,
-                "http_status": outcome.status,
+                "verdict": type(verdict).__name__,
                 "seconds": round(time.monotonic() - began, 3),
             },
         )
         if self.metrics:
-            self.metrics.attempt(
-                job, outcome.status, time.monotonic() - began, outcome.body.get("status")
-            )
-        return outcome
+            self.metrics.attempt(job, verdict, time.monotonic() - began)
+        return verdict
 
-    def _run(self, job: Job, raw_input: dict[str, Any], lease: _Lease) -> Outcome:
+    def _run(self, job: Job, raw_input: dict[str, Any], lease: Lease) -> Verdict:
         handler = handlers.get(job.kind)
         if handler is None:
             raise PermanentError(f"unknown job kind {job.kind!r}", code=ErrorCode.INVALID_INPUT)
@@ -306,18 +198,18 @@ class Executor:
         except PermanentError as exc:
             if exc.code != ErrorCode.INVALID_MODEL_OUTPUT:
                 raise
-            problem = _problem(exc)
+            problem = repair_problem(exc)
         # Invalid model output (a prompt injection can cause it) gets one repair attempt.
         return self._generate(self._repair(job, lease), handler, job_input, lease, problem)
 
-    def _repair(self, job: Job, lease: _Lease) -> Job:
+    def _repair(self, job: Job, lease: Lease) -> Job:
         """Start the repair attempt: a new attempt, so clients drop the invalid output (its
         `running` has a higher attempt), run in this delivery within the same
         JOB_TIMEOUT_SECONDS, so the broker's response-time limit still holds."""
         lease.delivered = lease.delivered_chars()
         self._check(lease)
         started = self.store.start_attempt(job.id)
-        if started.outcome != "started" or started.job is None:
+        if started.outcome != Attempt.STARTED or started.job is None:
             raise StreamClosed(job.id)  # it ended meanwhile (cancelled): close as it says
         repair = started.job
         logs.bind(attempt=repair.attempts)
@@ -326,13 +218,13 @@ class Executor:
         )
         return repair
 
-    def _record_delivered(self, job: Job, lease: _Lease, total: int) -> None:
+    def _record_delivered(self, job: Job, lease: Lease, total: int) -> None:
         """Record `total` characters of output as delivered before they are written (see
         lib.events.Delivery): a cancel meanwhile stops the attempt, a lost lease too."""
         outcome = self.store.record_delivered(job.id, job.attempts, total, lease.typical or 1)
-        if outcome == "terminal":
+        if outcome == Delivered.TERMINAL:
             raise StreamClosed(job.id)
-        if outcome != "recorded":
+        if outcome != Delivered.RECORDED:
             lease.lost = True
             raise RetryableError("the job's lease was lost", code=LEASE_LOST, retry_after=1)
 
@@ -341,9 +233,9 @@ class Executor:
         job: Job,
         handler: Handler,
         job_input: Any,
-        lease: _Lease,
+        lease: Lease,
         repair: str | None = None,
-    ) -> Outcome:
+    ) -> Verdict:
         model = self.settings.model_for(job.tier, job.kind)
         typical = handler.expected_chars
         events = JobEvents(
@@ -366,7 +258,7 @@ class Executor:
         )
         lease.events = events
         events.running()
-        with self._model_slot(job.tier, model):
+        with self._slots.hold(job.tier, model):
             ctx = Context(
                 job_id=job.id,
                 kind=job.kind,
@@ -388,11 +280,11 @@ class Executor:
         if finished.changed:
             events.succeeded(payload)
         elif finished.job:
-            self._close(finished.job)
+            close_stream(self.state, finished.job)
         self.state.release(job.id, lease.tier, lease.user_id, lease.token)
-        return Outcome(200, {"job_id": job.id, "status": "succeeded", "usage": ctx.usage})
+        return Done(job.id, status=JobStatus.SUCCEEDED, usage=ctx.usage)
 
-    def _fenced(self, lease: _Lease) -> None:
+    def _fenced(self, lease: Lease) -> None:
         """Raise lease_lost when the lease is lost or may have lapsed (not renewed in time)."""
         if not lease.lost and time.monotonic() - lease.renewed > self._fence:
             log.warning("lease not renewed in time; stopping", extra={"job_id": lease.job_id})
@@ -400,7 +292,7 @@ class Executor:
         if lease.lost:
             raise RetryableError("the job's lease was lost", code=LEASE_LOST, retry_after=1)
 
-    def _check(self, lease: _Lease) -> None:
+    def _check(self, lease: Lease) -> None:
         if lease.done:
             raise StreamClosed(lease.job_id)
         self._fenced(lease)
@@ -416,30 +308,10 @@ class Executor:
                 "the worker is shutting down", code=ErrorCode.WORKER_SHUTTING_DOWN, retry_after=5
             )
 
-    def _model_slot(self, tier: str, model: str) -> _Held:
-        key = f"{tier}:{model}"
-        with self._slots_lock:
-            slot = self._slots.get(key)
-            if slot is None:
-                limit = (
-                    self.settings.llm_max_concurrency_paid
-                    if tier == "paid"
-                    else self.settings.llm_max_concurrency_free
-                )
-                slot = self._slots[key] = threading.BoundedSemaphore(limit)
-        if not slot.acquire(timeout=0.5):
-            raise RetryableError(
-                "model concurrency limit reached",
-                code=ErrorCode.RATE_LIMITED,
-                status=429,
-                retry_after=10,
-            )
-        return _Held(slot)
-
     # Endings -----------------------------------------------------------------------------------
     def _finish(
-        self, job: Job, lease: _Lease, status: JobStatus, *, error: dict[str, Any]
-    ) -> Outcome:
+        self, job: Job, lease: Lease, status: JobStatus, *, error: dict[str, Any]
+    ) -> Verdict:
         finished = self.store.finish(
             job.id,
             status,
@@ -448,11 +320,11 @@ class Executor:
             typical_chars=lease.typical,
         )
         final = finished.job or job
-        self._close(final)
+        close_stream(self.state, final)
         self.state.release(job.id, lease.tier, lease.user_id, lease.token)
-        return Outcome(200, {"job_id": job.id, "status": final.status})
+        return Done(job.id, status=final.status)
 
-    def _fail(self, job: Job, lease: _Lease, code: str, message: str) -> Outcome:
+    def _fail(self, job: Job, lease: Lease, code: str, message: str) -> Verdict:
         finished = self.store.finish(
             job.id,
             JobStatus.FAILED,
@@ -461,22 +333,20 @@ class Executor:
             typical_chars=lease.typical,
         )
         log.info("job failed", extra={"job_id": job.id, "code": code, "refund": finished.refund})
-        self._close(finished.job or job)
+        close_stream(self.state, finished.job or job)
         self.state.release(job.id, lease.tier, lease.user_id, lease.token)
-        return Outcome(
-            489, {"job_id": job.id, "status": "failed", "code": code}, dict(NON_RETRYABLE)
-        )
+        return GiveUp(code, message, job_id=job.id)
 
     def _retryable(
         self,
         job: Job,
-        lease: _Lease,
+        lease: Lease,
         code: str,
         message: str,
         retry_after: float | None,
         last: bool,
-        status: int = 503,
-    ) -> Outcome:
+        throttled: bool = False,
+    ) -> Verdict:
         if last:
             return self._fail(job, lease, code, f"{message} (retries exhausted)")
         try:
@@ -490,21 +360,10 @@ class Executor:
         # Redis or the database is down: no Retry-After, so the broker's own backoff spaces
         # the retries (a Retry-After replaces it and still uses up a retry).
         delay = None if code == ErrorCode.UNAVAILABLE else retry_after or 5
-        return _retry(message, code, delay, status=status)
-
-    def _close(self, job: Job) -> None:
-        """Write the job's terminal events if nobody has yet (idempotent)."""
-        emit_terminal(
-            self.state,
-            job.id,
-            job.status,
-            result=job.result,
-            error=job.error.model_dump() if job.error else None,
-            attempt=job.attempts,
-        )
+        return RetryAfter(code, message, delay, throttled=throttled)
 
     # Failure callback --------------------------------------------------------------------------
-    def fail_delivery(self, job_id: str, user_id: str, tier: str, reason: str) -> Outcome:
+    def fail_delivery(self, job_id: str, user_id: str, tier: str, reason: str) -> Verdict:
         """The broker gave up on the job: fail it and refund once, close its stream.
 
         While another delivery's attempt holds the job's lease (a duplicate gave up while the
@@ -516,83 +375,16 @@ class Executor:
             log.info(
                 "failure callback deferred: an attempt holds the job", extra={"job_id": job_id}
             )
-            return _retry("an attempt of this job is running", "busy", held_ms / 1000, status=429)
+            return Busy("busy", "an attempt of this job is running", held_ms / 1000)
         finished = self.store.finish(
             job_id,
             JobStatus.FAILED,
             error={"code": ErrorCode.RETRIES_EXHAUSTED, "message": reason},
         )
         if finished.job:
-            self._close(finished.job)
+            close_stream(self.state, finished.job)
             if finished.changed and self.metrics:
                 self.metrics.finished(finished.job, "failed")
         self.state.release(job_id, tier, user_id)
         log.info("failure callback", extra={"job_id": job_id, "changed": finished.changed})
-        return Outcome(200, {"job_id": job_id, "changed": finished.changed})
-
-    # Sweeper -----------------------------------------------------------------------------------
-    def sweep(self) -> list[str]:
-        """Fail and refund jobs whose submit died between insert and publish; close their
-        streams. Safe to run from every worker at once (the SQL skips locked rows)."""
-        swept = self.store.sweep_unenqueued(self.settings.sweep_after_seconds)
-        for job_id in swept:
-            log.warning("swept a job that was never enqueued", extra={"job_id": job_id})
-            emit_terminal(
-                self.state,
-                job_id,
-                JobStatus.FAILED,
-                result=None,
-                error={"code": ErrorCode.UNAVAILABLE, "message": "the job was never queued"},
-                attempt=0,
-            )
-        return swept
-
-    def start_sweeper(self) -> None:
-        """Run `sweep` every SWEEP_INTERVAL_SECONDS in a daemon thread (0 disables it)."""
-        interval = self.settings.sweep_interval_seconds
-        if interval <= 0:
-            return
-
-        def loop() -> None:
-            while not self.leases._stop.wait(interval):  # noqa: SLF001 - shared stop event
-                try:
-                    self.sweep()
-                except Exception:
-                    log.warning("sweep failed; will retry", exc_info=True)
-
-        threading.Thread(target=loop, name="sweeper", daemon=True).start()
-
-    def close(self) -> None:
-        self.leases.stop()
-
-
-class _Held:
-    """An acquired model-concurrency slot; leaving the `with` block releases it."""
-
-    def __init__(self, slot: threading.BoundedSemaphore) -> None:
-        self.slot = slot
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        self.slot.release()
-
-
-def _problem(exc: PermanentError) -> str:
-    """What was wrong with an invalid answer, for the repair prompt: the error and where the
-    result did not validate (field paths and pydantic's messages, never the output itself)."""
-    details = exc.details if isinstance(exc.details, list) else []
-    where = "; ".join(
-        f"{'.'.join(str(p) for p in d.get('loc', [])) or 'answer'}: {d.get('msg', '')}"
-        for d in details
-        if isinstance(d, dict)
-    )
-    return f"{exc.message} ({where})" if where else exc.message
-
-
-def _retry(message: str, code: str, retry_after: float | None, *, status: int = 503) -> Outcome:
-    body = {"error": {"code": code, "message": message}}
-    if retry_after is None:
-        return Outcome(status, body, {})
-    return Outcome(status, body, {"Retry-After": str(max(1, math.ceil(retry_after)))})
+        return Done(job_id, changed=finished.changed)

@@ -10,7 +10,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -18,7 +17,10 @@ import openai
 
 from lib.config import JSON_SCHEMA_PROVIDERS, Settings
 from lib.errors import AppError, PermanentError, RetryableError
+from lib.llm_types import Completion, Usage, parse_json
 from lib.models import ErrorCode
+
+__all__ = ["LLM", "Completion", "Usage", "parse_json"]
 
 # What the SDK's HTTP client raises when a stream goes silent or breaks after the response began
 # (the SDK itself wraps only errors before it). openai 3.x runs on httpx2, earlier on httpx.
@@ -31,20 +33,6 @@ try:
     _BROKEN += (httpx2.TransportError,)
 except ImportError:  # pragma: no cover - an SDK on plain httpx
     pass
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass
-class Completion:
-    text: str
-    model: str
-    usage: Usage = field(default_factory=Usage)
-    first_token_s: float | None = None
 
 
 class LLM:
@@ -239,20 +227,3 @@ def _retry_after(value: str | None) -> float:
         return max(1.0, float(value)) if value else 5.0
     except ValueError:
         return 5.0
-
-
-def parse_json(text: str) -> Any:
-    """Parse a model's JSON answer, tolerating a ```json fence around it.
-
-    Raises PermanentError(invalid_model_output) when it is not JSON.
-    """
-    body = text.strip()
-    if body.startswith("```"):
-        body = body.split("\n", 1)[1] if "\n" in body else ""
-        body = body.rsplit("```", 1)[0]
-    try:
-        return json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise PermanentError(
-            "the model's output is not valid JSON", code=ErrorCode.INVALID_MODEL_OUTPUT
-        ) from exc

@@ -30,8 +30,10 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from lib.config import settings
+from lib.models import TERMINAL
 from lib.state.backend import Entry
 from lib.state.scripts import Script
+from lib.verdict import Done, GiveUp, Verdict
 
 ATTEMPTS = Counter(
     "cs_job_attempts_total",
@@ -67,7 +69,6 @@ DB_ERRORS = Counter("cs_db_errors_total", "Database calls of the worker that rai
 ADMISSION_REJECTIONS = "cs_admission_rejections"
 ADMISSION_REASONS = ("backpressure", "user_concurrency")
 TIERS = ("free", "paid")
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 class Metrics:
@@ -76,17 +77,17 @@ class Metrics:
     def running(self, delta: int) -> None:
         LIVE.inc(delta)
 
-    def attempt(self, job: Any, status: int, seconds: float, final: str | None = None) -> None:
-        """One attempt ended with HTTP `status`; `final` is the job's status it reported.
-
-        An attempt that made the job terminal also counts in `cs_jobs_finished_total`."""
-        if status == 200:
-            outcome = final or "succeeded"
+    def attempt(self, job: Any, verdict: Verdict, seconds: float) -> None:
+        """One attempt ended with `verdict`: done (with the job's status), given up (failed),
+        or to be retried. One that made the job terminal also counts in
+        `cs_jobs_finished_total`."""
+        if isinstance(verdict, Done):
+            outcome = verdict.status or "succeeded"
         else:
-            outcome = "failed" if status == 489 else "retry"
+            outcome = "failed" if isinstance(verdict, GiveUp) else "retry"
         ATTEMPTS.labels(job.kind, job.tier, outcome).inc()
         DURATION.labels(job.kind, job.tier).observe(seconds)
-        if outcome in FINAL:
+        if outcome in TERMINAL:
             self.finished(job, outcome)
 
     def finished(self, job: Any, outcome: str) -> None:

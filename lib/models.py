@@ -132,14 +132,6 @@ class SubmitRequest(BaseModel):
     tier: Literal["auto", "paid", "free"] = "auto"
 
 
-class Event(BaseModel):
-    """One event of a job's stream, as stored in Redis and sent over SSE."""
-
-    id: str = ""
-    type: EventType
-    data: dict[str, Any]
-
-
 class Me(BaseModel):
     user_id: str
     coins: int

@@ -1,9 +1,10 @@
 """The producer's operations: submit, read, list, cancel, me, and the event stream.
 
-`api/` parses HTTP and calls these; nothing here knows about Flask. Submit's order is chosen so
-that a failure at any step charges nothing and leaves nothing queued: idempotency and tier
-check (no charge), admission (Redis), insert and charge (one SQL transaction), queued event,
-publish, and on a broker failure the job is failed and refunded in one SQL call.
+`api/` parses HTTP and calls these; nothing here knows about Flask. Submit takes three
+sequential round trips, each of which a user in production pays: idempotency, tier, charge and
+insert (one SQL call), admission and the `queued` event (one Lua script), publish. A refusal or
+failure after the charge takes it back in one more SQL call: withdrawn when admission refused
+or Redis was down, failed and refunded when the broker was.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from lib import handlers
 from lib.config import Settings
 from lib.errors import (
     AppError,
@@ -30,10 +30,10 @@ from lib.errors import (
     QuotaError,
     UnavailableError,
 )
-from lib.events import HeldStream, data, emit_terminal, is_terminal, sse_frame
+from lib.events import HeldStream, close_stream, data, emit_terminal, is_terminal, sse_frame
 from lib.models import ErrorCode, EventType, Job, Me, StreamStatus, SubmitRequest
 from lib.state import WATCH_REFRESH, State
-from lib.store import Store
+from lib.store import Cancel, Store
 
 if TYPE_CHECKING:  # the api/ functions import these only when they build a Producer
     from lib.auth import Verifier
@@ -126,6 +126,8 @@ class Producer:
     # Submit ------------------------------------------------------------------------------------
     def parse(self, body: Any) -> tuple[SubmitRequest, dict[str, Any], int]:
         """Validate a submit body. Returns (request, normalised input, cost); raises InputError."""
+        from lib import handlers  # their models load on the first submit, not on every cold start
+
         if not isinstance(body, dict):
             raise InputError("the body must be a JSON object", details={"body": "not an object"})
         try:
@@ -158,60 +160,63 @@ class Producer:
         return req, normalised, self.settings.cost(req.kind, handler.cost)
 
     def submit(self, user_id: str, body: Any, idempotency_key: str | None) -> Submitted:
-        """Admit, charge and enqueue a job. Raises AppError subclasses; charges nothing then."""
+        """Charge, admit and enqueue a job in three sequential round trips: one SQL call
+        (idempotency, tier, charge, insert), one Lua script (admission and the `queued` event),
+        one publish. A refusal or failure after the charge takes it back. Raises AppError
+        subclasses; then nothing stays charged."""
         req, job_input, cost = self.parse(body)
         digest = request_hash(req.kind, job_input, req.tier)
-        prep = self.store.prepare_submit(user_id, cost, req.tier, idempotency_key, digest)
-        if prep["outcome"] != "ok":
-            return self._settled(prep, user_id)
-        tier = prep["tier"]
-        model = self.settings.model_for(tier, req.kind)
         job_id = str(uuid.uuid4())
-        self.state.admit(job_id, tier, user_id)
-        try:
-            result = self.store.submit(
-                job_id=job_id,
-                user_id=user_id,
-                kind=req.kind,
-                tier=tier,
-                cost=cost,
-                input=job_input,
-                idempotency_key=idempotency_key,
-                request_hash=digest,
-            )
-        except Exception:
-            self._release_quietly(job_id, tier, user_id)
-            raise
+        result = self.store.submit_job(
+            job_id=job_id,
+            user_id=user_id,
+            kind=req.kind,
+            tier=req.tier,
+            cost=cost,
+            input=job_input,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
+        )
         if result["outcome"] != "created":
-            self._release_quietly(job_id, tier, user_id)
             return self._settled(result, user_id)
         job = Job.model_validate(result["job"])
+        queued = data(job_id, status=StreamStatus.QUEUED, attempt=0)
         try:
-            self.state.emit(
+            self.state.admit(job_id, job.tier, user_id, first_event=(EventType.STATUS, queued))
+        except Exception:  # refused (429) or Redis unreachable (503): nothing may stay charged
+            self._withdraw(job_id)
+            raise
+        try:
+            self.publisher.publish(
                 job_id,
-                [(EventType.STATUS, data(job_id, status=StreamStatus.QUEUED, attempt=0))],
-                refresh_ttl=True,
+                user_id=user_id,
+                tier=job.tier,
+                model=self.settings.model_for(job.tier, req.kind),
             )
-            self.publisher.publish(job_id, user_id=user_id, tier=tier, model=model)
         except AppError as exc:
             self._abort(job, user_id, exc)
             raise UnavailableError("the job could not be queued; nothing was charged") from exc
-        try:
-            self.store.mark_enqueued(job_id)
-        except AppError:
-            log.warning("could not mark the job enqueued", extra={"job_id": job_id})
         log.info(  # `user_id` is logged as its hash (lib.logs.JobFieldsFilter)
             "job submitted",
-            extra={"job_id": job_id, "kind": req.kind, "tier": tier, "user_id": user_id},
+            extra={"job_id": job_id, "kind": req.kind, "tier": job.tier, "user_id": user_id},
         )
         return Submitted(job, True, self.verifier.mint_stream_token(job_id, user_id))
+
+    def _withdraw(self, job_id: str) -> None:
+        try:
+            self.store.withdraw_submit(job_id)
+        except Exception:
+            # The database failed too: the job stays queued and charged, never published, like a
+            # message the broker lost (docs/reliability.md, "Known limits"); cancel refunds it.
+            log.exception("could not withdraw a refused submit", extra={"job_id": job_id})
 
     def _settled(self, outcome: dict[str, Any], user_id: str) -> Submitted:
         kind = outcome["outcome"]
         if kind == "existing":
             job = Job.model_validate(outcome["job"])
             if not outcome.get("enqueued") and job.status == "queued":
-                # The first submit died before publishing: publish now (dedup id = job id).
+                # Inserted by the two-call submit (`Store.submit`) that a producer older than
+                # `submit_job` ran, which died before publishing: publish now (dedup id = job id).
                 self.publisher.publish(
                     job.id,
                     user_id=user_id,
@@ -275,9 +280,9 @@ class Producer:
         REFUND_MAX_DELIVERED_PCT of its output was delivered, as the worker recorded it before
         writing (decided in SQL, under the job's row lock). Raises NotFound/ConflictError."""
         outcome, job = self.store.cancel(validate_job_id(job_id), user_id)
-        if outcome == "not_found" or job is None:
+        if outcome == Cancel.NOT_FOUND or job is None:
             raise NotFoundError("no such job")
-        if outcome == "already_finished":
+        if outcome == Cancel.ALREADY_FINISHED:
             raise ConflictError(
                 "the job has already finished",
                 code=ErrorCode.ALREADY_FINISHED,
@@ -285,14 +290,7 @@ class Producer:
             )
         try:
             # Closing the stream is also the worker's cancel flag.
-            emit_terminal(
-                self.state,
-                job.id,
-                StreamStatus.CANCELLED,
-                result=None,
-                error=job.error.model_dump() if job.error else None,
-                attempt=job.attempts,
-            )
+            close_stream(self.state, job)
             self.state.release(job.id, job.tier, user_id)
         except AppError:
             log.warning(
@@ -368,11 +366,4 @@ class Producer:
     def heal_stream(self, job: Job) -> None:
         """A terminal job whose stream expired or was never closed gets its final events."""
         if job.status.terminal:
-            emit_terminal(
-                self.state,
-                job.id,
-                job.status,
-                result=job.result,
-                error=job.error.model_dump() if job.error else None,
-                attempt=job.attempts,
-            )
+            close_stream(self.state, job)

@@ -2,7 +2,7 @@
 
 Every test gets its own Redis key prefix, so tests never see each other's keys even on a shared
 server. With DATABASE_URL set, the suite creates (and drops) a database of its own on that server.
-`local_stack` starts the whole local stack (`scripts.devstack.Stack`) on those servers;
+`local_stack` starts the whole local stack (`scripts.stack.devstack.Stack`) on those servers;
 `e2e_stack` is the end-to-end suite's stack, once on each profile (`local`, `cloud`).
 
 This is the suite's one home for fixtures: the in-process worker (`make_worker`, `db`, the offline
@@ -41,10 +41,10 @@ from lib.config import DEV_JWT_SECRET
 from lib.queue.plans import Plan
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
 from lib.store import migrate
-from scripts import embedded
+from scripts.stack import embedded
 
 if TYPE_CHECKING:
-    from scripts.devstack import Stack
+    from scripts.stack.devstack import Stack
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +92,7 @@ def redis_prefix() -> str:
 @pytest.fixture(scope="session")
 def upstash_url(redis_url: str) -> Iterator[str]:
     """An Upstash-REST stand-in that forwards to the real test Redis."""
-    from scripts.upstash_standin import create_app
+    from scripts.fakes.upstash_standin import create_app
 
     with serve_wsgi(create_app(redis_url, UPSTASH_TOKEN)) as url:
         yield url
@@ -101,7 +101,7 @@ def upstash_url(redis_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def postgrest_url(database_url: str) -> Iterator[str]:
     """A PostgREST stand-in serving /rest/v1/rpc/<fn> from the real test Postgres."""
-    from scripts.postgrest_standin import create_app
+    from scripts.fakes.postgrest_standin import create_app
 
     with serve_wsgi(create_app(database_url, SERVICE_ROLE_KEY)) as url:
         yield url
@@ -148,7 +148,7 @@ def local_stack(
     on free ports, on the session's Redis and Postgres, with the key prefix `<name>-<random>:`
     and JSON logs in a temporary folder. `env` is set on top (the tests' own limits and speeds).
     """
-    from scripts.devstack import Ports, Stack
+    from scripts.stack.devstack import Ports, Stack
 
     @contextmanager
     def start(name: str, profile: str = "local", **env: str) -> Iterator[Stack]:
@@ -184,7 +184,7 @@ def e2e_stack(
     Upstash REST, supabase-py and vercel.json's rewritten paths; the worker under the session
     pooler's client cap), for each module that uses it. Tests may kill and restart its
     components; each test uses users of its own."""
-    from scripts.devstack import Ports, Stack
+    from scripts.stack.devstack import Ports, Stack
 
     ports = Ports.free()
     logs = tmp_path_factory.mktemp(f"{request.param}-stack-logs")
@@ -244,7 +244,7 @@ def job_id() -> str:
 @pytest.fixture
 def serve() -> Iterator[Callable[..., Llm]]:
     """Start offline LLM apps of this test's own; they all stop when it ends."""
-    from scripts.offline_llm import create_app
+    from scripts.fakes.offline_llm import create_app
 
     with ExitStack() as stack:
 
@@ -259,7 +259,7 @@ def serve() -> Iterator[Callable[..., Llm]]:
 def llm() -> Iterator[Llm]:
     """One fast offline LLM app shared by a module's tests that need no state of their own
     (test_llm.py's `llm` is the product's client instead)."""
-    from scripts.offline_llm import create_app
+    from scripts.fakes.offline_llm import create_app
 
     app = create_app(tokens_per_second=2000.0, hang_seconds=10.0)
     with serve_wsgi(app) as url:
@@ -272,7 +272,7 @@ def llm() -> Iterator[Llm]:
 @pytest.fixture(scope="session")
 def llm_url() -> Iterator[str]:
     """The offline LLM on loopback, fast enough that a normal job takes well under a second."""
-    from scripts.offline_llm import EXTENSION, create_app
+    from scripts.fakes.offline_llm import EXTENSION, create_app
 
     app = create_app(tokens_per_second=2000)
     with serve_wsgi(app) as url:
@@ -387,7 +387,7 @@ def make_producer(
 @pytest.fixture
 def dev_broker() -> Iterator[str]:
     """A fresh QStash-compatible dev broker; its deliveries go nowhere (no worker listens)."""
-    from scripts.dev_broker import create_app
+    from scripts.fakes.dev_broker import create_app
 
     app = create_app()
     try:
@@ -420,7 +420,7 @@ def make_broker(
     started: list[tuple[Flask, str]] = []
 
     def start(limits: str | Plan = "payg") -> RunningBroker:
-        from scripts.dev_broker import create_app
+        from scripts.fakes.dev_broker import create_app
 
         app = create_app(time_scale=SCALE, limits=limits)
         url, prefix = mount(mounts, app)

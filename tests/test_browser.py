@@ -24,7 +24,7 @@ import pytest
 from helpers.net import free_port, wait_for
 from helpers.stack import RESUME, events, text_of_last_attempt
 
-from scripts.devstack import Ports, Stack
+from scripts.stack.devstack import Ports, Stack
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright

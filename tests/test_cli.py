@@ -22,7 +22,7 @@ from lib.cli.stream import JobProgress
 from lib.config import DEV_JWT_SECRET
 from lib.handlers import registry
 from lib.queue.signing import DEV_TOKEN
-from scripts.devstack import Stack
+from scripts.stack.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -168,6 +168,40 @@ def test_submit_wait_exits_non_zero_when_the_job_fails(cs: Cli) -> None:
     assert done.returncode == 1
     assert "failed: invalid_model_output" in done.stderr
     assert done.stdout.strip() == done.stdout.splitlines()[0]  # the job id, and no result
+
+
+def test_a_job_summary_feeds_a_pre_match_audit_each_submitted_with_its_own_files(
+    cs: Cli,
+) -> None:
+    summary = cs(
+        "submit", "--dev", "--kind", "job_summary", "--jd", cs.file("jd.txt", JD), "--wait"
+    )
+    assert summary.returncode == 0, summary.stderr
+    result = json.loads(summary.stdout.partition("\n")[2])
+    registry()["job_summary"].result_model.model_validate(result)
+    refused = cs.submit("--job-summary", cs.file("summary.json", json.dumps(result)))
+    assert refused.returncode == 1 and "input.job_summary" in refused.stderr  # not job_match's
+    audit = cs(
+        "submit",
+        "--dev",
+        "--kind",
+        "pre_match_audit",
+        "--resume",
+        cs.file("resume.txt", RESUME),
+        "--jd",
+        cs.file("jd.txt", JD),
+        "--job-summary",
+        cs.file("summary.json", summary.stdout.partition("\n")[2]),
+        "--wait",
+    )
+    assert audit.returncode == 0, audit.stderr
+    registry()["pre_match_audit"].result_model.model_validate_json(audit.stdout.partition("\n")[2])
+
+
+def test_a_kind_without_a_text_it_needs_is_refused_with_the_missing_field(cs: Cli) -> None:
+    done = cs("submit", "--dev", "--kind", "resume_summary", "--jd", cs.file("jd.txt", JD))
+    assert done.returncode == 1
+    assert "input.resume_text" in done.stderr and "input.job_description" in done.stderr
 
 
 def test_a_refused_submit_says_why_and_exits_1(cs: Cli) -> None:

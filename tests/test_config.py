@@ -203,6 +203,17 @@ def test_cost_reads_cost_kind_from_dotenv_and_the_environment_wins(
     assert settings.cost("interview_prep", 2) == 8
 
 
+def test_cost_is_read_once_at_load_not_on_every_call(
+    monkeypatch: pytest.MonkeyPatch, clean_env: Path
+) -> None:
+    (clean_env / ".env").write_text("COST_JOB_MATCH=4\n")
+    settings = load()
+    assert settings.cost("job_match", 1) == 4
+    (clean_env / ".env").write_text("COST_JOB_MATCH=9\n")
+    monkeypatch.setenv("COST_JOB_MATCH", "7")
+    assert settings.cost("job_match", 1) == 4
+
+
 def test_a_non_integer_or_negative_cost_is_reported_by_load(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from lib.config import Settings
+from lib.config import Settings, load
 
 ROOT = Path(__file__).resolve().parents[1]
 SHELL_SCRIPTS = ["scripts/deploy", "scripts/bootstrap-server", "scripts/check-deploy"]
@@ -133,8 +133,24 @@ def test_local_compose_ports_do_not_clash_with_the_dev_stack_layout() -> None:
             host = int(str(port).split(":")[-2])
             assert host not in published, (name, published)
             published[host] = name
-    assert published[3000] == "producer" and published[8080] == "local-worker"
-    assert published[8081] == "qstash"
+    assert published[3000] == "producer" and published[8081] == "qstash"
+    assert 8080 not in published  # `make dev`'s worker port stays free
+
+
+def test_the_local_compose_worker_binds_loopback_beside_qstash() -> None:
+    # The public dev keys of `qstash dev` are accepted only on loopback (lib/config.py): the
+    # worker shares QStash's network namespace and binds 127.0.0.1, where QStash delivers.
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    worker = compose["services"]["local-worker"]
+    env = {**compose["x-local-env"], **worker["environment"]}
+    assert worker["network_mode"] == "service:qstash" and "ports" not in worker
+    assert env["HOST"] == "127.0.0.1" and env["APP_ENV"] == "development"
+    assert env["WORKER_URL"] == f"http://127.0.0.1:{env['PORT']}"
+    assert env["PORT"] != "8080"  # `qstash dev` listens on 8080 in the same namespace
+    # docker compose's `${NAME:-default}` with NAME unset, then the worker's own validation.
+    values = {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
+    fields = {k.lower(): v for k, v in values.items() if k.lower() in Settings.model_fields}
+    assert load("worker", **fields).bind_host == "127.0.0.1"
 
 
 def test_workflows_pin_every_action_to_a_commit_and_set_permissions() -> None:
@@ -176,7 +192,7 @@ def caddyfile() -> str:
 def test_caddy_caps_request_bodies_well_above_the_largest_failure_callback() -> None:
     import base64
 
-    from lib.queue.producer import message_body
+    from lib.queue.wire import message_body
 
     text = caddyfile()
     assert re.search(r"request_body \{\s*max_size 64KB\s*\}", text)

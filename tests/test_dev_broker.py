@@ -13,7 +13,7 @@ from helpers.broker import b64decode
 from helpers.net import wait_for
 from qstash.errors import QStashError
 
-from scripts.dev_broker_model import RuleError, evaluate_retry_delay, parse_duration
+from scripts.fakes.dev_broker_model import RuleError, evaluate_retry_delay, parse_duration
 
 if TYPE_CHECKING:
     from helpers.broker import Destination, RunningBroker

@@ -25,7 +25,7 @@ from qstash import QStash
 from qstash.errors import QStashError
 
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
-from scripts.dev_broker import create_app
+from scripts.fakes.dev_broker import create_app
 
 if TYPE_CHECKING:
     from helpers.broker import Destination, RunningBroker
@@ -245,7 +245,15 @@ def test_the_cli_reads_its_environment_lets_the_flag_win_and_exits_cleanly_on_si
         "PYTHONPATH": str(ROOT),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.dev_broker", "--port", str(port), "--time-scale", "0.25"],
+        [
+            sys.executable,
+            "-m",
+            "scripts.fakes.dev_broker",
+            "--port",
+            str(port),
+            "--time-scale",
+            "0.25",
+        ],
         cwd=ROOT,
         env=env,
         stderr=subprocess.PIPE,

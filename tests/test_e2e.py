@@ -23,7 +23,7 @@ from helpers.stack import (
 )
 
 from lib.handlers import registry
-from scripts.devstack import Stack
+from scripts.stack.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -66,6 +66,29 @@ def test_each_kind_succeeds_with_deltas_and_a_valid_result(
     assert stream[-2].data["result"] == final["result"]
     assert text_of_last_attempt(stream).strip().startswith("{")
     assert user.me()["coins"] == 5 - final["cost"]
+
+
+def test_each_kind_beyond_the_first_three_runs_once_through_the_stack(
+    stack: Stack, user: User
+) -> None:
+    inputs = {
+        "resume_summary": {"resume_text": RESUME},
+        "detailed_resume_summary": {"resume_text": RESUME},
+        "job_summary": {"job_description": JD},
+        "pre_match_audit": {"resume_text": RESUME, "job_description": JD},
+    }
+    assert set(inputs) | set(KINDS) == set(registry())
+    charged = 0
+    with user.client() as client:
+        for kind, job_input in inputs.items():
+            body = submitted(client.post("/api/jobs", json={"kind": kind, "input": job_input}))
+            stream = follow(stack.producer_url, body["events_url"])  # type: ignore[arg-type]
+            assert stream[-1].data["status"] == "succeeded", (kind, stream[-1].data)
+            final = user.job(body["job"]["id"])  # type: ignore[index]
+            registry()[kind].result_model.model_validate(final["result"])
+            assert stream[-2].data["result"] == final["result"]
+            charged += final["cost"]
+    assert charged == 5 and user.me()["coins"] == 0
 
 
 def test_every_answer_says_how_long_the_handler_took_in_server_timing(

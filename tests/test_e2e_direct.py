@@ -11,7 +11,7 @@ import pytest
 from helpers.net import wait_for
 from helpers.stack import RESUME, User, follow, terminal_count
 
-from scripts.devstack import PROFILES, Ports, Stack
+from scripts.stack.devstack import PROFILES, Ports, Stack
 
 pytestmark = pytest.mark.e2e
 

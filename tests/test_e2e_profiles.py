@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from helpers.stack import User, events, follow
 
-from scripts.cloud_profile import ROLE, SESSION_POOLER_CLIENTS
-from scripts.devstack import Stack
+from scripts.stack.cloud_profile import ROLE, SESSION_POOLER_CLIENTS
+from scripts.stack.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 

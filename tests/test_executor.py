@@ -9,11 +9,15 @@ import pytest
 
 from lib import config
 from lib.events import JobEvents
-from lib.executor import Executor, _Lease
+from lib.executor import Executor
+from lib.leases import Lease
+from lib.queue import wire
 from lib.state import State
 from lib.state.tcp import TcpBackend
 from lib.store import Store
 from lib.store.backends import PostgresBackend
+from lib.sweeper import Sweeper
+from lib.verdict import Busy, Done
 
 
 @pytest.fixture
@@ -51,23 +55,25 @@ def test_the_sweeper_fails_refunds_and_closes_jobs_never_enqueued(
         request_hash="h",
     )
     JobEvents(executor.state, job_id, 0).running()
-    assert job_id not in executor.sweep()  # too recent: its submit may still be publishing
+    assert (
+        job_id not in Sweeper(executor.settings, executor.store, executor.state).sweep()
+    )  # too recent: its submit may still be publishing
     with psycopg.connect(database_url) as conn:
         conn.execute(
             "update cs_jobs set created_at = now() - interval '2 hours' where id = %s", (job_id,)
         )
-    assert job_id in executor.sweep()
+    assert job_id in Sweeper(executor.settings, executor.store, executor.state).sweep()
     job = executor.store.get_job(job_id, user)
     assert job and job.status == "failed" and job.error and job.error.code == "unavailable"
     assert executor.store.me(user).coins == 5
     assert executor.state.done(job_id) == "failed"
-    assert executor.sweep() == []
+    assert Sweeper(executor.settings, executor.store, executor.state).sweep() == []
 
 
 def test_an_attempt_past_the_job_timeout_is_stopped_retryably(executor: Executor) -> None:
     from lib.errors import RetryableError
 
-    lease = _Lease("j", "free", "u", "t", started=0.0)
+    lease = Lease("j", "free", "u", "t", started=0.0)
     with pytest.raises(RetryableError) as caught:
         executor._check(lease)
     assert caught.value.code == "llm_timeout"
@@ -87,18 +93,20 @@ def test_a_failure_callback_waits_while_an_attempt_holds_the_job(executor: Execu
     )
     executor.state.acquire(job_id, "paid", user, "running-attempt")
     deferred = executor.fail_delivery(job_id, user, "paid", "a duplicate gave up")
-    assert deferred.status == 429 and int(deferred.headers["Retry-After"]) >= 1
+    assert isinstance(deferred, Busy) and deferred.seconds > 0
+    answer = wire.answer(deferred)
+    assert answer.status == 429 and int(answer.headers["Retry-After"]) >= 1
     job = executor.store.get_job(job_id, user)
     assert job and job.status == "queued"
     executor.state.release(job_id, "paid", user, "running-attempt")
-    assert executor.fail_delivery(job_id, user, "paid", "gave up").status == 200
+    assert isinstance(executor.fail_delivery(job_id, user, "paid", "gave up"), Done)
     assert executor.store.get_job(job_id, user).status == "failed"  # type: ignore[union-attr]
 
 
 def test_an_attempt_whose_lease_went_unrenewed_too_long_stops(executor: Executor) -> None:
     from lib.errors import RetryableError
 
-    lease = _Lease("j", "free", "u", "t", renewed=0.0)
+    lease = Lease("j", "free", "u", "t", renewed=0.0)
     with pytest.raises(RetryableError) as caught:
         executor._check(lease)
     assert caught.value.code == "lease_lost"

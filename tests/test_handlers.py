@@ -17,12 +17,24 @@ from lib.handlers.job_match import MatchResult
 from lib.handlers.resume_customize import CustomizeResult
 from lib.llm import parse_json
 
-KINDS = {"job_match", "resume_customize", "interview_prep"}
+KINDS = {
+    "job_match",
+    "resume_customize",
+    "interview_prep",
+    "resume_summary",
+    "detailed_resume_summary",
+    "job_summary",
+    "pre_match_audit",
+}
 # The fields each kind's user prompt template is documented to take.
 FIELDS = {
     "job_match": {"resume_text", "job_description"},
     "resume_customize": {"resume_text", "job_description", "match"},
     "interview_prep": {"resume_text", "job_description", "match"},
+    "resume_summary": {"resume_text"},
+    "detailed_resume_summary": {"resume_text"},
+    "job_summary": {"job_description"},
+    "pre_match_audit": {"resume_text", "job_description", "job_summary"},
 }
 MATCH = {
     "score": 72,
@@ -33,7 +45,7 @@ MATCH = {
 }
 
 
-def test_the_registry_holds_exactly_the_three_kinds() -> None:
+def test_the_registry_holds_exactly_the_seven_kinds() -> None:
     assert set(handlers.registry()) == KINDS
 
 

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from helpers.backends import live_for_user, renew
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -169,7 +170,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         job_id, tier, user = job
         holder = self.model.leases.get(job_id, "")
         token = holder if own_token else "not-the-holder"
-        held, done, _ = self.state.renew(job_id, tier, user, token)
+        held, done, _ = renew(self.state, job_id, tier, user, token)
         assert held is bool(holder and token == holder)
         assert done == ("succeeded" if job_id in self.model.done else None)
         if held:
@@ -205,7 +206,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.model.prune(tier_key, self.now)
         self.model.prune(user_key, self.now)
         assert self.state.live(tier) == len(self.model.zset(tier_key))
-        assert self.state.live_for_user(user, tier) == len(self.model.zset(user_key))
+        assert live_for_user(self.state, user, tier) == len(self.model.zset(user_key))
 
     @precondition(lambda self: any(self.model.sets.values()))
     @rule()
@@ -214,7 +215,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         for tier in TIER_LIMITS:
             assert self.state.live(tier) == 0
             for user in USERS:
-                assert self.state.live_for_user(user, tier) == 0
+                assert live_for_user(self.state, user, tier) == 0
         self.model.sets.clear()
 
     # Invariants --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import httpx
 import jwt
 import psycopg
 import pytest
+from helpers.backends import open_streams
 from helpers.net import wait_for
 from helpers.stack import JD, RESUME, User, follow
 
@@ -36,7 +37,7 @@ from lib.models import (
 )
 from lib.service import Producer
 from lib.state import State
-from scripts.devstack import Stack
+from scripts.stack.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -266,9 +267,9 @@ def test_a_stream_whose_holder_died_frees_its_slot_after_the_ttl(slots: State) -
         return True
 
     wait_for(admitted, timeout=5, interval=0.1, what="the dead stream's slot to lapse")
-    assert slots.open_streams(user) == 2  # "alive" (refreshed) and "third"
+    assert open_streams(slots, user) == 2  # "alive" (refreshed) and "third"
     slots.drop_stream(user, "third")
-    assert slots.open_streams(user) == 1
+    assert open_streams(slots, user) == 1
     ttl = slots.backend.command("PTTL", slots.keys.streams(user))
     assert 0 < int(ttl) <= 500  # the key itself expires too
 
@@ -357,7 +358,9 @@ def test_the_api_document_describes_the_stream_limit_and_the_bounded_match() -> 
     error = schemas["TooManyRequestsError"]["allOf"][1]["properties"]["error"]["properties"]
     assert "stream_limit" in error["code"]["enum"]
     match_input = schemas["MatchInput"]
-    assert schemas["JobInput"]["properties"]["match"]["$ref"].endswith("/MatchInput")
+    for kind_input in ("CustomizeInput", "PrepInput"):  # the kinds that take a match
+        options = schemas[kind_input]["properties"]["match"]["anyOf"]
+        assert {"$ref": "#/components/schemas/MatchInput"} in options
     assert match_input["additionalProperties"] is False
     assert match_input["properties"]["summary"]["maxLength"] == MAX_MATCH_SUMMARY_CHARS
     for name in ("strengths", "gaps", "missing_keywords"):
@@ -383,14 +386,14 @@ def test_an_open_stream_keeps_its_slot_past_the_ttl_and_frees_it_when_closed(
     slots.hold_stream(user, "live", 1)
     for _ in range(12):
         next(held)
-        assert slots.open_streams(user) == 1
+        assert open_streams(slots, user) == 1
     with pytest.raises(RateLimitError):
         slots.hold_stream(user, "another", 1)
     second = HeldStream(slots, user, "second", frames(), limit=1)
     held.close()
-    assert closed == [True] and slots.open_streams(user) == 0
+    assert closed == [True] and open_streams(slots, user) == 0
     slots.hold_stream(user, "second", 1)
     with pytest.raises(StopIteration):
         for _ in range(13):
             next(second)
-    assert slots.open_streams(user) == 0  # the end of a stream frees its slot too
+    assert open_streams(slots, user) == 0  # the end of a stream frees its slot too

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from lib.auth import mint_access_token
 from lib.config import DEV_JWT_SECRET
-from scripts.devstack import Stack
+from scripts.stack.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 

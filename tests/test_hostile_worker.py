@@ -21,8 +21,8 @@ import jwt
 import pytest
 from helpers.net import free_port, serve_wsgi
 
-from lib.queue.producer import message_body
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, SIGNATURE_TTL_SECONDS, sign
+from lib.queue.wire import message_body
 from worker.app import MAX_BODY_BYTES
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import pytest
 from helpers.net import wait_for
 from helpers.stack import RESUME, User, follow
 
-from scripts.devstack import Stack
+from scripts.stack.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -1,5 +1,5 @@
-"""The load test (scripts/loadtest.py): 1,000 submits from 100 concurrent users against a local
-stack with the SPEC's limits, then every accepted job drained and the accounts checked."""
+"""The load test (scripts/bench/loadtest.py): 1,000 submits from 100 concurrent users against a
+local stack with the SPEC's limits, then every accepted job drained and the accounts checked."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from contextlib import AbstractContextManager
 
 import pytest
 
-from scripts import loadtest
-from scripts.devstack import Stack
+from scripts.bench import loadtest
+from scripts.stack.devstack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

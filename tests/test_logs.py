@@ -239,8 +239,8 @@ def test_setup_writes_json_lines_by_default_or_text_with_the_job_fields(fmt: str
 def test_a_full_attempts_lines_carry_the_job_fields_and_never_the_raw_user_id(
     make_worker: Callable[..., WorkerEnv], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from lib.queue.producer import message_body
     from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
+    from lib.queue.wire import message_body
 
     env = make_worker(log_format="json")
     job = env.create_job("[[llm:fail_once=503]]", user_id=str(uuid.uuid4()))

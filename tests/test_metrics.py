@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.test import TestResponse
 
 from lib.errors import RateLimitError
-from lib.queue.producer import message_body
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
+from lib.queue.wire import message_body
 
 if TYPE_CHECKING:
     from helpers.worker import WorkerEnv

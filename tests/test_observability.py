@@ -25,7 +25,7 @@ from lib import tracing
 from lib.config import load
 from lib.errors import ConfigError
 from lib.logs import user_hash
-from scripts.devstack import Ports, Stack
+from scripts.stack.devstack import Ports, Stack
 
 if TYPE_CHECKING:
     from helpers.worker import WorkerEnv

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import string
 import subprocess
 import sys
 import threading
@@ -32,7 +33,9 @@ from helpers.offline_llm import (
     user,
 )
 
-from scripts.offline_llm import REFUSAL
+from lib.handlers import registry
+from lib.handlers.base import detect_language
+from scripts.fakes.offline_llm import REFUSAL
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -107,6 +110,29 @@ def test_a_chinese_message_gets_chinese_strings(llm: Llm) -> None:
         assert re.search(r"[\u4e00-\u9fff]", text)
         assert not re.search(r"[A-Za-z]", text)
     assert max(len(c.choices[0].delta.content) for c in structured.content_chunks[5:-5]) <= 5
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("kind", sorted(registry()))
+def test_every_kinds_prompts_get_an_answer_its_result_model_accepts(
+    llm: Llm, kind: str, lang: str
+) -> None:
+    handler = registry()[kind]
+    text = RESUME if lang == "en" else CJK_RESUME
+    system, template = handler.prompts[lang]
+    names = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    schema = handler.result_model.model_json_schema()
+    messages = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": template.format(**dict.fromkeys(names, text))},
+    ]
+    streamed = llm.stream(
+        messages=messages,
+        response_format={"type": "json_schema", "json_schema": {"name": kind, "schema": schema}},
+    )
+
+    result = handler.result_model.model_validate_json(streamed.content)
+    assert detect_language(json.dumps(result.model_dump(), ensure_ascii=False)) == lang
 
 
 def test_include_usage_adds_a_final_chunk_that_counts_the_tokens(llm: Llm) -> None:
@@ -210,7 +236,7 @@ def test_a_hang_ends_without_a_response_after_hang_seconds(serve: Callable[..., 
 def test_a_tokens_marker_lengthens_a_schema_answer_to_that_many_tokens(
     llm: Llm, tokens: int
 ) -> None:
-    from scripts.offline_llm import tokenize
+    from scripts.fakes.offline_llm import tokenize
 
     plain = llm.stream(messages=user("[[llm:slow=0]] hi"), response_format=schema_format(Tiny))
     longer = llm.stream(
@@ -338,7 +364,7 @@ def test_the_cli_serves_at_the_env_rate_and_never_logs_message_content(tmp_path:
     log_path = tmp_path / "llm.log"
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "scripts.offline_llm", "--port", str(port)],
+            [sys.executable, "-m", "scripts.fakes.offline_llm", "--port", str(port)],
             cwd=Path(__file__).resolve().parents[1],
             env=env,
             stderr=log_file,

@@ -26,7 +26,9 @@ from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from scripts.devstack import Stack
+from lib.handlers import registry
+from scripts.gen.openapi_kinds import updated
+from scripts.stack.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -37,6 +39,13 @@ REGISTRY: Registry = Registry().with_resource(
     BASE_URI, Resource.from_contents(DOC, default_specification=DRAFT202012)
 )
 SLOW = RESUME + " [[llm:slow=100]]"
+# A good input of each kind that reads other texts than the two of job_match.
+KIND_INPUTS: dict[str, dict[str, Any]] = {
+    "resume_summary": {"resume_text": RESUME},
+    "detailed_resume_summary": {"resume_text": RESUME},
+    "job_summary": {"job_description": JD},
+    "pre_match_audit": {"resume_text": RESUME, "job_description": JD},
+}
 ERROR_CODES = [
     "invalid_input",
     "unauthorized",
@@ -157,6 +166,35 @@ def test_every_status_the_spec_lists_is_documented_with_its_error_codes() -> Non
     events = _lookup("#/paths/~1api~1jobs~1{job_id}~1events/get")
     assert "text/event-stream" in events["responses"]["200"]["content"]
     assert {"status", "progress", "delta", "result", "error"} == set(events["x-sse-events"])
+
+
+def test_the_kinds_their_inputs_and_results_are_generated_from_the_handler_registry() -> None:
+    assert updated(DOC) == DOC, (
+        "api/_openapi.json is stale: run python -m scripts.gen.openapi_kinds"
+    )
+    assert _lookup("#/components/schemas/Kind")["enum"] == sorted(registry())
+    mapping = _lookup("#/components/schemas/SubmitRequest")["discriminator"]["mapping"]
+    assert set(mapping) == set(registry())
+    examples = _lookup("#/paths/~1api~1jobs/post/requestBody/content/application~1json/examples")
+    for example in examples.values():
+        validate(example["value"], "#/components/schemas/SubmitRequest")
+        kind = registry()[example["value"]["kind"]]
+        kind.input_model.model_validate(example["value"]["input"])
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_INPUTS))
+def test_the_documents_input_schema_agrees_with_the_kinds_input_model(kind: str) -> None:
+    good = {"kind": kind, "input": KIND_INPUTS[kind]}
+    registry()[kind].input_model.model_validate(good["input"])
+    validate(good, "#/components/schemas/SubmitRequest")
+    for name in good["input"]:
+        too_long = {**good["input"], name: "x" * 20_001}
+        with pytest.raises(AssertionError):
+            validate({**good, "input": too_long}, "#/components/schemas/SubmitRequest")
+    with pytest.raises(AssertionError):
+        validate(
+            {**good, "input": {**good["input"], "extra": "x"}}, "#/components/schemas/SubmitRequest"
+        )
 
 
 @pytest.mark.parametrize("kind", ["job_match", "resume_customize", "interview_prep"])

@@ -1,12 +1,15 @@
-"""Packaging rules: api/ stays light for Vercel, and the pinned sets match pyproject."""
+"""Packaging rules: api/ stays light for Vercel, the pins match pyproject, the wheel is the
+product."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +64,25 @@ def test_the_vercel_requirements_hold_the_api_set_and_nothing_worker_only() -> N
     assert base <= api_pins
     assert not (worker & api_pins)
     assert base | worker <= worker_pins
+
+
+def test_the_wheel_ships_only_the_product_and_no_scripts_package(tmp_path: Path) -> None:
+    # Built from a copy of the source tree with scripts/ in it, as a fresh clone has it.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("lib", "api", "worker", "scripts"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), "."],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        tops = {name.split("/")[0] for name in archive.namelist() if ".dist-info/" not in name}
+    assert tops == {"lib", "api", "worker"}

@@ -17,7 +17,7 @@ import requests
 from helpers.net import free_port, serve_wsgi, wait_for
 from postgrest.exceptions import APIError
 
-from scripts import postgrest_standin
+from scripts.fakes import postgrest_standin
 from supabase import Client, ClientOptions, create_client
 
 KEY = "standin-test-service-role-key"
@@ -332,7 +332,7 @@ def test_main_serves_rpc_from_the_command_line_and_environment(
     port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "SUPABASE_SERVICE_ROLE_KEY": KEY}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.postgrest_standin", "--port", str(port)],
+        [sys.executable, "-m", "scripts.fakes.postgrest_standin", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -352,7 +352,7 @@ def test_main_serves_rpc_from_the_command_line_and_environment(
         proc.terminate()
         proc.wait(10)
     missing = subprocess.run(
-        [sys.executable, "-m", "scripts.postgrest_standin"],
+        [sys.executable, "-m", "scripts.fakes.postgrest_standin"],
         env={
             k: v for k, v in env.items() if k not in ("DATABASE_URL", "SUPABASE_SERVICE_ROLE_KEY")
         },

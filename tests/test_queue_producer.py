@@ -17,7 +17,7 @@ from helpers.net import free_port, serve_wsgi, wait_for
 
 from lib.queue.plans import failure_callback_retries
 from lib.queue.producer import QStashPublisher
-from scripts.dev_broker import create_app
+from scripts.fakes.dev_broker import create_app
 
 if TYPE_CHECKING:
     from helpers.worker import Db, WorkerEnv

@@ -122,7 +122,7 @@ def test_a_final_failure_before_any_output_refunds_in_full_and_says_nothing_was_
     job = env.create_job("[[llm:fail=500]]")
     env.state.watch(job.job_id, "tcp")
 
-    assert deliver(env, job, retried=3, retries=3).status_code == 489
+    assert deliver(env, job, retries=0).status_code == 489  # the only attempt is the last
 
     assert read_text(env, job) == ""
     assert ledger(db, job) == [("debit", -1, None), ("refund", 1, 0.0)]

@@ -19,7 +19,7 @@ from helpers.stack import RESUME, User, follow, text_of_last_attempt
 from httpx_sse import connect_sse
 
 from lib.handlers import registry
-from scripts.devstack import Stack
+from scripts.stack.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from helpers.backends import live_for_user
 from helpers.net import free_port
 from helpers.producer import ProducerEnv, body, events_of, new_user
 from helpers.stack import JD
@@ -58,7 +59,7 @@ def test_a_submit_admits_charges_and_enqueues_exactly_one_message(env: ProducerE
     assert db.coins(user) == 4
     assert db.ledger(job.id) == [("debit", -1)]
     assert env.state.live("paid") == 1
-    assert env.state.live_for_user(user, "paid") == 1
+    assert live_for_user(env.state, user, "paid") == 1
     assert env.producer.verifier.stream_user(submitted.stream_token, job.id) == user
     assert submitted.body()["events_url"] == (
         f"/api/jobs/{job.id}/events?token={submitted.stream_token}"
@@ -121,10 +122,16 @@ def test_a_submit_while_redis_is_down_is_refused_and_charges_nothing(
 
     assert time.monotonic() - started < 5
     assert caught.value.status == 503
-    assert db.coins(user) == 5  # the initial grant only
-    assert db.ledger_of(user) == [("grant", 5)]
+    assert db.coins(user) == 5
+    # Charged in the submit's first round trip, then taken back: the ledger shows both.
+    assert db.ledger_of(user) == [("grant", 5), ("debit", -1), ("refund", 1)]
     assert db.jobs_of(user) == []
     assert env.published() == 0
+
+    retried = make_producer().producer.submit(user, body(), "key-redis-down")
+
+    assert retried.created is True
+    assert db.coins(user) == 4
 
 
 def test_a_submit_while_the_database_is_down_is_refused_and_admits_nothing(
@@ -140,7 +147,7 @@ def test_a_submit_while_the_database_is_down_is_refused_and_admits_nothing(
     assert time.monotonic() - started < 10
     assert caught.value.status == 503
     assert env.live() == 0
-    assert env.state.live_for_user(user, "paid") == 0
+    assert live_for_user(env.state, user, "paid") == 0
     assert env.state.backend.command("KEYS", f"{redis_prefix}job:*") == []
     assert env.published() == 0
 
@@ -204,7 +211,7 @@ def test_two_concurrent_submits_with_one_key_create_one_job_and_one_message(
     assert len(db.jobs_of(user)) == 1
     assert db.coins(user) == 4
     assert env.published() == 1
-    assert env.state.live_for_user(user, "paid") == 1
+    assert live_for_user(env.state, user, "paid") == 1
 
 
 def test_an_idempotency_key_is_per_user(env: ProducerEnv, db: Db) -> None:
@@ -273,7 +280,7 @@ def test_a_full_tier_answers_backpressure_and_charges_nothing(
     make_producer: Callable[..., ProducerEnv], db: Db
 ) -> None:
     env = make_producer(queue_max_paid=1)
-    env.producer.submit(new_user(), body(), None)
+    admitted = env.producer.submit(new_user(), body(), None)
     user = new_user()
 
     with pytest.raises(RateLimitError) as caught:
@@ -283,6 +290,26 @@ def test_a_full_tier_answers_backpressure_and_charges_nothing(
     assert caught.value.retry_after and caught.value.retry_after >= 1
     assert db.coins(user) == 5
     assert db.jobs_of(user) == []
+    assert env.published() == 1
+    # The refused job's stream was never started: the admitted job's is the only one.
+    streams = env.state.backend.command("KEYS", f"{env.settings.redis_prefix}job:*")
+    assert streams == [env.state.keys.events(admitted.job.id)]
+
+
+def test_a_user_at_their_concurrency_limit_is_refused_and_the_free_job_is_given_back(
+    make_producer: Callable[..., ProducerEnv], db: Db
+) -> None:
+    env = make_producer(initial_coins=0, free_daily_jobs=3)
+    user = new_user()
+    first = env.producer.submit(user, body(), "key-first")
+
+    with pytest.raises(RateLimitError) as caught:
+        env.producer.submit(user, body(resume_text="Another resume."), "key-second")
+
+    assert (caught.value.status, caught.value.code) == (429, "user_concurrency")
+    assert db.free_used(user) == 1
+    assert [j["id"] for j in db.jobs_of(user)] == [first.job.id]
+    assert live_for_user(env.state, user, "free") == 1
     assert env.published() == 1
 
 
@@ -326,7 +353,6 @@ def test_an_invalid_submit_is_refused_with_per_field_details_and_charges_nothing
     error = caught.value
     assert (error.status, error.code) == (400, "invalid_input")
     assert isinstance(error.details, dict) and field in error.details, error.details
-    assert error.body()["error"]["details"] == error.details
     assert db.coins(user) is None  # not even the initial grant: nothing reached the database
     assert db.jobs_of(user) == []
     assert env.live() == 0

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 import redis
+from helpers.backends import live_for_user, renew
 from helpers.net import wait_for
 
 from lib.errors import RateLimitError
@@ -62,7 +63,7 @@ def test_release_frees_both_slots_and_is_idempotent(state: State) -> None:
     state.release(job, "free", user)
     state.release(job, "free", user)
     assert state.live("free") == 0
-    assert state.live_for_user(user, "free") == 0
+    assert live_for_user(state, user, "free") == 0
     state.admit(new_id(), "free", user)
 
 
@@ -103,10 +104,10 @@ def test_a_second_attempt_cannot_take_a_held_lease(state: State) -> None:
 def test_renew_reports_a_lost_lease_and_a_closed_stream(state: State) -> None:
     job, user = new_id(), new_id()
     state.acquire(job, "free", user, "a")
-    assert state.renew(job, "free", user, "a") == (True, None, None)
-    assert state.renew(job, "free", user, "other") == (False, None, None)
+    assert renew(state, job, "free", user, "a") == (True, None, None)
+    assert renew(state, job, "free", user, "other") == (False, None, None)
     emit_terminal(state, job, "cancelled", result=None, error=None, attempt=1)
-    assert state.renew(job, "free", user, "a") == (True, "cancelled", None)
+    assert renew(state, job, "free", user, "a") == (True, "cancelled", None)
 
 
 def test_a_closed_stream_refuses_the_lease(state: State) -> None:

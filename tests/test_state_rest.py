@@ -18,8 +18,8 @@ from lib.errors import UnavailableError
 from lib.state import scripts
 from lib.state.rest import RestBackend
 from lib.state.scripts import Script
-from scripts import upstash_standin
-from scripts.upstash_faults import FAULT_KINDS, Fault
+from scripts.fakes import upstash_standin
+from scripts.fakes.upstash_faults import FAULT_KINDS, Fault
 
 TOKEN = "rest-outage-token"
 TIMEOUT = 0.4  # the adapter's per-request timeout, which a hang outlasts

@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers.backends import refund
 
 from lib.store import Store
 
@@ -61,15 +62,79 @@ def test_a_new_user_is_granted_the_initial_coins_once(store: Store, database_url
     assert balance(database_url, user) == (5, 5)
 
 
-def test_auto_picks_paid_when_coins_cover_the_cost_then_free_then_quota(store: Store) -> None:
+def submit_job(
+    store: Store, user: str, *, tier: str = "auto", cost: int = 2, key: str | None = None
+) -> dict[str, Any]:
+    return store.submit_job(
+        job_id=new_id(),
+        user_id=user,
+        kind="job_match",
+        tier=tier,
+        cost=cost,
+        input=INPUT,
+        idempotency_key=key,
+        request_hash="h",
+    )
+
+
+def test_auto_picks_paid_when_coins_cover_the_cost_then_free_then_quota(
+    store: Store, database_url: str
+) -> None:
     user = new_id()
-    assert store.prepare_submit(user, 5, "auto", None, "h") == {"outcome": "ok", "tier": "paid"}
-    assert submit(store, user, cost=5)["outcome"] == "created"
-    assert store.prepare_submit(user, 5, "auto", None, "h") == {"outcome": "ok", "tier": "free"}
-    submit(store, user, tier="free")
-    submit(store, user, tier="free")
-    prep = store.prepare_submit(user, 5, "auto", None, "h")
-    assert prep["outcome"] == "quota_exhausted" and prep["free_jobs_left_today"] == 0
+    paid = submit_job(store, user, cost=5)
+    assert paid["outcome"] == "created" and paid["job"]["tier"] == "paid"
+    assert paid["job"]["cost"] == 5
+    assert [submit_job(store, user, cost=5)["job"]["tier"] for _ in range(2)] == ["free", "free"]
+    refused = submit_job(store, user, cost=5)
+    assert refused == {"outcome": "quota_exhausted", "coins": 0, "free_jobs_left_today": 0}
+    assert balance(database_url, user) == (0, 0)
+
+
+def test_an_explicit_tier_is_never_downgraded_or_upgraded(store: Store, database_url: str) -> None:
+    user = new_id()
+    assert submit_job(store, user, tier="paid", cost=6)["outcome"] == "quota_exhausted"
+    assert submit_job(store, user, tier="free", cost=1)["job"]["tier"] == "free"
+    assert store.me(user).free_jobs_left_today == 1
+    assert balance(database_url, user) == (5, 5)
+
+
+def test_a_submitted_job_counts_as_enqueued_and_is_never_swept(store: Store) -> None:
+    user = new_id()
+    job = submit_job(store, user, key="k-enq")["job"]
+    assert job["id"] not in store.sweep_unenqueued(0)
+    assert store.get_job(job["id"], user).status == "queued"  # type: ignore[union-attr]
+    replay = submit_job(store, user, key="k-enq")
+    assert replay["outcome"] == "existing" and replay["enqueued"] is True
+
+
+def test_withdraw_refunds_and_removes_the_job_and_frees_its_key(
+    store: Store, database_url: str
+) -> None:
+    user = new_id()
+    job = submit_job(store, user, key="k-w")["job"]
+    assert store.withdraw_submit(job["id"])
+    assert not store.withdraw_submit(job["id"])
+    assert store.get_job(job["id"], user) is None
+    assert balance(database_url, user) == (5, 5)
+    assert submit_job(store, user, key="k-w")["outcome"] == "created"
+
+
+def test_a_free_jobs_withdrawal_gives_back_the_daily_use(store: Store) -> None:
+    user = new_id()
+    job = submit_job(store, user, tier="free")["job"]
+    assert store.me(user).free_jobs_left_today == 1
+    assert store.withdraw_submit(job["id"])
+    assert store.me(user).free_jobs_left_today == 2
+
+
+def test_a_started_job_is_never_withdrawn_or_aborted(store: Store, database_url: str) -> None:
+    user = new_id()
+    job = submit_job(store, user)["job"]
+    store.start_attempt(job["id"])
+    assert not store.withdraw_submit(job["id"])
+    assert not store.abort_submit(job["id"], "unavailable", "x")
+    assert store.get_job(job["id"], user).status == "running"  # type: ignore[union-attr]
+    assert balance(database_url, user) == (3, 3)
 
 
 def test_submit_debits_once_and_the_ledger_matches_the_balance(
@@ -97,7 +162,7 @@ def test_the_same_idempotency_key_returns_the_same_job_without_a_second_charge(
     first = submit(store, user, key="k1", digest="a")
     again = submit(store, user, key="k1", digest="a")
     assert again["outcome"] == "existing" and again["job"]["id"] == first["job"]["id"]
-    assert store.prepare_submit(user, 2, "auto", "k1", "a")["outcome"] == "existing"
+    assert submit_job(store, user, key="k1")["outcome"] == "idempotency_conflict"
     assert submit(store, user, key="k1", digest="b")["outcome"] == "idempotency_conflict"
     assert balance(database_url, user) == (3, 3)
 
@@ -153,7 +218,7 @@ def test_failure_refunds_exactly_once(store: Store, database_url: str) -> None:
     user = new_id()
     job = submit(store, user, cost=2)["job"]
     store.finish(job["id"], "failed", error={"code": "x", "message": "m"})
-    assert not store.refund(job["id"])
+    assert not refund(store, job["id"])
     store.finish(job["id"], "failed", error={"code": "x", "message": "m"})
     assert balance(database_url, user) == (5, 5)
 
@@ -189,17 +254,17 @@ def test_get_and_list_show_only_the_owners_jobs_newest_first(store: Store) -> No
 
 def test_abort_submit_fails_refunds_and_frees_the_key(store: Store, database_url: str) -> None:
     user = new_id()
-    job = submit(store, user, key="k", digest="d")["job"]
+    job = submit_job(store, user, key="k")["job"]
     assert store.abort_submit(job["id"], "unavailable", "broker down")
     assert not store.abort_submit(job["id"], "unavailable", "broker down")
+    assert store.get_job(job["id"], user).status == "failed"  # type: ignore[union-attr]
     assert balance(database_url, user) == (5, 5)
-    assert submit(store, user, key="k", digest="d")["outcome"] == "created"
+    assert submit_job(store, user, key="k")["outcome"] == "created"
 
 
-def test_an_enqueued_job_is_never_aborted_or_swept(store: Store) -> None:
+def test_a_job_marked_enqueued_is_never_swept(store: Store) -> None:
     job = submit(store, new_id())["job"]
     store.mark_enqueued(job["id"])
-    assert not store.abort_submit(job["id"], "unavailable", "x")
     assert job["id"] not in store.sweep_unenqueued(0)
 
 
@@ -314,7 +379,7 @@ def test_a_failure_takes_in_the_workers_final_count_before_it_decides(
     assert finished.changed and finished.refund == "no_refund_delivered"
     assert balance(database_url, user) == (3, 3)
     assert ledger(database_url, job_id)[-1] == ("no_refund_delivered", 0, 50.0)
-    assert not store.refund(job_id)
+    assert not refund(store, job_id)
 
 
 def test_a_failure_before_any_output_was_delivered_refunds_in_full(
@@ -375,7 +440,7 @@ def test_the_refund_rule_is_applied_once_even_when_a_later_call_has_another_thre
     store.finish(job_id, "failed", error={"code": "x", "message": "m"})
     stricter = Store(store_backend, initial_coins=5, free_daily=2, refund_max_delivered_pct=10)
 
-    assert not stricter.refund(job_id)
+    assert not refund(stricter, job_id)
     assert stricter.finish(job_id, "failed", error={"code": "x", "message": "m"}).refund is None
 
     assert balance(database_url, user) == (5, 5)

@@ -1,4 +1,4 @@
-"""The Upstash REST stand-in's fault switch (scripts/upstash_faults.py), seen by the official
+"""The Upstash REST stand-in's fault switch (scripts/fakes/upstash_faults.py), seen by the official
 `upstash_redis` client and by plain HTTP, with the real Redis behind it checked by redis-py."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from helpers.net import serve_wsgi, wait_for
 from upstash_redis import Redis as UpstashRedis
 from upstash_redis.errors import UpstashError
 
-from scripts import upstash_standin
-from scripts.upstash_faults import DAILY_LIMIT_ERROR, Fault
+from scripts.fakes import upstash_standin
+from scripts.fakes.upstash_faults import DAILY_LIMIT_ERROR, Fault
 
 TOKEN = "fault-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

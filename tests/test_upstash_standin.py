@@ -18,7 +18,7 @@ from helpers.net import free_port, serve_wsgi, wait_for
 from upstash_redis import Redis as UpstashRedis
 from upstash_redis.errors import UpstashError
 
-from scripts import upstash_standin
+from scripts.fakes import upstash_standin
 
 TOKEN = "standin-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -359,7 +359,7 @@ def test_main_serves_the_api_from_the_command_line_and_environment(redis_url: st
     port = free_port()
     env = {**os.environ, "REDIS_URL": redis_url, "UPSTASH_REDIS_REST_TOKEN": TOKEN}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.upstash_standin", "--port", str(port)],
+        [sys.executable, "-m", "scripts.fakes.upstash_standin", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -378,7 +378,7 @@ def test_main_serves_the_api_from_the_command_line_and_environment(redis_url: st
         proc.terminate()
         proc.wait(10)
     missing = subprocess.run(
-        [sys.executable, "-m", "scripts.upstash_standin"],
+        [sys.executable, "-m", "scripts.fakes.upstash_standin"],
         env={k: v for k, v in env.items() if k not in ("REDIS_URL", "UPSTASH_REDIS_REST_TOKEN")},
         capture_output=True,
         text=True,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import time
 from typing import Any
@@ -13,8 +11,11 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from lib import config, logs, tracing
 from lib.errors import AppError
-from lib.executor import Executor, Outcome
+from lib.executor import Executor
+from lib.queue import wire
 from lib.queue.receiver import InvalidSignature, verify_body, verify_token
+from lib.sweeper import Sweeper
+from lib.verdict import GiveUp, RetryAfter
 
 log = logging.getLogger("cs.worker")
 
@@ -24,24 +25,22 @@ log = logging.getLogger("cs.worker")
 MAX_BODY_BYTES = 64 * 1024
 
 
-def _respond(outcome: Outcome) -> Response:
-    response = jsonify(outcome.body)
-    response.status_code = outcome.status
-    response.headers.update(outcome.headers)
+def _respond(answer: wire.Answer) -> Response:
+    response = jsonify(answer.body)
+    response.status_code = answer.status
+    response.headers.update(answer.headers)
     return response
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    response = jsonify({"error": {"code": code, "message": message, "details": None}})
-    response.status_code = status
-    response.headers.update(headers or {})
-    return response
+def _error(status: int, code: str, message: str) -> Response:
+    return _respond(
+        wire.Answer(status, {"error": {"code": code, "message": message, "details": None}})
+    )
 
 
 def _outage(exc: AppError) -> Response:
-    """503 without Retry-After: QStash then spaces the retries by its own backoff (12 s,
-    2 m 28 s, 30 m 8 s, ...), where a Retry-After would replace it and still use up a retry."""
-    return _error(503, exc.code, exc.message)
+    """Redis or the database is down: retry by the broker's own backoff (no Retry-After)."""
+    return _respond(wire.answer(RetryAfter(exc.code, exc.message)))
 
 
 def _int_header(name: str) -> int:
@@ -49,18 +48,6 @@ def _int_header(name: str) -> int:
         return max(0, int(request.headers.get(name, "0")))
     except ValueError:
         return 0
-
-
-def _delivery(body: bytes) -> dict[str, Any] | None:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(payload, dict) or not all(
-        isinstance(payload.get(k), str) for k in ("job_id", "user_id", "tier")
-    ):
-        return None
-    return payload
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -86,7 +73,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             LLM(settings),
             Metrics(),
         )
-        executor.start_sweeper()
+        Sweeper(settings, executor.store, executor.state).start()
+    executor.start()
     if executor.metrics is not None:
         count_errors(executor.store, executor.state)
     app = Flask(__name__)
@@ -143,7 +131,7 @@ def _verified(executor: Executor, settings: Any, url: str) -> bytes | Response:
         first = executor.state.first_use(claims.jti, claims.exp - int(time.time()) + tolerance)
     except AppError as exc:
         log.warning("could not check the signature for replay", extra={"code": exc.code})
-        return _error(503, exc.code, exc.message, {"Retry-After": "10"})
+        return _outage(exc)
     if not first:
         # QStash sends a JWT "with each request", living 5 minutes (upstash.com/docs/qstash/
         # features/security), so every attempt has its own jti and only a replay repeats one.
@@ -154,66 +142,59 @@ def _verified(executor: Executor, settings: Any, url: str) -> bytes | Response:
 
 
 def _delivery_routes(app: Flask, executor: Executor, settings: Any) -> None:
-    def verified(url: str) -> bytes | Response:
-        return _verified(executor, settings, url)
-
     @app.post("/v1/execute")
     def execute() -> Response:
-        body = verified(settings.execute_url)
+        body = _verified(executor, settings, settings.execute_url)
         if isinstance(body, Response):
             return body
-        payload = _delivery(body)
-        if payload is None:
-            return _error(
-                489,
-                "invalid_input",
-                "malformed delivery body",
-                {"Upstash-NonRetryable-Error": "true"},
-            )
-        # Upstash-Retried is not signed: it is informational (logs, traces) only. Whether this is
-        # the last attempt comes from the job's own attempt count against the signed `retries`.
-        retried = _int_header("Upstash-Retried")
-        max_retries = int(payload.get("retries", settings.job_retries))
-        with logs.job_scope(payload["job_id"], user_id=payload["user_id"]):
-            try:
-                outcome = executor.execute(
-                    payload["job_id"],
-                    payload["user_id"],
-                    payload["tier"],
-                    retried=retried,
-                    max_retries=max_retries,
-                )
-            except AppError as exc:  # Redis or the DB is down: let the broker retry later
-                log.warning("delivery failed", extra={"code": exc.code})
-                return _outage(exc)
-        return _respond(outcome)
+        delivery = wire.parse_delivery(body)
+        if delivery is None:
+            return _respond(wire.answer(GiveUp("invalid_input", "malformed delivery body")))
+        try:
+            return _respond(_execute(executor, delivery, settings.job_retries))
+        except AppError as exc:  # Redis or the DB is down: let the broker retry later
+            log.warning("delivery failed", extra={"code": exc.code, "job_id": delivery.job_id})
+            return _outage(exc)
 
     @app.post("/v1/failed")
     def failed() -> Response:
-        body = verified(settings.failed_url)
+        body = _verified(executor, settings, settings.failed_url)
         if isinstance(body, Response):
             return body
-        try:
-            callback = json.loads(body)
-            source = _delivery(base64.b64decode(callback.get("sourceBody") or ""))
-        except (ValueError, TypeError, AttributeError):
-            source = None
-        if source is None:
+        callback = wire.parse_failure_callback(body)
+        if callback is None:
             log.warning("failure callback without a usable source body")
             return jsonify({"ignored": True})
-        reason = (
-            f"delivery failed after {callback.get('retried', 0)} retries "
-            f"(last status {callback.get('status')})"
-        )
-        with logs.job_scope(source["job_id"], user_id=source["user_id"]):
+        job_id, user_id, tier, _ = callback.delivery
+        with logs.job_scope(job_id, user_id=user_id):
             try:
-                outcome = executor.fail_delivery(
-                    source["job_id"], source["user_id"], source["tier"], reason
-                )
+                verdict = executor.fail_delivery(job_id, user_id, tier, callback.reason)
             except AppError as exc:
                 log.warning("failure callback failed", extra={"code": exc.code})
                 return _outage(exc)
-        return _respond(outcome)
+        return _respond(wire.answer(verdict))
+
+
+def _execute(executor: Executor, delivery: wire.Delivery, default_retries: int) -> wire.Answer:
+    """One delivery as one `job.attempt` span, every log line tagged with the job.
+
+    Upstash-Retried is not signed: it is informational (logs, traces) only. Whether this is the
+    last attempt comes from the job's own attempt count against the signed `retries`."""
+    retried = _int_header("Upstash-Retried")
+    job_id, user_id, tier, retries = delivery
+    with (
+        logs.job_scope(job_id, user_id=user_id, tier=tier),
+        tracing.attempt_span(job_id, tier=tier, retried=retried),
+    ):
+        verdict = executor.execute(
+            job_id,
+            user_id,
+            tier,
+            max_retries=default_retries if retries is None else retries,
+        )
+        answer = wire.answer(verdict)
+        tracing.annotate(http_status=answer.status)
+        return answer
 
 
 def _health_routes(app: Flask, executor: Executor, admission: Any) -> None:

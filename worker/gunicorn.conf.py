@@ -16,9 +16,9 @@ import signal
 import sys
 import tempfile
 
-from lib.config import is_loopback as _is_loopback
 from lib.config import load as _load_settings
-from lib.config import public_dev_values as _public_dev_values
+from lib.config_checks import is_loopback as _is_loopback
+from lib.config_checks import public_dev_values as _public_dev_values
 
 _settings = _load_settings("any")
 

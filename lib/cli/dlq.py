@@ -2,9 +2,9 @@
 
 It works the same against QStash and the dev broker (`QSTASH_URL`, `QSTASH_TOKEN`). Redrive
 publishes the dead message's body again to its URL (or `--to`), with the options the producer
-publishes with (`lib/queue/producer.py`): retries, retry delay, failure callback, flow control,
-timeout and the forwarded headers, then deletes it from the DLQ. Its deduplication id is
-derived from the DLQ id, so redriving one message twice delivers it once.
+publishes with (`lib.queue.wire.publish`): retries, retry delay, failure callback and its
+retries header, flow control, timeout and the forwarded headers, then deletes it from the DLQ.
+Its deduplication id is derived from the DLQ id, so redriving one message twice delivers it once.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from lib import config
 from lib.cli.output import EXIT_FAILED, EXIT_OK, console, emit, note
 from lib.config import Settings
 from lib.errors import ConfigError, UnavailableError
+from lib.queue import wire
 
 PAGE = 100
 TIMEOUT_SECONDS = 15.0
@@ -153,23 +154,23 @@ def _flow_control(message: Any) -> dict[str, Any] | None:
 def redrive_one(qstash: Any, settings: Settings, message: Any, to: str | None) -> str:
     """Publish `message` again and delete it from the DLQ; returns the new message id."""
     content_type, headers = _forwarded(message)
-    response = _call(
-        f"publishing {message.dlq_id} again",
-        qstash.message.publish,
+    new_id = wire.publish(
+        qstash,
+        settings,
         url=to or message.url,
         body=body_of(message),
+        retries=message.max_retries,
+        deduplication_id=f"redrive-{message.dlq_id}",
+        what=f"publishing {message.dlq_id} again: {{exc}}",
         content_type=content_type,
         method=message.method,
         headers=headers or None,
-        retries=message.max_retries,
         retry_delay=message.retry_delay_expression,
         failure_callback=message.failure_callback,
         flow_control=_flow_control(message),
-        timeout=f"{settings.job_timeout_seconds}s",
-        deduplication_id=f"redrive-{message.dlq_id}",
     )
     _call(f"deleting {message.dlq_id} from the DLQ", qstash.dlq.delete, message.dlq_id)
-    return str(response.message_id)
+    return new_id
 
 
 def redrive(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import httpx
 
 from lib import config
 from lib.config import Settings
+from lib.config_checks import plan_problems
 from lib.errors import AppError, ConfigError
 
 TIMEOUT_SECONDS = 5.0
@@ -89,7 +90,7 @@ def check_plan(settings: Settings) -> Check:
     from lib.queue.plans import plan
 
     limits = plan(settings.qstash_plan)
-    problems = config.plan_problems(settings)
+    problems = plan_problems(settings)
     if problems:
         return Check("qstash plan", limits.name, False, "\n".join(problems))
     if limits.parallelism is None:

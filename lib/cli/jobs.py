@@ -30,16 +30,16 @@ def read_text(path: str, what: str) -> str:
         raise ConfigError(f"cannot read the {what} from {path}: {exc}") from None
 
 
-def _match(path: str) -> dict[str, Any]:
+def _earlier_result(path: str, kind: str) -> dict[str, Any]:
+    """The `kind` result in `path`: the result itself, or a whole job / `cs status` output."""
     try:
-        value = json.loads(read_text(path, "match"))
+        value = json.loads(read_text(path, f"{kind} result"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not JSON: {exc}") from None
-    # Accept a job_match result, or a whole job / `cs status` output that holds one.
     if isinstance(value, dict) and isinstance(value.get("result"), dict):
         value = value["result"]
     if not isinstance(value, dict):
-        raise ConfigError(f"{path} must hold a job_match result (a JSON object)")
+        raise ConfigError(f"{path} must hold a {kind} result (a JSON object)")
     return value
 
 
@@ -83,12 +83,16 @@ def watch(api: Api, job_id: str, view: View, cursor: env.Cursor, *, print_result
 
 
 def submit(args: argparse.Namespace) -> int:
-    job_input: dict[str, Any] = {
-        "resume_text": read_text(args.resume, "resume"),
-        "job_description": read_text(args.jd, "job description"),
-    }
+    # Only what was given: the producer refuses a missing or an extra field with its details.
+    job_input: dict[str, Any] = {}
+    if args.resume:
+        job_input["resume_text"] = read_text(args.resume, "resume")
+    if args.jd:
+        job_input["job_description"] = read_text(args.jd, "job description")
     if args.match:
-        job_input["match"] = _match(args.match)
+        job_input["match"] = _earlier_result(args.match, "job_match")
+    if args.job_summary:
+        job_input["job_summary"] = _earlier_result(args.job_summary, "job_summary")
     with api_from(args) as api:
         created, body = api.submit(args.kind, job_input, args.tier, args.idempotency_key)
         job = body["job"]

@@ -27,7 +27,15 @@ examples (with `make dev` running):
 exit status: 0 success; 1 the job did not succeed, the API or broker refused, or doctor found a
 problem; 2 bad usage or configuration; 130 interrupted (resume with `cs tail JOB_ID`)."""
 
-KINDS = ("job_match", "resume_customize", "interview_prep")
+KINDS = (
+    "job_match",
+    "resume_customize",
+    "interview_prep",
+    "resume_summary",
+    "detailed_resume_summary",
+    "job_summary",
+    "pre_match_audit",
+)
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -91,13 +99,24 @@ def _job_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     api = [_api_options()]
     p = _add(sub, "submit", "jobs:submit", "submit a job; with --wait, follow it to its end", api)
     p.add_argument("--kind", required=True, choices=KINDS, help="what to run")
-    p.add_argument("--resume", required=True, metavar="FILE", help="resume text file (- = stdin)")
-    p.add_argument("--jd", required=True, metavar="FILE", help="job description text file")
+    p.add_argument(
+        "--resume", metavar="FILE", help="resume text file (- = stdin); every kind but job_summary"
+    )
+    p.add_argument(
+        "--jd",
+        metavar="FILE",
+        help="job description text file; every kind but the resume summaries",
+    )
     p.add_argument(
         "--match",
         metavar="FILE",
         help="a job_match result (JSON, or `cs status` output) for resume_customize and "
         "interview_prep",
+    )
+    p.add_argument(
+        "--job-summary",
+        metavar="FILE",
+        help="a job_summary result (JSON, or `cs status` output) for pre_match_audit",
     )
     p.add_argument(
         "--tier",

@@ -20,8 +20,8 @@ from httpx_sse import SSEError, connect_sse
 from lib.cli.api import raise_for_error
 from lib.cli.env import Cursor
 from lib.errors import AppError, UnavailableError
+from lib.models import TERMINAL
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 MAX_FAILURES = 5
 # The server sends a heartbeat at least every 15 s; a silent connection is dead after this.
 READ_TIMEOUT_SECONDS = 45.0

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from lib.errors import PermanentError
 from lib.events import JobEvents
+from lib.llm_types import LLM, LLMMeter, Usage, parse_json
 from lib.models import MAX_PROMPT_CHARS, ErrorCode, JobInput
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -58,7 +59,7 @@ class Handler:
 
     kind: str
     cost: int
-    input_model: type[JobInput]
+    input_model: type[BaseModel]
     result_model: type[BaseModel]
     handle: Callable[[Context, Any], BaseModel]
     expected_chars: int = 1500
@@ -67,7 +68,7 @@ class Handler:
     fields: Callable[[Any], dict[str, str]] = text_fields
     max_prompt_chars: int = MAX_PROMPT_CHARS
 
-    def prompt_chars(self, job_input: JobInput) -> dict[str, int]:
+    def prompt_chars(self, job_input: BaseModel) -> dict[str, int]:
         """The size in characters of the rendered user prompt ("total", the longest over the
         kind's languages) and of each field in it, for the submit bound."""
         fields = self.fields(job_input)
@@ -89,18 +90,18 @@ class Context:
     attempt: int
     model: str
     events: JobEvents
-    llm: Any  # lib.llm.LLM; typed loosely so api/ never imports openai through here
+    llm: LLM
     check: Callable[[], None] = lambda: None
     expected_chars: int = 1500
     usage: dict[str, Any] = field(default_factory=dict)
     # lib.metrics.Metrics (or None), and the attempt's start (time.monotonic()), from which
     # the time to first token is measured.
-    metrics: Any = None
+    metrics: LLMMeter | None = None
     started: float = field(default_factory=time.monotonic)
     # Why the previous attempt's answer was unusable, when this attempt is its repair.
     repair: str | None = None
 
-    def _metered(self, usage: Any, first_token_at: float | None) -> None:
+    def _metered(self, usage: Usage, first_token_at: float | None) -> None:
         if self.metrics is not None:
             self.metrics.llm_call(
                 self.kind,
@@ -123,8 +124,6 @@ class Context:
         Raises PermanentError(invalid_model_output) when the answer is not a valid instance.
         A repair attempt (`repair` set) asks again with what was wrong in the system prompt.
         """
-        from lib.llm import parse_json
-
         lang = detect_language(*fields.values())
         system, user = prompts[lang]
         schema = result_model.model_json_schema()
@@ -170,3 +169,15 @@ class Context:
                 code=ErrorCode.INVALID_MODEL_OUTPUT,
                 details=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()][:10],
             ) from exc
+
+
+def repair_problem(exc: PermanentError) -> str:
+    """What was wrong with an invalid answer, for the repair prompt: the error and where the
+    result did not validate (field paths and pydantic's messages, never the output itself)."""
+    details = exc.details if isinstance(exc.details, list) else []
+    where = "; ".join(
+        f"{'.'.join(str(p) for p in d.get('loc', [])) or 'answer'}: {d.get('msg', '')}"
+        for d in details
+        if isinstance(d, dict)
+    )
+    return f"{exc.message} ({where})" if where else exc.message

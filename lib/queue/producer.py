@@ -7,25 +7,16 @@ window delivers it once.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
-from typing import Any, Protocol
+from typing import Protocol
 
 from lib.config import Settings
-from lib.errors import UnavailableError
-from lib.queue.plans import failure_callback_retries
+from lib.models import Tier
+from lib.queue import wire
 
 log = logging.getLogger(__name__)
-
-
-def message_body(job_id: str, user_id: str, tier: str, retries: int) -> bytes:
-    """The signed body of a delivery. `retries` lets the worker know its last attempt."""
-    return json.dumps(
-        {"job_id": job_id, "user_id": user_id, "tier": tier, "retries": retries},
-        separators=(",", ":"),
-    ).encode()
 
 
 def flow_control_key(tier: str, model_spec: str) -> str:
@@ -53,39 +44,26 @@ class QStashPublisher:
             retry={"retries": 1, "backoff": lambda attempt: 200.0},
         )
         # The SDK's default timeout is 600 s; a submit must fail fast when the broker is down.
-        self._client.http._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=2.0))
+        # Set on the SDK's own client: a new one would load the CA bundle again (a cold start
+        # pays each load; docs/performance.md).
+        self._client.http._client.timeout = httpx.Timeout(timeout, connect=2.0)
 
     def publish(self, job_id: str, *, user_id: str, tier: str, model: str) -> str:
-        import httpx
-        from qstash.errors import QStashError
-
         s = self.settings
-        parallelism = s.llm_max_concurrency_paid if tier == "paid" else s.llm_max_concurrency_free
-        try:
-            response: Any = self._client.message.publish(
-                url=s.execute_url,
-                body=message_body(job_id, user_id, tier, s.job_retries).decode(),
-                content_type="application/json",
-                retries=s.job_retries,
-                retry_delay=s.job_retry_delay or None,
-                deduplication_id=job_id,
-                failure_callback=s.failed_url,
-                # `Upstash-Failure-Callback-Retries` (https://upstash.com/docs/qstash/features/
-                # callbacks, "Configuring Callbacks"); by default the callback gets the message's
-                # own retries, none at JOB_RETRIES=0, and one deferred /v1/failed would then lose
-                # the refund. The SDK's publish has no parameter for it; `prepare_headers` sends a
-                # `failure_callback_headers` name that already starts with the prefix unchanged.
-                failure_callback_headers={
-                    "Upstash-Failure-Callback-Retries": str(
-                        failure_callback_retries(s.qstash_plan, s.job_retries)
-                    )
-                },
-                flow_control={"key": flow_control_key(tier, model), "parallelism": parallelism},
-                timeout=f"{s.job_timeout_seconds}s",
-            )
-        except (QStashError, httpx.HTTPError) as exc:
-            raise UnavailableError("the job broker is unavailable") from exc
-        return str(response.message_id)
+        parallelism = (
+            s.llm_max_concurrency_paid if tier == Tier.PAID else s.llm_max_concurrency_free
+        )
+        return wire.publish(
+            self._client,
+            s,
+            url=s.execute_url,
+            body=wire.message_body(job_id, user_id, tier, s.job_retries).decode(),
+            retries=s.job_retries,
+            deduplication_id=job_id,
+            content_type="application/json",
+            retry_delay=s.job_retry_delay or None,
+            flow_control={"key": flow_control_key(tier, model), "parallelism": parallelism},
+        )
 
 
 class DirectPublisher:
@@ -106,14 +84,12 @@ class DirectPublisher:
         return f"direct_{job_id}"
 
     def _deliver(self, job_id: str, user_id: str, tier: str) -> None:
-        import base64
-
         import requests
 
         from lib.queue.signing import sign
 
         s = self.settings
-        body = message_body(job_id, user_id, tier, 0)
+        body = wire.message_body(job_id, user_id, tier, 0)
         key = s.qstash_current_signing_key
         headers = {
             "Content-Type": "application/json",
@@ -133,16 +109,9 @@ class DirectPublisher:
             log.warning("direct delivery failed to reach the worker", extra={"job_id": job_id})
         if 200 <= status < 300:
             return
-        callback = json.dumps(
-            {
-                "status": status,
-                "retried": 0,
-                "maxRetries": 0,
-                "sourceMessageId": f"direct_{job_id}",
-                "url": s.execute_url,
-                "sourceBody": base64.b64encode(body).decode(),
-            }
-        ).encode()
+        callback = wire.failure_callback_body(
+            status, body, url=s.execute_url, message_id=f"direct_{job_id}"
+        )
         try:
             requests.post(
                 s.failed_url,

@@ -12,8 +12,6 @@ import hashlib
 import time
 import uuid
 
-import jwt
-
 # Official QStash dev server defaults (`qstash dev`), shared by our dev broker.
 DEV_TOKEN = "eyJVc2VySUQiOiJkZWZhdWx0VXNlciIsIlBhc3N3b3JkIjoiZGVmYXVsdFBhc3N3b3JkIn0="  # noqa: S105
 DEV_CURRENT_SIGNING_KEY = "sig_7kYjw48mhY7kAjqNGcy6cr29RJ6r"
@@ -39,4 +37,6 @@ def sign(key: str, url: str, body: bytes, *, now: float | None = None) -> str:
         "jti": f"jwt_{uuid.uuid4().hex}",
         "body": body_hash(body),
     }
+    import jwt  # here: lib.config imports the dev values above, and a cold api/ must not load PyJWT
+
     return jwt.encode(claims, key, algorithm="HS256")

@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 
 from lib.errors import RateLimitError
@@ -18,7 +19,16 @@ from lib.state import scripts
 from lib.state.backend import Entry, RedisBackend, pairs
 from lib.state.keys import Keys
 
-__all__ = ["State", "RedisBackend", "Entry", "Keys", "Renewal", "from_settings"]
+__all__ = [
+    "State",
+    "Acquire",
+    "Acquisition",
+    "RedisBackend",
+    "Entry",
+    "Keys",
+    "Renewal",
+    "from_settings",
+]
 
 Publish = Literal["auto", "always", "never"]
 # How long a live SSE reader's presence lasts after its last refresh; readers refresh it at least
@@ -36,6 +46,36 @@ class Renewal(NamedTuple):
     held: bool
     done: str | None  # the terminal status once the stream is closed (the cancel flag)
     watch: str | None  # "tcp" or "rest" while an SSE reader watches the job, else None
+
+
+class Acquire(StrEnum):
+    """What ACQUIRE did with a job's lease."""
+
+    ACQUIRED = "acquired"
+    DONE = "done"
+    BUSY = "busy"
+
+
+class Acquisition(NamedTuple):
+    """ACQUIRE's answer: the outcome and its detail (see the properties)."""
+
+    outcome: Acquire
+    detail: str | int | None
+
+    @property
+    def watch(self) -> str | None:
+        """ACQUIRED: the transport of a live SSE reader ("tcp", "rest"), or None."""
+        return str(self.detail) if self.outcome == Acquire.ACQUIRED and self.detail else None
+
+    @property
+    def status(self) -> str | None:
+        """DONE: the job's terminal status (its stream is closed)."""
+        return str(self.detail) if self.outcome == Acquire.DONE else None
+
+    @property
+    def remaining_ms(self) -> int:
+        """BUSY: how long the other attempt's lease still lasts, in ms (0 otherwise)."""
+        return int(self.detail or 0) if self.outcome == Acquire.BUSY else 0
 
 
 def _now_ms() -> int:
@@ -74,27 +114,41 @@ class State:
         self.stream_slot_ttl_ms = int(stream_slot_ttl * 1000)
 
     # Admission -------------------------------------------------------------------------------
-    def admit(self, job_id: str, tier: str, user_id: str) -> None:
-        """Reserve a live slot for the job in its tier and for its user.
+    def admit(
+        self,
+        job_id: str,
+        tier: str,
+        user_id: str,
+        *,
+        first_event: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Reserve a live slot for the job in its tier and for its user; with `first_event`
+        (type, data), also start the job's event stream with it, in the same round trip.
 
-        Raises RateLimitError (code backpressure or user_concurrency, with retry_after).
-        Admitting the same job twice is a no-op.
+        Raises RateLimitError (code backpressure or user_concurrency, with retry_after); then
+        nothing is written. Admitting the same job twice is a no-op.
         """
         tier_max, user_max = self.limits[tier]
         now = _now_ms()
-        result = self.backend.run(
-            scripts.ADMIT,
-            [self.keys.tier(tier), self.keys.user(user_id, tier), self.keys.admission_stats()],
-            [
-                job_id,
-                now,
-                now + self.admission_ttl_ms,
-                tier_max,
-                user_max,
-                self.admission_ttl_ms * 2,
-                tier,
-            ],
-        )
+        keys = [self.keys.tier(tier), self.keys.user(user_id, tier), self.keys.admission_stats()]
+        args: list[str | int] = [
+            job_id,
+            now,
+            now + self.admission_ttl_ms,
+            tier_max,
+            user_max,
+            self.admission_ttl_ms * 2,
+            tier,
+        ]
+        if first_event is not None:
+            event_type, data = first_event
+            keys += [self.keys.events(job_id), self.keys.done(job_id)]
+            args += [
+                self.events_ttl,
+                event_type,
+                json.dumps(data, separators=(",", ":"), ensure_ascii=False),
+            ]
+        result = self.backend.run(scripts.ADMIT, keys, args)
         outcome = result[0]
         if outcome == "backpressure":
             raise RateLimitError(
@@ -133,9 +187,6 @@ class State:
     def live(self, tier: str) -> int:
         """The number of live (admitted, unexpired) jobs in a tier."""
         return int(self.backend.run(scripts.LIVE, [self.keys.tier(tier)], [_now_ms()]))
-
-    def live_for_user(self, user_id: str, tier: str) -> int:
-        return int(self.backend.run(scripts.LIVE, [self.keys.user(user_id, tier)], [_now_ms()]))
 
     # Event stream slots ----------------------------------------------------------------------
     def hold_stream(
@@ -177,16 +228,12 @@ class State:
         """Free an event stream's slot (it ended or its client went away). Idempotent."""
         self.backend.command("ZREM", self.keys.streams(user_id), stream_id)
 
-    def open_streams(self, user_id: str) -> int:
-        """The number of the user's event streams that hold a slot now."""
-        return int(self.backend.run(scripts.LIVE, [self.keys.streams(user_id)], [_now_ms()]))
-
     # Leases ----------------------------------------------------------------------------------
-    def acquire(self, job_id: str, tier: str, user_id: str, token: str) -> tuple[str, Any]:
+    def acquire(self, job_id: str, tier: str, user_id: str, token: str) -> Acquisition:
         """Take the job's lease for one attempt.
 
-        Returns ("acquired", watch) where watch is the transport of a live SSE reader ("tcp",
-        "rest") or None, ("done", terminal status) when the stream is closed, or ("busy",
+        Returns (ACQUIRED, watch) where watch is the transport of a live SSE reader ("tcp",
+        "rest") or None, (DONE, terminal status) when the stream is closed, or (BUSY,
         remaining lease ms) when another attempt holds it.
         """
         deadline = _now_ms() + self.admission_ttl_ms
@@ -195,17 +242,12 @@ class State:
             self._lease_keys(job_id, tier, user_id),
             [token, self.lease_ttl_ms, job_id, deadline, self.admission_ttl_ms * 2],
         )
-        return str(result[0]), (result[1] if len(result) > 1 else None)
-
-    def renew(
-        self, job_id: str, tier: str, user_id: str, token: str, *, admission: bool = True
-    ) -> Renewal:
-        """Extend the lease, and the admission deadlines when `admission` is true."""
-        return self.renew_many([(job_id, tier, user_id, token, admission)])[0]
+        return Acquisition(Acquire(str(result[0])), result[1] if len(result) > 1 else None)
 
     def renew_many(self, leases: list[tuple[str, str, str, str, bool]]) -> list[Renewal]:
-        """`renew` for many (job id, tier, user id, token, admission) at once, in one round
-        trip. Each costs 3 Redis commands, 6 when its admission deadlines are refreshed too."""
+        """Extend the leases of many (job id, tier, user id, token, admission) at once, and
+        their admission deadlines where admission is true, in one round trip. Each costs 3
+        Redis commands, 6 when its admission deadlines are refreshed too."""
         deadline = _now_ms() + self.admission_ttl_ms
         calls: list[tuple[scripts.Script, list[str], list[str | int]]] = [
             (

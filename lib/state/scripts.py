@@ -20,9 +20,13 @@ class Script:
 # Admit a job into its tier and its user's live sets. Members are job ids scored by a deadline
 # (ms); expired members are dropped first, so a crashed job frees its slot by itself. A refusal
 # counts itself in the stats hash (field "<tier>:<reason>"; the worker's /metrics reads it); an
-# admission writes nothing there, as Redis is billed per command.
-# KEYS: tier set, user set, stats hash. ARGV: job id, now ms, deadline ms, tier max, user max,
-# user ttl ms, tier. Returns {"ok"} | {"backpressure"} | {"user_concurrency"}.
+# admission writes nothing there, as Redis is billed per command. With KEYS[4] and KEYS[5], a new
+# admission also starts the job's event stream with its first event (the producer's `queued`
+# status, in the same round trip), as EMIT would: unless the stream is closed, XADD, then the
+# stream's TTL. No PUBLISH: no reader can wait on a job whose id nobody has been told yet.
+# KEYS: tier set, user set, stats hash[, stream, done]. ARGV: job id, now ms, deadline ms, tier
+# max, user max, user ttl ms, tier[, events ttl s, event type, event data].
+# Returns {"ok"} | {"backpressure"} | {"user_concurrency"}.
 ADMIT = Script(
     "admit",
     """
@@ -42,6 +46,10 @@ end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
+if #KEYS >= 5 and redis.call('EXISTS', KEYS[5]) == 0 then
+  redis.call('XADD', KEYS[4], '*', 't', ARGV[9], 'd', ARGV[10])
+  redis.call('EXPIRE', KEYS[4], ARGV[8])
+end
 return {'ok'}
 """,
 )

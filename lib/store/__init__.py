@@ -8,19 +8,55 @@ identically; `tests/test_store.py` runs one contract suite against both.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from lib.models import Job, Me
 from lib.store.backends import PostgresBackend, StoreBackend, SupabaseBackend
 
-__all__ = ["Store", "StoreBackend", "Started", "Finished", "for_worker", "from_settings"]
+__all__ = [
+    "Store",
+    "StoreBackend",
+    "Attempt",
+    "Delivered",
+    "Cancel",
+    "Started",
+    "Finished",
+    "for_worker",
+    "from_settings",
+]
+
+
+class Attempt(StrEnum):
+    """What `cs_start_attempt` did."""
+
+    STARTED = "started"
+    TERMINAL = "terminal"  # the job had ended: nothing to run
+    NOT_FOUND = "not_found"
+
+
+class Delivered(StrEnum):
+    """What `cs_record_delivered` did."""
+
+    RECORDED = "recorded"
+    TERMINAL = "terminal"  # the job ended: write nothing more
+    STALE = "stale"  # another attempt runs the job
+    NOT_FOUND = "not_found"
+
+
+class Cancel(StrEnum):
+    """What `cs_cancel` did."""
+
+    CANCELLED = "cancelled"
+    ALREADY_FINISHED = "already_finished"
+    NOT_FOUND = "not_found"
 
 
 @dataclass(frozen=True)
 class Started:
-    """The result of `start_attempt`: outcome is started, terminal or not_found."""
+    """The result of `start_attempt`."""
 
-    outcome: str
+    outcome: Attempt
     job: Job | None
     user_id: str | None
     input: dict[str, Any] | None
@@ -61,16 +97,30 @@ class Store:
         self.free_daily = free_daily
         self.refund_max_delivered_pct = refund_max_delivered_pct
 
-    def prepare_submit(
-        self, user_id: str, cost: int, tier: str, idempotency_key: str | None, request_hash: str
+    def submit_job(
+        self,
+        *,
+        job_id: str,
+        user_id: str,
+        kind: str,
+        tier: str,
+        cost: int,
+        input: dict[str, Any],
+        idempotency_key: str | None,
+        request_hash: str,
     ) -> dict[str, Any]:
-        """Choose a tier without charging. Returns the SQL outcome dict (see the migration)."""
+        """The producer's submit, in one SQL call: idempotency, the tier choice (`tier` is
+        auto, paid or free), the charge and the insert. Outcome: created (job), existing (job,
+        enqueued), idempotency_conflict or quota_exhausted (coins, free_jobs_left_today)."""
         result: dict[str, Any] = self.backend.call(
-            "cs_prepare_submit",
+            "cs_submit_job",
             {
+                "p_job_id": job_id,
                 "p_user_id": user_id,
-                "p_cost": cost,
+                "p_kind": kind,
                 "p_tier": tier,
+                "p_cost": cost,
+                "p_input": input,
                 "p_idempotency_key": idempotency_key,
                 "p_request_hash": request_hash,
                 "p_initial_coins": self.initial_coins,
@@ -78,6 +128,12 @@ class Store:
             },
         )
         return result
+
+    def withdraw_submit(self, job_id: str) -> bool:
+        """Take back a job just submitted that was never admitted: refund it and delete it and
+        its idempotency key. True if this call did it; False once a delivery touched it."""
+        result = self.backend.call("cs_withdraw_submit", {"p_job_id": job_id})
+        return bool(result and result.get("outcome") == "withdrawn")
 
     def submit(
         self,
@@ -91,8 +147,10 @@ class Store:
         idempotency_key: str | None,
         request_hash: str,
     ) -> dict[str, Any]:
-        """Insert and charge the job in one transaction. Outcome: created, existing,
-        idempotency_conflict or quota_exhausted."""
+        """Insert and charge a job of a chosen tier (paid or free), not yet enqueued, in one
+        transaction: what the producer did before `submit_job`, kept for jobs made without a
+        producer (the worker's tests) and the sweeper that heals them. Outcome: created,
+        existing, idempotency_conflict or quota_exhausted."""
         result: dict[str, Any] = self.backend.call(
             "cs_submit",
             {
@@ -111,10 +169,12 @@ class Store:
         return result
 
     def mark_enqueued(self, job_id: str) -> None:
+        """Record that the broker accepted a job inserted by `submit` (not yet enqueued)."""
         self.backend.call("cs_mark_enqueued", {"p_job_id": job_id})
 
     def abort_submit(self, job_id: str, code: str, message: str) -> bool:
-        """Fail and refund a job the broker never accepted; True if this call did it."""
+        """Fail and refund a job the broker refused; True if this call did it (False once a
+        delivery started it)."""
         result = self.backend.call(
             "cs_abort_submit", {"p_job_id": job_id, "p_error": {"code": code, "message": message}}
         )
@@ -123,9 +183,11 @@ class Store:
     def start_attempt(self, job_id: str) -> Started:
         """Begin a delivery attempt: running, attempts + 1, unless the job is terminal."""
         r = self.backend.call("cs_start_attempt", {"p_job_id": job_id})
-        return Started(r["outcome"], _job(r.get("job")), r.get("user_id"), r.get("input"))
+        return Started(Attempt(r["outcome"]), _job(r.get("job")), r.get("user_id"), r.get("input"))
 
-    def record_delivered(self, job_id: str, attempt: int, chars: int, typical_chars: int) -> str:
+    def record_delivered(
+        self, job_id: str, attempt: int, chars: int, typical_chars: int
+    ) -> Delivered:
         """Record that `attempt` has delivered `chars` characters of output (the most any
         attempt delivered is kept), before they are written. Returns recorded, terminal (the
         job ended: write nothing more), stale (another attempt runs it) or not_found."""
@@ -138,7 +200,7 @@ class Store:
                 "p_typical_chars": typical_chars,
             },
         )
-        return str(r["outcome"])
+        return Delivered(r["outcome"])
 
     def finish(
         self,
@@ -166,15 +228,7 @@ class Store:
         )
         return Finished(bool(r["changed"]), _job(r.get("job")), r.get("user_id"), r.get("refund"))
 
-    def refund(self, job_id: str) -> bool:
-        """Apply the refund rule to a failed or cancelled job at most once; True if this call
-        gave coins (or the free daily use) back."""
-        r = self.backend.call(
-            "cs_refund", {"p_job_id": job_id, "p_max_pct": self.refund_max_delivered_pct}
-        )
-        return bool(r["refunded"])
-
-    def cancel(self, job_id: str, user_id: str) -> tuple[str, Job | None]:
+    def cancel(self, job_id: str, user_id: str) -> tuple[Cancel, Job | None]:
         """Cancel the user's job and apply the refund rule to the output recorded as delivered
         so far: (cancelled | already_finished | not_found, job)."""
         r = self.backend.call(
@@ -185,7 +239,7 @@ class Store:
                 "p_max_pct": self.refund_max_delivered_pct,
             },
         )
-        return r["outcome"], _job(r.get("job"))
+        return Cancel(r["outcome"]), _job(r.get("job"))
 
     def get_job(self, job_id: str, user_id: str) -> Job | None:
         return _job(self.backend.call("cs_get_job", {"p_job_id": job_id, "p_user_id": user_id}))

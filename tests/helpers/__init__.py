@@ -4,4 +4,6 @@
 - `stack`: driving a running stack over HTTP as the front end does (`User`, SSE `events`).
 - `worker`: the in-process worker's environment and signed QStash deliveries to it.
 - `broker`: the dev broker harness's recording destination and running broker.
+- `backends`: reads and steps only tests need, straight on Redis and Postgres (`live_for_user`,
+  `open_streams`, `renew`, `refund`).
 """

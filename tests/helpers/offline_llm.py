@@ -15,7 +15,7 @@ import openai
 from flask import Flask
 from pydantic import BaseModel, Field, HttpUrl
 
-from scripts.offline_llm import EXTENSION
+from scripts.fakes.offline_llm import EXTENSION
 
 # Not helpers.stack.RESUME: words without punctuation, so a test can check that every word of an
 # answer comes from the message (the offline LLM draws its vocabulary from it).

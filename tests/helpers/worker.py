@@ -20,8 +20,8 @@ from werkzeug.test import TestResponse
 
 from helpers.stack import JD, RESUME, Event
 from lib.config import Settings
-from lib.queue.producer import message_body
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
+from lib.queue.wire import message_body
 from lib.state import State
 from lib.store import Store
 

@@ -1,0 +1,474 @@
+"""`make chaos`: fault injection under load on the real local stack, then invariants.
+
+For each scenario it starts a fresh stack (`scripts.stack.devstack.Stack`: offline LLM, dev broker,
+worker under gunicorn, producer) on the run's own embedded Redis and Postgres, has many users
+submit a few hundred jobs that stream for several seconds each, injects the scenario's fault
+while they run, waits until every job is terminal (within the scenario's time budget), and
+checks the invariants of `scripts.chaos.check` over Postgres and Redis. The clock-skew scenarios
+run the worker under libfaketime (`scripts.chaos.clock`; `scripts/install-faketime` installs it).
+It prints one row per scenario and exits 1 when any invariant was violated.
+
+    .venv/bin/python -m scripts.chaos [--only NAME ...] [--jobs 240] [--users 60] [--list]
+
+Logs of each scenario's components go to .devstack/chaos/<scenario>/; the figures of the last
+run to .devstack/chaos/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from scripts.chaos.check import check
+from scripts.chaos.clock import SkewedStack, WorkerClock
+from scripts.chaos.faults import (
+    Duplicator,
+    FaultContext,
+    Infra,
+    Schedule,
+    broker_stats,
+    cut_redis,
+    llm_markers,
+    no_fault,
+    pause_redis,
+    postgres_outage,
+    redis_outage,
+    restart_postgres,
+    sigkill_twice,
+    sigterm_once,
+    wait_broker_idle,
+)
+from scripts.chaos.load import LeaseWatch, Load, Marker, plan_jobs
+from scripts.chaos.proxy import Proxy
+from scripts.chaos.skew import (
+    Skew,
+    check_skew,
+    redrive_dead_letters,
+    skewed,
+    skewed_and_killed,
+    step_after_dead_letters,
+    step_after_refusals,
+)
+from scripts.stack.devstack import ROOT, Ports
+
+OUT = ROOT / ".devstack" / "chaos"
+TOTAL_BUDGET = 14 * 60  # seconds: `make chaos` must end within 15 minutes
+
+# Admission and coins sized so that every submit is admitted; the rest is the production shape
+# at a realistic pace (25 tokens/s: a job streams for 10-25 s).
+BASE_ENV = {
+    "OPENAI_API_KEY": "",
+    "QSTASH_URL": "",
+    "QSTASH_MODE": "broker",
+    "APP_ENV": "development",
+    "LOG_FORMAT": "json",
+    "LOG_LEVEL": "INFO",
+    "INITIAL_COINS": "100",
+    "QUEUE_MAX_PAID": "5000",
+    "QUEUE_MAX_FREE": "1000",
+    "USER_MAX_ACTIVE_PAID": "10",
+    "USER_MAX_ACTIVE_FREE": "5",
+    "FREE_DAILY_JOBS": "100",
+    "LLM_MAX_CONCURRENCY_PAID": "500",
+    "LLM_MAX_CONCURRENCY_FREE": "500",
+    # Limits by contract: config and the dev broker enforce none of a plan's (lib/queue/plans.py).
+    "QSTASH_PLAN": "enterprise",
+    "OFFLINE_LLM_TOKENS_PER_SECOND": "25",
+    "JOB_RETRIES": "8",
+    "JOB_RETRY_DELAY": "1000 + 1000 * retried",
+    "DEV_BROKER_TIME_SCALE": "1",
+    "LEASE_TTL_SECONDS": "10",
+    "WORKER_DRAIN_SECONDS": "3",
+    "WEB_CONCURRENCY": "2",
+    "GUNICORN_THREADS": "256",
+}
+
+
+# The outage scenarios run on QStash's own retry policy: the production retry count, its default
+# backoff (no JOB_RETRY_DELAY), and the worker's outage answers carrying no Retry-After. At this
+# scale, 5 minutes of QStash time are 6 s and the backoff is 0.24 s, 3 s, 36 s.
+OUTAGE_ENV = {"JOB_RETRIES": "3", "JOB_RETRY_DELAY": "", "DEV_BROKER_TIME_SCALE": "0.02"}
+
+
+@dataclass
+class Scenario:
+    name: str
+    title: str
+    schedule: Schedule
+    budget: float  # seconds from the stack's start to the end of the drain
+    overrides: dict[str, str] = field(default_factory=dict)
+    marker: Marker | None = None
+    duplicates: bool = False
+    proxy: bool = False
+    max_attempts: int | None = None
+    skew: Skew | None = None  # the worker runs under libfaketime
+    after_drain: Schedule | None = None  # a step once every job ended (e.g. a DLQ redrive)
+
+
+def _all_fail(index: int, rng: random.Random) -> tuple[str, str]:
+    return "", "failed"
+
+
+SCENARIOS = [
+    Scenario("sigkill", "worker SIGKILLed twice", sigkill_twice, 130),
+    Scenario("sigterm", "worker SIGTERM, then restart", sigterm_once, 110),
+    Scenario("redis-pause", "Redis SIGSTOP 5 s", pause_redis, 100),
+    Scenario("redis-cut", "Redis connections cut (proxy)", cut_redis, 100, proxy=True),
+    Scenario("pg-restart", "Postgres restarted mid-run", restart_postgres, 100),
+    Scenario(
+        "redis-outage",
+        "Redis down 5 min of QStash time",
+        redis_outage,
+        150,
+        overrides=OUTAGE_ENV,
+        proxy=True,
+    ),
+    Scenario(
+        "pg-outage",
+        "Postgres down 5 min of QStash time",
+        postgres_outage,
+        150,
+        overrides=OUTAGE_ENV,
+    ),
+    Scenario(
+        "redeliver",
+        "2-5 deliveries per message",
+        no_fault,
+        100,
+        overrides={"JOB_RETRIES": "3"},  # the production default: busy answers use it up
+        duplicates=True,
+        max_attempts=1,
+    ),
+    Scenario(
+        "llm-faults",
+        "LLM 503 once, 500 always, hangs",
+        no_fault,
+        110,
+        overrides={"LLM_READ_TIMEOUT_SECONDS": "3", "JOB_RETRIES": "3"},
+        marker=llm_markers,
+    ),
+    # Clock skew: only the worker's clock moves (scripts/chaos/clock.py). A signature is valid
+    # from its `nbf` (the broker's now) for 5 minutes, so a fast worker is within it at any
+    # tolerance while a slow one needs QSTASH_CLOCK_TOLERANCE_SECONDS above its lag.
+    Scenario(
+        "skew-ahead",
+        "worker clock +60 s (tolerance 30 s), SIGKILL once",
+        skewed_and_killed,
+        110,
+        skew=Skew(60, ends_at=60, refused=False),
+    ),
+    Scenario(
+        "skew-behind",
+        "worker clock -60 s, tolerance 90 s",
+        skewed,
+        100,
+        overrides={"QSTASH_CLOCK_TOLERANCE_SECONDS": "90"},
+        skew=Skew(-60, ends_at=-60, refused=False),
+        max_attempts=1,
+    ),
+    Scenario(
+        "skew-refused",
+        "worker clock -60 s > tolerance 30 s, then corrected",
+        step_after_refusals,
+        120,
+        overrides={"JOB_RETRIES": "12"},  # the refusals must not use up the retries
+        skew=Skew(-60, ends_at=0, refused=True),
+        max_attempts=1,
+    ),
+    Scenario(
+        "skew-dlq",
+        "worker clock -60 s through every retry, then DLQ redrive",
+        step_after_dead_letters,
+        100,
+        # The production retry count; the dev broker's backoff scaled so that the failure
+        # callbacks' second retry (30 s instead of 148 s) comes after the correction.
+        overrides={"JOB_RETRIES": "3", "DEV_BROKER_TIME_SCALE": "0.2"},
+        skew=Skew(-60, ends_at=0, refused=True),
+        marker=_all_fail,
+        after_drain=redrive_dead_letters,
+        max_attempts=0,
+    ),
+]
+
+
+@dataclass
+class Row:
+    scenario: str
+    title: str
+    accepted: int = 0
+    submitted: int = 0
+    peak_running: int = 0
+    faults: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def say(message: str) -> None:
+    print(f"[chaos] {message}", flush=True)
+
+
+def run_scenario(sc: Scenario, infra: Infra, args: argparse.Namespace, seed: int) -> Row:
+    row = Row(sc.name, sc.title)
+    started = time.monotonic()
+    deadline = started + sc.budget
+    rng = random.Random(seed)
+    proxy = None
+    redis_url = infra.redis_url
+    if sc.proxy:
+        target = urlsplit(infra.redis_url)
+        proxy = Proxy(target.hostname or "127.0.0.1", target.port or 6379).start()
+        redis_url = proxy.url
+    prefix = f"chaos-{sc.name}-{uuid.uuid4().hex[:6]}:"
+    ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
+    overrides = {
+        **BASE_ENV,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": infra.database_url,
+        "REDIS_PREFIX": prefix,
+        **sc.overrides,
+        **dict(item.split("=", 1) for item in args.set or []),
+    }
+    log_dir = OUT / sc.name
+    for old in log_dir.glob("*.log"):
+        old.unlink()
+    clock = WorkerClock(log_dir / "faketime", sc.skew.offset) if sc.skew else None
+    stack = SkewedStack(ports=ports, overrides=overrides, log_dir=log_dir, quiet=True, clock=clock)
+    plans = plan_jobs(args.jobs, args.users, rng, marker=sc.marker)
+    load = Load(stack.producer_url, plans, infra.database_url)
+    leases = LeaseWatch(infra.redis_url, prefix).start()
+    duplicator: Duplicator | None = None
+    ctx: FaultContext | None = None
+    try:
+        probe = clock.probe() if clock else 0.0
+        stack.start()
+        ctx = FaultContext(stack, infra, load, proxy, clock)
+        if clock:
+            ctx.note(f"worker clock {clock.offset:+.0f}s (a child measured {probe:+.1f}s)")
+        fault = threading.Thread(target=_guarded, args=(sc.schedule, ctx), daemon=True)
+        duplicator = Duplicator(stack, stack.env, rng) if sc.duplicates else None
+        fault.start()
+        marked = Counter(m.group(1) for p in plans if (m := _MARKER.search(p.marker)))
+        if marked:
+            ctx.note(", ".join(f"{n} x {name}" for name, n in sorted(marked.items())))
+        load.run(on_accepted=duplicator)
+        say(
+            f"{sc.name}: {len(load.accepted())}/{len(plans)} accepted in "
+            f"{load.submit_seconds:.1f}s; draining"
+        )
+        drained = load.drain(max(1.0, deadline - time.monotonic()))
+        fault.join(max(1.0, deadline - time.monotonic()))
+        if duplicator:
+            duplicator.close()
+            ctx.injected.append(duplicator.summary())
+            ctx.errors += duplicator.failures[:3]
+        pending = wait_broker_idle(stack, max(deadline, time.monotonic() + 15))
+        if sc.after_drain and not pending:
+            _guarded(sc.after_drain, ctx)
+        load.join_clients(10)
+        if not drained:
+            row.violations.append(f"not drained within {sc.budget:.0f}s: {load.monitor.counts}")
+        if fault.is_alive():
+            row.violations.append("the fault schedule did not finish within the budget")
+        if pending:
+            row.violations.append(f"the broker still had {pending} messages to deliver")
+        _judge(row, sc, ctx, leases, prefix, float(overrides["LEASE_TTL_SECONDS"]))
+        row.violations += [f"fault schedule error: {e}" for e in ctx.errors]
+    except Exception as exc:  # noqa: BLE001 - a crashed scenario is a failed scenario
+        row.violations.append(f"the scenario crashed: {type(exc).__name__}: {exc}")
+    finally:
+        row.faults = ctx.injected if ctx else []
+        row.accepted = len(load.accepted())
+        row.submitted = len(plans)
+        row.peak_running = load.monitor.peak_running
+        load.close()
+        leases.stop()
+        stack.stop()
+        if proxy:
+            proxy.stop()
+    row.seconds = round(time.monotonic() - started, 1)
+    _evidence(row, log_dir)
+    return row
+
+
+def _judge(
+    row: Row, sc: Scenario, ctx: FaultContext, leases: LeaseWatch, prefix: str, lease_s: float
+) -> None:
+    """The invariants over Postgres and Redis, plus the scenario's own, into `row`."""
+    client = ctx.infra.client()
+    try:
+        report = check(
+            ctx.infra.database_url, client, prefix, ctx.load, max_attempts=sc.max_attempts
+        )
+        row.violations += report.violations
+        row.stats = {
+            **report.stats,
+            "broker": broker_stats(ctx.stack),
+            "lease_min_ttl_ms": leases.min_ms,
+            "lease_max_ttl_ms": leases.max_ms,
+            "lease_samples_below_1s": f"{leases.below_1s}/{leases.samples}",
+            "admission_deadline_ahead_max_s": leases.admission_ahead_s,
+        }
+        # Leases are set with a relative TTL on Redis's clock: none may ever hold longer.
+        if leases.max_ms is not None and leases.max_ms > lease_s * 1000:
+            row.violations.append(
+                f"a lease had {leases.max_ms} ms left, more than its TTL of {lease_s:.0f} s"
+            )
+        if sc.skew and sc.max_attempts != 0 and not leases.samples:
+            row.violations.append("no lease was ever seen held while jobs ran")
+        if sc.skew:
+            ids = [s.job_id for s in ctx.load.accepted() if s.job_id]
+            problems, clock_stats = check_skew(sc.skew, ctx.stack, client, prefix, ids)
+            row.violations += problems
+            row.stats |= clock_stats
+    finally:
+        client.close()
+
+
+def _guarded(schedule: Schedule, ctx: FaultContext) -> None:
+    try:
+        schedule(ctx)
+    except Exception as exc:  # noqa: BLE001 - reported as a violation
+        ctx.errors.append(f"{type(exc).__name__}: {exc}")
+
+
+_MARKER = re.compile(r"\[\[llm:([a-z_]+)")
+_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _evidence(row: Row, log_dir: Path) -> None:
+    """For the first jobs named in violations, keep their log lines in evidence.txt."""
+    ids = list(dict.fromkeys(m for v in row.violations for m in _JOB_ID.findall(v)))[:5]
+    if not ids:
+        return
+    lines = []
+    for path in sorted(log_dir.glob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if any(job_id in line for job_id in ids):
+                lines.append(f"{path.stem}: {line}")
+    (log_dir / "evidence.txt").write_text("\n".join(lines) + "\n")
+
+
+def print_table(rows: list[Row]) -> None:
+    width = 52
+    head = (
+        f"{'scenario':<12} {'jobs':>5} {'peak':>5} {'retried':>7}  {'faults injected':<{width}}"
+        f" {'viol.':>5} {'secs':>6}"
+    )
+    print("\n" + head + "\n" + "-" * len(head))
+    for row in rows:
+        faults = "; ".join(row.faults) or "-"
+        retried = row.stats.get("retried", "-")
+        print(
+            f"{row.scenario:<12} {row.accepted:>5} {row.peak_running:>5} {retried:>7}"
+            f"  {faults[:width]:<{width}} {len(row.violations):>5} {row.seconds:>6.1f}"
+        )
+        for extra in _wrap(faults[width:], width):
+            print(f"{'':<34}{extra}")
+    print("(jobs: accepted; peak: most running at once; retried: jobs that took > 1 attempt)")
+    for row in rows:
+        for kind, examples in kinds_of(row.violations).items():
+            print(f"  {row.scenario}: {len(examples)} x {kind}")
+            for example in list(dict.fromkeys(examples))[:2]:
+                print(f"      e.g. {example}")
+
+
+def kinds_of(violations: list[str]) -> dict[str, list[str]]:
+    """Group violations by their text with ids and figures blanked, most frequent first."""
+    groups: dict[str, list[str]] = {}
+    for text in violations:
+        kind = re.sub(r"\d+(\.\d+)?", "N", _JOB_ID.sub("<id>", text))
+        groups.setdefault(kind, []).append(text)
+    return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    return [text[i : i + width] for i in range(0, len(text), width)]
+
+
+def machine() -> dict[str, Any]:
+    mem_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "mem_total_gb": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: mapping keys become strings."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.chaos", description=__doc__)
+    parser.add_argument("--only", nargs="*", help="run only these scenarios")
+    parser.add_argument("--jobs", type=int, default=240, help="jobs per scenario")
+    parser.add_argument("--users", type=int, default=60, help="users per scenario")
+    parser.add_argument("--seed", type=int, default=20261129)
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a stack setting"
+    )
+    args = parser.parse_args(argv)
+    chosen = [s for s in SCENARIOS if not args.only or s.name in args.only]
+    if args.list or not chosen:
+        for sc in SCENARIOS:
+            print(f"{sc.name:<12} {sc.title} (budget {sc.budget:.0f}s)")
+        return 0 if args.list else 2
+    OUT.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    infra = Infra().start()
+    say(f"own Redis {infra.redis_url}, own Postgres in {infra.pgdata}")
+    rows = []
+    try:
+        for i, sc in enumerate(chosen):
+            if time.monotonic() - started + sc.budget > TOTAL_BUDGET:
+                rows.append(Row(sc.name, sc.title, violations=["not run: out of total time"]))
+                continue
+            say(f"{sc.name}: {sc.title} ({args.jobs} jobs, budget {sc.budget:.0f}s)")
+            rows.append(run_scenario(sc, infra, args, args.seed + i))
+            say(f"{sc.name}: {len(rows[-1].violations)} violation(s) in {rows[-1].seconds}s")
+    finally:
+        infra.stop()
+    total = round(time.monotonic() - started, 1)
+    print_table(rows)
+    print(f"total {total}s")
+    results = {"meta": {**machine(), "total_seconds": total}, "rows": [asdict(r) for r in rows]}
+    (OUT / "results.json").write_text(json.dumps(_plain(results), indent=1, default=str) + "\n")
+    return 1 if any(r.violations for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

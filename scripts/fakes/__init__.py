@@ -1,0 +1,1 @@
+"""Local HTTP servers speaking the paid services' protocols: QStash, OpenAI, Upstash, PostgREST."""

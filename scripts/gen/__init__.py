@@ -1,0 +1,1 @@
+"""Generators: files in the repository made from the code (the OpenAPI kinds)."""

@@ -1,0 +1,1 @@
+"""The local stack: the dev supervisor, its cloud profile, embedded servers, demo, dev tokens."""

