@@ -4,21 +4,42 @@ Every test gets its own Redis key prefix, so tests never see each other's keys e
 server. With DATABASE_URL set, the suite creates (and drops) a database of its own on that server.
 `local_stack` starts the whole local stack (`scripts.stack.devstack.Stack`) on those servers;
 `e2e_stack` is the end-to-end suite's stack, once on each profile (`local`, `cloud`).
+
+This is the suite's one home for fixtures: the in-process worker (`make_worker`, `db`, the offline
+LLM) and the dev broker harness (`make_broker`, `dest`) are here too. Plain helpers (no fixtures)
+are in `tests/helpers/`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+from flask import Flask
+from helpers.broker import SCALE, Destination, RunningBroker, mount
+from helpers.events import Clock
+from helpers.net import SERVICE_ROLE_KEY, UPSTASH_TOKEN, free_port, serve_wsgi
+from helpers.offline_llm import Llm
+from helpers.producer import ProducerEnv
+from helpers.worker import Db, WorkerEnv
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from qstash import QStash
+from werkzeug.exceptions import NotFound
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
+import lib.state
+import lib.store
+from lib import config
+from lib.config import DEV_JWT_SECRET
+from lib.queue.plans import Plan
+from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
 from lib.store import migrate
 from scripts.stack import embedded
 
@@ -71,8 +92,6 @@ def redis_prefix() -> str:
 @pytest.fixture(scope="session")
 def upstash_url(redis_url: str) -> Iterator[str]:
     """An Upstash-REST stand-in that forwards to the real test Redis."""
-    from support import serve_wsgi
-
     from scripts.fakes.upstash_standin import create_app
 
     with serve_wsgi(create_app(redis_url, UPSTASH_TOKEN)) as url:
@@ -82,8 +101,6 @@ def upstash_url(redis_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def postgrest_url(database_url: str) -> Iterator[str]:
     """A PostgREST stand-in serving /rest/v1/rpc/<fn> from the real test Postgres."""
-    from support import serve_wsgi
-
     from scripts.fakes.postgrest_standin import create_app
 
     with serve_wsgi(create_app(database_url, SERVICE_ROLE_KEY)) as url:
@@ -198,9 +215,238 @@ def e2e_stack(
         yield running
 
 
-UPSTASH_TOKEN = "upstash-test-token"  # noqa: S105
-# The Supabase CLI's local service-role key shape: a JWT signed with the dev secret.
-SERVICE_ROLE_KEY = (
-    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIiwiaXNzIjoic3VwYWJhc2UtZ"
-    "GVtbyIsImV4cCI6MTk4MzgxMjk5Nn0.VkcJ801Bd30muD6WhyO-U6YR4hiCG96YZmkBFWN3QqI"
-)
+# lib/events.py's tests ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def state(redis_url: str, redis_prefix: str) -> Iterator[lib.state.State]:
+    """A `State` on the test Redis over TCP (test_state.py's `state` runs on both adapters)."""
+    from lib.state.tcp import TcpBackend
+
+    backend = TcpBackend(redis_url)
+    yield lib.state.State(backend, prefix=redis_prefix)
+    backend.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def job_id() -> str:
+    return str(uuid.uuid4())
+
+
+# The offline LLM's own tests --------------------------------------------------------------------
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Llm]]:
+    """Start offline LLM apps of this test's own; they all stop when it ends."""
+    from scripts.fakes.offline_llm import create_app
+
+    with ExitStack() as stack:
+
+        def start(tokens_per_second: float = 2000.0, hang_seconds: float = 10.0) -> Llm:
+            app = create_app(tokens_per_second=tokens_per_second, hang_seconds=hang_seconds)
+            return Llm(app, stack.enter_context(serve_wsgi(app)))
+
+        yield start
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[Llm]:
+    """One fast offline LLM app shared by a module's tests that need no state of their own
+    (test_llm.py's `llm` is the product's client instead)."""
+    from scripts.fakes.offline_llm import create_app
+
+    app = create_app(tokens_per_second=2000.0, hang_seconds=10.0)
+    with serve_wsgi(app) as url:
+        yield Llm(app, url)
+
+
+# The worker, in-process --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def llm_url() -> Iterator[str]:
+    """The offline LLM on loopback, fast enough that a normal job takes well under a second."""
+    from scripts.fakes.offline_llm import EXTENSION, create_app
+
+    app = create_app(tokens_per_second=2000)
+    with serve_wsgi(app) as url:
+        yield url
+    app.extensions[EXTENSION].stop.set()
+
+
+@pytest.fixture
+def base_settings(
+    redis_url: str, database_url: str, redis_prefix: str, llm_url: str
+) -> dict[str, Any]:
+    """Settings overrides shared by the worker and the producer in one test."""
+    return {
+        # Said explicitly: production is the default, and it refuses the public dev keys below.
+        "app_env": "development",
+        "redis_url": redis_url,
+        "database_url": database_url,
+        "redis_prefix": redis_prefix,
+        # Nothing listens here: the dev broker's deliveries fail and the worker is driven
+        # through Flask's test client, which signs for this same URL.
+        "worker_url": f"http://127.0.0.1:{free_port()}",
+        "qstash_current_signing_key": DEV_CURRENT_SIGNING_KEY,
+        "qstash_next_signing_key": DEV_NEXT_SIGNING_KEY,
+        "qstash_token": DEV_TOKEN,
+        "openai_base_url": f"{llm_url}/v1",
+        "openai_api_key": "x",
+        "llm_model_free": "openai:offline",
+        "llm_model_paid": "openai:offline",
+        "lease_ttl_seconds": 2,
+        "supabase_jwt_secret": DEV_JWT_SECRET,
+        "sweep_interval_seconds": 0,
+        "log_format": "text",
+    }
+
+
+@pytest.fixture
+def db(database_url: str) -> Db:
+    return Db(database_url)
+
+
+@pytest.fixture
+def make_worker(
+    base_settings: dict[str, Any],
+) -> Iterator[Callable[..., WorkerEnv]]:
+    """Build a worker (settings overrides as keyword arguments; `pool_size` and `store_timeout`
+    size its store's pool); torn down after the test."""
+    from lib.executor import Executor
+    from lib.llm import LLM
+    from lib.metrics import Metrics
+    from worker.app import create_app
+
+    built: list[WorkerEnv] = []
+    # create_app configures the root logger for the process; give pytest's logging back after.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+
+    def build(*, pool_size: int = 8, store_timeout: float = 5.0, **overrides: Any) -> WorkerEnv:
+        merged = {**base_settings, **overrides}
+        settings = config.load("worker", **merged)
+        st = lib.state.from_settings(settings)
+        sto = lib.store.from_settings(settings, pool_size=pool_size, timeout=store_timeout)
+        executor = Executor(settings, sto, st, LLM(settings), Metrics())
+        app = create_app({"executor": executor, **merged})
+        env = WorkerEnv(settings, sto, st, executor, app, merged)
+        built.append(env)
+        return env
+
+    yield build
+    for env in built:
+        env.executor.close()
+        env.store.close()
+        env.state.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def env(make_worker: Callable[..., WorkerEnv]) -> WorkerEnv:
+    """A worker on the default test settings (test_service.py's `env` is a producer instead)."""
+    return make_worker()
+
+
+@pytest.fixture
+def make_producer(
+    base_settings: dict[str, Any], dev_broker: str
+) -> Iterator[Callable[..., ProducerEnv]]:
+    """Build a producer on the real services; settings overrides as keyword arguments."""
+    from lib.auth import from_settings as verifier_from_settings
+    from lib.queue.producer import QStashPublisher
+    from lib.service import Producer
+
+    built: list[Producer] = []
+
+    def build(**overrides: Any) -> ProducerEnv:
+        settings = config.load("api", **{**base_settings, "qstash_url": dev_broker, **overrides})
+        producer = Producer(
+            settings,
+            lib.store.from_settings(settings, pool_size=4),
+            lib.state.from_settings(settings),
+            QStashPublisher(settings, timeout=3.0),
+            verifier_from_settings(settings),
+        )
+        built.append(producer)
+        return ProducerEnv(settings, producer, dev_broker)
+
+    yield build
+    for producer in built:
+        producer.store.close()
+        producer.state.close()
+
+
+@pytest.fixture
+def dev_broker() -> Iterator[str]:
+    """A fresh QStash-compatible dev broker; its deliveries go nowhere (no worker listens)."""
+    from scripts.fakes.dev_broker import create_app
+
+    app = create_app()
+    try:
+        with serve_wsgi(app) as url:
+            yield url
+    finally:
+        app.broker.stop()  # type: ignore[attr-defined]
+
+
+# The dev broker harness ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mounts() -> Iterator[tuple[str, DispatcherMiddleware]]:
+    """One loopback server for the module; each test mounts its own apps under a fresh prefix.
+
+    Starting and shutting down a server per test costs half a second each; a fresh prefix also
+    keeps a stopped broker's last in-flight request from reaching the next test's destination.
+    """
+    dispatcher = DispatcherMiddleware(NotFound(), {})
+    with serve_wsgi(dispatcher) as url:
+        yield url, dispatcher
+
+
+@pytest.fixture
+def make_broker(
+    mounts: tuple[str, DispatcherMiddleware],
+) -> Iterator[Callable[..., RunningBroker]]:
+    """Start a broker on the given QStash plan (a name or a Plan); stopped after the test."""
+    started: list[tuple[Flask, str]] = []
+
+    def start(limits: str | Plan = "payg") -> RunningBroker:
+        from scripts.fakes.dev_broker import create_app
+
+        app = create_app(time_scale=SCALE, limits=limits)
+        url, prefix = mount(mounts, app)
+        started.append((app, prefix))
+        return RunningBroker(url, app, QStash(DEV_TOKEN, base_url=url))
+
+    yield start
+    for app, prefix in started:
+        app.broker.stop()  # type: ignore[attr-defined]
+        del mounts[1].mounts[prefix]
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., RunningBroker]) -> RunningBroker:
+    """A broker on the default plan (pay-as-you-go)."""
+    return make_broker()
+
+
+@pytest.fixture
+def dest(mounts: tuple[str, DispatcherMiddleware]) -> Iterator[Destination]:
+    destination = Destination()
+    destination.url, prefix = mount(mounts, destination.app)
+    try:
+        yield destination
+    finally:
+        destination.release.set()
+        del mounts[1].mounts[prefix]
+    unsigned = [(d.path, d.signature_errors) for d in destination.deliveries if d.signature_errors]
+    assert not unsigned, f"deliveries whose signature did not verify: {unsigned}"

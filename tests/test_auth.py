@@ -23,8 +23,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask, jsonify
+from helpers.net import serve_wsgi
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-from support import serve_wsgi
 
 from lib.auth import ACCESS_AUDIENCE, Identity, Verifier, mint_access_token
 from lib.config import load

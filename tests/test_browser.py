@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_support import RESUME, events, text_of_last_attempt
-from support import free_port, wait_for
+from helpers.net import free_port, wait_for
+from helpers.stack import RESUME, events, text_of_last_attempt
 
 from scripts.stack.devstack import Ports, Stack
 

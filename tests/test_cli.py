@@ -15,8 +15,8 @@ from typing import Any
 
 import jwt
 import pytest
-from e2e_support import JD, RESUME
-from support import free_port, serve_wsgi, wait_for
+from helpers.net import free_port, serve_wsgi, wait_for
+from helpers.stack import JD, RESUME
 
 from lib.cli.stream import JobProgress
 from lib.config import DEV_JWT_SECRET

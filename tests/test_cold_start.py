@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SERVICE_ROLE_KEY, UPSTASH_TOKEN
-from support import free_port
+from helpers.net import free_port
 
 from lib.auth import mint_access_token
 

@@ -1,7 +1,8 @@
 """The dev broker keeps QStash's account rules: callback retries and the plan's limits.
 
-Each rule is checked against what upstash/docs documents (cited in scripts/fakes/dev_broker.py and
-lib/queue/plans.py), through the official qstash SDK, with tests/broker_support.py's harness.
+Each rule is checked against what upstash/docs documents (cited in scripts/fakes/dev_broker.py
+and lib/queue/plans.py), through the official qstash SDK, with the harness in conftest.py and
+helpers/broker.py.
 """
 
 from __future__ import annotations
@@ -12,18 +13,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 import requests
+from helpers.broker import AUTH
+from helpers.net import wait_for
 from qstash.errors import QStashError
-from support import wait_for
 
 from lib.queue.plans import Plan
-from lib.queue.signing import DEV_TOKEN
 
 if TYPE_CHECKING:
-    from broker_support import Destination, RunningBroker
+    from helpers.broker import Destination, RunningBroker
 
-pytest_plugins = ("broker_support",)
-
-AUTH = {"Authorization": f"Bearer {DEV_TOKEN}"}
 
 ALWAYS_DOWN = [(500, {}, "down")] * 10
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers.net import wait_for
+from helpers.stack import RESUME, User
 
 from scripts.stack.devstack import ROOT
-from tests.e2e_support import RESUME, User
-from tests.support import wait_for
 
 MARK = "CS_DEVSTACK_TEST_MARK"
 # Settings that would point the stack at outside servers instead of its own children.

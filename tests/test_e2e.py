@@ -10,7 +10,8 @@ import uuid
 
 import httpx
 import pytest
-from e2e_support import (
+from helpers.net import wait_for
+from helpers.stack import (
     JD,
     RESUME,
     User,
@@ -20,7 +21,6 @@ from e2e_support import (
     terminal_count,
     text_of_last_attempt,
 )
-from support import wait_for
 
 from lib.handlers import registry
 from scripts.stack.devstack import Stack

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_support import RESUME, User, follow, terminal_count
-from support import wait_for
+from helpers.net import wait_for
+from helpers.stack import RESUME, User, follow, terminal_count
 
 from scripts.stack.devstack import PROFILES, Ports, Stack
 

@@ -9,7 +9,7 @@ import signal
 import httpx
 import psycopg
 import pytest
-from e2e_support import User, events, follow
+from helpers.stack import User, events, follow
 
 from scripts.stack.cloud_profile import ROLE, SESSION_POOLER_CLIENTS
 from scripts.stack.devstack import Stack

@@ -19,8 +19,9 @@ import httpx
 import jwt
 import psycopg
 import pytest
-from e2e_support import JD, RESUME, User, follow
-from support import open_streams, wait_for
+from helpers.backends import open_streams
+from helpers.net import wait_for
+from helpers.stack import JD, RESUME, User, follow
 
 import api
 from lib import config

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from e2e_support import User, follow
+from helpers.stack import User, follow
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 

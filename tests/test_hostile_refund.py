@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from helpers.backends import refund
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import refund
 
 from lib.store import Store
 from lib.store.backends import PostgresBackend

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jwt
 import pytest
-from support import free_port
+from helpers.net import free_port
 
 from lib.auth import Verifier, from_settings
 from lib.config import DEV_JWT_SECRET, Settings, load

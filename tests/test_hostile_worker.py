@@ -2,8 +2,8 @@
 replay, forged unsigned headers, and what `/readyz` tells a stranger.
 
 The worker runs in-process on the real executor, Redis, Postgres and offline LLM
-(`tests/fixtures_app.py`), served over a real loopback socket where the test needs to control
-what reaches the wire: a request's headers are sent and its body is not, so an answer that
+(`tests/conftest.py` `make_worker`), served over a real loopback socket where the test needs to
+control what reaches the wire: a request's headers are sent and its body is not, so an answer that
 arrives proves the body was never waited for.
 """
 
@@ -19,24 +19,18 @@ from urllib.parse import urlsplit
 
 import jwt
 import pytest
-from support import free_port, serve_wsgi
+from helpers.net import free_port, serve_wsgi
 
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, SIGNATURE_TTL_SECONDS, sign
 from lib.queue.wire import message_body
 from worker.app import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
-    from fixtures_app import Created, Db, WorkerEnv
+    from helpers.worker import Created, Db, WorkerEnv
 
-pytest_plugins = ("fixtures_app",)
 
 ANSWER_TIMEOUT = 10.0
 HUGE = 300 * 1024 * 1024
-
-
-@pytest.fixture
-def env(make_worker: Callable[..., WorkerEnv]) -> WorkerEnv:
-    return make_worker()
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_support import RESUME, User, follow
-from support import wait_for
+from helpers.net import wait_for
+from helpers.stack import RESUME, User, follow
 
 from scripts.stack.devstack import Stack
 

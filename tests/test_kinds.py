@@ -28,9 +28,7 @@ from lib.queue.wire import message_body
 from lib.service import Producer, Submitted
 
 if TYPE_CHECKING:
-    from fixtures_app import Db, WorkerEnv
-
-pytest_plugins = ("fixtures_app",)
+    from helpers.worker import Db, WorkerEnv
 
 RESUME = {
     "en": "Jordan Lee, backend engineer since 2018. Python, Flask, PostgreSQL, Redis, AWS. "

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from flask import Flask, Response
-from support import serve_wsgi
+from helpers.net import serve_wsgi
 
 from lib.config import Settings
 from lib.errors import PermanentError, RetryableError

@@ -27,9 +27,8 @@ from lib.logs import (
 )
 
 if TYPE_CHECKING:
-    from fixtures_app import WorkerEnv
+    from helpers.worker import WorkerEnv
 
-pytest_plugins = ("fixtures_app",)
 
 JWT = jwt.encode({"sub": "u", "aud": "authenticated"}, "k" * 32, algorithm="HS256")
 SIGNING_KEY = "sig_7kYjw48mhY7kAjqNGcy6cr29RJ6r"

@@ -5,14 +5,16 @@ Counters are process-wide, so each test compares a scrape after the job with one
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from helpers.net import free_port, wait_for
+from helpers.worker import deliver
 from prometheus_client.parser import text_string_to_metric_families
-from support import free_port, wait_for
 from werkzeug.test import TestResponse
 
 from lib.errors import RateLimitError
@@ -20,24 +22,10 @@ from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
 from lib.queue.wire import message_body
 
 if TYPE_CHECKING:
-    from fixtures_app import Created, WorkerEnv
+    from helpers.worker import WorkerEnv
 
-pytest_plugins = ("fixtures_app",)
 
 MODEL = "openai:offline"
-
-
-def deliver(env: WorkerEnv, job: Created, *, retried: int = 0, retries: int = 3) -> TestResponse:
-    raw = message_body(job.job_id, job.user_id, job.tier, retries)
-    return env.app.test_client().post(
-        "/v1/execute",
-        data=raw,
-        headers={
-            "Content-Type": "application/json",
-            "Upstash-Retried": str(retried),
-            "Upstash-Signature": sign(DEV_CURRENT_SIGNING_KEY, env.settings.execute_url, raw),
-        },
-    )
 
 
 class Scrape:
@@ -62,11 +50,6 @@ def scrape(env: WorkerEnv) -> Scrape:
     response = env.app.test_client().get("/metrics")
     assert response.status_code == 200
     return Scrape(response.get_data(as_text=True))
-
-
-@pytest.fixture
-def env(make_worker: Callable[..., WorkerEnv]) -> WorkerEnv:
-    return make_worker()
 
 
 # Jobs and attempts ----------------------------------------------------------------------------
@@ -317,44 +300,11 @@ def test_both_redis_adapters_read_the_refusal_counts_alike(
 # Redis and database errors --------------------------------------------------------------------
 
 
-def _scoped_worker(base_settings: dict[str, Any], **overrides: Any) -> WorkerEnv:
-    """A worker on the real servers except where `overrides` point at a closed port."""
-    from fixtures_app import WorkerEnv
-
-    from lib import config, state, store
-    from lib.executor import Executor
-    from lib.llm import LLM
-    from lib.metrics import Metrics
-    from worker.app import create_app
-
-    merged = {**base_settings, **overrides}
-    settings = config.load("worker", **merged)
-    st = state.from_settings(settings)
-    sto = store.from_settings(settings, pool_size=2, timeout=1.0)
-    executor = Executor(settings, sto, st, LLM(settings), Metrics())
-    return WorkerEnv(settings, sto, st, executor, create_app({"executor": executor, **merged}), {})
-
-
 @pytest.fixture
-def scoped_worker(base_settings: dict[str, Any]) -> Any:
-    import logging
-
-    built: list[WorkerEnv] = []
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-
-    def build(**overrides: Any) -> WorkerEnv:
-        env = _scoped_worker(base_settings, **overrides)
-        built.append(env)
-        return env
-
-    yield build
-    for env in built:
-        env.executor.close()
-        env.store.close()
-        env.state.close()
-    root.handlers[:] = handlers
-    root.setLevel(level)
+def scoped_worker(make_worker: Callable[..., WorkerEnv]) -> Callable[..., WorkerEnv]:
+    """A worker on the real servers except where overrides point at a closed port: a small store
+    pool that gives up after a second."""
+    return functools.partial(make_worker, pool_size=2, store_timeout=1.0)
 
 
 def test_a_database_that_cannot_be_reached_is_counted_as_db_errors(

@@ -15,23 +15,21 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from e2e_support import RESUME, User, follow
 from flask import Flask, request
+from helpers.net import free_port, serve_wsgi, wait_for
+from helpers.stack import RESUME, User, follow
+from helpers.worker import deliver
 from prometheus_client.parser import text_string_to_metric_families
-from support import free_port, serve_wsgi, wait_for
 
 from lib import tracing
 from lib.config import load
 from lib.errors import ConfigError
 from lib.logs import user_hash
-from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
-from lib.queue.wire import message_body
 from scripts.stack.devstack import Ports, Stack
 
 if TYPE_CHECKING:
-    from fixtures_app import Created, WorkerEnv
+    from helpers.worker import WorkerEnv
 
-pytest_plugins = ("fixtures_app",)
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana" / "careershaper-worker.json"
 KINDS = ["job_match", "resume_customize", "interview_prep"]
@@ -196,20 +194,6 @@ def test_the_workers_json_lines_about_a_job_carry_its_fields_and_only_the_users_
 # OpenTelemetry ------------------------------------------------------------------------------------
 
 
-def deliver(env: WorkerEnv, job: Created, retried: int = 0) -> int:
-    raw = message_body(job.job_id, job.user_id, job.tier, 3)
-    response = env.app.test_client().post(
-        "/v1/execute",
-        data=raw,
-        headers={
-            "Content-Type": "application/json",
-            "Upstash-Retried": str(retried),
-            "Upstash-Signature": sign(DEV_CURRENT_SIGNING_KEY, env.settings.execute_url, raw),
-        },
-    )
-    return response.status_code
-
-
 @pytest.fixture
 def no_opentelemetry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make `import opentelemetry...` fail, as on a worker without the `otel` extra."""
@@ -229,7 +213,7 @@ def test_tracing_is_off_by_default_and_a_job_runs_without_opentelemetry(
 ) -> None:
     env = make_worker()
     assert not tracing.enabled(env.settings)
-    assert deliver(env, env.create_job()) == 200
+    assert deliver(env, env.create_job()).status_code == 200
 
 
 def test_tracing_enabled_without_the_extra_stops_the_worker_at_start_with_a_clear_message(
@@ -259,8 +243,8 @@ def test_with_tracing_on_each_delivery_is_one_span_with_the_jobs_attributes(
     assert tracing.setup(load("any", otel_enabled=True), exporter=exporter)
     job = env.create_job("[[llm:fail_once=503]]", kind="interview_prep")
 
-    assert deliver(env, job) == 503
-    assert deliver(env, job, retried=1) == 200
+    assert deliver(env, job).status_code == 503
+    assert deliver(env, job, retried=1).status_code == 200
 
     spans = exporter.get_finished_spans()
     assert [s.name for s in spans] == ["job.attempt", "job.attempt"]
@@ -296,7 +280,7 @@ def test_spans_are_exported_over_otlp_http_to_the_configured_endpoint(
     with serve_wsgi(collector) as url:
         env = make_worker(otel_exporter_otlp_endpoint=url)
         job = env.create_job()
-        assert deliver(env, job) == 200
+        assert deliver(env, job).status_code == 200
         tracing.shutdown()  # flushes the batch
 
     spans = [

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_support import JD, RESUME, User, follow
+from helpers.stack import JD, RESUME, User, follow
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource

@@ -9,8 +9,6 @@ instead of using them all up within seconds (docs/operations.md, "Outages").
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 import threading
 import time
@@ -20,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from flask import Flask
-from support import free_port, live_for_user, serve_wsgi, wait_for
+from helpers.backends import live_for_user
+from helpers.net import free_port, serve_wsgi, wait_for
+from helpers.worker import deliver, failure_callback
 from werkzeug.test import TestResponse
 
 from lib import state, store
@@ -28,7 +28,6 @@ from lib.auth import from_settings as verifier_from_settings
 from lib.errors import UnavailableError
 from lib.executor import Executor
 from lib.queue.producer import QStashPublisher
-from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
 from lib.queue.wire import message_body
 from lib.service import Producer
 from lib.state import scripts
@@ -38,9 +37,8 @@ from scripts.fakes import upstash_standin
 from scripts.fakes.upstash_faults import FAULT_KINDS, Fault
 
 if TYPE_CHECKING:
-    from fixtures_app import Created, Db, WorkerEnv
+    from helpers.worker import Db, WorkerEnv
 
-pytest_plugins = ("fixtures_app",)
 
 TOKEN = "outage-test-token"
 TIMEOUT = 0.5  # the REST adapter's per-request timeout, which a hang outlasts
@@ -103,29 +101,6 @@ def test_a_submit_that_meets_an_upstash_fault_answers_503_and_charges_and_queues
 
 
 # The worker ------------------------------------------------------------------------------------
-def _post(app: Flask, url: str, path: str, raw: bytes, retried: int = 0) -> TestResponse:
-    headers = {
-        "Content-Type": "application/json",
-        "Upstash-Signature": sign(DEV_CURRENT_SIGNING_KEY, url, raw),
-        "Upstash-Retried": str(retried),
-    }
-    return app.test_client().post(path, data=raw, headers=headers)
-
-
-def deliver(env: WorkerEnv, app: Flask, job: Created, retried: int = 0) -> TestResponse:
-    raw = message_body(job.job_id, job.user_id, job.tier, 3)
-    return _post(app, env.settings.execute_url, "/v1/execute", raw, retried)
-
-
-def failure_callback(env: WorkerEnv, app: Flask, job: Created) -> TestResponse:
-    source = message_body(job.job_id, job.user_id, job.tier, 3)
-    raw = json.dumps(
-        {"status": 503, "retried": 3, "maxRetries": 3, "sourceBody": base64.b64encode(source)
-         .decode()}
-    ).encode()  # fmt: skip
-    return _post(app, env.settings.failed_url, "/v1/failed", raw)
-
-
 def assert_outage_answer(response: TestResponse) -> None:
     assert response.status_code == 503, response.get_json()
     assert "Retry-After" not in response.headers
@@ -160,14 +135,14 @@ def test_a_delivery_and_a_failure_callback_that_meet_an_upstash_fault_answer_a_p
     job = env.create_job()
     upstash_standin.set_fault(upstash[0], Fault(kind))
 
-    assert_outage_answer(deliver(env, app, job))
-    assert_outage_answer(failure_callback(env, app, job))
+    assert_outage_answer(deliver(env, job, app=app))
+    assert_outage_answer(failure_callback(env, job, status=503, app=app))
 
     row = db.job(job.job_id)
     assert (row["status"], row["attempts"]) == ("queued", 0)
     assert db.ledger(job.job_id) == [("debit", -1)]
     upstash_standin.set_fault(upstash[0], None)
-    assert deliver(env, app, job, retried=1).status_code == 200
+    assert deliver(env, job, retried=1, app=app).status_code == 200
     assert db.job(job.job_id)["status"] == "succeeded"
 
 
@@ -178,7 +153,7 @@ def test_an_upstash_fault_in_the_middle_of_an_attempt_answers_a_plain_503(
     job = env.create_job("[[llm:slow=20]]")
     env.state.watch(job.job_id, "tcp")  # a viewer: deltas are written as they come
     answers: list[TestResponse] = []
-    runner = threading.Thread(target=lambda: answers.append(deliver(env, app, job)))
+    runner = threading.Thread(target=lambda: answers.append(deliver(env, job, app=app)))
     runner.start()
     wait_for(lambda: any(e.type == "delta" for e in env.stream(job.job_id)), 10, what="a delta")
     # The next write of the stream fails once; the attempt gives up and answers retryable.
@@ -190,7 +165,7 @@ def test_an_upstash_fault_in_the_middle_of_an_attempt_answers_a_plain_503(
     assert db.job(job.job_id)["status"] == "running"
     assert db.ledger(job.job_id) == [("debit", -1)]
     assert not env.lease_held(job.job_id)
-    assert deliver(env, app, job, retried=1).status_code == 200
+    assert deliver(env, job, retried=1, app=app).status_code == 200
     assert db.job(job.job_id)["status"] == "succeeded"
 
 
@@ -207,8 +182,8 @@ def test_a_delivery_that_finds_tcp_redis_down_answers_a_plain_503(
     executor = Executor(env.settings, env.store, down, env.executor.llm)
     try:
         app = create_app({"executor": executor, **env.overrides})
-        assert_outage_answer(deliver(env, app, job))
-        assert_outage_answer(failure_callback(env, app, job))
+        assert_outage_answer(deliver(env, job, app=app))
+        assert_outage_answer(failure_callback(env, job, status=503, app=app))
     finally:
         executor.close()
         down.close()

@@ -14,8 +14,8 @@ import httpx
 import psycopg
 import pytest
 import requests
+from helpers.net import free_port, serve_wsgi, wait_for
 from postgrest.exceptions import APIError
-from support import free_port, serve_wsgi, wait_for
 
 from scripts.fakes import postgrest_standin
 from supabase import Client, ClientOptions, create_client

@@ -12,19 +12,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 import requests
-from support import free_port, serve_wsgi, wait_for
+from helpers.broker import AUTH
+from helpers.net import free_port, serve_wsgi, wait_for
 
 from lib.queue.plans import failure_callback_retries
 from lib.queue.producer import QStashPublisher
-from lib.queue.signing import DEV_TOKEN
 from scripts.fakes.dev_broker import create_app
 
 if TYPE_CHECKING:
-    from fixtures_app import Db, WorkerEnv
-
-pytest_plugins = ("fixtures_app",)
-
-AUTH = {"Authorization": f"Bearer {DEV_TOKEN}"}
+    from helpers.worker import Db, WorkerEnv
 
 
 @pytest.fixture

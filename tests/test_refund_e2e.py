@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_support import RESUME, User, follow, text_of_last_attempt
+from helpers.net import wait_for
+from helpers.stack import RESUME, User, follow, text_of_last_attempt
 from httpx_sse import connect_sse
-from support import wait_for
 
 from lib.handlers import registry
 from scripts.stack.devstack import Stack

@@ -10,17 +10,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import pytest
-from support import free_port, live_for_user
+from helpers.backends import live_for_user
+from helpers.net import free_port
+from helpers.producer import ProducerEnv, body, events_of, new_user
+from helpers.stack import JD
 
-from lib import config, state, store
-from lib.auth import from_settings as verifier_from_settings
 from lib.errors import (
     ConflictError,
     InputError,
@@ -29,88 +27,15 @@ from lib.errors import (
     UnavailableError,
 )
 from lib.models import MAX_JOB_DESCRIPTION_CHARS, MAX_RESUME_CHARS
-from lib.queue.producer import QStashPublisher
-from lib.queue.signing import DEV_TOKEN
-from lib.service import Producer
 
 if TYPE_CHECKING:
-    from fixtures_app import Db
-
-pytest_plugins = ("fixtures_app",)
-
-RESUME = "Jordan Lee, backend engineer. Python, Flask, PostgreSQL, Redis, Docker, AWS."
-JD = "Senior Python engineer for an AI platform: queues, workers, SSE, Postgres, Redis."
-
-
-def body(kind: str = "job_match", tier: str | None = None, **input_fields: Any) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "kind": kind,
-        "input": {"resume_text": RESUME, "job_description": JD, **input_fields},
-    }
-    if tier is not None:
-        payload["tier"] = tier
-    return payload
-
-
-@dataclass
-class ProducerEnv:
-    settings: Any
-    producer: Producer
-    broker_url: str
-
-    @property
-    def state(self) -> Any:
-        return self.producer.state
-
-    def published(self) -> int:
-        response = httpx.get(
-            f"{self.broker_url}/v2/_dev/stats",
-            headers={"Authorization": f"Bearer {DEV_TOKEN}"},
-            timeout=5,
-        )
-        response.raise_for_status()
-        return int(response.json()["published"])
-
-    def live(self) -> int:
-        return int(self.state.live("paid")) + int(self.state.live("free"))
-
-
-@pytest.fixture
-def make_producer(
-    base_settings: dict[str, Any], dev_broker: str
-) -> Iterator[Callable[..., ProducerEnv]]:
-    """Build a producer on the real services; settings overrides as keyword arguments."""
-    built: list[Producer] = []
-
-    def build(**overrides: Any) -> ProducerEnv:
-        settings = config.load("api", **{**base_settings, "qstash_url": dev_broker, **overrides})
-        producer = Producer(
-            settings,
-            store.from_settings(settings, pool_size=4),
-            state.from_settings(settings),
-            QStashPublisher(settings, timeout=3.0),
-            verifier_from_settings(settings),
-        )
-        built.append(producer)
-        return ProducerEnv(settings, producer, dev_broker)
-
-    yield build
-    for producer in built:
-        producer.store.close()
-        producer.state.close()
+    from helpers.worker import Db
 
 
 @pytest.fixture
 def env(make_producer: Callable[..., ProducerEnv]) -> ProducerEnv:
+    """The producer (conftest.py's `env` is a worker)."""
     return make_producer()
-
-
-def new_user() -> str:
-    return str(uuid.uuid4())
-
-
-def events_of(env: ProducerEnv, job_id: str) -> list[tuple[str, dict[str, Any]]]:
-    return [(f["t"], json.loads(f["d"])) for _, f in env.state.read(job_id, "0", 1000)]
 
 
 # The happy path --------------------------------------------------------------------------------

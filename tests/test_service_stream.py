@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 import redis
-from support import wait_for
+from helpers.net import wait_for
 
 from lib.config import Settings
 from lib.events import JobEvents, emit_terminal

@@ -14,8 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from conftest import UPSTASH_TOKEN
-from support import wait_for
+from helpers.net import UPSTASH_TOKEN, wait_for
 
 from lib.config import Settings
 from lib.events import JobEvents, emit_terminal

@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 import redis
-from support import live_for_user, renew, wait_for
+from helpers.backends import live_for_user, renew
+from helpers.net import wait_for
 
 from lib.errors import RateLimitError
 from lib.events import JobEvents, StreamClosed, emit_terminal

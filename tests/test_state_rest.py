@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask
-from support import serve_wsgi
+from helpers.net import serve_wsgi
 from upstash_redis.errors import UpstashError
 
 from lib.errors import UnavailableError

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from support import refund
+from helpers.backends import refund
 
 from lib.store import Store
 

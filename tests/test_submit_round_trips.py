@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import SERVICE_ROLE_KEY, UPSTASH_TOKEN
-from support import free_port, serve_wsgi
+from helpers.net import free_port, serve_wsgi
 
 from lib import config, state, store
 from lib.auth import from_settings as verifier_from_settings

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis
 from flask import Flask
-from support import serve_wsgi, wait_for
+from helpers.net import serve_wsgi, wait_for
 from upstash_redis import Redis as UpstashRedis
 from upstash_redis.errors import UpstashError
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 import requests
-from support import free_port, serve_wsgi, wait_for
+from helpers.net import free_port, serve_wsgi, wait_for
 from upstash_redis import Redis as UpstashRedis
 from upstash_redis.errors import UpstashError
 

@@ -15,8 +15,8 @@ from contextlib import AbstractContextManager
 
 import psycopg
 import pytest
-from e2e_support import RESUME, User
-from support import wait_for
+from helpers.net import wait_for
+from helpers.stack import RESUME, User
 
 from scripts.stack.devstack import Stack
 

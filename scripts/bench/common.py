@@ -23,9 +23,9 @@ from scripts.stack.devstack import ROOT, Ports, Stack
 
 # The sample job and the free-port and WSGI helpers of the test suite (re-exported).
 sys.path.insert(0, str(ROOT / "tests"))
-from e2e_support import JD, RESUME  # noqa: E402
-from support import free_port as free_port  # noqa: E402
-from support import serve_wsgi as serve_wsgi  # noqa: E402
+from helpers.net import free_port as free_port  # noqa: E402
+from helpers.net import serve_wsgi as serve_wsgi  # noqa: E402
+from helpers.stack import JD, RESUME  # noqa: E402
 
 OUT = ROOT / "bench"
 # List prices, as published on the vendors' pricing pages on the date below (docs/performance.md).

@@ -20,8 +20,8 @@ from lib.config import DEV_JWT_SECRET
 from scripts.stack.devstack import ROOT
 
 sys.path.insert(0, str(ROOT / "tests"))
-from e2e_support import JD, RESUME  # noqa: E402
-from support import free_port as free_port  # noqa: E402
+from helpers.net import free_port as free_port  # noqa: E402
+from helpers.stack import JD, RESUME  # noqa: E402
 
 from scripts.bench.procs import pct
 

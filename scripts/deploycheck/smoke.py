@@ -19,8 +19,8 @@ import requests
 
 root, venv, stage = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 sys.path.insert(0, str(root))  # the project and its dev tools, from the source tree
-from lib.queue.producer import message_body  # noqa: E402
 from lib.queue.signing import sign  # noqa: E402
+from lib.queue.wire import message_body  # noqa: E402
 from lib.store import Store, migrate  # noqa: E402
 from lib.store.backends import PostgresBackend  # noqa: E402
 from scripts.stack import embedded  # noqa: E402

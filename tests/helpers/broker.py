@@ -1,6 +1,7 @@
-"""The dev broker's test harness: a recording destination and a broker on one loopback server.
+"""The dev broker's test harness: a recording destination and a running broker.
 
-Loaded by the dev broker tests through `pytest_plugins`; the broker runs at time_scale=0.001, so
+The fixtures that start them on one loopback server are in conftest.py (`mounts`, `make_broker`,
+`broker`, `dest`); the broker runs at time_scale=0.001, so
 the documented backoff (12 s, 2 min 28 s, ...) takes milliseconds. Every request the destination
 receives is checked with both `qstash.Receiver` and `lib.queue.receiver.verify`; the `dest`
 fixture fails the test if any signature did not verify.
@@ -8,27 +9,22 @@ fixture fails the test if any signature did not verify.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 import requests
 from flask import Flask, Response, request
 from qstash import QStash, Receiver
-from support import serve_wsgi
-from werkzeug.exceptions import NotFound
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from lib.queue import receiver
-from lib.queue.plans import Plan
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
-from scripts.fakes.dev_broker import create_app
 
 SCALE = 0.001
 AUTH = {"Authorization": f"Bearer {DEV_TOKEN}"}
@@ -154,61 +150,18 @@ class RunningBroker:
         return str(resp.json()["state"])
 
 
+def b64decode(text: str) -> bytes:
+    """A base64 field of a callback or DLQ payload, decoded."""
+    return base64.b64decode(text)
+
+
 _mount_ids = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def mounts() -> Iterator[tuple[str, DispatcherMiddleware]]:
-    """One loopback server for the module; each test mounts its own apps under a fresh prefix.
-
-    Starting and shutting down a server per test costs half a second each; a fresh prefix also
-    keeps a stopped broker's last in-flight request from reaching the next test's destination.
-    """
-    dispatcher = DispatcherMiddleware(NotFound(), {})
-    with serve_wsgi(dispatcher) as url:
-        yield url, dispatcher
-
-
-def _mount(mounts: tuple[str, DispatcherMiddleware], app: Any) -> tuple[str, str]:
+def mount(mounts: tuple[str, DispatcherMiddleware], app: Any) -> tuple[str, str]:
+    """Mount `app` on the module's shared server (conftest.py `mounts`) under a fresh prefix;
+    returns its base URL and the prefix."""
     url, dispatcher = mounts
     prefix = f"/m{next(_mount_ids)}"
     dispatcher.mounts[prefix] = app
     return url + prefix, prefix
-
-
-@pytest.fixture
-def make_broker(
-    mounts: tuple[str, DispatcherMiddleware],
-) -> Iterator[Callable[..., RunningBroker]]:
-    """Start a broker on the given QStash plan (a name or a Plan); stopped after the test."""
-    started: list[tuple[Flask, str]] = []
-
-    def start(limits: str | Plan = "payg") -> RunningBroker:
-        app = create_app(time_scale=SCALE, limits=limits)
-        url, prefix = _mount(mounts, app)
-        started.append((app, prefix))
-        return RunningBroker(url, app, QStash(DEV_TOKEN, base_url=url))
-
-    yield start
-    for app, prefix in started:
-        app.broker.stop()  # type: ignore[attr-defined]
-        del mounts[1].mounts[prefix]
-
-
-@pytest.fixture
-def broker(make_broker: Callable[..., RunningBroker]) -> RunningBroker:
-    """A broker on the default plan (pay-as-you-go)."""
-    return make_broker()
-
-
-@pytest.fixture
-def dest(mounts: tuple[str, DispatcherMiddleware]) -> Iterator[Destination]:
-    destination = Destination()
-    destination.url, prefix = _mount(mounts, destination.app)
-    try:
-        yield destination
-    finally:
-        destination.release.set()
-        del mounts[1].mounts[prefix]
-    unsigned = [(d.path, d.signature_errors) for d in destination.deliveries if d.signature_errors]
-    assert not unsigned, f"deliveries whose signature did not verify: {unsigned}"
