@@ -128,6 +128,8 @@ class Broker:
         self._dlq: dict[str, dict[str, Any]] = {}
         self._counts = dict.fromkeys(STAT_NAMES, 0)
         self._next_prune = 0.0
+        # Fault switch (POST /v2/_dev/drop-publishes): lose this many of the next publishes.
+        self.drop_publishes = 0
         self._thread = threading.Thread(target=self._run, name="dev-broker-scheduler", daemon=True)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -165,6 +167,10 @@ class Broker:
                     return seen[0], True
                 self._dedup[dedup_key] = (msg.message_id, now + DEDUP_WINDOW_SECONDS)
             self._counts["published"] += 1
+            if self.drop_publishes > 0:
+                self.drop_publishes -= 1
+                log.info("fault: dropped publish msg=%s", msg.message_id)
+                return msg.message_id, False
             self._enqueue(msg)
         log.info(
             "publish msg=%s dest=%s retries=%d", msg.message_id, safe_url(msg.url), msg.max_retries
