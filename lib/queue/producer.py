@@ -34,8 +34,12 @@ def flow_control_key(tier: str, model_spec: str) -> str:
 
 
 class Publisher(Protocol):
-    def publish(self, job_id: str, *, user_id: str, tier: str, model: str) -> str:
-        """Hand the job to the broker; return the message id. Raises UnavailableError."""
+    def publish(
+        self, job_id: str, *, user_id: str, tier: str, model: str, dedup_id: str | None = None
+    ) -> str:
+        """Hand the job to the broker; return the message id. Raises UnavailableError.
+        `dedup_id` (default: the job id) is the broker's deduplication id: a re-publish by
+        the reconciler passes its own, or QStash's 10-minute window would drop it."""
 
 
 class QStashPublisher:
@@ -55,7 +59,9 @@ class QStashPublisher:
         # The SDK's default timeout is 600 s; a submit must fail fast when the broker is down.
         self._client.http._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=2.0))
 
-    def publish(self, job_id: str, *, user_id: str, tier: str, model: str) -> str:
+    def publish(
+        self, job_id: str, *, user_id: str, tier: str, model: str, dedup_id: str | None = None
+    ) -> str:
         import httpx
         from qstash.errors import QStashError
 
@@ -68,7 +74,7 @@ class QStashPublisher:
                 content_type="application/json",
                 retries=s.job_retries,
                 retry_delay=s.job_retry_delay or None,
-                deduplication_id=job_id,
+                deduplication_id=dedup_id or job_id,
                 failure_callback=s.failed_url,
                 # `Upstash-Failure-Callback-Retries` (https://upstash.com/docs/qstash/features/
                 # callbacks, "Configuring Callbacks"); by default the callback gets the message's
@@ -98,7 +104,9 @@ class DirectPublisher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def publish(self, job_id: str, *, user_id: str, tier: str, model: str) -> str:
+    def publish(
+        self, job_id: str, *, user_id: str, tier: str, model: str, dedup_id: str | None = None
+    ) -> str:
         thread = threading.Thread(
             target=self._deliver, args=(job_id, user_id, tier), name=f"direct-{job_id}", daemon=True
         )

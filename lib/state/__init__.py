@@ -134,6 +134,14 @@ class State:
         """The number of live (admitted, unexpired) jobs in a tier."""
         return int(self.backend.run(scripts.LIVE, [self.keys.tier(tier)], [_now_ms()]))
 
+    def admission_scan(self, tier: str, limit: int) -> tuple[int, list[str]]:
+        """Drop the tier's expired admissions; return how many, and the `limit` members with
+        the earliest deadlines (the reconciler frees those whose jobs are terminal)."""
+        dropped, members = self.backend.run(
+            scripts.ADMISSION_SCAN, [self.keys.tier(tier)], [_now_ms(), max(1, limit)]
+        )
+        return int(dropped), [str(m) for m in members or []]
+
     def live_for_user(self, user_id: str, tier: str) -> int:
         return int(self.backend.run(scripts.LIVE, [self.keys.user(user_id, tier)], [_now_ms()]))
 

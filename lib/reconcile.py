@@ -1,0 +1,202 @@
+"""The reconciler: heal the jobs that nothing else will move, even when every worker is down.
+
+A QStash schedule (RECONCILE_CRON) calls the producer's signed `POST /api/reconcile`, which runs
+`Reconciler.run` once. Each run looks at a bounded batch (RECONCILE_BATCH) and heals:
+
+- a running job whose attempt died: no lease in Redis and not updated for LEASE_TTL_SECONDS.
+  It is re-published with a deduplication id of its own (`<job id>.heal.<n>`), since QStash
+  drops a second publish with the job id within its 10-minute window;
+- a job handed to the broker but never started for RECONCILE_QUEUED_AFTER_SECONDS (a lost
+  message, or a clock skew beyond the tolerance that outlasted every retry): re-published too;
+- a job past its retry budget (attempts >= JOB_RETRIES + 1; its failure callback was lost), or
+  re-published RECONCILE_MAX_HEALS times already: failed, and the refund rule applied once;
+- admission slots: members whose deadline passed are dropped, and those of terminal jobs freed;
+- jobs whose submit died between insert and publish (the worker's sweeper does it too).
+
+Every step is one SQL function (supabase/migrations/*_reconcile.sql) or one Lua script, and each
+re-checks the row under its lock, so runs that overlap heal a job once. Nothing here imports
+worker-only code: it runs in the producer's Vercel function.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from lib.config import Settings
+from lib.errors import AppError
+from lib.events import emit_terminal
+from lib.models import ErrorCode, JobStatus
+from lib.queue.producer import Publisher
+from lib.state import State
+from lib.store import Store
+
+log = logging.getLogger("cs.reconcile")
+
+TIERS = ("free", "paid")
+
+
+@dataclass
+class Summary:
+    """What one run healed, by kind (the endpoint's JSON answer)."""
+
+    republished: int = 0
+    failed: int = 0
+    refunded: int = 0
+    admissions_freed: int = 0
+    admissions_expired: int = 0
+    swept: int = 0
+    publish_errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Reconciler:
+    """One reconciliation pass over the store, Redis and the broker."""
+
+    def __init__(
+        self, settings: Settings, store: Store, state: State, publisher: Publisher
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.state = state
+        self.publisher = publisher
+
+    def run(self) -> Summary:
+        """Heal what can be healed now and say what was done. Safe to run concurrently with
+        itself. Raises AppError (unavailable) when Redis or the database is down: the schedule's
+        next tick tries again."""
+        summary = Summary()
+        self._jobs(summary)
+        self._admissions(summary)
+        self._sweep(summary)
+        return summary
+
+    # Jobs --------------------------------------------------------------------------------------
+    def _jobs(self, summary: Summary) -> None:
+        s = self.settings
+        rows = self.store.backend.call(
+            "cs_reconcile_candidates",
+            {
+                "p_running_seconds": s.lease_ttl_seconds,
+                "p_queued_seconds": s.reconcile_queued_after_seconds,
+                "p_limit": s.reconcile_batch,
+            },
+        )
+        for row in rows or []:
+            # A live attempt keeps its lease; one that died lets it lapse within LEASE_TTL.
+            if self.state.lease_ms(str(row["id"])) > 0:
+                continue
+            if int(row["attempts"]) > s.job_retries:
+                self._fail(row, summary, ErrorCode.RETRIES_EXHAUSTED, "retries exhausted")
+            elif int(row["heals"]) >= s.reconcile_max_heals:
+                self._fail(row, summary, ErrorCode.UNAVAILABLE, "the job could not be delivered")
+            else:
+                self._republish(row, summary)
+
+    def _older_than(self, row: dict[str, Any]) -> int:
+        s = self.settings
+        return (
+            s.lease_ttl_seconds if row["status"] == "running" else s.reconcile_queued_after_seconds
+        )
+
+    def _republish(self, row: dict[str, Any], summary: Summary) -> None:
+        job_id = str(row["id"])
+        claim = self.store.backend.call(
+            "cs_reconcile_claim",
+            {
+                "p_job_id": job_id,
+                "p_status": row["status"],
+                "p_attempts": row["attempts"],
+                "p_older_than_seconds": self._older_than(row),
+            },
+        )
+        if not claim or not claim.get("claimed"):
+            return
+        heal = int(claim["heals"])
+        try:
+            self.publisher.publish(
+                job_id,
+                user_id=str(row["user_id"]),
+                tier=row["tier"],
+                model=self.settings.model_for(row["tier"], row["kind"]),
+                dedup_id=f"{job_id}.heal.{heal}",
+            )
+        except AppError:
+            # The claim stands: the job is looked at again once it is stale again.
+            summary.publish_errors += 1
+            log.warning("could not re-publish a stuck job", extra={"job_id": job_id})
+            return
+        summary.republished += 1
+        log.info(
+            "reconciler re-published a stuck job",
+            extra={
+                "job_id": job_id,
+                "was": row["status"],
+                "attempts": row["attempts"],
+                "heal": heal,
+            },
+        )
+
+    def _fail(self, row: dict[str, Any], summary: Summary, code: str, message: str) -> None:
+        job_id = str(row["id"])
+        r = self.store.backend.call(
+            "cs_reconcile_fail",
+            {
+                "p_job_id": job_id,
+                "p_status": row["status"],
+                "p_attempts": row["attempts"],
+                "p_older_than_seconds": self._older_than(row),
+                "p_error": {"code": code, "message": f"{message} (reconciled)"},
+                "p_max_pct": self.settings.refund_max_delivered_pct,
+            },
+        )
+        if not r or not r.get("changed"):
+            return
+        summary.failed += 1
+        if r.get("refund") == "refund":
+            summary.refunded += 1
+        job = r["job"]
+        emit_terminal(
+            self.state,
+            job_id,
+            JobStatus.FAILED,
+            result=None,
+            error=job.get("error"),
+            attempt=int(job.get("attempts") or 0),
+        )
+        self.state.release(job_id, row["tier"], str(row["user_id"]))
+        log.info(
+            "reconciler failed a stuck job",
+            extra={"job_id": job_id, "code": code, "refund": r.get("refund")},
+        )
+
+    # Admission ---------------------------------------------------------------------------------
+    def _admissions(self, summary: Summary) -> None:
+        for tier in TIERS:
+            dropped, members = self.state.admission_scan(tier, self.settings.reconcile_batch)
+            summary.admissions_expired += dropped
+            if not members:
+                continue
+            terminal = self.store.backend.call("cs_reconcile_terminal", {"p_ids": members})
+            for job in terminal or []:
+                job_id = str(job["id"])
+                self.state.release(job_id, job["tier"], str(job["user_id"]))
+                summary.admissions_freed += 1
+                log.info("reconciler freed a finished job's admission", extra={"job_id": job_id})
+
+    # Never enqueued ----------------------------------------------------------------------------
+    def _sweep(self, summary: Summary) -> None:
+        for job_id in self.store.sweep_unenqueued(self.settings.sweep_after_seconds):
+            summary.swept += 1
+            log.warning("reconciler swept a job that was never enqueued", extra={"job_id": job_id})
+            emit_terminal(
+                self.state,
+                job_id,
+                JobStatus.FAILED,
+                result=None,
+                error={"code": ErrorCode.UNAVAILABLE, "message": "the job was never queued"},
+                attempt=0,
+            )
