@@ -149,6 +149,7 @@ class Stack:
             "LOG_FORMAT": "text",
             "SUPABASE_JWT_SECRET": DEV_JWT_SECRET,
             "WORKER_URL": self.worker_url,
+            "PRODUCER_URL": self.producer_url,
             "QSTASH_TOKEN": DEV_TOKEN,
             "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
             "QSTASH_NEXT_SIGNING_KEY": DEV_NEXT_SIGNING_KEY,
@@ -265,11 +266,25 @@ class Stack:
             self._spawn(component)
         for component in self.components:
             self.wait_healthy(component, timeout)
+        if self.use_broker:
+            self.schedule_reconciler()
         self._log(
             f"ready ({self.profile} profile): producer {self.producer_url}, "
             f"worker {self.worker_url}"
         )
         return self
+
+    def schedule_reconciler(self) -> None:
+        """Create the reconciler's QStash schedule on the dev broker, with the command
+        `scripts/deploy` runs against the real QStash (lib/queue/schedules.py)."""
+        subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "lib.queue.schedules"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            stdout=subprocess.DEVNULL if self.quiet else None,
+            timeout=30,
+        )
 
     def _spawn(self, component: Component) -> None:
         out: int | object = subprocess.DEVNULL
@@ -314,6 +329,8 @@ class Stack:
         component.restarts += 1
         self._spawn(component)
         self.wait_healthy(component, timeout)
+        if name == "broker":  # its schedules lived in memory
+            self.schedule_reconciler()
 
     def supervise(self, should_stop: Callable[[], bool]) -> None:
         """Restart any component that dies, until `should_stop()`."""
