@@ -13,6 +13,10 @@ A QStash schedule (RECONCILE_CRON) calls the producer's signed `POST /api/reconc
 - admission slots: members whose deadline passed are dropped, and those of terminal jobs freed;
 - jobs whose submit died between insert and publish (the worker's sweeper does it too).
 
+Nothing is re-published while the worker does not answer `WORKER_URL/readyz`: the message would
+only spend its retries, and its failure callback would then fail a job that the worker's return
+would have run. Those jobs wait for the worker (`deferred` in the summary).
+
 Every step is one SQL function (supabase/migrations/*_reconcile.sql) or one Lua script, and each
 re-checks the row under its lock, so runs that overlap heal a job once. Nothing here imports
 worker-only code: it runs in the producer's Vercel function.
@@ -21,6 +25,7 @@ worker-only code: it runs in the producer's Vercel function.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -48,21 +53,50 @@ class Summary:
     admissions_expired: int = 0
     swept: int = 0
     publish_errors: int = 0
+    deferred: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
 
+def worker_ready(settings: Settings, timeout: float = 3.0) -> bool:
+    """Whether the worker answers `WORKER_URL/readyz` with 200 within `timeout` seconds."""
+    import httpx
+
+    try:
+        url = settings.worker_url.rstrip("/") + "/readyz"
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 class Reconciler:
-    """One reconciliation pass over the store, Redis and the broker."""
+    """One reconciliation pass over the store, Redis and the broker.
+
+    `ready` says whether the worker can take deliveries (default: `worker_ready`); it is asked
+    once per run, and only when there is something to re-publish."""
 
     def __init__(
-        self, settings: Settings, store: Store, state: State, publisher: Publisher
+        self,
+        settings: Settings,
+        store: Store,
+        state: State,
+        publisher: Publisher,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.state = state
         self.publisher = publisher
+        self._ready = ready or (lambda: worker_ready(settings))
+        self._worker_up: bool | None = None
+
+    def _worker_is_up(self) -> bool:
+        if self._worker_up is None:
+            self._worker_up = self._ready()
+            if not self._worker_up:
+                log.warning("the worker is not ready; stuck jobs wait for it")
+        return self._worker_up
 
     def run(self) -> Summary:
         """Heal what can be healed now and say what was done. Safe to run concurrently with
@@ -93,8 +127,10 @@ class Reconciler:
                 self._fail(row, summary, ErrorCode.RETRIES_EXHAUSTED, "retries exhausted")
             elif int(row["heals"]) >= s.reconcile_max_heals:
                 self._fail(row, summary, ErrorCode.UNAVAILABLE, "the job could not be delivered")
-            else:
+            elif self._worker_is_up():
                 self._republish(row, summary)
+            else:
+                summary.deferred += 1
 
     def _older_than(self, row: dict[str, Any]) -> int:
         s = self.settings

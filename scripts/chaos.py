@@ -65,6 +65,7 @@ from scripts.chaos_faults import (
 )
 from scripts.chaos_load import LeaseWatch, Load, Marker, plan_jobs
 from scripts.chaos_proxy import Proxy
+from scripts.chaos_reconcile import RECONCILE_ENV, WORKERS_DOWN_ENV, broker_drops, workers_down
 from scripts.devstack import ROOT, Ports
 
 OUT = ROOT / ".devstack" / "chaos"
@@ -203,6 +204,15 @@ SCENARIOS = [
         marker=_all_fail,
         after_drain=redrive_dead_letters,
         max_attempts=0,
+    ),
+    # Healed by the reconciler alone (scripts/chaos_reconcile.py).
+    Scenario("broker-drop", "broker loses 20 accepted messages", broker_drops, 110, RECONCILE_ENV),
+    Scenario(
+        "workers-down",
+        "every worker down 10 min of QStash time",
+        workers_down,
+        150,
+        WORKERS_DOWN_ENV,
     ),
 ]
 

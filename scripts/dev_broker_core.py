@@ -166,11 +166,12 @@ class Broker:
                     self._counts["deduplicated"] += 1
                     return seen[0], True
                 self._dedup[dedup_key] = (msg.message_id, now + DEDUP_WINDOW_SECONDS)
-            self._counts["published"] += 1
             if self.drop_publishes > 0:
+                # Lost after the broker said yes: counted nowhere, delivered never.
                 self.drop_publishes -= 1
                 log.info("fault: dropped publish msg=%s", msg.message_id)
                 return msg.message_id, False
+            self._counts["published"] += 1
             self._enqueue(msg)
         log.info(
             "publish msg=%s dest=%s retries=%d", msg.message_id, safe_url(msg.url), msg.max_retries

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import requests
 from flask import Flask
-from support import serve_wsgi, wait_for
+from support import free_port, serve_wsgi, wait_for
 from werkzeug.exceptions import NotFound
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
@@ -231,3 +231,14 @@ def test_each_reconcile_sql_function_answers_alike_through_both_store_adapters(
     assert [t["id"] for t in terminal_ids] == [done.job_id]
     assert failed["changed"] is True and failed["refund"] == "refund"
     assert claimed == {"claimed": False}  # it is failed now: nothing to re-publish
+
+
+def test_nothing_is_republished_while_the_worker_is_not_ready(healing: Healing) -> None:
+    job = healing.died_running()
+
+    summary = healing.reconciler(worker_url=f"http://127.0.0.1:{free_port()}").run()
+
+    assert summary.deferred >= 1 and summary.republished == 0
+    assert healing.db.one("select heals from cs_jobs where id = %s", job.job_id) == 0
+    assert healing.run().republished >= 1  # the worker answers /readyz: now it is
+    assert wait_for(lambda: terminal(healing.db, job.job_id)) == "succeeded"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from lib import config
 from lib.config import Settings
 
 SCHEDULE_ID = "cs-reconcile"
@@ -51,7 +52,7 @@ def ensure_reconcile_schedule(settings: Settings, client: Any = None) -> tuple[s
 def main() -> int:
     """Create the reconciler's schedule from the environment (`.env` too); 1 on a problem."""
     try:
-        schedule_id, changed = ensure_reconcile_schedule(Settings())
+        schedule_id, changed = ensure_reconcile_schedule(config.load())
     except Exception as exc:  # noqa: BLE001 - a one-line message for the operator, no traceback
         print(f"reconcile schedule: {exc}", file=sys.stderr)
         return 1
