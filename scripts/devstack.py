@@ -266,13 +266,20 @@ class Stack:
             self._spawn(component)
         for component in self.components:
             self.wait_healthy(component, timeout)
-        if self.use_broker:
+        if self.reconciles:
             self.schedule_reconciler()
         self._log(
             f"ready ({self.profile} profile): producer {self.producer_url}, "
             f"worker {self.worker_url}"
         )
         return self
+
+    @property
+    def reconciles(self) -> bool:
+        """Whether the stack schedules the reconciler: on its dev broker, unless RECONCILE_CRON
+        is set empty (stacks that share one database with others: a reconciler would take
+        their running jobs for dead, as it sees no lease under its own REDIS_PREFIX)."""
+        return self.use_broker and self.env.get("RECONCILE_CRON", "* * * * *") != ""
 
     def schedule_reconciler(self) -> None:
         """Create the reconciler's QStash schedule on the dev broker, with the command
@@ -329,7 +336,7 @@ class Stack:
         component.restarts += 1
         self._spawn(component)
         self.wait_healthy(component, timeout)
-        if name == "broker":  # its schedules lived in memory
+        if name == "broker" and self.reconciles:  # its schedules lived in memory
             self.schedule_reconciler()
 
     def supervise(self, should_stop: Callable[[], bool]) -> None:

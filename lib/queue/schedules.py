@@ -24,10 +24,13 @@ TICK_TIMEOUT = "60s"  # vercel.json gives api/reconcile.py maxDuration 60
 
 def ensure_reconcile_schedule(settings: Settings, client: Any = None) -> tuple[str, bool]:
     """Make sure the reconciler's schedule exists as configured; return (its id, whether this
-    call created or replaced it). Raises ValueError when PRODUCER_URL or QSTASH_TOKEN is unset,
+    call created or replaced it). Raises ValueError when PRODUCER_URL, QSTASH_TOKEN or
+    RECONCILE_CRON is unset,
     and the SDK's QStashError when QStash refuses."""
     if not settings.reconcile_url or not settings.qstash_token:
         raise ValueError("set PRODUCER_URL and QSTASH_TOKEN to schedule the reconciler")
+    if not settings.reconcile_cron.strip():
+        raise ValueError("RECONCILE_CRON is empty: the reconciler is not scheduled")
     if client is None:
         from qstash import QStash
 
