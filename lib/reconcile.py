@@ -1,7 +1,9 @@
 """The reconciler: heal the jobs that nothing else will move, even when every worker is down.
 
 A QStash schedule (RECONCILE_CRON) calls the producer's signed `POST /api/reconcile`, which runs
-`Reconciler.run` once. Each run looks at a bounded batch (RECONCILE_BATCH) and heals:
+`Reconciler.run` once. Each run acts on at most RECONCILE_BATCH jobs (reading at most MAX_PAGES
+pages of candidates, past those whose attempt is alive) and RECONCILE_BATCH admissions per
+tier, and heals:
 
 - a running job whose attempt died: no lease in Redis and not updated for LEASE_TTL_SECONDS.
   It is re-published with a deduplication id of its own (`<job id>.heal.<n>`), since QStash
@@ -40,6 +42,8 @@ from lib.store import Store
 log = logging.getLogger("cs.reconcile")
 
 TIERS = ("free", "paid")
+# Pages of RECONCILE_BATCH candidates one run may read, past jobs whose attempt is alive.
+MAX_PAGES = 10
 
 
 @dataclass
@@ -103,6 +107,7 @@ class Reconciler:
         itself. Raises AppError (unavailable) when Redis or the database is down: the schedule's
         next tick tries again."""
         summary = Summary()
+        self._worker_up = None
         self._jobs(summary)
         self._admissions(summary)
         self._sweep(summary)
@@ -111,26 +116,42 @@ class Reconciler:
     # Jobs --------------------------------------------------------------------------------------
     def _jobs(self, summary: Summary) -> None:
         s = self.settings
-        rows = self.store.backend.call(
-            "cs_reconcile_candidates",
-            {
-                "p_running_seconds": s.lease_ttl_seconds,
-                "p_queued_seconds": s.reconcile_queued_after_seconds,
-                "p_limit": s.reconcile_batch,
-            },
-        )
-        for row in rows or []:
-            # A live attempt keeps its lease; one that died lets it lapse within LEASE_TTL.
-            if self.state.lease_ms(str(row["id"])) > 0:
-                continue
-            if int(row["attempts"]) > s.job_retries:
-                self._fail(row, summary, ErrorCode.RETRIES_EXHAUSTED, "retries exhausted")
-            elif int(row["heals"]) >= s.reconcile_max_heals:
-                self._fail(row, summary, ErrorCode.UNAVAILABLE, "the job could not be delivered")
-            elif self._worker_is_up():
-                self._republish(row, summary)
-            else:
-                summary.deferred += 1
+        after: tuple[Any, Any] = (None, None)
+        acted = 0
+        # Candidates whose attempt is alive (a long job not updated for LEASE_TTL) are skipped
+        # by their lease; paging past them keeps them from hiding the dead ones behind.
+        for _ in range(MAX_PAGES):
+            rows = self.store.backend.call(
+                "cs_reconcile_candidates",
+                {
+                    "p_running_seconds": s.lease_ttl_seconds,
+                    "p_queued_seconds": s.reconcile_queued_after_seconds,
+                    "p_limit": s.reconcile_batch,
+                    "p_after_at": after[0],
+                    "p_after_id": after[1],
+                },
+            )
+            for row in rows or []:
+                acted += self._heal(row, summary)
+            if not rows or len(rows) < s.reconcile_batch or acted >= s.reconcile_batch:
+                return
+            after = (rows[-1]["updated_at"], rows[-1]["id"])
+
+    def _heal(self, row: dict[str, Any], summary: Summary) -> int:
+        """Heal one candidate; 1 if it was acted on, 0 if its attempt is alive."""
+        s = self.settings
+        # A live attempt keeps its lease; one that died lets it lapse within LEASE_TTL.
+        if self.state.lease_ms(str(row["id"])) > 0:
+            return 0
+        if int(row["attempts"]) > s.job_retries:
+            self._fail(row, summary, ErrorCode.RETRIES_EXHAUSTED, "retries exhausted")
+        elif int(row["heals"]) >= s.reconcile_max_heals:
+            self._fail(row, summary, ErrorCode.UNAVAILABLE, "the job could not be delivered")
+        elif self._worker_is_up():
+            self._republish(row, summary)
+        else:
+            summary.deferred += 1
+        return 1
 
     def _older_than(self, row: dict[str, Any]) -> int:
         s = self.settings

@@ -206,7 +206,13 @@ def test_each_reconcile_sql_function_answers_alike_through_both_store_adapters(
 
     candidates = store_backend.call(
         "cs_reconcile_candidates",
-        {"p_running_seconds": 60, "p_queued_seconds": 60, "p_limit": 1000},
+        {
+            "p_running_seconds": 60,
+            "p_queued_seconds": 60,
+            "p_limit": 1000,
+            "p_after_at": None,
+            "p_after_id": None,
+        },
     )
     terminal_ids = store_backend.call(
         "cs_reconcile_terminal", {"p_ids": [job.job_id, done.job_id, "not-a-uuid"]}
@@ -242,3 +248,30 @@ def test_nothing_is_republished_while_the_worker_is_not_ready(healing: Healing) 
     assert healing.db.one("select heals from cs_jobs where id = %s", job.job_id) == 0
     assert healing.run().republished >= 1  # the worker answers /readyz: now it is
     assert wait_for(lambda: terminal(healing.db, job.job_id)) == "succeeded"
+
+
+def test_live_attempts_filling_a_batch_do_not_hide_a_dead_one_behind_them(
+    healing: Healing,
+) -> None:
+    env = healing.env
+    live = [healing.died_running() for _ in range(3)]
+    dead = healing.died_running()
+    # Older than any other test's leftovers: these four are the first candidates, in order.
+    with psycopg.connect(healing.db.url, autocommit=True) as conn:
+        for i, job in enumerate([*live, dead]):
+            conn.execute(
+                "update cs_jobs set updated_at = timestamptz '2000-01-01' + %s * interval '1 s'"
+                " where id = %s",
+                (i, job.job_id),
+            )
+    for job in live:
+        env.state.backend.command("SET", env.state.keys.lease(job.job_id), "held", "PX", 60_000)
+
+    healing.run(reconcile_batch=2)
+
+    assert healing.db.one("select heals from cs_jobs where id = %s", dead.job_id) == 1
+    assert [healing.db.one("select heals from cs_jobs where id = %s", j.job_id) for j in live] == [
+        0,
+        0,
+        0,
+    ]

@@ -11,23 +11,27 @@ alter table public.cs_jobs add column heals integer not null default 0 check (he
 create index cs_jobs_live_updated on public.cs_jobs (updated_at)
   where status in ('queued', 'running');
 
--- Jobs that may need healing, oldest first, at most p_limit: running and not updated for
+-- Jobs that may need healing, oldest first, at most p_limit after the cursor (p_after_at,
+-- p_after_id: the last row of the previous page, or nulls): running and not updated for
 -- p_running_seconds (a live attempt is told apart by its Redis lease, which the caller checks),
 -- or queued, handed to the broker, never started, and not updated for p_queued_seconds.
 create function public.cs_reconcile_candidates(
-  p_running_seconds integer, p_queued_seconds integer, p_limit integer
+  p_running_seconds integer, p_queued_seconds integer, p_limit integer,
+  p_after_at timestamptz, p_after_id uuid
 ) returns jsonb
 language sql stable as $$
   select coalesce(jsonb_agg(jsonb_build_object(
       'id', j.id, 'user_id', j.user_id, 'tier', j.tier, 'kind', j.kind, 'status', j.status,
-      'attempts', j.attempts, 'heals', j.heals) order by j.updated_at), '[]'::jsonb)
+      'attempts', j.attempts, 'heals', j.heals, 'updated_at', j.updated_at)
+    order by j.updated_at, j.id), '[]'::jsonb)
   from (
     select * from public.cs_jobs
-    where (status = 'running'
-           and updated_at < now() - make_interval(secs => p_running_seconds))
-       or (status = 'queued' and enqueued_at is not null and attempts = 0
-           and updated_at < now() - make_interval(secs => p_queued_seconds))
-    order by updated_at
+    where ((status = 'running'
+            and updated_at < now() - make_interval(secs => p_running_seconds))
+        or (status = 'queued' and enqueued_at is not null and attempts = 0
+            and updated_at < now() - make_interval(secs => p_queued_seconds)))
+      and (p_after_at is null or (updated_at, id) > (p_after_at, p_after_id))
+    order by updated_at, id
     limit greatest(p_limit, 0)
   ) j
 $$;
