@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from api import dev, events, health, jobs, me, openapi
+from api import dev, events, health, jobs, me, openapi, reconcile
 from api._common import http_error, secure
 from api._rewrites import Rewrite, load_rewrites
 
@@ -41,6 +41,7 @@ FUNCTIONS: dict[str, Wsgi] = {
     "/api/me": me.app,
     "/api/health": health.app,
     "/api/openapi": openapi.app,
+    "/api/reconcile": reconcile.app,
 }
 _DEV = re.compile(r"^/api/dev(/.*)?$")
 

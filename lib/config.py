@@ -122,6 +122,16 @@ class Settings(BaseSettings):
     # Jobs whose submit died between insert and publish are failed and refunded after this long.
     sweep_after_seconds: int = Field(900, ge=60)
     sweep_interval_seconds: float = Field(60.0, ge=0)
+    # The reconciler (lib/reconcile.py): a QStash schedule on RECONCILE_CRON calls the
+    # producer's signed POST PRODUCER_URL/api/reconcile. A job queued at the broker and never
+    # started for RECONCILE_QUEUED_AFTER_SECONDS, or running without a lease for
+    # LEASE_TTL_SECONDS, is re-published (at most RECONCILE_MAX_HEALS times, then failed and
+    # refunded); at most RECONCILE_BATCH jobs and admissions per tier are looked at per run.
+    producer_url: str = ""
+    reconcile_cron: str = "* * * * *"
+    reconcile_queued_after_seconds: int = Field(300, ge=1)
+    reconcile_max_heals: int = Field(5, ge=1)
+    reconcile_batch: int = Field(50, ge=1, le=1000)
     llm_connect_timeout_seconds: float = Field(10.0, gt=0)
     llm_read_timeout_seconds: float = Field(60.0, gt=0)
     llm_max_concurrency_free: int = Field(8, ge=1)
@@ -230,6 +240,12 @@ class Settings(BaseSettings):
     @property
     def failed_url(self) -> str:
         return self.worker_url.rstrip("/") + "/v1/failed"
+
+    @property
+    def reconcile_url(self) -> str:
+        """The reconciler's public URL: the QStash schedule's destination and the `sub` its
+        signatures must carry. Empty while PRODUCER_URL is unset."""
+        return self.producer_url.rstrip("/") + "/api/reconcile" if self.producer_url else ""
 
     @property
     def uses_postgres(self) -> bool:

@@ -75,6 +75,11 @@ def _api_problems(s: Settings) -> list[str]:
         problems.append("QSTASH_MODE=direct is for development only")
     if s.is_production and s.sse_read_mode == "poll":
         problems.append("SSE_READ_MODE=poll is the benchmark baseline; not for production")
+    if s.producer_url and not s.signing_keys:
+        problems.append(
+            "PRODUCER_URL serves the reconciler, whose calls are signed: set "
+            "QSTASH_CURRENT_SIGNING_KEY and QSTASH_NEXT_SIGNING_KEY"
+        )
     return problems
 
 
@@ -109,7 +114,8 @@ def public_dev_values(s: Settings, role: Role) -> list[str]:
             found.append("STREAM_TOKEN_SECRET")
         if s.qstash_token == DEV_TOKEN:
             found.append("QSTASH_TOKEN")
-    if role == "worker" or (role == "api" and s.qstash_mode == "direct"):
+    # The producer verifies signatures too once it serves the reconciler (PRODUCER_URL).
+    if role == "worker" or (role == "api" and (s.qstash_mode == "direct" or s.producer_url)):
         if s.qstash_current_signing_key in DEV_SIGNING_KEYS:
             found.append("QSTASH_CURRENT_SIGNING_KEY")
         if s.qstash_next_signing_key in DEV_SIGNING_KEYS:

@@ -162,6 +162,9 @@ def local_stack(
             "QSTASH_URL": "",
             "QSTASH_MODE": "broker",
             "LOG_FORMAT": "json",
+            # The session's stacks share one database: a reconciler would take the others'
+            # running jobs for dead (it sees no lease under its own REDIS_PREFIX). Chaos runs it.
+            "RECONCILE_CRON": "",
             **env,
         }
         logs = Path(tmp_path_factory.mktemp(f"{name}-stack-logs"))
@@ -208,6 +211,9 @@ def e2e_stack(
         "WORKER_DRAIN_SECONDS": "2",
         "WEB_CONCURRENCY": "2",
         "LOG_FORMAT": "json",
+        # The session's stacks share one database: a reconciler would take the others' running
+        # jobs for dead (it sees no lease under its own REDIS_PREFIX). Chaos runs it.
+        "RECONCILE_CRON": "",
     }
     with Stack(
         ports=ports, profile=request.param, overrides=overrides, log_dir=Path(logs), quiet=True

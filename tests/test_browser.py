@@ -92,6 +92,9 @@ def stack(
         "SSE_MAX_SECONDS": "4",
         "WORKER_DRAIN_SECONDS": "2",
         "LOG_FORMAT": "json",
+        # The session's stacks share one database: a reconciler would take the others' running
+        # jobs for dead (it sees no lease under its own REDIS_PREFIX). Chaos runs it.
+        "RECONCILE_CRON": "",
     }
     logs = tmp_path_factory.mktemp("browser-stack-logs")
     with Stack(ports=ports, overrides=overrides, log_dir=logs, quiet=True) as running:

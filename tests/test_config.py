@@ -399,3 +399,32 @@ def test_the_worker_splits_db_max_connections_over_its_processes(
     assert worker_pool_size(load("worker", web_concurrency=4, db_max_connections=10)) == 2
     message = config_error("worker", web_concurrency=4, db_max_connections=3)
     assert "DB_MAX_CONNECTIONS=3 gives each of the WEB_CONCURRENCY=4" in message
+
+
+def test_a_producer_serving_the_reconciler_needs_signing_keys_and_refuses_the_dev_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(monkeypatch, {**API, "PRODUCER_URL": "https://producer.example.test"})
+    assert "PRODUCER_URL serves the reconciler" in config_error("api")
+
+    set_env(
+        monkeypatch,
+        {
+            "APP_ENV": "production",
+            "STREAM_TOKEN_SECRET": "s" * 40,
+            "QSTASH_TOKEN": "a-real-token",
+            "SUPABASE_JWT_SECRET": "j" * 40,
+            "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
+            "QSTASH_NEXT_SIGNING_KEY": DEV_NEXT_SIGNING_KEY,
+        },
+    )
+    assert "QSTASH_CURRENT_SIGNING_KEY, QSTASH_NEXT_SIGNING_KEY are public dev values" in (
+        config_error("api")
+    )
+
+
+def test_the_reconcile_url_is_the_producer_url_plus_the_endpoint() -> None:
+    assert load(producer_url="https://p.example.test/").reconcile_url == (
+        "https://p.example.test/api/reconcile"
+    )
+    assert load().reconcile_url == ""

@@ -82,6 +82,9 @@ def ran(
         "WEB_CONCURRENCY": "2",
         "LOG_FORMAT": "json",
         "METRICS_REDIS_REFRESH_SECONDS": "0",
+        # The session's stacks share one database: a reconciler would take the others' running
+        # jobs for dead (it sees no lease under its own REDIS_PREFIX). Chaos runs it.
+        "RECONCILE_CRON": "",
     }
     logs = Path(tmp_path_factory.mktemp("obs-logs"))
     with Stack(ports=ports, overrides=overrides, log_dir=logs, quiet=True) as stack:

@@ -25,8 +25,12 @@ def flow_control_key(tier: str, model_spec: str) -> str:
 
 
 class Publisher(Protocol):
-    def publish(self, job_id: str, *, user_id: str, tier: str, model: str) -> str:
-        """Hand the job to the broker; return the message id. Raises UnavailableError."""
+    def publish(
+        self, job_id: str, *, user_id: str, tier: str, model: str, dedup_id: str | None = None
+    ) -> str:
+        """Hand the job to the broker; return the message id. Raises UnavailableError.
+        `dedup_id` (default: the job id) is the broker's deduplication id: a re-publish by
+        the reconciler passes its own, or QStash's 10-minute window would drop it."""
 
 
 class QStashPublisher:
@@ -48,7 +52,9 @@ class QStashPublisher:
         # pays each load; docs/performance.md).
         self._client.http._client.timeout = httpx.Timeout(timeout, connect=2.0)
 
-    def publish(self, job_id: str, *, user_id: str, tier: str, model: str) -> str:
+    def publish(
+        self, job_id: str, *, user_id: str, tier: str, model: str, dedup_id: str | None = None
+    ) -> str:
         s = self.settings
         parallelism = (
             s.llm_max_concurrency_paid if tier == Tier.PAID else s.llm_max_concurrency_free
@@ -59,7 +65,7 @@ class QStashPublisher:
             url=s.execute_url,
             body=wire.message_body(job_id, user_id, tier, s.job_retries).decode(),
             retries=s.job_retries,
-            deduplication_id=job_id,
+            deduplication_id=dedup_id or job_id,
             content_type="application/json",
             retry_delay=s.job_retry_delay or None,
             flow_control={"key": flow_control_key(tier, model), "parallelism": parallelism},
@@ -76,7 +82,9 @@ class DirectPublisher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def publish(self, job_id: str, *, user_id: str, tier: str, model: str) -> str:
+    def publish(
+        self, job_id: str, *, user_id: str, tier: str, model: str, dedup_id: str | None = None
+    ) -> str:
         thread = threading.Thread(
             target=self._deliver, args=(job_id, user_id, tier), name=f"direct-{job_id}", daemon=True
         )

@@ -10,14 +10,14 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from enum import StrEnum
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from lib.errors import RateLimitError
 from lib.models import ErrorCode
 from lib.state import scripts
 from lib.state.backend import Entry, RedisBackend, pairs
 from lib.state.keys import Keys
+from lib.state.results import Acquire, Acquisition, Renewal
 
 __all__ = [
     "State",
@@ -38,44 +38,6 @@ WATCH_REFRESH = 10.0
 # How long an open event stream's slot lasts after its last refresh (`hold_stream`); a stream
 # refreshes it at least every STREAM_SLOT_TTL / 3 plus one heartbeat.
 STREAM_SLOT_TTL = 45.0
-
-
-class Renewal(NamedTuple):
-    """One lease's heartbeat answer."""
-
-    held: bool
-    done: str | None  # the terminal status once the stream is closed (the cancel flag)
-    watch: str | None  # "tcp" or "rest" while an SSE reader watches the job, else None
-
-
-class Acquire(StrEnum):
-    """What ACQUIRE did with a job's lease."""
-
-    ACQUIRED = "acquired"
-    DONE = "done"
-    BUSY = "busy"
-
-
-class Acquisition(NamedTuple):
-    """ACQUIRE's answer: the outcome and its detail (see the properties)."""
-
-    outcome: Acquire
-    detail: str | int | None
-
-    @property
-    def watch(self) -> str | None:
-        """ACQUIRED: the transport of a live SSE reader ("tcp", "rest"), or None."""
-        return str(self.detail) if self.outcome == Acquire.ACQUIRED and self.detail else None
-
-    @property
-    def status(self) -> str | None:
-        """DONE: the job's terminal status (its stream is closed)."""
-        return str(self.detail) if self.outcome == Acquire.DONE else None
-
-    @property
-    def remaining_ms(self) -> int:
-        """BUSY: how long the other attempt's lease still lasts, in ms (0 otherwise)."""
-        return int(self.detail or 0) if self.outcome == Acquire.BUSY else 0
 
 
 def _now_ms() -> int:
@@ -187,6 +149,14 @@ class State:
     def live(self, tier: str) -> int:
         """The number of live (admitted, unexpired) jobs in a tier."""
         return int(self.backend.run(scripts.LIVE, [self.keys.tier(tier)], [_now_ms()]))
+
+    def admission_scan(self, tier: str, limit: int) -> tuple[int, list[str]]:
+        """Drop the tier's expired admissions; return how many, and the `limit` members with
+        the earliest deadlines (the reconciler frees those whose jobs are terminal)."""
+        dropped, members = self.backend.run(
+            scripts.ADMISSION_SCAN, [self.keys.tier(tier)], [_now_ms(), max(1, limit)]
+        )
+        return int(dropped), [str(m) for m in members or []]
 
     # Event stream slots ----------------------------------------------------------------------
     def hold_stream(

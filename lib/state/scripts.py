@@ -177,4 +177,16 @@ return {'ok'}
 """,
 )
 
-ALL = (ADMIT, ACQUIRE, RENEW, RELEASE, EMIT, LIVE, HOLD_STREAM)
+# The reconciler's look at an admission set: drop the members whose deadline passed, and return
+# how many it dropped and the (at most ARGV[2]) members with the earliest deadlines, whose jobs
+# it then checks in the database. KEYS: set. ARGV: now ms, limit. Returns {dropped, members}.
+ADMISSION_SCAN = Script(
+    "admission_scan",
+    """
+local dropped = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local members = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+return {dropped, members}
+""",
+)
+
+ALL = (ADMIT, ACQUIRE, RENEW, RELEASE, EMIT, LIVE, HOLD_STREAM, ADMISSION_SCAN)

@@ -55,6 +55,7 @@ from scripts.chaos.faults import (
 )
 from scripts.chaos.load import LeaseWatch, Load, Marker, plan_jobs
 from scripts.chaos.proxy import Proxy
+from scripts.chaos.reconcile import RECONCILE_ENV, WORKERS_DOWN_ENV, broker_drops, workers_down
 from scripts.chaos.skew import (
     Skew,
     check_skew,
@@ -202,6 +203,15 @@ SCENARIOS = [
         marker=_all_fail,
         after_drain=redrive_dead_letters,
         max_attempts=0,
+    ),
+    # Healed by the reconciler alone (scripts/chaos/reconcile.py).
+    Scenario("broker-drop", "broker loses 20 accepted messages", broker_drops, 110, RECONCILE_ENV),
+    Scenario(
+        "workers-down",
+        "every worker down 10 min of QStash time",
+        workers_down,
+        150,
+        WORKERS_DOWN_ENV,
     ),
 ]
 

@@ -17,6 +17,8 @@ job = "3f0f6d2a-8a4c-4a5e-9f60-3f0b2d8c1e11"
 cases = {
     "api/health": [("GET", "/api/health", 200, None)],
     "api/me": [("GET", "/api/me", 401, "unauthorized")],
+    # The reconciler refuses a call without QStash's signature before touching Redis or the DB.
+    "api/reconcile": [("POST", "/api/reconcile", 401, "unauthorized")],
     # Each rewritten path too (`/api/events?id=...`): Vercel routes a backend-framework
     # project's rewrites with it, and api/_local.py's rewritten_app does the same.
     "api/openapi": [

@@ -10,9 +10,12 @@ Publishes are parsed by `scripts.fakes.dev_broker_publish`, delivered by
 `scripts.fakes.dev_broker_core`.
 REST API, as the official SDK calls it (https://upstash.com/docs/qstash/api-reference):
 `POST /v2/publish/<url>`, `GET|DELETE /v2/messages/<id>`, `DELETE /v2/messages`, `GET|DELETE
-/v2/dlq`, `GET|DELETE /v2/dlq/<dlqId>`, `GET /v2/keys`; plus the dev-only `GET /v2/_dev/stats`
-(counters) and `GET /healthz`. Each publish and each delivery attempt is logged on one line with
-the message id, destination (no query string), attempt and status; never bodies or tokens.
+/v2/dlq`, `GET|DELETE /v2/dlq/<dlqId>`, `GET /v2/keys`, and QStash Schedules (`POST
+/v2/schedules/<url>`, `GET /v2/schedules[/<id>]`, `DELETE /v2/schedules/<id>`:
+scripts.fakes.dev_broker_schedules); plus the dev-only `GET /v2/_dev/stats` (counters), the fault
+switch `POST /v2/_dev/drop-publishes {"count": N}` (lose the next N publishes) and `GET
+/healthz`. Each publish and each delivery attempt is logged on one line with the message id,
+destination (no query string), attempt and status; never bodies or tokens.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV
 from scripts.fakes.dev_broker_core import Broker
 from scripts.fakes.dev_broker_model import RuleError
 from scripts.fakes.dev_broker_publish import parse_publish
+from scripts.fakes.dev_broker_schedules import install as install_schedules
 
 log = logging.getLogger("dev_broker")
 
@@ -159,6 +163,17 @@ def keys() -> Response:
     return jsonify(current_app.config["QSTASH_SIGNING_KEYS"])
 
 
+@api.post("/v2/_dev/drop-publishes")
+def drop_publishes() -> Response:
+    """Fault switch (dev only): accept the next `count` publishes and lose them, as a message
+    lost between the broker and the worker (the reconciler heals it)."""
+    count = (request.get_json(silent=True) or {}).get("count")
+    if not isinstance(count, int) or count < 0:
+        return _error(400, "count must be a non-negative integer")
+    _broker().drop_publishes = count
+    return jsonify(dropping=count)
+
+
 @api.get("/v2/_dev/stats")
 def stats() -> Response:
     return jsonify(_broker().stats())
@@ -202,6 +217,7 @@ def create_app(
     app.before_request(_authenticate)
     app.register_blueprint(api)
     broker.start()
+    app.schedules = install_schedules(app, broker)  # type: ignore[attr-defined]
     return app
 
 
@@ -262,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         pass
     finally:
         app.extensions["dev_broker"].stop()
+        app.extensions["dev_broker_schedules"].stop()
         server.server_close()
 
 

@@ -129,6 +129,8 @@ class Broker:
         self._dlq: dict[str, dict[str, Any]] = {}
         self._counts = dict.fromkeys(STAT_NAMES, 0)
         self._next_prune = 0.0
+        # Fault switch (POST /v2/_dev/drop-publishes): lose this many of the next publishes.
+        self.drop_publishes = 0
         self._thread = threading.Thread(target=self._run, name="dev-broker-scheduler", daemon=True)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -165,6 +167,11 @@ class Broker:
                     self._counts["deduplicated"] += 1
                     return seen[0], True
                 self._dedup[dedup_key] = (msg.message_id, now + DEDUP_WINDOW_SECONDS)
+            if self.drop_publishes > 0:
+                # Lost after the broker said yes: counted nowhere, delivered never.
+                self.drop_publishes -= 1
+                log.info("fault: dropped publish msg=%s", msg.message_id)
+                return msg.message_id, False
             self._counts["published"] += 1
             self._enqueue(msg)
         log.info(

@@ -170,6 +170,7 @@ class Stack:
             "LOG_FORMAT": "text",
             "SUPABASE_JWT_SECRET": DEV_JWT_SECRET,
             "WORKER_URL": self.worker_url,
+            "PRODUCER_URL": self.producer_url,
             "QSTASH_TOKEN": DEV_TOKEN,
             "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
             "QSTASH_NEXT_SIGNING_KEY": DEV_NEXT_SIGNING_KEY,
@@ -293,11 +294,32 @@ class Stack:
             self._spawn(component)
         for component in self.components:
             self.wait_healthy(component, timeout)
+        if self.reconciles:
+            self.schedule_reconciler()
         self._log(
             f"ready ({self.profile} profile): producer {self.producer_url}, "
             f"worker {self.worker_url}"
         )
         return self
+
+    @property
+    def reconciles(self) -> bool:
+        """Whether the stack schedules the reconciler: on its dev broker, unless RECONCILE_CRON
+        is set empty (stacks that share one database with others: a reconciler would take
+        their running jobs for dead, as it sees no lease under its own REDIS_PREFIX)."""
+        return self.use_broker and self.env.get("RECONCILE_CRON", "* * * * *") != ""
+
+    def schedule_reconciler(self) -> None:
+        """Create the reconciler's QStash schedule on the dev broker, with the command
+        `scripts/deploy` runs against the real QStash (lib/queue/schedules.py)."""
+        subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "lib.queue.schedules"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            stdout=subprocess.DEVNULL if self.quiet else None,
+            timeout=30,
+        )
 
     def _spawn(self, component: Component) -> None:
         out: int | object = subprocess.DEVNULL
@@ -346,6 +368,8 @@ class Stack:
         component.restarts += 1
         self._spawn(component)
         self.wait_healthy(component, timeout)
+        if name == "broker" and self.reconciles:  # its schedules lived in memory
+            self.schedule_reconciler()
 
     def supervise(self, should_stop: Callable[[], bool]) -> None:
         """Restart any component that dies, until `should_stop()`."""
