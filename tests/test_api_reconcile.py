@@ -18,8 +18,6 @@ from flask import Flask
 from lib import config
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, sign
 
-pytest_plugins = ("fixtures_app",)
-
 PRODUCER = "https://producer.example.test"
 URL = f"{PRODUCER}/api/reconcile"
 

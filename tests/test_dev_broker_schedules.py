@@ -11,15 +11,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 import requests
+from helpers.net import free_port, wait_for
 from qstash.errors import QStashError
-from support import free_port, wait_for
 
 from lib.queue.signing import DEV_TOKEN
 
 if TYPE_CHECKING:
-    from broker_support import Destination, RunningBroker
+    from helpers.broker import Destination, RunningBroker
 
-pytest_plugins = ("broker_support",)
 
 AUTH = {"Authorization": f"Bearer {DEV_TOKEN}"}
 

@@ -12,9 +12,7 @@ from lib.queue.schedules import SCHEDULE_ID, ensure_reconcile_schedule
 from lib.queue.signing import DEV_TOKEN
 
 if TYPE_CHECKING:
-    from broker_support import RunningBroker
-
-pytest_plugins = ("broker_support",)
+    from helpers.broker import RunningBroker
 
 
 def settings(broker: RunningBroker, **overrides: str) -> Settings:

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import requests
 from flask import Flask
-from support import free_port, serve_wsgi, wait_for
+from helpers.net import free_port, serve_wsgi, wait_for
 from werkzeug.exceptions import NotFound
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
@@ -28,9 +28,8 @@ from lib.reconcile import Reconciler, Summary
 from scripts.fakes.dev_broker import create_app as create_broker
 
 if TYPE_CHECKING:
-    from fixtures_app import Created, Db, WorkerEnv
+    from helpers.worker import Created, Db, WorkerEnv
 
-pytest_plugins = ("fixtures_app",)
 
 RETRIES = 2
 

@@ -12,7 +12,8 @@ destination=..., cron=...)`):
   scheduleId, cron, createdAt (ms), destination, method, header, body, retries...);
 - `DELETE /v2/schedules/<id>`.
 
-Each tick publishes a new message through the broker (`scripts.fakes.dev_broker_core.Broker.publish`),
+Each tick publishes a new message through the broker
+(`scripts.fakes.dev_broker_core.Broker.publish`),
 so it is delivered, signed (a fresh signature and jti per attempt), retried and sent to the DLQ
 like any other, with its own `Upstash-Message-Id` and the `Upstash-Schedule-Id` header.
 Cron expressions are read by `croniter`, in UTC as QStash does. `time_scale` shortens the time
