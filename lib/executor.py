@@ -125,19 +125,23 @@ class Leases:
                     if again:
                         lease.admitted = sent
                 lease.lost = lease.lost or not ok
-                lease.done = done
+                lease.done = lease.done or done  # a cancel heard meanwhile stays heard
                 lease.watch = watch
 
     def _listen(self) -> None:
         delay = 1.0
         while not self._stop.is_set():
             try:
-                for job_id, transport in self.state.watchers(self._stop):
+                for signal in self.state.watchers(self._stop):
                     delay = 1.0
                     with self._lock:
                         for lease in self._held.values():
-                            if lease.job_id == job_id:
-                                lease.watch = transport
+                            if lease.job_id != signal.job_id:
+                                continue
+                            if signal.done:  # a cancel: the attempt stops at its next check
+                                lease.done = signal.done
+                            else:
+                                lease.watch = signal.watch
             except Exception:  # noqa: BLE001 - Redis down: the heartbeat still reports viewers
                 log.warning("watch channel unavailable; viewers are noticed at the next heartbeat")
                 self._stop.wait(delay)
@@ -255,6 +259,7 @@ class Executor:
             outcome = self._finish(
                 job, lease, JobStatus.CANCELLED, error={"code": "cancelled", "message": "cancelled"}
             )
+            self._keep_partial(lease)
         except PermanentError as exc:
             outcome = self._fail(job, lease, exc.code, exc.message)
         except RetryableError as exc:
@@ -451,6 +456,16 @@ class Executor:
         self._close(final)
         self.state.release(job.id, lease.tier, lease.user_id, lease.token)
         return Outcome(200, {"job_id": job.id, "status": final.status})
+
+    def _keep_partial(self, lease: _Lease) -> None:
+        """A cancelled attempt's delivered output becomes the job's `result.partial`."""
+        events = lease.events
+        if events is None or not events.written:
+            return
+        try:
+            self.store.keep_partial(lease.job_id, events.attempt, "".join(events.written))
+        except AppError:
+            log.warning("could not keep the partial output", extra={"job_id": lease.job_id})
 
     def _fail(self, job: Job, lease: _Lease, code: str, message: str) -> Outcome:
         finished = self.store.finish(

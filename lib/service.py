@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from lib import handlers
+from lib import handlers, userstream
 from lib.config import Settings
 from lib.errors import (
     AppError,
@@ -99,12 +99,14 @@ class Submitted:
     job: Job
     created: bool
     stream_token: str
+    user_stream_token: str
 
     def body(self) -> dict[str, Any]:
         return {
             "job": self.job.public(),
             "events_url": f"/api/jobs/{self.job.id}/events?token={self.stream_token}",
             "stream_token": self.stream_token,
+            "user_events_url": f"/api/events?token={self.user_stream_token}",
         }
 
 
@@ -192,6 +194,7 @@ class Producer:
                 [(EventType.STATUS, data(job_id, status=StreamStatus.QUEUED, attempt=0))],
                 refresh_ttl=True,
             )
+            userstream.add_user_job(self.state, user_id, job_id)  # the user's event stream
             self.publisher.publish(job_id, user_id=user_id, tier=tier, model=model)
         except AppError as exc:
             self._abort(job, user_id, exc)
@@ -204,7 +207,15 @@ class Producer:
             "job submitted",
             extra={"job_id": job_id, "kind": req.kind, "tier": tier, "user_id": user_id},
         )
-        return Submitted(job, True, self.verifier.mint_stream_token(job_id, user_id))
+        return self._submitted(job, True, user_id)
+
+    def _submitted(self, job: Job, created: bool, user_id: str) -> Submitted:
+        return Submitted(
+            job,
+            created,
+            self.verifier.mint_stream_token(job.id, user_id),
+            self.verifier.mint_user_stream_token(user_id),
+        )
 
     def _settled(self, outcome: dict[str, Any], user_id: str) -> Submitted:
         kind = outcome["outcome"]
@@ -219,7 +230,7 @@ class Producer:
                     model=self.settings.model_for(job.tier, job.kind),
                 )
                 self.store.mark_enqueued(job.id)
-            return Submitted(job, False, self.verifier.mint_stream_token(job.id, user_id))
+            return self._submitted(job, False, user_id)
         if kind == "idempotency_conflict":
             raise ConflictError(
                 "this Idempotency-Key was used with a different request",
@@ -293,6 +304,8 @@ class Producer:
                 error=job.error.model_dump() if job.error else None,
                 attempt=job.attempts,
             )
+            # A running attempt hears it at once and closes its request to the model.
+            self.state.announce_closed(job.id, StreamStatus.CANCELLED)
             self.state.release(job.id, job.tier, user_id)
         except AppError:
             log.warning(
@@ -353,6 +366,17 @@ class Producer:
                 cursor = entry_id
                 if is_terminal(event_type, payload):
                     return
+
+    def user_stream(self, user_id: str, after: str | None) -> Iterator[str]:
+        """SSE frames of all the user's active jobs (lib.userstream); InputError for a bad
+        cursor. Count it with `hold_stream` like a job's stream."""
+        return userstream.frames(
+            self.state,
+            user_id,
+            after,
+            max_seconds=self.settings.sse_max_seconds,
+            heartbeat=self.settings.sse_heartbeat_seconds,
+        )
 
     def hold_stream(self, user_id: str, frames: Iterator[str]) -> HeldStream:
         """Count `frames` (an event stream of either endpoint) as one of the user's open

@@ -18,7 +18,7 @@ from lib.state import scripts
 from lib.state.backend import Entry, RedisBackend, pairs
 from lib.state.keys import Keys
 
-__all__ = ["State", "RedisBackend", "Entry", "Keys", "Renewal", "from_settings"]
+__all__ = ["State", "RedisBackend", "Entry", "Keys", "Renewal", "Signal", "from_settings"]
 
 Publish = Literal["auto", "always", "never"]
 # How long a live SSE reader's presence lasts after its last refresh; readers refresh it at least
@@ -36,6 +36,18 @@ class Renewal(NamedTuple):
     held: bool
     done: str | None  # the terminal status once the stream is closed (the cancel flag)
     watch: str | None  # "tcp" or "rest" while an SSE reader watches the job, else None
+
+
+# A watch-channel message "<job id> closed:<status>" says the job's stream was closed.
+CLOSED_PREFIX = "closed:"
+
+
+class Signal(NamedTuple):
+    """One message of the watch channel: a new viewer (`watch`) or a closed stream (`done`)."""
+
+    job_id: str
+    watch: str | None
+    done: str | None
 
 
 def _now_ms() -> int:
@@ -272,7 +284,12 @@ class State:
             args += [event_type, json.dumps(data, separators=(",", ":"), ensure_ascii=False)]
         result = self.backend.run(
             scripts.EMIT,
-            [self.keys.events(job_id), self.keys.done(job_id), self.keys.notify(job_id)],
+            [
+                self.keys.events(job_id),
+                self.keys.done(job_id),
+                self.keys.notify(job_id),
+                self.keys.owner(job_id),
+            ],
             args,
         )
         return str(result) if result else None
@@ -289,11 +306,23 @@ class State:
             self.backend.command("PUBLISH", self.keys.watch_channel(), f"{job_id} {transport}")
         return before is None
 
-    def watchers(self, stop: threading.Event) -> Iterator[tuple[str, str]]:
-        """(job id, transport) of each new viewer announced by `watch`, until `stop`."""
+    def announce_closed(self, job_id: str, status: str) -> None:
+        """Tell the worker running the job, at once, that its stream was closed (a cancel):
+        PUBLISHed on the watch channel every worker listens to, so the attempt stops within
+        moments instead of at its next lease heartbeat. One command."""
+        self.backend.command(
+            "PUBLISH", self.keys.watch_channel(), f"{job_id} {CLOSED_PREFIX}{status}"
+        )
+
+    def watchers(self, stop: threading.Event) -> Iterator[Signal]:
+        """Each new viewer announced by `watch` and each closing announced by
+        `announce_closed`, as a `Signal`, until `stop`."""
         for message in self.backend.listen(self.keys.watch_channel(), stop):
-            job_id, _, transport = message.partition(" ")
-            yield job_id, transport or "tcp"
+            job_id, _, value = message.partition(" ")
+            if value.startswith(CLOSED_PREFIX):
+                yield Signal(job_id, None, value.removeprefix(CLOSED_PREFIX))
+            else:
+                yield Signal(job_id, value or "tcp", None)
 
     def read(self, job_id: str, after: str = "0", count: int = 500) -> list[Entry]:
         return self.backend.read(self.keys.events(job_id), after, count)

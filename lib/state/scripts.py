@@ -111,7 +111,8 @@ return 1
 
 # Append events to a job's stream unless it is closed. A terminal status closes it: the `done`
 # key records the status, and every later emit is refused, so the terminal event is always last
-# and is written once. KEYS: stream, done, notify channel.
+# and is written once. KEYS: stream, done, notify channel, owner (the channel of the job's user
+# stream, `add_user_job`: publishing wakes that stream too).
 # ARGV: ttl s, set ttl 0|1, publish 0|1, terminal status or '', then (type, data) pairs.
 # Returns the id of the last entry, or false when the stream was already closed.
 EMIT = Script(
@@ -132,6 +133,10 @@ if ARGV[2] == '1' or ARGV[4] ~= '' then
 end
 if ARGV[3] == '1' and id then
   redis.call('PUBLISH', KEYS[3], id)
+  local owner = redis.call('GET', KEYS[4])
+  if owner then
+    redis.call('PUBLISH', owner, id)
+  end
 end
 return id
 """,
@@ -169,4 +174,17 @@ return {'ok'}
 """,
 )
 
-ALL = (ADMIT, ACQUIRE, RENEW, RELEASE, EMIT, LIVE, HOLD_STREAM)
+# Index a new job in its user's job stream, which the user's event stream reads and waits on,
+# and wake that stream's subscribers (Upstash REST). KEYS: the user's job stream, the user's
+# notify channel. ARGV: job id, ttl s, max length. Returns the index entry's id.
+USER_JOB = Script(
+    "user_job",
+    """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'j', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', KEYS[2], id)
+return id
+""",
+)
+
+ALL = (ADMIT, ACQUIRE, RENEW, RELEASE, EMIT, LIVE, HOLD_STREAM, USER_JOB)
