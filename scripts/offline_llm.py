@@ -9,7 +9,8 @@ and `[[llm:refuse]]`; for benchmarks, `[[llm:tokens=N]]` lengthens a schema answ
 N tokens with an extra `notes` field, which result models ignore.
 
 `GET /_offline/streams` lists the latest streamed answers with when each started and ended and
-how (`completed`, or `client_closed` the moment the client closed its connection mid-stream),
+how (`streaming` while it lasts, then `completed`, or `client_closed` the moment the client
+closed its connection mid-stream),
 so a test can see that a cancel closed the request to the provider.
 
 Message content is never logged: it carries resume text.
@@ -105,9 +106,12 @@ class _State:
         default_factory=lambda: collections.deque(maxlen=200)
     )
 
-    def record_stream(self, record: dict[str, Any]) -> None:
+    def record_stream(self, model: str) -> dict[str, Any]:
+        """A new stream's record: `streaming` until it ends (`completed`, `client_closed`)."""
+        record = {"model": model, "started_at": time.time(), "outcome": "streaming"}
         with self.lock:
             self.streams.append(record)
+        return record
 
     def first_call(self, key: str) -> bool:
         with self.lock:
@@ -514,7 +518,8 @@ def _stream(
     sock: socket.socket | None,
 ) -> Iterator[bytes]:
     sent, total = 0, sum(f.token for f in frames)
-    began, outcome = time.time(), "client_closed"
+    record = state.record_stream(req.model)
+    outcome = "client_closed"
     try:
         start = time.monotonic()
         for frame in frames:
@@ -529,15 +534,8 @@ def _stream(
         outcome = "completed"
     finally:
         # A write to a closed connection ends the generator here too (werkzeug closes it).
-        state.record_stream(
-            {
-                "model": req.model,
-                "tokens": sent,
-                "started_at": began,
-                "ended_at": time.time(),
-                "outcome": outcome,
-            }
-        )
+        with state.lock:
+            record.update(tokens=sent, ended_at=time.time(), outcome=outcome)
         _log_line(req.model, 200, sent, "stream" if sent == total else "stream-dropped")
 
 
@@ -649,7 +647,7 @@ def create_app(tokens_per_second: float = 40.0, hang_seconds: float = 600.0) -> 
     @app.get("/_offline/streams")
     def streams() -> Any:
         with state.lock:
-            return {"streams": list(state.streams)}
+            return {"streams": [dict(record) for record in state.streams]}
 
     @app.after_request
     def log_other(response: Response) -> Response:

@@ -5,6 +5,15 @@
 -- to the job's stream (only written text: what the refund rule counted as delivered, so the
 -- partial never holds output the user was refunded for). Only the attempt that ran last may
 -- keep it, only once, and only on a cancelled job without a result.
+--
+-- A result stays a succeeded job's, except this one shape: a cancelled job's `{"partial": text}`.
+alter table public.cs_jobs drop constraint cs_jobs_check1;
+alter table public.cs_jobs add constraint cs_jobs_result_check check (
+  (status = 'succeeded') = (result is not null)
+  or (status = 'cancelled' and jsonb_typeof(result -> 'partial') = 'string'
+      and result - 'partial' = '{}'::jsonb)
+);
+
 create function public.cs_keep_partial(p_job_id uuid, p_attempt integer, p_partial text)
 returns jsonb
 language plpgsql as $$
