@@ -10,8 +10,8 @@ Stream tokens are ours, not Supabase's: they name their user in a claim of their
 `sub`), carry no `role`, and have an audience and issuer Supabase never uses, so no Supabase
 service reads one as a session even where both share a secret (development only: production
 signs them with STREAM_TOKEN_SECRET, lib/config.py). They travel in URLs, so they are short-lived
-(STREAM_TOKEN_TTL_SECONDS, 10 minutes by default) and scoped to one job; docs/security.md says
-where such URLs are logged.
+(STREAM_TOKEN_TTL_SECONDS, 10 minutes by default) and scoped to one job, or (`scope: user`) to
+the user's own stream of all their jobs; docs/security.md says where such URLs are logged.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from lib.errors import AuthError
 ACCESS_AUDIENCE = "authenticated"
 STREAM_AUDIENCE = "careershaper-stream"
 STREAM_ISSUER = "careershaper-jobs"
+USER_SCOPE = "user"  # a stream token for all of its user's jobs (`GET /api/events`)
 ASYMMETRIC = ("ES256", "RS256")
 LEEWAY_SECONDS = 30
 
@@ -149,6 +150,41 @@ class Verifier:
             raise AuthError("invalid stream token") from None
         if claims.get("job") != job_id:
             raise AuthError("the stream token is for another job")
+        return _uuid(claims["uid"])
+
+    def mint_user_stream_token(self, user_id: str, *, now: float | None = None) -> str:
+        """A token that lets its holder stream all of one user's jobs (`GET /api/events`)
+        until it expires: scoped to the user (`scope: user`), never to a job."""
+        issued = int(now if now is not None else time.time())
+        claims = {
+            "iss": STREAM_ISSUER,
+            "aud": STREAM_AUDIENCE,
+            "uid": user_id,
+            "scope": USER_SCOPE,
+            "iat": issued,
+            "exp": issued + self.stream_ttl,
+        }
+        return jwt.encode(claims, self.stream_secret, algorithm="HS256")
+
+    def user_stream_user(self, token: str) -> str:
+        """Return the user id of a valid user-scoped stream token. A job's stream token is
+        refused here (and a user-scoped one by `stream_user`). Raises AuthError."""
+        try:
+            claims = jwt.decode(
+                token,
+                self.stream_secret,
+                algorithms=["HS256"],
+                audience=STREAM_AUDIENCE,
+                issuer=STREAM_ISSUER,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "iss", "aud", "uid", "scope"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("the stream token has expired") from None
+        except jwt.PyJWTError:
+            raise AuthError("invalid stream token") from None
+        if claims.get("scope") != USER_SCOPE or "job" in claims:
+            raise AuthError("the stream token is for one job; use the user stream token")
         return _uuid(claims["uid"])
 
 

@@ -79,8 +79,8 @@ class JobEvents:
     meanwhile is coalesced to the latest. Redis is billed per command, so an unwatched job
     writes its text once, with its result.
 
-    `delivered` counts the delta characters this attempt wrote; with a `delivery`, each write
-    of delta text is recorded ahead as that says (see `Delivery`).
+    `delivered` counts the delta characters this attempt wrote, `written` holds their text;
+    with a `delivery`, each write of delta text is recorded ahead as that says (see `Delivery`).
     """
 
     def __init__(
@@ -115,6 +115,7 @@ class JobEvents:
         self.flushes = 0
         self.delivery = delivery
         self.delivered = 0
+        self.written: list[str] = []  # the delta text written: a cancelled job's partial
 
     def _write(
         self,
@@ -138,6 +139,7 @@ class JobEvents:
         )
         if entry is not None:
             self.delivered += chars
+            self.written += [e[1]["text"] for e in events if e[0] == EventType.DELTA]
         return entry
 
     def _emit(self, events: list[tuple[str, dict[str, Any]]]) -> str:

@@ -149,6 +149,7 @@ class Executor:
             verdict = self._finish(
                 job, lease, JobStatus.CANCELLED, error={"code": "cancelled", "message": "cancelled"}
             )
+            self._keep_partial(lease)
         except PermanentError as exc:
             verdict = self._fail(job, lease, exc.code, exc.message)
         except RetryableError as exc:
@@ -323,6 +324,15 @@ class Executor:
         close_stream(self.state, final)
         self.state.release(job.id, lease.tier, lease.user_id, lease.token)
         return Done(job.id, status=final.status)
+
+    def _keep_partial(self, lease: Lease) -> None:
+        """A cancelled attempt's delivered output becomes the job's `result.partial`."""
+        if (events := lease.events) is None or not events.written:
+            return
+        try:
+            self.store.keep_partial(lease.job_id, events.attempt, "".join(events.written))
+        except AppError:
+            log.warning("could not keep the partial output", extra={"job_id": lease.job_id})
 
     def _fail(self, job: Job, lease: Lease, code: str, message: str) -> Verdict:
         finished = self.store.finish(

@@ -118,19 +118,23 @@ class Leases:
                     if again:
                         lease.admitted = sent
                 lease.lost = lease.lost or not ok
-                lease.done = done
+                lease.done = lease.done or done  # a cancel heard meanwhile stays heard
                 lease.watch = watch
 
     def _listen(self) -> None:
         delay = 1.0
         while not self._stop.is_set():
             try:
-                for job_id, transport in self.state.watchers(self._stop):
+                for signal in self.state.watchers(self._stop):
                     delay = 1.0
                     with self._lock:
                         for lease in self._held.values():
-                            if lease.job_id == job_id:
-                                lease.watch = transport
+                            if lease.job_id != signal.job_id:
+                                continue
+                            if signal.done:  # a cancel: the attempt stops at its next check
+                                lease.done = signal.done
+                            else:
+                                lease.watch = signal.watch
             except Exception:  # noqa: BLE001 - Redis down: the heartbeat still reports viewers
                 log.warning("watch channel unavailable; viewers are noticed at the next heartbeat")
                 self._stop.wait(delay)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from lib import userstream
 from lib.config import Settings
 from lib.errors import (
     AppError,
@@ -99,12 +100,14 @@ class Submitted:
     job: Job
     created: bool
     stream_token: str
+    user_stream_token: str
 
     def body(self) -> dict[str, Any]:
         return {
             "job": self.job.public(),
             "events_url": f"/api/jobs/{self.job.id}/events?token={self.stream_token}",
             "stream_token": self.stream_token,
+            "user_events_url": f"/api/events?token={self.user_stream_token}",
         }
 
 
@@ -182,7 +185,13 @@ class Producer:
         job = Job.model_validate(result["job"])
         queued = data(job_id, status=StreamStatus.QUEUED, attempt=0)
         try:
-            self.state.admit(job_id, job.tier, user_id, first_event=(EventType.STATUS, queued))
+            self.state.admit(
+                job_id,
+                job.tier,
+                user_id,
+                first_event=(EventType.STATUS, queued),
+                index_max=userstream.INDEX_MAX,  # the user's event stream finds the job
+            )
         except Exception:  # refused (429) or Redis unreachable (503): nothing may stay charged
             self._withdraw(job_id)
             raise
@@ -200,7 +209,15 @@ class Producer:
             "job submitted",
             extra={"job_id": job_id, "kind": req.kind, "tier": job.tier, "user_id": user_id},
         )
-        return Submitted(job, True, self.verifier.mint_stream_token(job_id, user_id))
+        return self._submitted(job, True, user_id)
+
+    def _submitted(self, job: Job, created: bool, user_id: str) -> Submitted:
+        return Submitted(
+            job,
+            created,
+            self.verifier.mint_stream_token(job.id, user_id),
+            self.verifier.mint_user_stream_token(user_id),
+        )
 
     def _withdraw(self, job_id: str) -> None:
         try:
@@ -224,7 +241,7 @@ class Producer:
                     model=self.settings.model_for(job.tier, job.kind),
                 )
                 self.store.mark_enqueued(job.id)
-            return Submitted(job, False, self.verifier.mint_stream_token(job.id, user_id))
+            return self._submitted(job, False, user_id)
         if kind == "idempotency_conflict":
             raise ConflictError(
                 "this Idempotency-Key was used with a different request",
@@ -291,6 +308,8 @@ class Producer:
         try:
             # Closing the stream is also the worker's cancel flag.
             close_stream(self.state, job)
+            # A running attempt hears it at once and closes its request to the model.
+            self.state.announce_closed(job.id, StreamStatus.CANCELLED)
             self.state.release(job.id, job.tier, user_id)
         except AppError:
             log.warning(
@@ -351,6 +370,17 @@ class Producer:
                 cursor = entry_id
                 if is_terminal(event_type, payload):
                     return
+
+    def user_stream(self, user_id: str, after: str | None) -> Iterator[str]:
+        """SSE frames of all the user's active jobs (lib.userstream); InputError for a bad
+        cursor. Count it with `hold_stream` like a job's stream."""
+        return userstream.frames(
+            self.state,
+            user_id,
+            after,
+            max_seconds=self.settings.sse_max_seconds,
+            heartbeat=self.settings.sse_heartbeat_seconds,
+        )
 
     def hold_stream(self, user_id: str, frames: Iterator[str]) -> HeldStream:
         """Count `frames` (an event stream of either endpoint) as one of the user's open

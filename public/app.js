@@ -3,9 +3,11 @@
 // Model output is only ever put on the page through textContent and createElement, never
 // innerHTML, so nothing the model writes can run as markup.
 //
-// A reload in the middle of a stream resumes it: the job, the text shown so far and the id of
-// the last event applied are saved together in sessionStorage after every event, and the stream
-// is reopened with `?last_event_id=` (EventSource cannot send a header on its first request).
+// The page follows the user stream (`GET /api/events`, all the user's jobs in one response) and
+// shows the frames of its job. A reload in the middle of a stream resumes it: the job, the text
+// shown so far and the id of the last event applied are saved together in sessionStorage after
+// every event, and the stream is reopened with `?last_event_id=` (EventSource cannot send a
+// header on its first request).
 "use strict";
 
 (() => {
@@ -207,6 +209,14 @@
     return am - bm || (as || 0) - (bs || 0);
   }
 
+  // The user stream's id is a cursor over all the user's jobs, "<index>~<job hex>.<entry>~...":
+  // this job's own entry id, or null once the job has left it (its terminal event).
+  function entryOf(id) {
+    const hex = job.id.replaceAll("-", "") + ".";
+    const part = id.split("~").find((p) => p.startsWith(hex));
+    return part ? part.slice(hex.length) : null;
+  }
+
   function apply(type, data) {
     if (type === "status") {
       if (data.status === "running" && data.attempt > job.attempt) {
@@ -239,13 +249,15 @@
   }
 
   function onEvent(type, event) {
-    const id = event.lastEventId;
-    if (id && job.lastEventId && compareIds(id, job.lastEventId) <= 0) return; // applied already
     let data;
     try { data = JSON.parse(event.data); } catch { return; }
-    if (data.job_id && data.job_id !== job.id) return;
+    if (data.job_id && data.job_id !== job.id) return; // another of the user's jobs
+    const id = event.lastEventId;
+    const entry = id ? entryOf(id) : null;
+    if (entry && job.lastEntry && compareIds(entry, job.lastEntry) <= 0) return; // applied already
     apply(type, data);
     if (id) job.lastEventId = id;
+    if (entry) job.lastEntry = entry;
     if (type === "status" && TERMINAL.has(job.status)) finish();
     saveJob();
     setStatus(statusText());
@@ -273,7 +285,7 @@
 
   function openStream() {
     closeStream();
-    let url = job.events_url;
+    let url = job.stream_url;
     if (job.lastEventId) {
       url += (url.includes("?") ? "&" : "?") + "last_event_id=" + encodeURIComponent(job.lastEventId);
     }
@@ -336,7 +348,9 @@
       closeStream();
       job = {
         id: body.job.id, kind: body.job.kind, tier: body.job.tier, cost: body.job.cost,
-        status: body.job.status, events_url: body.events_url, lastEventId: null,
+        status: body.job.status, events_url: body.events_url, lastEventId: null, lastEntry: null,
+        // One stream for all the user's jobs (GET /api/events); this page shows this job's.
+        stream_url: body.user_events_url,
         attempt: 0, text: "", stage: "", pct: 0, result: null, error: null,
       };
       saveJob();
@@ -498,6 +512,7 @@
   showAccount();
   refreshMe();
   job = store.get(KEYS.job);
+  if (job && !job.stream_url) job.stream_url = job.events_url; // saved by an earlier page
   if (job) {
     showJob();
     if (inProgress()) openStream();

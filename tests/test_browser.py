@@ -199,6 +199,8 @@ def test_a_reload_mid_stream_resumes_without_duplicating_text(page: Page, stack:
     assert job["id"] == before_reload["id"]
     assert page.locator("#output").text_content() == replayed_text(stack, job)
     assert "last_event_id=" in stream_urls[0], stream_urls
+    # The page follows the user stream (all the user's jobs in one), not one job's.
+    assert all("/api/events?token=" in url for url in stream_urls), stream_urls
     assert len(stream_urls) >= 2, "the stream should also have resumed by itself (SSE_MAX_SECONDS)"
     expect(page.locator("#match-score")).to_be_visible()
     shot(page, "browser-reloaded-mid-stream")

@@ -32,6 +32,7 @@ COMMANDS = [
     ["submit"],
     ["status"],
     ["tail"],
+    ["watch"],
     ["cancel"],
     ["me"],
     ["list"],
@@ -248,6 +249,17 @@ def test_tail_resumes_after_the_last_event_seen_without_repeating(cs: Cli) -> No
     assert jsonl(resumed.stdout) == whole[2:]
     assert f"resuming after event {whole[1]['id']}" in resumed.stderr
     assert not cursor.exists()  # the job ended: the next tail replays it from the start
+
+
+def test_watch_follows_every_active_job_in_one_stream_across_reconnects(cs: Cli) -> None:
+    jobs = [cs.submit(resume=RESUME + " [[llm:slow=40]]").stdout.strip() for _ in range(2)]
+    watched = jsonl(cs.ok("watch", "--dev", "--until-done", "--jsonl").stdout)
+    for job_id in jobs:  # across the server's 1 s cuts: each job exactly as its own stream
+        own = jsonl(cs.ok("tail", "--dev", "--from-start", "--jsonl", job_id).stdout)
+        mine = [(e["event"], e["data"]) for e in watched if e["data"]["job_id"] == job_id]
+        assert mine == [(e["event"], e["data"]) for e in own]
+    plain = cs.ok("watch", "--dev", "--until-done", "--last-event-id", watched[1]["id"])
+    assert plain.stdout.splitlines()[0].startswith(f"{watched[2]['data']['job_id']} ")
 
 
 def test_cancel_stops_a_running_job_and_refuses_a_finished_one(cs: Cli) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from helpers.stack import JD, RESUME, User, follow
+from httpx_sse import connect_sse
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource
@@ -210,6 +211,30 @@ def test_a_job_of_each_kind_and_its_events_match_the_document(
     page = conforms("/api/jobs", "get", user.get("/api/jobs?limit=1"))
     assert page["jobs"][0]["id"] == job_id and page["next_before"] == job_id
     conforms("/api/me", "get", user.get("/api/me"))
+
+
+def test_the_user_stream_and_its_errors_match_the_document(stack: Stack, user: User) -> None:
+    me = conforms("/api/me", "get", user.get("/api/me"))
+    schemas = _lookup(f"#/paths/{_escape('/api/events')}/get")["x-sse-events"]
+    with (
+        httpx.Client(base_url=stack.producer_url, timeout=60) as client,
+        connect_sse(client, "GET", me["events_url"]) as source,
+    ):
+        body = conforms("/api/jobs", "post", user.submit("job_match"))  # while it is open
+        job_id = body["job"]["id"]
+        for sse in source.iter_sse():
+            if not sse.data:
+                continue
+            validate(sse.id, "#/components/schemas/UserEventId")
+            data = json.loads(sse.data)
+            validate(data, schemas[sse.event]["$ref"])
+            assert data["job_id"] == job_id
+            if sse.event == "status" and data["status"] == "succeeded":
+                break
+    bad = httpx.get(f"{stack.producer_url}{me['events_url']}&last_event_id=1-0~nope")
+    assert error_code(conforms("/api/events", "get", bad)) == "invalid_input"
+    job_token = httpx.get(f"{stack.producer_url}/api/events?token={body['stream_token']}")
+    assert error_code(conforms("/api/events", "get", job_token)) == "unauthorized"
 
 
 def test_an_idempotent_replay_and_a_conflicting_body_match_the_document(user: User) -> None:

@@ -14,7 +14,7 @@ from helpers.net import wait_for
 
 from lib.errors import RateLimitError
 from lib.events import JobEvents, StreamClosed, emit_terminal
-from lib.state import State
+from lib.state import Signal, State
 
 
 @pytest.fixture
@@ -219,7 +219,7 @@ def test_renew_many_renews_every_lease_in_one_call_and_reports_each(state: State
 
 def test_a_new_viewer_is_announced_once_and_refreshes_are_silent(state: State) -> None:
     job = new_id()
-    heard: list[tuple[str, str]] = []
+    heard: list[Signal] = []
     stop = threading.Event()
 
     def listen() -> None:
@@ -241,17 +241,47 @@ def test_a_new_viewer_is_announced_once_and_refreshes_are_silent(state: State) -
             return True
 
         wait_for(announced, timeout=10, what="the listener to hear a new viewer")
-        assert set(heard) == {(job, "rest")}
+        assert set(heard) == {(job, "rest", None)}
         count = len(heard)
         assert state.watch(job, "rest") is False  # a refresh: the key is still there
         assert state.watch(job, "rest") is False
         other = new_id()
         assert state.watch(other, "tcp") is True
-        wait_for(lambda: (other, "tcp") in heard, timeout=5, what="the second viewer")
-        assert heard[count:] == [(other, "tcp")]
+        wait_for(lambda: (other, "tcp", None) in heard, timeout=5, what="the second viewer")
+        assert heard[count:] == [(other, "tcp", None)]
     finally:
         stop.set()
         # TCP checks `stop` every second; REST on the next line, a keep-alive within 15 s.
+        listener.join(20)
+    assert not listener.is_alive()
+
+
+def test_a_closed_stream_is_announced_on_the_watch_channel_as_done(state: State) -> None:
+    job = new_id()
+    heard: list[Signal] = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        for item in state.watchers(stop):
+            heard.append(item)
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    try:
+
+        def announced() -> bool:
+            # A PUBLISH before the listener has subscribed is lost: announce until one is heard.
+            state.announce_closed(job, "cancelled")
+            try:
+                wait_for(lambda: heard, timeout=0.5)
+            except AssertionError:
+                return False
+            return True
+
+        wait_for(announced, timeout=10, what="the listener to hear the closing")
+        assert set(heard) == {Signal(job, None, "cancelled")}
+    finally:
+        stop.set()
         listener.join(20)
     assert not listener.is_alive()
 

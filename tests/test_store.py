@@ -459,3 +459,18 @@ def test_the_ledger_refuses_a_second_refund_decision_for_one_job(
             " values (%s, %s, 'no_refund_delivered', 0)",
             (user, job_id),
         )
+
+
+def test_a_cancelled_job_keeps_its_partial_output_once_and_only_for_its_last_attempt(
+    store: Store,
+) -> None:
+    user = new_id()
+    job_id = running(store, user)
+    assert store.keep_partial(job_id, 1, "too early") == "unchanged"  # still running
+    store.cancel(job_id, user)
+    assert store.keep_partial(job_id, 2, "another attempt") == "unchanged"
+    assert store.keep_partial(job_id, 1, '{"score": 7') == "kept"
+    assert store.keep_partial(job_id, 1, "again") == "unchanged"
+    job = store.get_job(job_id, user)
+    assert job is not None and job.status == "cancelled"
+    assert job.result == {"partial": '{"score": 7'}

@@ -64,10 +64,13 @@ def test_cancelling_a_running_job_stops_the_attempt_and_refunds_once(
     assert answer.status_code == 200
     assert answer.get_json()["status"] == "cancelled"
     row = db.job(job.job_id)
-    assert row["status"] == "cancelled" and row["result"] is None and row["attempts"] == 1
+    events = env.stream(job.job_id)
+    # The output written before the cancel is kept as `result.partial` (none: no result).
+    written = "".join(e.data["text"] for e in events if e.type == "delta")
+    assert row["result"] == ({"partial": written} if written else None)
+    assert row["status"] == "cancelled" and row["attempts"] == 1
     assert db.ledger(job.job_id) == [("debit", -1), ("refund", 1)]
     assert db.coins(job.user_id) == 5
-    events = env.stream(job.job_id)
     terminal = [e for e in events if e.type == "status" and e.data["status"] != "running"]
     assert [e.data["status"] for e in terminal] == ["cancelled"]
     assert events[-1] == terminal[0]

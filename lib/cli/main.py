@@ -158,6 +158,22 @@ def _job_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     _view_options(p)
     p.epilog = "stdout: the result JSON when the job succeeds (or the events, with --jsonl)."
 
+    p = _add(
+        sub,
+        "watch",
+        "watch:run",
+        "follow all your active jobs, and those submitted meanwhile, in one stream",
+        api,
+    )
+    p.add_argument("--last-event-id", metavar="ID", help="resume every job after this id")
+    p.add_argument("--until-done", action="store_true", help="exit once every job seen has ended")
+    p.add_argument(
+        "--jsonl",
+        action="store_true",
+        help='print each event as a JSON line {"id", "event", "data"} (default: one line each)',
+    )
+    p.epilog = "stdout: one line per event, each naming its job."
+
     p = _add(sub, "cancel", "jobs:cancel", "cancel a queued or running job (refunded)", api)
     p.add_argument("job_id", type=job_id, metavar="JOB_ID", help="the job's id")
 

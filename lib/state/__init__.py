@@ -17,7 +17,7 @@ from lib.models import ErrorCode
 from lib.state import scripts
 from lib.state.backend import Entry, RedisBackend, pairs
 from lib.state.keys import Keys
-from lib.state.results import Acquire, Acquisition, Renewal
+from lib.state.results import CLOSED_PREFIX, Acquire, Acquisition, Renewal, Signal
 
 __all__ = [
     "State",
@@ -27,6 +27,7 @@ __all__ = [
     "Entry",
     "Keys",
     "Renewal",
+    "Signal",
     "from_settings",
 ]
 
@@ -83,9 +84,12 @@ class State:
         user_id: str,
         *,
         first_event: tuple[str, dict[str, Any]] | None = None,
+        index_max: int | None = None,
     ) -> None:
         """Reserve a live slot for the job in its tier and for its user; with `first_event`
-        (type, data), also start the job's event stream with it, in the same round trip.
+        (type, data), also start the job's event stream with it, and with `index_max` also
+        index the job for its user's event stream (capped at that length), in the same round
+        trip.
 
         Raises RateLimitError (code backpressure or user_concurrency, with retry_after); then
         nothing is written. Admitting the same job twice is a no-op.
@@ -110,6 +114,10 @@ class State:
                 event_type,
                 json.dumps(data, separators=(",", ":"), ensure_ascii=False),
             ]
+            if index_max is not None:
+                notify = self.keys.user_notify(user_id)
+                keys += [self.keys.owner(job_id), self.keys.user_jobs(user_id), notify]
+                args.append(index_max)
         result = self.backend.run(scripts.ADMIT, keys, args)
         outcome = result[0]
         if outcome == "backpressure":
@@ -284,7 +292,12 @@ class State:
             args += [event_type, json.dumps(data, separators=(",", ":"), ensure_ascii=False)]
         result = self.backend.run(
             scripts.EMIT,
-            [self.keys.events(job_id), self.keys.done(job_id), self.keys.notify(job_id)],
+            [
+                self.keys.events(job_id),
+                self.keys.done(job_id),
+                self.keys.notify(job_id),
+                self.keys.owner(job_id),
+            ],
             args,
         )
         return str(result) if result else None
@@ -301,11 +314,23 @@ class State:
             self.backend.command("PUBLISH", self.keys.watch_channel(), f"{job_id} {transport}")
         return before is None
 
-    def watchers(self, stop: threading.Event) -> Iterator[tuple[str, str]]:
-        """(job id, transport) of each new viewer announced by `watch`, until `stop`."""
+    def announce_closed(self, job_id: str, status: str) -> None:
+        """Tell the worker running the job, at once, that its stream was closed (a cancel):
+        PUBLISHed on the watch channel every worker listens to, so the attempt stops within
+        moments instead of at its next lease heartbeat. One command."""
+        self.backend.command(
+            "PUBLISH", self.keys.watch_channel(), f"{job_id} {CLOSED_PREFIX}{status}"
+        )
+
+    def watchers(self, stop: threading.Event) -> Iterator[Signal]:
+        """Each new viewer announced by `watch` and each closing announced by
+        `announce_closed`, as a `Signal`, until `stop`."""
         for message in self.backend.listen(self.keys.watch_channel(), stop):
-            job_id, _, transport = message.partition(" ")
-            yield job_id, transport or "tcp"
+            job_id, _, value = message.partition(" ")
+            if value.startswith(CLOSED_PREFIX):
+                yield Signal(job_id, None, value.removeprefix(CLOSED_PREFIX))
+            else:
+                yield Signal(job_id, value or "tcp", None)
 
     def read(self, job_id: str, after: str = "0", count: int = 500) -> list[Entry]:
         return self.backend.read(self.keys.events(job_id), after, count)

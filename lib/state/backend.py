@@ -1,9 +1,9 @@
 """The small interface in front of Redis, and its two adapters' shared types.
 
 A backend runs the project's Lua scripts, reads a stream after an id, and waits for new stream
-entries: by blocking XREAD over TCP, or through Upstash's REST `subscribe` endpoint over REST
-(Upstash REST serves no blocking commands). `tests/test_state.py` runs the same suite
-against both.
+entries, of one stream or of several at once: by blocking XREAD over TCP, or through Upstash's
+REST `subscribe` endpoint over REST (Upstash REST serves no blocking commands).
+`tests/test_state.py` runs the same suite against both.
 """
 
 from __future__ import annotations
@@ -33,6 +33,14 @@ class RedisBackend(Protocol):
         self, stream: str, channel: str, after: str, timeout: float, count: int
     ) -> list[Entry]:
         """Like `read`, but wait up to `timeout` seconds for an entry when there is none yet."""
+
+    def wait_many(
+        self, streams: dict[str, str], channel: str, timeout: float, count: int
+    ) -> list[tuple[str, list[Entry]]]:
+        """The entries of several streams, each strictly after its own id ("0" = from the
+        start), in one read, waiting up to `timeout` seconds for one when there is none yet:
+        one blocking XREAD over TCP; over REST a subscription to `channel` (where the writers
+        of those streams PUBLISH), then one XREAD. (stream, entries) for each stream with some."""
 
     def listen(self, channel: str, stop: threading.Event) -> Iterator[str]:
         """The messages PUBLISHed on `channel` until `stop` is set (checked every second).

@@ -10,7 +10,11 @@ slot on clustered Redis. TTLs:
 | `job:{id}:lease`             | string | LEASE_TTL_SECONDS, renewed by the running attempt      |
 | `job:{id}:watch`             | string | WATCH_TTL (45 s), refreshed by each live SSE reader   |
 | `job:{id}:notify`            | pubsub | (a channel, not a key)                                |
-| `watch`                      | pubsub | (a channel): "<job id> <transport>" per new viewer     |
+| `job:{id}:owner`             | string | EVENTS_TTL_SECONDS; its user's notify channel          |
+| `watch`                      | pubsub | (a channel): "<job id> <transport>" per new viewer,   |
+|                              |        | "<job id> closed:<status>" when a cancel closes it     |
+| `user:{uid}:jobs`            | stream | EVENTS_TTL_SECONDS; one entry (`j`: job id) per job    |
+| `user:{uid}:notify`          | pubsub | (a channel): new entries of the user's jobs (REST)     |
 | `adm:tier:<tier>`            | zset   | none (one per tier); members expire by score (deadline) |
 | `adm:user:<tier>:<user id>`  | zset   | 2 x ADMISSION_TTL_SECONDS, refreshed on each admission  |
 | `stats:admission`            | hash   | none (one, a field per tier and refusal reason)         |
@@ -50,6 +54,17 @@ class Keys:
 
     def notify(self, job_id: str) -> str:
         return f"{self.prefix}job:{{{job_id}}}:notify"
+
+    def owner(self, job_id: str) -> str:
+        """The notify channel of the job's user (the user stream's wake-up on REST)."""
+        return f"{self.prefix}job:{{{job_id}}}:owner"
+
+    def user_jobs(self, user_id: str) -> str:
+        """The user's jobs, in submit order: what the user's event stream follows."""
+        return f"{self.prefix}user:{{{user_id}}}:jobs"
+
+    def user_notify(self, user_id: str) -> str:
+        return f"{self.prefix}user:{{{user_id}}}:notify"
 
     def tier(self, tier: str) -> str:
         return f"{self.prefix}adm:tier:{tier}"

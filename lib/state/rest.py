@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sized
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from upstash_redis import Redis
@@ -28,6 +28,8 @@ from upstash_redis.errors import UpstashError
 from lib.errors import UnavailableError
 from lib.state.backend import Entry, pairs
 from lib.state.scripts import Script
+
+_T = TypeVar("_T", bound=Sized)
 
 
 class _EdgeError(Exception):
@@ -107,6 +109,16 @@ class RestBackend:
         rows: Any = self.command("XRANGE", stream, start, "+", "COUNT", str(count))
         return [(str(row[0]), pairs(row[1])) for row in rows or []]
 
+    def read_many(self, streams: dict[str, str], count: int) -> list[tuple[str, list[Entry]]]:
+        """One XREAD without BLOCK (which Upstash REST refuses) over several streams."""
+        keys = list(streams)
+        ids = [streams[key] if streams[key] not in ("", "0") else "0-0" for key in keys]
+        rows: Any = self.command("XREAD", "COUNT", str(count), "STREAMS", *keys, *ids)
+        return [
+            (str(key), [(str(row[0]), pairs(row[1])) for row in entries])
+            for key, entries in rows or []
+        ]
+
     def wait(
         self, stream: str, channel: str, after: str, timeout: float, count: int
     ) -> list[Entry]:
@@ -116,6 +128,16 @@ class RestBackend:
             rows = self.read(stream, after, count)
             if rows:
                 return rows
+        return self._wait(channel, timeout, lambda: self.read(stream, after, count))
+
+    def wait_many(
+        self, streams: dict[str, str], channel: str, timeout: float, count: int
+    ) -> list[tuple[str, list[Entry]]]:
+        return self._wait(channel, timeout, lambda: self.read_many(streams, count))
+
+    def _wait(self, channel: str, timeout: float, read: Callable[[], _T]) -> _T:
+        """`read()` once subscribed to `channel`; when it finds nothing, again after the first
+        message there or after `timeout` seconds, whichever comes first."""
         deadline = time.monotonic() + timeout
         confirmed = False
         try:
@@ -126,7 +148,7 @@ class RestBackend:
                     if line.startswith("data:") and "subscribe" in line:
                         confirmed = True
                         break
-                rows = self.read(stream, after, count)
+                rows = read()
                 if rows:
                     return rows
                 for line in lines:
@@ -139,7 +161,7 @@ class RestBackend:
                 raise UnavailableError("redis is unavailable") from exc
         except _DOWN as exc:
             raise UnavailableError("redis is unavailable") from exc
-        return self.read(stream, after, count)
+        return read()
 
     def listen(self, channel: str, stop: threading.Event) -> Iterator[str]:
         confirmed = False

@@ -42,3 +42,15 @@ class Acquisition(NamedTuple):
     def remaining_ms(self) -> int:
         """BUSY: how long the other attempt's lease still lasts, in ms (0 otherwise)."""
         return int(self.detail or 0) if self.outcome == Acquire.BUSY else 0
+
+
+# A watch-channel message "<job id> closed:<status>" says the job's stream was closed.
+CLOSED_PREFIX = "closed:"
+
+
+class Signal(NamedTuple):
+    """One message of the watch channel: a new viewer (`watch`) or a closed stream (`done`)."""
+
+    job_id: str
+    watch: str | None
+    done: str | None

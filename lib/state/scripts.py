@@ -24,8 +24,12 @@ class Script:
 # admission also starts the job's event stream with its first event (the producer's `queued`
 # status, in the same round trip), as EMIT would: unless the stream is closed, XADD, then the
 # stream's TTL. No PUBLISH: no reader can wait on a job whose id nobody has been told yet.
-# KEYS: tier set, user set, stats hash[, stream, done]. ARGV: job id, now ms, deadline ms, tier
-# max, user max, user ttl ms, tier[, events ttl s, event type, event data].
+# With KEYS[6..8] it also indexes the job for its user's event stream (GET /api/events), as
+# USER_JOB does: the job's owner key, an entry in the user's job stream, a PUBLISH on the user's
+# channel (an open user stream is waiting there), so a submit stays three round trips.
+# KEYS: tier set, user set, stats hash[, stream, done[, owner, user jobs, user channel]].
+# ARGV: job id, now ms, deadline ms, tier max, user max, user ttl ms, tier[, events ttl s,
+# event type, event data[, user jobs max length]].
 # Returns {"ok"} | {"backpressure"} | {"user_concurrency"}.
 ADMIT = Script(
     "admit",
@@ -49,6 +53,12 @@ redis.call('PEXPIRE', KEYS[2], ARGV[6])
 if #KEYS >= 5 and redis.call('EXISTS', KEYS[5]) == 0 then
   redis.call('XADD', KEYS[4], '*', 't', ARGV[9], 'd', ARGV[10])
   redis.call('EXPIRE', KEYS[4], ARGV[8])
+end
+if #KEYS >= 8 then
+  redis.call('SET', KEYS[6], KEYS[8], 'EX', ARGV[8])
+  local id = redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[11], '*', 'j', ARGV[1])
+  redis.call('EXPIRE', KEYS[7], ARGV[8])
+  redis.call('PUBLISH', KEYS[8], id)
 end
 return {'ok'}
 """,
@@ -119,7 +129,8 @@ return 1
 
 # Append events to a job's stream unless it is closed. A terminal status closes it: the `done`
 # key records the status, and every later emit is refused, so the terminal event is always last
-# and is written once. KEYS: stream, done, notify channel.
+# and is written once. KEYS: stream, done, notify channel, owner (the channel of the job's user
+# stream, `add_user_job`: publishing wakes that stream too).
 # ARGV: ttl s, set ttl 0|1, publish 0|1, terminal status or '', then (type, data) pairs.
 # Returns the id of the last entry, or false when the stream was already closed.
 EMIT = Script(
@@ -140,6 +151,10 @@ if ARGV[2] == '1' or ARGV[4] ~= '' then
 end
 if ARGV[3] == '1' and id then
   redis.call('PUBLISH', KEYS[3], id)
+  local owner = redis.call('GET', KEYS[4])
+  if owner then
+    redis.call('PUBLISH', owner, id)
+  end
 end
 return id
 """,
@@ -189,4 +204,17 @@ return {dropped, members}
 """,
 )
 
-ALL = (ADMIT, ACQUIRE, RENEW, RELEASE, EMIT, LIVE, HOLD_STREAM, ADMISSION_SCAN)
+# Index a new job in its user's job stream, which the user's event stream reads and waits on,
+# and wake that stream's subscribers (Upstash REST). KEYS: the user's job stream, the user's
+# notify channel. ARGV: job id, ttl s, max length. Returns the index entry's id.
+USER_JOB = Script(
+    "user_job",
+    """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'j', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', KEYS[2], id)
+return id
+""",
+)
+
+ALL = (ADMIT, ACQUIRE, RENEW, RELEASE, EMIT, LIVE, HOLD_STREAM, ADMISSION_SCAN, USER_JOB)

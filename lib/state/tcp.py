@@ -100,6 +100,22 @@ class TcpBackend:
         _, rows = result[0]
         return [(entry_id, dict(fields)) for entry_id, fields in rows]
 
+    def wait_many(
+        self, streams: dict[str, str], channel: str, timeout: float, count: int
+    ) -> list[tuple[str, list[Entry]]]:
+        ids: dict[Any, Any] = {
+            key: after if after not in ("", "0") else "0-0" for key, after in streams.items()
+        }
+        block_ms = max(1, int(min(timeout, MAX_BLOCK_SECONDS) * 1000))
+        try:
+            result: Any = self._blocking.xread(ids, count=count, block=block_ms)
+        except _DOWN as exc:
+            raise UnavailableError("redis is unavailable") from exc
+        return [
+            (str(key), [(entry_id, dict(fields)) for entry_id, fields in rows])
+            for key, rows in result or []
+        ]
+
     def listen(self, channel: str, stop: threading.Event) -> Iterator[str]:
         pubsub = self._blocking.pubsub(ignore_subscribe_messages=True)
         try:

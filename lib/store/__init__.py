@@ -241,6 +241,16 @@ class Store:
         )
         return Cancel(r["outcome"]), _job(r.get("job"))
 
+    def keep_partial(self, job_id: str, attempt: int, partial: str) -> str:
+        """Keep `partial`, the output `attempt` delivered before a cancel stopped it, as the
+        cancelled job's `result.partial`. Returns kept, or unchanged (not cancelled, already
+        kept, or another attempt ran last)."""
+        r = self.backend.call(
+            "cs_keep_partial",
+            {"p_job_id": job_id, "p_attempt": attempt, "p_partial": partial},
+        )
+        return str(r["outcome"])
+
     def get_job(self, job_id: str, user_id: str) -> Job | None:
         return _job(self.backend.call("cs_get_job", {"p_job_id": job_id, "p_user_id": user_id}))
 

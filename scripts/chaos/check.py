@@ -105,6 +105,12 @@ def _jobs_terminal_and_expected(
             report.add(f"job {job['id']} ran {job['attempts']} attempts (at most {max_attempts})")
 
 
+def _partial(job: dict[str, Any]) -> bool:
+    """A cancelled job may keep the output delivered before the cancel, and nothing else."""
+    result = job["result"]
+    return job["status"] == "cancelled" and set(result) == {"partial"}
+
+
 def _results(report: Report, jobs: list[dict[str, Any]]) -> None:
     registry = handlers.registry()
     for job in jobs:
@@ -116,7 +122,7 @@ def _results(report: Report, jobs: list[dict[str, Any]]) -> None:
                 registry[job["kind"]].result_model.model_validate(job["result"])
             except Exception as exc:  # noqa: BLE001 - any validation failure is a violation
                 report.add(f"job {job['id']} has an invalid result: {type(exc).__name__}")
-        elif job["result"] is not None:
+        elif job["result"] is not None and not _partial(job):
             report.add(f"job {job['id']} is {job['status']} but has a result")
         if job["status"] in ("failed", "cancelled") and not job["error"]:
             report.add(f"job {job['id']} is {job['status']} without an error")

@@ -8,12 +8,18 @@ valid instance of that schema. Markers in the message text script faults (SPEC "
 and `[[llm:refuse]]`; for benchmarks, `[[llm:tokens=N]]` lengthens a schema answer to at least
 N tokens with an extra `notes` field, which result models ignore.
 
+`GET /_offline/streams` lists the latest streamed answers with when each started and ended and
+how (`streaming` while it lasts, then `completed`, or `client_closed` the moment the client
+closed its connection mid-stream),
+so a test can see that a cancel closed the request to the provider.
+
 Message content is never logged: it carries resume text.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import hashlib
 import json
@@ -59,6 +65,17 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
     failed_once: set[str] = field(default_factory=set)
     hanging: int = 0
+    # The latest streamed answers and how each ended (GET /_offline/streams).
+    streams: collections.deque[dict[str, Any]] = field(
+        default_factory=lambda: collections.deque(maxlen=200)
+    )
+
+    def record_stream(self, model: str) -> dict[str, Any]:
+        """A new stream's record: `streaming` until it ends (`completed`, `client_closed`)."""
+        record = {"model": model, "started_at": time.time(), "outcome": "streaming"}
+        with self.lock:
+            self.streams.append(record)
+        return record
 
     def first_call(self, key: str) -> bool:
         with self.lock:
@@ -152,8 +169,29 @@ def _frames(req: ChatRequest, pieces: list[str], refuse: bool) -> list[_Frame]:
 _DONE = b"data: [DONE]\n\n"
 
 
-def _stream(req: ChatRequest, frames: list[_Frame], interval: float) -> Iterator[bytes]:
+def _client_left(sock: socket.socket | None, seconds: float) -> bool:
+    """Wait `seconds`; True as soon as the client closes its connection meanwhile."""
+    if sock is None:
+        time.sleep(seconds)
+        return False
+    readable, _, _ = select.select([sock], [], [], seconds)
+    if readable and _peer_closed(sock):
+        return True
+    if readable:  # pipelined bytes keep select() ready: sleep the rest instead of spinning
+        time.sleep(seconds)
+    return False
+
+
+def _stream(
+    req: ChatRequest,
+    frames: list[_Frame],
+    interval: float,
+    state: _State,
+    sock: socket.socket | None,
+) -> Iterator[bytes]:
     sent, total = 0, sum(f.token for f in frames)
+    record = state.record_stream(req.model)
+    outcome = "client_closed"
     try:
         start = time.monotonic()
         for frame in frames:
@@ -161,11 +199,15 @@ def _stream(req: ChatRequest, frames: list[_Frame], interval: float) -> Iterator
                 sent += 1
                 # Sleep to an absolute schedule so per-chunk overhead does not slow the rate.
                 delay = start + sent * interval - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+                if delay > 0 and _client_left(sock, delay):
+                    return
             yield frame.render()
         yield _DONE
+        outcome = "completed"
     finally:
+        # A write to a closed connection ends the generator here too (werkzeug closes it).
+        with state.lock:
+            record.update(tokens=sent, ended_at=time.time(), outcome=outcome)
         _log_line(req.model, 200, sent, "stream" if sent == total else "stream-dropped")
 
 
@@ -241,7 +283,7 @@ def _chat(state: _State) -> Response:
         # A known length spares werkzeug's chunked framing: one socket write per token, not four.
         # With 200 streams at 40 tokens/s that halves the CPU of this GIL-bound process.
         headers = {"Cache-Control": "no-cache", "Content-Length": str(size)}
-        stream = _stream(req, frames, interval)
+        stream = _stream(req, frames, interval, state, request.environ.get("werkzeug.socket"))
         return Response(stream, mimetype="text/event-stream", headers=headers)
     return _completion(req, pieces, faults.refuse, interval)
 
@@ -273,6 +315,11 @@ def create_app(tokens_per_second: float = 40.0, hang_seconds: float = 600.0) -> 
     @app.post("/v1/chat/completions")
     def chat() -> Response:
         return _chat(state)
+
+    @app.get("/_offline/streams")
+    def streams() -> Any:
+        with state.lock:
+            return {"streams": [dict(record) for record in state.streams]}
 
     @app.after_request
     def log_other(response: Response) -> Response:
