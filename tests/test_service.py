@@ -291,9 +291,11 @@ def test_a_full_tier_answers_backpressure_and_charges_nothing(
     assert db.coins(user) == 5
     assert db.jobs_of(user) == []
     assert env.published() == 1
-    # The refused job's stream was never started: the admitted job's is the only one.
-    streams = env.state.backend.command("KEYS", f"{env.settings.redis_prefix}job:*")
-    assert streams == [env.state.keys.events(admitted.job.id)]
+    # The refused job's stream was never started: the admitted job's keys are the only ones
+    # (its stream and its owner, which the user's event stream reads).
+    keys = env.state.backend.command("KEYS", f"{env.settings.redis_prefix}job:*")
+    job_id = admitted.job.id
+    assert sorted(keys) == sorted([env.state.keys.events(job_id), env.state.keys.owner(job_id)])
 
 
 def test_a_user_at_their_concurrency_limit_is_refused_and_the_free_job_is_given_back(
