@@ -60,9 +60,10 @@ chaos: $(STAMP)
 	$(PY) -m scripts.chaos
 
 # Latency and cost per job, ours against the original design: bench/results.json and plots.
+# `make bench BENCH_ARGS=--quick` is a smoke run of every section (~3 min).
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) -m scripts.bench
+	$(PY) -m scripts.bench $(BENCH_ARGS)
 
 # Pinned dependency sets: requirements.txt is what Vercel installs for api/ (no openai,
 # gunicorn or prometheus); worker/requirements.txt is what the worker image installs.
