@@ -307,6 +307,8 @@ def test_the_dev_token_endpoint_mints_only_in_development(stack: Stack) -> None:
             "SUPABASE_JWT_SECRET": secrets.token_urlsafe(32),
             "STREAM_TOKEN_SECRET": secrets.token_urlsafe(32),
             "QSTASH_TOKEN": secrets.token_urlsafe(16),
+            # No reconciler here: it would verify signatures with the stack's public dev keys.
+            "PRODUCER_URL": "",
         },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
