@@ -50,7 +50,7 @@ from lib.store import migrate
 from scripts.fakes.pacing import Paced
 from scripts.stack import embedded
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench"
 VENV = ROOT / ".venv-vercel"
 PYCACHE = OUT / "scratch" / "pycache"

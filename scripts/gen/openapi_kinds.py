@@ -20,7 +20,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from lib.handlers import registry
 
-DOCUMENT = Path(__file__).resolve().parents[1] / "api" / "_openapi.json"
+DOCUMENT = Path(__file__).resolve().parents[2] / "api" / "_openapi.json"
 REF = "#/components/schemas/{model}"
 
 
