@@ -160,7 +160,9 @@ class Services:
                 "SUPABASE_SERVICE_ROLE_KEY": SERVICE_ROLE_KEY,
                 "SUPABASE_JWT_SECRET": JWT_SECRET,
                 "QSTASH_URL": self.broker_url,
-                "QSTASH_TOKEN": DEV_TOKEN,
+                "QSTASH_TOKEN": DEV_TOKEN,  # the dev broker's: a development process on loopback
+                "APP_ENV": "development",
+                "HOST": "127.0.0.1",
                 "WORKER_URL": "http://127.0.0.1:9",  # nothing listens: deliveries just fail
                 "JOB_RETRIES": "0",
                 "REDIS_PREFIX": self.prefix,
