@@ -255,6 +255,7 @@ def _producer(svc: Services) -> Any:
         from lib.service import Producer
 
         prefixes = ("UPSTASH", "SUPABASE", "QSTASH", "WORKER", "JOB", "REDIS_PREFIX", "QUEUE")
+        prefixes += ("APP_ENV", "HOST")
         settings = config.load(
             "api",
             redis_url="",
