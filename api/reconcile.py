@@ -10,7 +10,6 @@ healed even when every worker is down (lib/reconcile.py). It imports nothing wor
 from __future__ import annotations
 
 import logging
-import time
 
 from flask import Response, jsonify, request
 
@@ -18,7 +17,7 @@ from api._common import create_app, error_response, producer
 from lib import config
 from lib.errors import AppError
 from lib.models import ErrorCode
-from lib.queue.receiver import InvalidSignature, verify_body, verify_token
+from lib.queue.receiver import InvalidSignature, Replayed, verify_request
 
 log = logging.getLogger("cs.reconcile")
 
@@ -40,28 +39,28 @@ def reconcile() -> Response:
         return error_response(ErrorCode.UNAVAILABLE, "PRODUCER_URL is not set", 503)
     if (request.content_length or 0) > MAX_BODY_BYTES:
         return error_response(ErrorCode.PAYLOAD_TOO_LARGE, "the body is too large", 413)
-    tolerance = settings.qstash_clock_tolerance_seconds
     try:
-        claims = verify_token(
+        verify_request(
             request.headers.get("Upstash-Signature"),
+            lambda: request.get_data(cache=False)[: MAX_BODY_BYTES + 1],
             keys=settings.signing_keys,
             url=url,
-            clock_tolerance=tolerance,
+            clock_tolerance=settings.qstash_clock_tolerance_seconds,
+            # The services are built only for a genuine signature.
+            first_use=lambda jti, seconds: producer().state.first_use(jti, seconds),
         )
-        verify_body(claims, request.get_data(cache=False)[: MAX_BODY_BYTES + 1])
+        from lib.reconcile import Reconciler
+
+        service = producer()
+        summary = Reconciler(settings, service.store, service.state, service.publisher).run()
+    except Replayed:
+        log.warning("rejected a replayed reconcile signature")
+        return _refuse("this Upstash-Signature was already used")
     except InvalidSignature as exc:
         log.warning(
             "rejected a reconcile call with an invalid signature", extra={"reason": str(exc)}
         )
         return _refuse("invalid Upstash-Signature")
-    service = producer()
-    try:
-        if not service.state.first_use(claims.jti, claims.exp - int(time.time()) + tolerance):
-            log.warning("rejected a replayed reconcile signature")
-            return _refuse("this Upstash-Signature was already used")
-        from lib.reconcile import Reconciler
-
-        summary = Reconciler(settings, service.store, service.state, service.publisher).run()
     except AppError as exc:
         # 503 without Retry-After: the schedule's message is retried with QStash's backoff,
         # and the next tick runs anyway.

@@ -132,22 +132,28 @@ class Verifier:
         }
         return jwt.encode(claims, self.stream_secret, algorithm="HS256")
 
-    def stream_user(self, token: str, job_id: str) -> str:
-        """Return the user id of a valid stream token for `job_id`. Raises AuthError otherwise."""
+    def _stream_claims(self, token: str, scope_claim: str) -> dict[str, Any]:
+        """The claims of a stream token signed with STREAM_TOKEN_SECRET, unexpired, with our
+        issuer and audience, a `uid` and `scope_claim`. Raises AuthError otherwise."""
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 self.stream_secret,
                 algorithms=["HS256"],
                 audience=STREAM_AUDIENCE,
                 issuer=STREAM_ISSUER,
                 leeway=LEEWAY_SECONDS,
-                options={"require": ["exp", "iss", "aud", "uid", "job"]},
+                options={"require": ["exp", "iss", "aud", "uid", scope_claim]},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("the stream token has expired") from None
         except jwt.PyJWTError:
             raise AuthError("invalid stream token") from None
+        return claims
+
+    def stream_user(self, token: str, job_id: str) -> str:
+        """Return the user id of a valid stream token for `job_id`. Raises AuthError otherwise."""
+        claims = self._stream_claims(token, "job")
         if claims.get("job") != job_id:
             raise AuthError("the stream token is for another job")
         return _uuid(claims["uid"])
@@ -169,20 +175,7 @@ class Verifier:
     def user_stream_user(self, token: str) -> str:
         """Return the user id of a valid user-scoped stream token. A job's stream token is
         refused here (and a user-scoped one by `stream_user`). Raises AuthError."""
-        try:
-            claims = jwt.decode(
-                token,
-                self.stream_secret,
-                algorithms=["HS256"],
-                audience=STREAM_AUDIENCE,
-                issuer=STREAM_ISSUER,
-                leeway=LEEWAY_SECONDS,
-                options={"require": ["exp", "iss", "aud", "uid", "scope"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise AuthError("the stream token has expired") from None
-        except jwt.PyJWTError:
-            raise AuthError("invalid stream token") from None
+        claims = self._stream_claims(token, "scope")
         if claims.get("scope") != USER_SCOPE or "job" in claims:
             raise AuthError("the stream token is for one job; use the user stream token")
         return _uuid(claims["uid"])

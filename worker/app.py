@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -13,7 +12,7 @@ from lib import config, logs, tracing
 from lib.errors import AppError
 from lib.executor import Executor
 from lib.queue import wire
-from lib.queue.receiver import InvalidSignature, verify_body, verify_token
+from lib.queue.receiver import InvalidSignature, Replayed, verify_request
 from lib.sweeper import Sweeper
 from lib.verdict import GiveUp, RetryAfter
 
@@ -105,40 +104,33 @@ def _read_body() -> bytes:
 def _verified(executor: Executor, settings: Any, url: str) -> bytes | Response:
     """The body of a genuine, first-seen delivery to `url`, or the answer that refuses it.
 
-    Everything that needs no body is checked before a byte of it is read: the size by
-    Content-Length, then the signature (HMAC, issuer, destination, expiry). The body is read up
-    to the cap, its hash checked, and last the signature's `jti` is recorded, so a captured
-    delivery cannot be replayed while its signature is still valid."""
+    The size is checked by Content-Length before anything else, then the signature before a
+    byte of the body is read (lib.queue.receiver.verify_request), so a captured delivery cannot
+    be replayed while its signature is still valid either."""
     if (request.content_length or 0) > MAX_BODY_BYTES:
         raise RequestEntityTooLarge()
-    tolerance = settings.qstash_clock_tolerance_seconds
     try:
-        claims = verify_token(
+        return verify_request(
             request.headers.get("Upstash-Signature"),
+            _read_body,
             keys=settings.signing_keys,
             url=url,
-            clock_tolerance=tolerance,
+            clock_tolerance=settings.qstash_clock_tolerance_seconds,
+            first_use=executor.state.first_use,
         )
-        body = _read_body()
-        verify_body(claims, body)
+    except Replayed:
+        # 401, as for any bad signature: a retry by QStash itself carries a fresh signature.
+        log.warning("rejected a replayed delivery signature", extra={"path": url})
+        return _error(401, "unauthorized", "this Upstash-Signature was already used")
     except InvalidSignature as exc:
         log.warning(
             "rejected a delivery with an invalid signature",
             extra={"path": url, "reason": str(exc)},
         )
         return _error(401, "unauthorized", "invalid Upstash-Signature")
-    try:
-        first = executor.state.first_use(claims.jti, claims.exp - int(time.time()) + tolerance)
     except AppError as exc:
         log.warning("could not check the signature for replay", extra={"code": exc.code})
         return _outage(exc)
-    if not first:
-        # QStash sends a JWT "with each request", living 5 minutes (upstash.com/docs/qstash/
-        # features/security), so every attempt has its own jti and only a replay repeats one.
-        # 401, as for any bad signature: a retry by QStash itself carries a fresh signature.
-        log.warning("rejected a replayed delivery signature", extra={"path": url})
-        return _error(401, "unauthorized", "this Upstash-Signature was already used")
-    return body
 
 
 def _delivery_routes(app: Flask, executor: Executor, settings: Any) -> None:

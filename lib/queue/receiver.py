@@ -15,7 +15,8 @@ signature covers the body and the destination only, never the other headers (`Up
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jwt
@@ -122,3 +123,33 @@ def verify(
     claims = verify_token(signature, keys=keys, url=url, clock_tolerance=clock_tolerance)
     verify_body(claims, body)
     return claims
+
+
+class Replayed(InvalidSignature):
+    """A genuine signature whose `jti` was already accepted once: a replayed request."""
+
+
+def verify_request(
+    signature: str | None,
+    read_body: Callable[[], bytes],
+    *,
+    keys: Sequence[str],
+    url: str,
+    clock_tolerance: int,
+    first_use: Callable[[str, int], bool],
+) -> bytes:
+    """The body of a genuine, first-seen signed request to `url`.
+
+    What needs no body is checked before `read_body` is called: the token (HMAC, issuer,
+    destination, expiry). Then the body's hash, and last `first_use(jti, seconds)`, which must
+    record the `jti` for as long as the token could still verify and say whether it was new.
+    QStash signs each request anew ("with each request", upstash.com/docs/qstash/features/
+    security), so only a replay repeats a `jti`. Raises InvalidSignature (Replayed for a replay),
+    and whatever `read_body` and `first_use` raise (a body over its cap, Redis unavailable).
+    """
+    claims = verify_token(signature, keys=keys, url=url, clock_tolerance=clock_tolerance)
+    body = read_body()
+    verify_body(claims, body)
+    if not first_use(claims.jti, claims.exp - int(time.time()) + clock_tolerance):
+        raise Replayed("this Upstash-Signature was already used")
+    return body
