@@ -3,17 +3,22 @@
 `load(role)` validates everything the given process needs and raises one `ConfigError` whose
 message lists every problem found, so a misconfigured deployment fails at start with the whole
 list rather than one variable at a time. This module is the only place that reads the environment.
+
+`Settings` is a plain pydantic model fed by `environment()` (python-dotenv reads `.env`), not a
+pydantic-settings `BaseSettings`: importing pydantic-settings cost every cold function about
+20 ms (docs/performance.md), and the two settings that are not plain scalars decode their own
+values. The precedence is pydantic-settings': arguments, then the environment, then `.env`,
+then the defaults; names are case-insensitive.
 """
 
 from __future__ import annotations
 
 import os
 from functools import cache, cached_property
-from typing import Annotated, Literal
+from typing import Any, Literal
 
 from dotenv import dotenv_values
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lib.errors import ConfigError
 from lib.models import Tier
@@ -35,10 +40,16 @@ DEV_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"  # no
 DEV_SIGNING_KEYS = (DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY)
 
 
-class Settings(BaseSettings):
-    """Every variable in `.env.example`, with its type and default."""
+class Settings(BaseModel):
+    """Every variable in `.env.example`, with its type and default. `Settings(**values)` reads
+    the environment and `.env` for every field not given."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    model_config = ConfigDict(extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        fields = type(self).model_fields
+        found = {k: v for k, v in environment().items() if k in fields}
+        super().__init__(**{**found, **values})
 
     # Production unless set: the public dev secrets and keys need APP_ENV=development, said
     # explicitly, on a process that serves on loopback only (HOST), and never on Vercel.
@@ -146,7 +157,7 @@ class Settings(BaseSettings):
     glm_base_url: str = ""
     llm_model_free: str = "openai:gpt-4o-mini"
     llm_model_paid: str = "openai:gpt-4o"
-    llm_model_overrides: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    llm_model_overrides: dict[str, str] = Field(default_factory=dict)
 
     # Worker process model (worker/gunicorn.conf.py). HOST empty binds loopback in development
     # and every interface otherwise (the Docker image).
@@ -167,7 +178,7 @@ class Settings(BaseSettings):
     otel_service_name: str = "careershaper-worker"
 
     # HTTP.
-    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_origins: list[str] = Field(default_factory=list)
     sse_max_seconds: float = Field(280.0, gt=0)
     sse_heartbeat_seconds: float = Field(15.0, gt=0, le=15)
     # Open event streams per user, of both endpoints; past it, 429 stream_limit.
@@ -206,8 +217,7 @@ class Settings(BaseSettings):
     @field_validator("llm_model_overrides", mode="before")
     @classmethod
     def _decode_overrides(cls, value: object) -> object:
-        # Decoded here rather than by pydantic-settings, so bad JSON is a validation error
-        # listed with every other problem.
+        # Bad JSON is a validation error, listed with every other problem.
         if isinstance(value, str):
             import json
 
@@ -298,13 +308,7 @@ def load(role: Role = "any", **overrides: object) -> Settings:
     """
     lines: list[str] = []
     try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
-    except SettingsError as exc:  # a value pydantic-settings could not even decode (bad JSON)
-        import re
-
-        field = re.search(r'field "(\w+)"', str(exc))
-        name = field.group(1).upper() if field else "a setting"
-        raise ConfigError(f"invalid configuration:\n  - {name}: not valid JSON") from None
+        settings = Settings(**overrides)
     except ValidationError as exc:
         lines = [f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()]
         # Carry on with the defaults of the bad fields, so the other problems are listed too.
@@ -315,8 +319,8 @@ def load(role: Role = "any", **overrides: object) -> Settings:
             if name in Settings.model_fields
         }
         try:
-            settings = Settings(**{**overrides, **defaults})  # type: ignore[arg-type]
-        except (ValidationError, SettingsError):
+            settings = Settings(**{**overrides, **defaults})
+        except ValidationError:
             raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines)) from None
     from lib.config_checks import problems as role_problems
 
@@ -326,12 +330,18 @@ def load(role: Role = "any", **overrides: object) -> Settings:
     return settings
 
 
-def extra_env() -> dict[str, str]:
-    """Every variable of the environment and `.env` (the environment wins), names upper-cased:
-    for the settings a field cannot name (`COST_<KIND>`)."""
-    values = {k.upper(): v for k, v in dotenv_values(".env").items() if v is not None}
-    values.update({k.upper(): v for k, v in os.environ.items()})
+def environment() -> dict[str, str]:
+    """Every variable of the environment and of `.env` in the working directory (the
+    environment wins), names lower-cased."""
+    values = {k.lower(): v for k, v in dotenv_values(".env").items() if v is not None}
+    values.update({k.lower(): v for k, v in os.environ.items()})
     return values
+
+
+def extra_env() -> dict[str, str]:
+    """`environment()` with names upper-cased: for the settings a field cannot name
+    (`COST_<KIND>`)."""
+    return {k.upper(): v for k, v in environment().items()}
 
 
 @cache

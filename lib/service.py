@@ -141,7 +141,7 @@ class Producer:
         if handler is None:
             raise InputError(
                 "unknown job kind",
-                details={"kind": f"must be one of {sorted(handlers.registry())}"},
+                details={"kind": f"must be one of {sorted(handlers.kinds())}"},
             )
         try:
             job_input = handler.input_model.model_validate(req.input)

@@ -26,6 +26,19 @@ SECRET = "a-cold-start-test-secret-of-40-characters"
 BODY = {"kind": "job_match", "input": {"resume_text": "Python.", "job_description": "Backend."}}
 CLIENTS = {"httpx", "postgrest", "upstash_redis", "qstash", "jwt", "openai"}
 SUPABASE_SDK = {"supabase", "supabase_auth", "storage3", "realtime", "supabase_functions"}
+# Not needed by any function: lib.config reads the environment itself (about 20 ms).
+NEVER = {"pydantic_settings", "supabase", "openai"}
+OTHER_KINDS = {
+    f"lib.handlers.{kind}"
+    for kind in (
+        "detailed_resume_summary",
+        "interview_prep",
+        "job_summary",
+        "pre_match_audit",
+        "resume_customize",
+        "resume_summary",
+    )
+}
 _CHILD = """
 import json, sys
 from {module} import app
@@ -102,4 +115,36 @@ def test_a_cold_submit_loads_its_three_clients_but_not_the_whole_supabase_sdk(
 
     assert status.startswith("503")  # the broker is down: all three clients were used
     assert {"postgrest", "upstash_redis", "qstash", "jwt"} <= loaded
-    assert not ({"openai"} | SUPABASE_SDK) & loaded
+    assert not (NEVER | SUPABASE_SDK) & loaded
+
+
+def test_a_cold_submit_builds_only_its_own_kinds_models(cold: object) -> None:
+    status, loaded = cold("api.jobs", "POST", "/api/jobs", BODY)  # type: ignore[operator]
+
+    assert status.startswith("503")
+    assert "lib.handlers.job_match" in loaded
+    assert not OTHER_KINDS & loaded
+
+
+def test_a_cold_submit_of_an_unknown_kind_imports_no_handler(
+    cold: object,
+) -> None:
+    body = {**BODY, "kind": "..job_match"}
+    status, loaded = cold("api.jobs", "POST", "/api/jobs", body)  # type: ignore[operator]
+
+    assert status.startswith("400")
+    assert not {"lib.handlers.job_match", "lib.handlers...job_match"} & loaded
+
+
+@pytest.mark.parametrize(
+    ("module", "method", "path"),
+    [("api.health", "GET", "/api/health"), ("api.me", "GET", "/api/me")],
+)
+def test_no_cold_function_imports_pydantic_settings(
+    cold: object, module: str, method: str, path: str
+) -> None:
+    status, loaded = cold(module, method, path)  # type: ignore[operator]
+
+    assert status.startswith("200")
+    assert not NEVER & loaded
+    assert not ({"lib.handlers.job_match"} | OTHER_KINDS) & loaded

@@ -60,6 +60,12 @@ def test_an_unknown_kind_is_not_found() -> None:
     assert handlers.get("cover_letter") is None
 
 
+def test_every_kind_is_listed_without_its_import_and_named_by_its_module() -> None:
+    assert handlers.kinds() == KINDS == set(handlers.registry())
+    for name in ("base", "__init__", "handlers.job_match", "job_match.py", ""):
+        assert handlers.get(name) is None
+
+
 def test_english_text_is_detected_as_english() -> None:
     assert detect_language("Senior Python engineer", "Five years of Flask and Redis.") == "en"
 

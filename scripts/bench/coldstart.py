@@ -11,8 +11,9 @@
    scripts/fakes/postgrest_standin.py) on real Redis and Postgres, and the QStash SDK publishing
    to the dev broker. The interpreter and the packages are Vercel's: Python 3.12 when pyenv has
    it, in a virtualenv holding exactly
-   `requirements.txt` (`.venv-vercel`, built once), and our sources' bytecode is compiled ahead,
-   as Vercel's builder does (`precompile`). The time runs from the spawn to the moment the child
+   `requirements.txt` (`.venv-vercel`, built once, with pip's bytecode), and our sources'
+   bytecode is compiled ahead, as Vercel's builder does with `VERCEL_PYTHON_COMPILEALL=1`
+   (`precompile`). The time runs from the spawn to the moment the child
    has the whole answer (its interpreter's exit is not counted). Medians over several runs,
    with a bare Flask app's first answer measured the same way in the same run as the baseline.
 2. **A submit's sequential round trips**, with each stand-in and the broker 20 ms away
@@ -53,7 +54,6 @@ from scripts.stack import embedded
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench"
 VENV = ROOT / ".venv-vercel"
-PYCACHE = OUT / "scratch" / "pycache"
 TARGET_MS = 400
 FUNCTIONS = ["api.jobs", "api.events", "api.me", "api.health", "api.openapi"]
 UPSTASH_TOKEN = "bench-upstash-token"  # noqa: S105
@@ -101,30 +101,33 @@ def say(message: str) -> None:
     print(f"[bench:cold] {message}", flush=True)
 
 
-def _python312() -> str:
-    """Vercel's runtime is Python 3.12: pyenv's, when installed; else this interpreter."""
+def _interpreter(version: str) -> str:
+    """Python `version` ("3.12", Vercel's runtime, by default): pyenv's, when installed; else
+    `/usr/bin/python<version>`; else this interpreter."""
     found = subprocess.run(  # noqa: S603
-        ["pyenv", "prefix", "3.12"], capture_output=True, text=True, check=False
+        ["pyenv", "prefix", version], capture_output=True, text=True, check=False
     ) if shutil.which("pyenv") else None  # fmt: skip
     if found and found.returncode == 0:
         candidate = Path(found.stdout.strip().splitlines()[0]) / "bin" / "python3"
         if candidate.exists():
             return str(candidate)
-    return sys.executable
+    system = Path(f"/usr/bin/python{version}")
+    return str(system) if system.exists() else sys.executable
 
 
-def vercel_python() -> Path:
-    """A virtualenv with exactly requirements.txt (what Vercel installs for api/), built once
-    and again whenever requirements.txt changes. Returns its python."""
+def vercel_python(version: str = "3.12") -> Path:
+    """A virtualenv of Python `version` with exactly requirements.txt (what Vercel installs for
+    api/), built once and again whenever requirements.txt changes. Returns its python."""
+    venv = VENV if version == "3.12" else VENV.with_name(f"{VENV.name}-{version}")
     requirements = ROOT / "requirements.txt"
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
-    stamp = VENV / ".requirements.sha256"
-    python = VENV / "bin" / "python"
+    stamp = venv / ".requirements.sha256"
+    python = venv / "bin" / "python"
     if stamp.exists() and stamp.read_text() == digest and python.exists():
         return python
-    say(f"building {VENV.name} from requirements.txt (once)")
-    shutil.rmtree(VENV, ignore_errors=True)
-    subprocess.run([_python312(), "-m", "venv", str(VENV)], check=True)  # noqa: S603
+    say(f"building {venv.name} from requirements.txt (once)")
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([_interpreter(version), "-m", "venv", str(venv)], check=True)  # noqa: S603
     subprocess.run(  # noqa: S603
         [str(python), "-m", "pip", "install", "--quiet", "-r", str(requirements)], check=True
     )
@@ -153,7 +156,6 @@ class Services:
             {
                 "PYTHONPATH": str(ROOT),
                 "PYTHONDONTWRITEBYTECODE": "1",  # a function's filesystem is read-only
-                "PYTHONPYCACHEPREFIX": str(PYCACHE),  # the builder's bytecode (precompile())
                 "UPSTASH_REDIS_REST_URL": self.upstash_url,
                 "UPSTASH_REDIS_REST_TOKEN": UPSTASH_TOKEN,
                 "SUPABASE_URL": self.postgrest_url,
@@ -278,14 +280,17 @@ def _submit(svc: Services, user: str) -> tuple[str, str]:
     return submitted.job.id, submitted.stream_token
 
 
-def first_answer(python: Path, module: str, svc: Services, scratch: Path) -> dict[str, float]:
-    """Spawn a fresh process that imports `module` and serves its first request; times in ms."""
+def first_answer(
+    python: Path, module: str, svc: Services, scratch: Path, root: Path = ROOT
+) -> dict[str, float]:
+    """Spawn a fresh process that imports `module` from the sources under `root` and serves
+    its first request; times in ms."""
     method, path, headers, buffered = _request(module, svc)
     code = _CHILD.format(
         module=module, method=method, path=path, headers=headers, body=BODY, buffered=buffered
     )
     env = svc.env()
-    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{scratch}"
+    env["PYTHONPATH"] = f"{root}{os.pathsep}{scratch}"
     began = time.perf_counter()
     proc = subprocess.Popen(  # noqa: S603
         [str(python), "-c", code],
@@ -306,39 +311,63 @@ def first_answer(python: Path, module: str, svc: Services, scratch: Path) -> dic
 
 
 def precompile(python: Path, paths: list[Path]) -> None:
-    """Bytecode for our own sources, in a read-only-at-run-time tree, as Vercel's Python builder
-    ships it: it runs `compileall` at build time and points `PYTHONPYCACHEPREFIX` at the result
-    (vercel/vercel#16313, #16970, #17129). The packages' own bytecode comes from pip."""
-    shutil.rmtree(PYCACHE, ignore_errors=True)
-    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(PYCACHE)}
+    """Bytecode for our own sources, beside them in `__pycache__`, as Vercel's Python builder
+    ships a function when `VERCEL_PYTHON_COMPILEALL=1` (vercel/vercel#16313, #17196: app and
+    vendored packages' bytecode in the bundle; docs/deploy.md sets it). The packages' bytecode
+    comes from pip, the standard library's from the interpreter. No `PYTHONPYCACHEPREFIX`: with
+    one set, Python looks for every module's bytecode, the standard library's and the
+    packages' included, only in that tree, and compiled them all from source on every start
+    (about 330 ms of a bare Flask app's 470 here)."""
     subprocess.run(  # noqa: S603
-        [str(python), "-m", "compileall", "-q", *map(str, paths)], env=env, check=True
+        [str(python), "-m", "compileall", "-q", *map(str, paths)], check=True
     )
 
 
-def cold_start(python: Path, svc: Services, rounds: int) -> dict[str, Any]:
+def checkout(rev: str) -> Path:
+    """The `api/` and `lib/` sources of git revision `rev`, exported under bench/scratch."""
+    target = OUT / "scratch" / f"against-{rev}"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    tree = subprocess.run(  # noqa: S603
+        ["git", "-C", str(ROOT), "archive", rev, "api", "lib"],  # noqa: S607
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=tree, check=True)  # noqa: S607
+    return target
+
+
+def cold_start(
+    python: Path, svc: Services, rounds: int, against: str | None = None
+) -> dict[str, Any]:
     """Median first answers of each function and of a bare Flask app, interleaved per round so
-    that a busy moment of a shared machine falls on all of them alike."""
+    that a busy moment of a shared machine falls on all of them alike; with `against`, each
+    function of that git revision too (`<module>@<rev>`), in the same rounds."""
     scratch = OUT / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     (scratch / "bare.py").write_text(_BARE)
-    precompile(python, [ROOT / "api", ROOT / "lib", scratch / "bare.py"])
-    modules = ["bare", *FUNCTIONS]
-    samples: dict[str, list[dict[str, float]]] = {m: [] for m in modules}
+    roots = {"": ROOT}
+    if against:
+        roots[f"@{against}"] = checkout(against)
+    precompile(python, [p for r in roots.values() for p in (r / "api", r / "lib")])
+    precompile(python, [scratch / "bare.py"])
+    runs_of = [("bare", "bare", ROOT)]
+    runs_of += [(m + tag, m, root) for m in FUNCTIONS for tag, root in roots.items()]
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in runs_of}
     for _ in range(rounds):
-        for module in modules:
-            samples[module].append(first_answer(python, module, svc, scratch))
+        for name, module, root in runs_of:
+            samples[name].append(first_answer(python, module, svc, scratch, root))
     out: dict[str, Any] = {}
-    for module in modules:
-        runs = samples[module]
-        out[module] = {
+    for name, runs in samples.items():
+        out[name] = {
             key + "_ms_p50": round(median(r[key] for r in runs), 1)
             for key in ("total", "import", "first_request")
         }
-        out[module]["runs"] = len(runs)
+        out[name]["runs"] = len(runs)
     bare = out["bare"]["total_ms_p50"]
-    for module in FUNCTIONS:
-        out[module]["vs_bare"] = round(out[module]["total_ms_p50"] / bare, 2)
+    for name in samples:
+        if name != "bare":
+            out[name]["vs_bare"] = round(out[name]["total_ms_p50"] / bare, 2)
     return out
 
 
@@ -374,19 +403,22 @@ def round_trips(svc: Services, delay_ms: float, rounds: int) -> dict[str, Any]:
     }
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def run(
+    quick: bool = False, python_version: str = "3.12", against: str | None = None
+) -> dict[str, Any]:
     """Both measurements; returns the figures (also written to bench/coldstart.json)."""
-    python = vercel_python()
+    python = vercel_python(python_version)
     version = subprocess.run(  # noqa: S603
         [str(python), "-c", "import platform; print(platform.python_version())"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
+    load_start = [round(x, 1) for x in os.getloadavg()]
     with services() as svc:
         say(f"first answers on the production adapters (Python {version}, requirements.txt)")
         try:
-            cold = cold_start(python, svc, 3 if quick else 9)
+            cold = cold_start(python, svc, 3 if quick else 9, against)
             say("a submit's round trips, 20 ms per request")
             trips = round_trips(svc, 20.0, 3 if quick else 10)
         finally:
@@ -396,6 +428,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 warm.state.close()
     results = {
         "python": version,
+        "load_average_start": load_start,
         "load_average": [round(x, 1) for x in os.getloadavg()],
         "first_answer": cold,
         "submit": trips,
@@ -415,10 +448,11 @@ def table(results: dict[str, Any]) -> str:
         "| function | first answer p50 ms (x bare Flask) | of which import / first request ms |",
         "|---|---|---|",
     ]
-    for module in FUNCTIONS:
-        d = cold[module]
+    for name, d in cold.items():
+        if name == "bare":
+            continue
         lines.append(
-            f"| {module} | {d['total_ms_p50']} (x{d['vs_bare']}) "
+            f"| {name} | {d['total_ms_p50']} (x{d['vs_bare']}) "
             f"| {d['import_ms_p50']} / {d['first_request_ms_p50']} |"
         )
     lines.append(f"| bare Flask | {bare} | {cold['bare']['import_ms_p50']} / "
@@ -436,8 +470,12 @@ def table(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.bench.coldstart", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="3 runs per figure instead of 9")
+    parser.add_argument("--python", default="3.12", help="the functions' Python (default 3.12)")
+    parser.add_argument(
+        "--against", metavar="REV", help="also time each function of git revision REV"
+    )
     args = parser.parse_args(argv)
-    run(args.quick)
+    run(args.quick, args.python, args.against)
     return 0
 
 
