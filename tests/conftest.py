@@ -27,6 +27,7 @@ from helpers.broker import SCALE, Destination, RunningBroker, mount
 from helpers.events import Clock
 from helpers.net import SERVICE_ROLE_KEY, UPSTASH_TOKEN, free_port, serve_wsgi
 from helpers.offline_llm import Llm
+from helpers.pgbouncer import transaction_pooler
 from helpers.producer import ProducerEnv
 from helpers.worker import Db, WorkerEnv
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -81,6 +82,14 @@ def database_url() -> Iterator[str]:
     finally:
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_url(database_url: str) -> Iterator[str]:
+    """The test database through a real PgBouncer in transaction mode, with one server
+    connection: every client shares it, one transaction at a time."""
+    with transaction_pooler(database_url, pool_size=1) as url:
+        yield url
 
 
 @pytest.fixture

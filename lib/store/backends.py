@@ -27,7 +27,8 @@ class PostgresBackend:
     """Direct connection through a psycopg pool (the worker, and local runs).
 
     The pool never holds more than `max_size` connections. `application_name` names them in
-    `pg_stat_activity` unless DATABASE_URL sets its own.
+    `pg_stat_activity` unless DATABASE_URL sets its own. It prepares no statements, so it works
+    through a transaction pooler too.
     """
 
     def __init__(
@@ -49,6 +50,11 @@ class PostgresBackend:
                 "autocommit": True,
                 "connect_timeout": max(1, int(timeout)),
                 "fallback_application_name": application_name,
+                # No server-side prepared statements: psycopg prepares a query after 5 runs, and
+                # a transaction pooler (Supabase's port 6543, pgbouncer) hands the next
+                # transaction another server connection, where that name is missing or taken
+                # (tests/test_pgbouncer.py). Each call is one `select fn(...)`: nothing to save.
+                "prepare_threshold": None,
             },
             open=False,
             check=ConnectionPool.check_connection,
