@@ -404,7 +404,10 @@ def round_trips(svc: Services, delay_ms: float, rounds: int) -> dict[str, Any]:
 
 
 def run(
-    quick: bool = False, python_version: str = "3.12", against: str | None = None
+    quick: bool = False,
+    python_version: str = "3.12",
+    against: str | None = None,
+    rounds: int | None = None,
 ) -> dict[str, Any]:
     """Both measurements; returns the figures (also written to bench/coldstart.json)."""
     python = vercel_python(python_version)
@@ -418,7 +421,7 @@ def run(
     with services() as svc:
         say(f"first answers on the production adapters (Python {version}, requirements.txt)")
         try:
-            cold = cold_start(python, svc, 3 if quick else 9, against)
+            cold = cold_start(python, svc, rounds or (3 if quick else 9), against)
             say("a submit's round trips, 20 ms per request")
             trips = round_trips(svc, 20.0, 3 if quick else 10)
         finally:
@@ -474,8 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--against", metavar="REV", help="also time each function of git revision REV"
     )
+    parser.add_argument("--rounds", type=int, help="runs per figure (default 9, --quick 3)")
     args = parser.parse_args(argv)
-    run(args.quick, args.python, args.against)
+    run(args.quick, args.python, args.against, args.rounds)
     return 0
 
 
