@@ -47,8 +47,15 @@ class UserStream:
         print(line, file=self.out, flush=True)
 
     def done(self) -> bool:
-        """True once at least one job was seen and every job seen has ended."""
-        return bool(self.jobs) and all(job.finished for job in self.jobs.values())
+        """True once at least one job was seen and every active job has ended.
+
+        The frame's id is the user stream's cursor, which names every job the server still
+        follows (`lib.userstream.Cursor`); a job leaves it with its terminal event. One read
+        returns each job's frames in turn, so a job not seen yet may still be active while
+        every job seen has ended: the cursor, not the jobs seen, says when all are done."""
+        if not self.jobs or not all(job.finished for job in self.jobs.values()):
+            return False
+        return self.last_event_id is None or "~" not in self.last_event_id
 
 
 def _summary(event: str, data: dict[str, Any], restarted: bool) -> str:
