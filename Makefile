@@ -7,12 +7,13 @@ STAMP := $(VENV)/.installed
 # cloud (each part as in production: the producer on Upstash REST, supabase-py and vercel.json's
 # rewrites through local stand-ins; the worker on TCP Redis under a session-pooler-sized cap).
 PROFILE ?= local
+WORKERS ?= 1
 
 .PHONY: help install demo dev test test-browser check-deploy chaos bench lint format lock clean
 
 help:
 	@echo "make demo   run one job of each kind on a local stack, then stop (PROFILE=local|cloud)"
-	@echo "make dev    run the local stack until Ctrl-C (PROFILE=local|cloud)"
+	@echo "make dev    run the local stack until Ctrl-C (PROFILE=local|cloud, WORKERS=1|2 boxes)"
 	@echo "make test   run the whole test suite (real Redis and Postgres, embedded)"
 	@echo "make test-browser  the demo page in headless Chromium"
 	@echo "make check-deploy  validate Dockerfile, compose, Caddy, Vercel build, deploy scripts; build and run the image"
@@ -32,7 +33,7 @@ demo: $(STAMP)
 	$(PY) -m scripts.stack.devstack demo --profile $(PROFILE)
 
 dev: $(STAMP)
-	$(PY) -m scripts.stack.devstack dev --profile $(PROFILE)
+	$(PY) -m scripts.stack.devstack dev --profile $(PROFILE) --workers $(WORKERS)
 
 test: $(STAMP)
 	$(PY) -m pytest
