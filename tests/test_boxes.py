@@ -156,3 +156,17 @@ def test_a_heartbeat_announces_until_it_drains_or_stops(state: State) -> None:
     finally:
         heartbeat.stop()
     assert A not in registry.live()
+
+
+def test_cs_doctor_says_which_listed_boxes_are_live(state: State, registry: Registry) -> None:
+    from lib.cli.doctor import check_boxes
+
+    settings = Settings(worker_urls=f"{A},{B}")  # type: ignore[call-arg]
+    assert check_boxes(settings, state).ok is False  # none live: every job goes to A
+    registry.beat(A, "p1", 3, 10)
+    registry.beat(C, "p1", 0, 10)
+    some = check_boxes(settings, state)
+    assert (some.ok, some.target) == (None, "1 of 2 live")
+    assert some.detail == f"{A} 7 free; {B} silent; {C} announced but not listed"
+    registry.beat(B, "p1", 0, 10)
+    assert check_boxes(settings, state).ok is True
