@@ -33,6 +33,11 @@ from lib.state.backend import pairs
 
 log = logging.getLogger("cs.boxes")
 
+# A heartbeat sweeps lapsed announcements every SWEEP_EVERY beats; the hash is kept for
+# HASH_TTL_BEATS beats after a sweep, so it lapses only when every box is gone.
+SWEEP_EVERY = 10
+HASH_TTL_BEATS = 15
+
 
 @dataclass(frozen=True)
 class Box:
@@ -60,22 +65,28 @@ class Registry:
         self.state = state
         self._keys = [state.keys.boxes(), state.keys.box_reservations()]
 
-    def beat(self, url: str, process_id: str, running: int, max_jobs: int) -> int:
+    def beat(
+        self, url: str, process_id: str, running: int, max_jobs: int, *, sweep: bool = True
+    ) -> int | None:
         """Announce one process of box `url` for the announcement TTL: it runs `running` jobs of
-        the box's `max_jobs`. Drops lapsed announcements. One script; returns the number of
-        live announcements. Raises UnavailableError when Redis is down."""
+        the box's `max_jobs`. With `sweep`, also drop lapsed announcements, keep the hash for
+        HASH_TTL_BEATS and return the number of live announcements (else None). One script, 3
+        commands (about 5 with `sweep`). Raises UnavailableError when Redis is down."""
         value = f"{_now_ms() + self.state.box_ttl_ms} {max(0, running)} {max(0, max_jobs)}"
-        return int(self._beat(url, process_id, value))
+        answer = self._beat(url, process_id, value, sweep)
+        return int(answer) if answer is not None else None
 
     def leave(self, url: str, process_id: str) -> None:
         """Withdraw one process's announcement (it drains or stops). Raises UnavailableError."""
-        self._beat(url, process_id, "")
+        self._beat(url, process_id, "", True)
 
-    def _beat(self, url: str, process_id: str, value: str) -> Any:
+    def _beat(self, url: str, process_id: str, value: str, sweep: bool) -> Any:
+        # The hash outlives SWEEP_EVERY beats (the TTL is 3 beats): only sweeps refresh it.
+        hash_ttl = self.state.box_ttl_ms * HASH_TTL_BEATS // 3
         return self.state.backend.run(
             scripts.BOX_BEAT,
             self._keys,
-            [f"{url} {process_id}", value, _now_ms(), self.state.box_ttl_ms, url],
+            [f"{url} {process_id}", value, _now_ms(), hash_ttl, url, int(sweep)],
         )
 
     def pick(self, urls: list[str]) -> str | None:
@@ -123,7 +134,8 @@ def destination(settings: Settings, picked: str | None) -> str:
 
 class Heartbeat:
     """Announces this worker process's box every BOX_HEARTBEAT_SECONDS in a thread of its own,
-    until stopped or draining (then it withdraws: a draining box takes no new jobs).
+    until stopped or draining (then it withdraws: a draining box takes no new jobs). Only when
+    WORKER_URLS lists several boxes: with one, nothing is announced.
 
     `running` counts the jobs this process runs now; `draining` says it stops taking work."""
 
@@ -134,7 +146,9 @@ class Heartbeat:
         running: Callable[[], int],
         draining: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.url = settings.worker_url.rstrip("/")
+        # One box: the producer picks nothing, so the box announces nothing (no commands).
+        several = len(settings.boxes) > 1
+        self.url = settings.worker_url.rstrip("/") if several else ""
         self.max_jobs = settings.max_jobs
         self.interval = settings.box_heartbeat_seconds
         self.registry = Registry(state)
@@ -144,9 +158,11 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
+        self._beats = 0
 
     def start(self) -> None:
-        """Announce now, then every beat (idempotent). Never raises: Redis down is logged."""
+        """Announce now, then every beat (idempotent; nothing with one box). Never raises:
+        Redis down is logged."""
         if self._thread is not None or not self.url:
             return
         self.beat()
@@ -164,7 +180,11 @@ class Heartbeat:
             if self._draining():
                 self.registry.leave(self.url, self.process_id)
             else:
-                self.registry.beat(self.url, self.process_id, self._running(), self.max_jobs)
+                sweep = self._beats % SWEEP_EVERY == 0
+                self.registry.beat(
+                    self.url, self.process_id, self._running(), self.max_jobs, sweep=sweep
+                )
+                self._beats += 1
         except AppError as exc:
             if not self._failing:
                 log.warning("box heartbeat failed; retrying", extra={"code": exc.code})

@@ -84,10 +84,10 @@ class Settings(BaseSettings):
     # Scale-out (lib/boxes.py): the worker boxes the producer publishes to, comma-separated base
     # URLs (empty: WORKER_URL alone). Each box announces its free capacity (WORKER_MAX_JOBS,
     # default WEB_CONCURRENCY x GUNICORN_THREADS, minus the jobs it runs) in Redis every
-    # BOX_HEARTBEAT_SECONDS; an announcement lapses after 3 beats.
+    # BOX_HEARTBEAT_SECONDS when several boxes are listed; an announcement lapses after 3 beats.
     worker_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     worker_max_jobs: int = Field(0, ge=0)  # 0: WEB_CONCURRENCY x GUNICORN_THREADS
-    box_heartbeat_seconds: float = Field(3.0, gt=0, le=60)
+    box_heartbeat_seconds: float = Field(5.0, gt=0, le=60)
     job_retries: int = Field(3, ge=0, le=100)
     # QStash `Upstash-Retry-Delay` expression in ms (e.g. "1000 * (1 + retried)"); empty keeps
     # QStash's default exponential backoff.

@@ -108,7 +108,7 @@ def test_a_stale_heartbeat_is_ignored_and_dropped_by_the_next_beat(
 def test_the_registry_expires_when_every_box_is_gone(state: State, registry: Registry) -> None:
     registry.beat(A, "p1", 0, 10)
     ttl = int(state.backend.command("PTTL", state.keys.boxes()))
-    assert 0 < ttl <= 2000
+    assert 2000 < ttl <= 10_000  # past the sweeps of 10 beats: 15 beats (3 per 2 s TTL here)
     registry.leave(A, "p1")
     assert registry.live() == {} and registry.pick([A]) is None
 
@@ -140,7 +140,11 @@ def test_the_destination_is_the_picked_box_or_the_first_listed() -> None:
 
 def test_a_heartbeat_announces_until_it_drains_or_stops(state: State) -> None:
     settings = Settings(  # type: ignore[call-arg]
-        worker_url=A, box_heartbeat_seconds=0.2, web_concurrency=2, gunicorn_threads=8
+        worker_url=A,
+        worker_urls=f"{A},{B}",
+        box_heartbeat_seconds=0.2,
+        web_concurrency=2,
+        gunicorn_threads=8,
     )
     draining = [False]
     heartbeat = Heartbeat(settings, state, lambda: 3, lambda: draining[0])
@@ -170,3 +174,23 @@ def test_cs_doctor_says_which_listed_boxes_are_live(state: State, registry: Regi
     assert some.detail == f"{A} 7 free; {B} silent; {C} announced but not listed"
     registry.beat(B, "p1", 0, 10)
     assert check_boxes(settings, state).ok is True
+
+
+def test_a_beat_between_sweeps_writes_its_own_announcement_only(
+    state: State, registry: Registry
+) -> None:
+    registry.beat(A, "gone", 0, 10)
+    state.backend.command("HSET", state.keys.boxes(), f"{A} old", "1 0 10")  # lapsed long ago
+    assert registry.beat(B, "p1", 0, 10, sweep=False) is None
+    assert len(state.backend.command("HKEYS", state.keys.boxes())) == 3
+    assert registry.beat(B, "p1", 0, 10) == 2  # the sweep drops the lapsed one
+    assert registry.pick([A, B]) in (A, B)
+
+
+def test_one_box_announces_nothing(state: State) -> None:
+    settings = Settings(worker_url=A, box_heartbeat_seconds=0.2)  # type: ignore[call-arg]
+    heartbeat = Heartbeat(settings, state, lambda: 0)
+    heartbeat.start()
+    heartbeat.stop()
+    assert Registry(state).live() == {}
+    assert not state.backend.command("EXISTS", state.keys.boxes())

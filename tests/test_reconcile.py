@@ -288,11 +288,12 @@ def test_a_dead_boxs_job_is_republished_to_the_live_box_not_the_dead_one(
 
     summary = healing.run(worker_urls=[dead, live])
 
-    assert (summary.republished, summary.deferred) == (1, 0)
+    # (Other tests' stale jobs in the shared database may be healed too: at least ours.)
+    assert summary.republished >= 1 and summary.deferred == 0
     assert wait_for(lambda: terminal(healing.db, job.job_id)) == "succeeded"
     # With no live announcement, the first listed box is asked, found down, and nothing moves.
     healing.env.state.backend.command("DEL", healing.env.state.keys.boxes())
     other = healing.died_running()
     summary = healing.run(worker_urls=[dead, live])
-    assert (summary.republished, summary.deferred) == (0, 1)
+    assert summary.republished == 0 and summary.deferred >= 1
     assert healing.db.job(other.job_id)["status"] == "running"

@@ -21,8 +21,8 @@ slot on clustered Redis. TTLs:
 | `sse:user:<user id>`         | zset   | STREAM_SLOT_TTL (45 s), refreshed by each open stream    |
 | `sig:<jti>`                  | string | exp + QSTASH_CLOCK_TOLERANCE_SECONDS - now (<= 5.5 min) |
 |                              |        | a delivery signature already used (replay cache)        |
-| `boxes`                      | hash   | 3 x BOX_HEARTBEAT_SECONDS, refreshed by each beat; one   |
-|                              |        | field per worker process "<box url> <process id>" =     |
+| `boxes`                      | hash   | 15 x BOX_HEARTBEAT_SECONDS, refreshed every 10th beat;   |
+|                              |        | a field per worker process "<box url> <process id>" =   |
 |                              |        | "<deadline ms> <running> <max>" (lib/boxes.py)           |
 | `boxes:reserved`             | hash   | 3 x BOX_HEARTBEAT_SECONDS; jobs sent to a box (field:    |
 |                              |        | its url) since its last beat                            |

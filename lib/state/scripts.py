@@ -75,34 +75,37 @@ return pick_box(KEYS[1], KEYS[2], tonumber(ARGV[1]), 2)
 """,
 )
 
-# One beat of one worker process: drop the announcements whose deadline passed, write (or, with
-# an empty value, withdraw) this process's own, keep the hash for the TTL, and clear its box's
-# reservations (its count of running jobs now includes the jobs that were sent to it).
-# KEYS: boxes, box reservations. ARGV: field, value, now ms, ttl ms, box url. Returns the number
-# of live announcements after the beat.
+# One beat of one worker process: write (or, with an empty value, withdraw) this process's
+# announcement and clear its box's reservations (its count of running jobs now includes the jobs
+# that were sent to it). Three commands: Redis is billed per command. With ARGV[6] = 1 (every
+# tenth beat) it also drops the announcements whose deadline passed and keeps the hash for
+# ARGV[4] ms (longer than ten beats), and returns the number of live announcements.
+# KEYS: boxes, box reservations. ARGV: field, value, now ms, hash ttl ms, box url, sweep 0|1.
 BOX_BEAT = Script(
     "box_beat",
     """
-local raw = redis.call('HGETALL', KEYS[1])
-local live = 0
-for i = 1, #raw, 2 do
-  local d = tonumber(string.match(raw[i + 1], '^(%d+) ') or '0')
-  if raw[i] ~= ARGV[1] then
-    if d <= tonumber(ARGV[3]) then
-      redis.call('HDEL', KEYS[1], raw[i])
-    else
-      live = live + 1
-    end
-  end
-end
 if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
 else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  live = live + 1
 end
 redis.call('HDEL', KEYS[2], ARGV[5])
+if ARGV[6] ~= '1' then
+  return false
+end
+local raw = redis.call('HGETALL', KEYS[1])
+local live = 0
+for i = 1, #raw, 2 do
+  local d = tonumber(string.match(raw[i + 1], '^(%d+) ') or '0')
+  if d <= tonumber(ARGV[3]) then
+    redis.call('HDEL', KEYS[1], raw[i])
+  else
+    live = live + 1
+  end
+end
+if live > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
 return live
 """,
 )
