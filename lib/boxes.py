@@ -172,7 +172,8 @@ class Heartbeat:
     def stop(self) -> None:
         """Stop beating and withdraw the announcement at once (best effort)."""
         self._stop.set()
-        self._withdraw()
+        if self.url:
+            self._withdraw()
 
     def beat(self) -> bool:
         """One beat: announce, or withdraw while draining. False when Redis failed."""
@@ -185,9 +186,10 @@ class Heartbeat:
                     self.url, self.process_id, self._running(), self.max_jobs, sweep=sweep
                 )
                 self._beats += 1
-        except AppError as exc:
+        except Exception as exc:  # Redis down (AppError) or anything else: the thread lives on
             if not self._failing:
-                log.warning("box heartbeat failed; retrying", extra={"code": exc.code})
+                code = exc.code if isinstance(exc, AppError) else type(exc).__name__
+                log.warning("box heartbeat failed; retrying", extra={"code": code})
             self._failing = True
             return False
         if self._failing:

@@ -194,3 +194,17 @@ def test_one_box_announces_nothing(state: State) -> None:
     heartbeat.stop()
     assert Registry(state).live() == {}
     assert not state.backend.command("EXISTS", state.keys.boxes())
+
+
+def test_a_heartbeat_survives_redis_being_down() -> None:
+    from helpers.net import free_port
+
+    from lib.state.tcp import TcpBackend
+
+    backend = TcpBackend(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens
+    settings = Settings(worker_url=A, worker_urls=f"{A},{B}")  # type: ignore[call-arg]
+    heartbeat = Heartbeat(settings, State(backend), lambda: 0)
+    try:
+        assert heartbeat.beat() is False and heartbeat.beat() is False  # logged once, no raise
+    finally:
+        backend.close()
