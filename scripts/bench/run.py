@@ -99,7 +99,7 @@ def _stack_sections(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller loads (a smoke run, ~3 min)")
+    parser.add_argument("--quick", action="store_true", help="smaller loads (a smoke run, ~4 min)")
     parser.add_argument(
         "--only",
         default="cold,parse,cost,latency,submit,concurrency,boxes",
