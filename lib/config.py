@@ -92,6 +92,13 @@ class Settings(BaseModel):
     # limit bound JOB_RETRIES, JOB_TIMEOUT_SECONDS and LLM_MAX_CONCURRENCY_* (`plan_problems`).
     qstash_plan: plans.PlanName = plans.DEFAULT_PLAN
     worker_url: str = ""
+    # Scale-out (lib/boxes.py): the worker boxes the producer publishes to, comma-separated base
+    # URLs (empty: WORKER_URL alone). Each box announces its free capacity (WORKER_MAX_JOBS,
+    # default WEB_CONCURRENCY x GUNICORN_THREADS, minus the jobs it runs) in Redis every
+    # BOX_HEARTBEAT_SECONDS when several boxes are listed; an announcement lapses after 3 beats.
+    worker_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    worker_max_jobs: int = Field(0, ge=0)  # 0: WEB_CONCURRENCY x GUNICORN_THREADS
+    box_heartbeat_seconds: float = Field(5.0, gt=0, le=60)
     job_retries: int = Field(3, ge=0, le=100)
     # QStash `Upstash-Retry-Delay` expression in ms (e.g. "1000 * (1 + retried)"); empty keeps
     # QStash's default exponential backoff.
@@ -200,6 +207,13 @@ class Settings(BaseModel):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator("worker_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
+        return value
+
     @field_validator("events_publish", mode="before")
     @classmethod
     def _publish_words(cls, value: object) -> object:
@@ -244,12 +258,31 @@ class Settings(BaseModel):
         return [k for k in (self.qstash_current_signing_key, self.qstash_next_signing_key) if k]
 
     @property
+    def boxes(self) -> list[str]:
+        """The worker boxes' base URLs, in order: WORKER_URLS, else WORKER_URL alone."""
+        if self.worker_urls:
+            return list(self.worker_urls)
+        return [self.worker_url.rstrip("/")] if self.worker_url else []
+
+    @property
+    def box_url(self) -> str:
+        """This box's own base URL (WORKER_URL), else the first listed box (a producer)."""
+        if self.worker_url:
+            return self.worker_url.rstrip("/")
+        return self.boxes[0] if self.boxes else ""
+
+    @property
+    def max_jobs(self) -> int:
+        """WORKER_MAX_JOBS: the jobs one box runs at once, all its processes together."""
+        return self.worker_max_jobs or self.web_concurrency * self.gunicorn_threads
+
+    @property
     def execute_url(self) -> str:
-        return self.worker_url.rstrip("/") + "/v1/execute"
+        return self.box_url + "/v1/execute"
 
     @property
     def failed_url(self) -> str:
-        return self.worker_url.rstrip("/") + "/v1/failed"
+        return self.box_url + "/v1/failed"
 
     @property
     def reconcile_url(self) -> str:

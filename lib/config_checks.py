@@ -36,8 +36,21 @@ def _shared_problems(s: Settings) -> list[str]:
         problems.append("STORE_BACKEND=postgres needs DATABASE_URL")
     if not s.uses_postgres and not (s.supabase_url and s.supabase_service_role_key):
         problems.append("set DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
-    if not s.worker_url.startswith(("http://", "https://")):
+    if not s.worker_urls and not s.worker_url.startswith(("http://", "https://")):
         problems.append("WORKER_URL must be the worker's public http(s) base URL")
+    return problems + _box_problems(s)
+
+
+def _box_problems(s: Settings) -> list[str]:
+    """WORKER_URLS: distinct http(s) base URLs, https in production (QStash delivers there)."""
+    problems = []
+    scheme = ("https://",) if s.is_production else ("http://", "https://")
+    for url in s.worker_urls:
+        if not url.startswith(scheme) or " " in url or len(url) > 2000:
+            which = "https" if s.is_production else "http(s)"
+            problems.append(f"WORKER_URLS: {url!r} must be a worker box's public {which} base URL")
+    if len(set(s.worker_urls)) != len(s.worker_urls):
+        problems.append("WORKER_URLS lists a box twice")
     return problems
 
 
@@ -85,6 +98,14 @@ def _api_problems(s: Settings) -> list[str]:
 
 def _worker_problems(s: Settings) -> list[str]:
     problems = []
+    if not s.worker_urls:
+        pass  # WORKER_URL is checked with the shared settings
+    elif not s.worker_url.startswith(("http://", "https://")):
+        problems.append("WORKER_URL must be this worker box's own public http(s) base URL")
+    elif s.worker_url.rstrip("/") not in s.worker_urls:
+        problems.append(
+            "WORKER_URL must be one of WORKER_URLS: a box not listed is never sent a job"
+        )
     if s.uses_postgres and s.db_max_connections < s.web_concurrency:
         problems.append(
             f"DB_MAX_CONNECTIONS={s.db_max_connections} gives each of the WEB_CONCURRENCY="

@@ -15,9 +15,11 @@ tier, and heals:
 - admission slots: members whose deadline passed are dropped, and those of terminal jobs freed;
 - jobs whose submit died between insert and publish (the worker's sweeper does it too).
 
-Nothing is re-published while the worker does not answer `WORKER_URL/readyz`: the message would
-only spend its retries, and its failure callback would then fail a job that the worker's return
-would have run. Those jobs wait for the worker (`deferred` in the summary).
+Each re-publish goes to a live worker box (lib/boxes.py: the listed box with the most free
+capacity whose heartbeat is fresh, else the first of WORKER_URLS), never to the dead box that
+let the lease lapse. Nothing is re-published to a box that does not answer `<box>/readyz`: the
+message would only spend its retries, and its failure callback would then fail a job that the
+worker's return would have run. Those jobs wait for a box (`deferred` in the summary).
 
 Every step is one SQL function (supabase/migrations/*_reconcile.sql) or one Lua script, and each
 re-checks the row under its lock, so runs that overlap heal a job once. Nothing here imports
@@ -31,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from lib.boxes import Registry, destination
 from lib.config import Settings
 from lib.errors import AppError
 from lib.events import emit_terminal
@@ -63,13 +66,12 @@ class Summary:
         return asdict(self)
 
 
-def worker_ready(settings: Settings, timeout: float = 3.0) -> bool:
-    """Whether the worker answers `WORKER_URL/readyz` with 200 within `timeout` seconds."""
+def worker_ready(box: str, timeout: float = 3.0) -> bool:
+    """Whether the worker box at `box` answers `/readyz` with 200 within `timeout` seconds."""
     import httpx
 
     try:
-        url = settings.worker_url.rstrip("/") + "/readyz"
-        return httpx.get(url, timeout=timeout).status_code == 200
+        return httpx.get(box.rstrip("/") + "/readyz", timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -77,8 +79,8 @@ def worker_ready(settings: Settings, timeout: float = 3.0) -> bool:
 class Reconciler:
     """One reconciliation pass over the store, Redis and the broker.
 
-    `ready` says whether the worker can take deliveries (default: `worker_ready`); it is asked
-    once per run, and only when there is something to re-publish."""
+    `ready(box)` says whether a worker box can take deliveries (default: `worker_ready`); it is
+    asked once per box and run, and only when there is something to re-publish."""
 
     def __init__(
         self,
@@ -86,28 +88,34 @@ class Reconciler:
         store: Store,
         state: State,
         publisher: Publisher,
-        ready: Callable[[], bool] | None = None,
+        ready: Callable[[str], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.state = state
         self.publisher = publisher
-        self._ready = ready or (lambda: worker_ready(settings))
-        self._worker_up: bool | None = None
+        self._ready = ready or worker_ready
+        self._up: dict[str, bool] = {}
+        self._registry = Registry(state)
 
-    def _worker_is_up(self) -> bool:
-        if self._worker_up is None:
-            self._worker_up = self._ready()
-            if not self._worker_up:
-                log.warning("the worker is not ready; stuck jobs wait for it")
-        return self._worker_up
+    def _live_box(self) -> str | None:
+        """A box to re-publish to: the live one with the most room, else the first listed;
+        None when that box is not ready."""
+        boxes = self.settings.boxes
+        picked = self._registry.pick(boxes) if len(boxes) > 1 else None
+        box = destination(self.settings, picked)
+        if box not in self._up:
+            self._up[box] = self._ready(box)
+            if not self._up[box]:
+                log.warning("the worker box is not ready; stuck jobs wait", extra={"box": box})
+        return box if self._up[box] else None
 
     def run(self) -> Summary:
         """Heal what can be healed now and say what was done. Safe to run concurrently with
         itself. Raises AppError (unavailable) when Redis or the database is down: the schedule's
         next tick tries again."""
         summary = Summary()
-        self._worker_up = None
+        self._up = {}
         self._jobs(summary)
         self._admissions(summary)
         self._sweep(summary)
@@ -147,10 +155,12 @@ class Reconciler:
             self._fail(row, summary, ErrorCode.RETRIES_EXHAUSTED, "retries exhausted")
         elif int(row["heals"]) >= s.reconcile_max_heals:
             self._fail(row, summary, ErrorCode.UNAVAILABLE, "the job could not be delivered")
-        elif self._worker_is_up():
-            self._republish(row, summary)
         else:
-            summary.deferred += 1
+            box = self._live_box()
+            if box is None:
+                summary.deferred += 1
+            else:
+                self._republish(row, summary, box)
         return 1
 
     def _older_than(self, row: dict[str, Any]) -> int:
@@ -159,7 +169,7 @@ class Reconciler:
             s.lease_ttl_seconds if row["status"] == "running" else s.reconcile_queued_after_seconds
         )
 
-    def _republish(self, row: dict[str, Any], summary: Summary) -> None:
+    def _republish(self, row: dict[str, Any], summary: Summary, box: str) -> None:
         job_id = str(row["id"])
         claim = self.store.backend.call(
             "cs_reconcile_claim",
@@ -180,6 +190,7 @@ class Reconciler:
                 tier=row["tier"],
                 model=self.settings.model_for(row["tier"], row["kind"]),
                 dedup_id=f"{job_id}.heal.{heal}",
+                box=box,
             )
         except AppError:
             # The claim stands: the job is looked at again once it is stale again.
@@ -194,6 +205,7 @@ class Reconciler:
                 "was": row["status"],
                 "attempts": row["attempts"],
                 "heal": heal,
+                "box": box,
             },
         )
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from lib import userstream
+from lib.boxes import destination
 from lib.config import Settings
 from lib.errors import (
     AppError,
@@ -184,13 +185,16 @@ class Producer:
             return self._settled(result, user_id)
         job = Job.model_validate(result["job"])
         queued = data(job_id, status=StreamStatus.QUEUED, attempt=0)
+        # Several worker boxes: the admission script also picks the one to publish to.
+        boxes = self.settings.boxes if len(self.settings.boxes) > 1 else None
         try:
-            self.state.admit(
+            picked = self.state.admit(
                 job_id,
                 job.tier,
                 user_id,
                 first_event=(EventType.STATUS, queued),
                 index_max=userstream.INDEX_MAX,  # the user's event stream finds the job
+                boxes=boxes,
             )
         except Exception:  # refused (429) or Redis unreachable (503): nothing may stay charged
             self._withdraw(job_id)
@@ -201,6 +205,7 @@ class Producer:
                 user_id=user_id,
                 tier=job.tier,
                 model=self.settings.model_for(job.tier, req.kind),
+                box=destination(self.settings, picked),
             )
         except AppError as exc:
             self._abort(job, user_id, exc)

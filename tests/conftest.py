@@ -230,6 +230,56 @@ def e2e_stack(
         yield running
 
 
+@pytest.fixture(scope="module")
+def boxes_stack(
+    redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """A local stack with two worker boxes (WORKERS=2: `worker` and `worker2`, WORKER_URLS lists
+    both) and the reconciler on its dev-broker schedule, on a database of its own: the other
+    stacks' running jobs, which it would take for dead, are elsewhere. Beats every 0.5 s."""
+    from scripts.stack.devstack import Ports, Stack
+
+    name = f"cs_boxes_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    url = make_conninfo(**{**conninfo_to_dict(database_url), "dbname": name})
+    migrate.apply(url)
+    overrides = {
+        "WORKERS": "2",
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": url,
+        "REDIS_PREFIX": f"boxes-{uuid.uuid4().hex[:6]}:",
+        "OPENAI_API_KEY": "",
+        "QSTASH_URL": "",
+        "QSTASH_MODE": "broker",
+        "LOG_FORMAT": "json",
+        "INITIAL_COINS": "50",
+        "USER_MAX_ACTIVE_PAID": "10",
+        "JOB_RETRIES": "3",
+        "JOB_RETRY_DELAY": "300 * (1 + retried)",
+        "LEASE_TTL_SECONDS": "2",
+        "BOX_HEARTBEAT_SECONDS": "0.5",
+        "WORKER_MAX_JOBS": "8",
+        "WEB_CONCURRENCY": "1",
+        "WORKER_DRAIN_SECONDS": "1",
+        "OFFLINE_LLM_TOKENS_PER_SECOND": "100",
+        # A `* * * * *` tick every 3 s; a job undelivered for 4 s is re-published.
+        "DEV_BROKER_TIME_SCALE": "0.05",
+        "RECONCILE_CRON": "* * * * *",
+        "RECONCILE_QUEUED_AFTER_SECONDS": "4",
+        "RECONCILE_MAX_HEALS": "8",
+    }
+    logs = Path(tmp_path_factory.mktemp("boxes-stack-logs"))
+    try:
+        with Stack(
+            ports=Ports.free(), profile="local", overrides=overrides, log_dir=logs, quiet=True
+        ) as running:
+            yield running
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
 # lib/events.py's tests ---------------------------------------------------------------------------
 
 

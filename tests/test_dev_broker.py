@@ -49,6 +49,7 @@ def test_a_published_message_is_delivered_once_with_its_body_headers_and_a_valid
         "retried": 0,
         "failed": 0,
         "callbacks": 0,
+        "cancelled": 0,
     }
 
 

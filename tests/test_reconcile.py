@@ -274,3 +274,26 @@ def test_live_attempts_filling_a_batch_do_not_hide_a_dead_one_behind_them(
         0,
         0,
     ]
+
+
+def test_a_dead_boxs_job_is_republished_to_the_live_box_not_the_dead_one(
+    healing: Healing,
+) -> None:
+    from lib.boxes import Registry
+
+    live = healing.env.settings.worker_url  # the worker serving behind the broker
+    dead = f"http://127.0.0.1:{free_port()}"  # listed first: the fallback when nothing is live
+    Registry(healing.env.state).beat(live, "p1", 0, 10)
+    job = healing.died_running()
+
+    summary = healing.run(worker_urls=[dead, live])
+
+    # (Other tests' stale jobs in the shared database may be healed too: at least ours.)
+    assert summary.republished >= 1 and summary.deferred == 0
+    assert wait_for(lambda: terminal(healing.db, job.job_id)) == "succeeded"
+    # With no live announcement, the first listed box is asked, found down, and nothing moves.
+    healing.env.state.backend.command("DEL", healing.env.state.keys.boxes())
+    other = healing.died_running()
+    summary = healing.run(worker_urls=[dead, live])
+    assert summary.republished == 0 and summary.deferred >= 1
+    assert healing.db.job(other.job_id)["status"] == "running"

@@ -203,3 +203,25 @@ def test_the_first_frame_of_a_new_stream_needs_no_subscription_on_upstash_rest(
     seen = [(name, s.path) for name, s in servers.since(mark)]
     # The viewer's presence (SET, then PUBLISH for a new viewer), then one XRANGE.
     assert seen == [("upstash", "/")] * 3
+
+
+def test_a_submit_over_two_boxes_picks_the_live_one_in_its_three_round_trips(
+    make_producer: Callable[..., Producer], servers: Servers
+) -> None:
+    from lib.boxes import Registry
+
+    first, second = (f"http://127.0.0.1:{free_port()}" for _ in range(2))
+    producer = make_producer(worker_url="", worker_urls=f"{first},{second}")
+    Registry(producer.state).beat(second, "p1", 0, 10)  # only the second box is alive
+    mark = servers.mark()
+
+    submitted = producer.submit(user(), BODY, None)
+
+    seen = servers.since(mark)
+    assert [(name, s.path) for name, s in seen] == [
+        ("postgrest", "/rest/v1/rpc/cs_submit_job"),
+        ("upstash", "/"),
+        ("broker", f"/v2/publish/{second}/v1/execute"),
+    ]
+    assert_one_after_another(seen)
+    assert submitted.created

@@ -9,6 +9,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from lib import config, logs, tracing
+from lib.boxes import Heartbeat
 from lib.errors import AppError
 from lib.executor import Executor
 from lib.queue import wire
@@ -73,6 +74,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             Metrics(),
         )
         Sweeper(settings, executor.store, executor.state).start()
+        # Announce this box to the producers (scale-out, lib/boxes.py).
+        Heartbeat(settings, executor.state, executor.running, lambda: executor.draining).start()
     executor.start()
     if executor.metrics is not None:
         count_errors(executor.store, executor.state)

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
@@ -22,6 +23,9 @@ from lib import config
 from lib.config import Settings
 from lib.config_checks import plan_problems
 from lib.errors import AppError, ConfigError
+
+if TYPE_CHECKING:
+    from lib.state import State
 
 TIMEOUT_SECONDS = 5.0
 ROLES: dict[str, tuple[config.Role, ...]] = {
@@ -121,6 +125,30 @@ def check_redis(settings: Settings) -> Check:
 
     ok, detail = _timed(ping)
     return Check("redis", target, ok, detail)
+
+
+def check_boxes(settings: Settings, st: State | None = None) -> Check:
+    """The worker boxes of WORKER_URLS that announce themselves in Redis, with their free room.
+    All live: ok; none: FAIL (every job goes to the first listed); some: reported."""
+    from lib import state
+    from lib.boxes import Registry
+
+    listed = settings.boxes
+    own = st is None
+    st = st or state.from_settings(settings)
+    try:
+        live = Registry(st).live()
+    except AppError as exc:
+        return Check("boxes", f"{len(listed)} listed", False, exc.message)
+    finally:
+        if own:
+            st.close()
+    up = [url for url in listed if url in live]
+    parts = [f"{redact(url)} {live[url].free} free" for url in up]
+    parts += [f"{redact(url)} silent" for url in listed if url not in live]
+    parts += [f"{redact(url)} announced but not listed" for url in live if url not in listed]
+    ok = True if len(up) == len(listed) else (False if not up else None)
+    return Check("boxes", f"{len(up)} of {len(listed)} live", ok, "; ".join(parts))
 
 
 def _postgres_reason(url: str) -> str:
@@ -238,6 +266,8 @@ def run(role: str, producer_url: str) -> list[Check]:
     checks += [check_plan(settings), check_redis(settings), check_database(settings)]
     if "api" in roles:
         checks.append(check_broker(settings))
+    if "api" in roles and len(settings.boxes) > 1:
+        checks.append(check_boxes(settings))
     if "worker" in roles:
         checks += check_llm(settings)
     if "api" in roles:

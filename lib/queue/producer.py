@@ -26,15 +26,26 @@ def flow_control_key(tier: str, model_spec: str) -> str:
 
 class Publisher(Protocol):
     def publish(
-        self, job_id: str, *, user_id: str, tier: str, model: str, dedup_id: str | None = None
+        self,
+        job_id: str,
+        *,
+        user_id: str,
+        tier: str,
+        model: str,
+        dedup_id: str | None = None,
+        box: str | None = None,
     ) -> str:
         """Hand the job to the broker; return the message id. Raises UnavailableError.
         `dedup_id` (default: the job id) is the broker's deduplication id: a re-publish by
-        the reconciler passes its own, or QStash's 10-minute window would drop it."""
+        the reconciler passes its own, or QStash's 10-minute window would drop it. `box` is
+        the worker box's base URL (lib/boxes.py; default: WORKER_URL, else the first of
+        WORKER_URLS): its `/v1/execute` is the destination, and the `sub` its signature
+        carries, which that box verifies."""
 
 
 class QStashPublisher:
-    """Publishes to `WORKER_URL/v1/execute` with retries, dedup, flow control and callback."""
+    """Publishes to `<box>/v1/execute` with retries, dedup, flow control and the failure
+    callback `<box>/v1/failed` (the box is the one that ran out of retries)."""
 
     def __init__(self, settings: Settings, *, timeout: float = 5.0) -> None:
         import httpx  # here, not at the top: api/ functions that never publish skip it
@@ -53,17 +64,26 @@ class QStashPublisher:
         self._client.http._client.timeout = httpx.Timeout(timeout, connect=2.0)
 
     def publish(
-        self, job_id: str, *, user_id: str, tier: str, model: str, dedup_id: str | None = None
+        self,
+        job_id: str,
+        *,
+        user_id: str,
+        tier: str,
+        model: str,
+        dedup_id: str | None = None,
+        box: str | None = None,
     ) -> str:
         s = self.settings
+        base = (box or s.box_url).rstrip("/")
         parallelism = (
             s.llm_max_concurrency_paid if tier == Tier.PAID else s.llm_max_concurrency_free
         )
         return wire.publish(
             self._client,
             s,
-            url=s.execute_url,
+            url=base + "/v1/execute",
             body=wire.message_body(job_id, user_id, tier, s.job_retries).decode(),
+            failure_callback=base + "/v1/failed",
             retries=s.job_retries,
             deduplication_id=dedup_id or job_id,
             content_type="application/json",
@@ -83,20 +103,32 @@ class DirectPublisher:
         self.settings = settings
 
     def publish(
-        self, job_id: str, *, user_id: str, tier: str, model: str, dedup_id: str | None = None
+        self,
+        job_id: str,
+        *,
+        user_id: str,
+        tier: str,
+        model: str,
+        dedup_id: str | None = None,
+        box: str | None = None,
     ) -> str:
+        base = (box or self.settings.box_url).rstrip("/")
         thread = threading.Thread(
-            target=self._deliver, args=(job_id, user_id, tier), name=f"direct-{job_id}", daemon=True
+            target=self._deliver,
+            args=(job_id, user_id, tier, base),
+            name=f"direct-{job_id}",
+            daemon=True,
         )
         thread.start()
         return f"direct_{job_id}"
 
-    def _deliver(self, job_id: str, user_id: str, tier: str) -> None:
+    def _deliver(self, job_id: str, user_id: str, tier: str, base: str) -> None:
         import requests
 
         from lib.queue.signing import sign
 
         s = self.settings
+        execute_url, failed_url = base + "/v1/execute", base + "/v1/failed"
         body = wire.message_body(job_id, user_id, tier, 0)
         key = s.qstash_current_signing_key
         headers = {
@@ -107,10 +139,10 @@ class DirectPublisher:
         status = 0
         try:
             response = requests.post(
-                s.execute_url,
+                execute_url,
                 data=body,
                 timeout=s.job_timeout_seconds,
-                headers={**headers, "Upstash-Signature": sign(key, s.execute_url, body)},
+                headers={**headers, "Upstash-Signature": sign(key, execute_url, body)},
             )
             status = response.status_code
         except requests.RequestException:
@@ -118,16 +150,16 @@ class DirectPublisher:
         if 200 <= status < 300:
             return
         callback = wire.failure_callback_body(
-            status, body, url=s.execute_url, message_id=f"direct_{job_id}"
+            status, body, url=execute_url, message_id=f"direct_{job_id}"
         )
         try:
             requests.post(
-                s.failed_url,
+                failed_url,
                 data=callback,
                 timeout=30,
                 headers={
                     "Content-Type": "application/json",
-                    "Upstash-Signature": sign(key, s.failed_url, callback),
+                    "Upstash-Signature": sign(key, failed_url, callback),
                 },
             )
         except requests.RequestException:

@@ -7,6 +7,7 @@ atomic and identical on both adapters (TCP `redis`, Upstash REST `upstash-redis`
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -60,6 +61,7 @@ class State:
         publish: Publish | bool = "auto",
         retry_after: int = 5,
         stream_slot_ttl: float = STREAM_SLOT_TTL,
+        box_ttl: float = 15.0,
     ) -> None:
         self.backend = backend
         self.keys = Keys(prefix)
@@ -75,6 +77,8 @@ class State:
         )
         self.retry_after = retry_after
         self.stream_slot_ttl_ms = int(stream_slot_ttl * 1000)
+        # How long a worker box's announcement lasts without a beat (lib/boxes.py).
+        self.box_ttl_ms = int(box_ttl * 1000)
 
     # Admission -------------------------------------------------------------------------------
     def admit(
@@ -85,14 +89,18 @@ class State:
         *,
         first_event: tuple[str, dict[str, Any]] | None = None,
         index_max: int | None = None,
-    ) -> None:
+        boxes: list[str] | None = None,
+    ) -> str | None:
         """Reserve a live slot for the job in its tier and for its user; with `first_event`
-        (type, data), also start the job's event stream with it, and with `index_max` also
-        index the job for its user's event stream (capped at that length), in the same round
-        trip.
+        (type, data), also start the job's event stream with it, with `index_max` also index
+        the job for its user's event stream (capped at that length), and with `boxes` (the
+        worker boxes' URLs; needs the other two) also pick the live box with the most free
+        capacity among them (lib/boxes.py), all in the same round trip.
 
-        Raises RateLimitError (code backpressure or user_concurrency, with retry_after); then
-        nothing is written. Admitting the same job twice is a no-op.
+        Returns the picked box's URL, or None when none of `boxes` is live (or none were
+        given, or the job was admitted already). Raises RateLimitError (code backpressure or
+        user_concurrency, with retry_after); then nothing is written. Admitting the same job
+        twice is a no-op.
         """
         tier_max, user_max = self.limits[tier]
         now = _now_ms()
@@ -118,6 +126,9 @@ class State:
                 notify = self.keys.user_notify(user_id)
                 keys += [self.keys.owner(job_id), self.keys.user_jobs(user_id), notify]
                 args.append(index_max)
+                if boxes:
+                    keys += [self.keys.boxes(), self.keys.box_reservations()]
+                    args += [secrets.randbelow(2**31), self.box_ttl_ms, *boxes]
         result = self.backend.run(scripts.ADMIT, keys, args)
         outcome = result[0]
         if outcome == "backpressure":
@@ -132,6 +143,7 @@ class State:
                 code=ErrorCode.USER_CONCURRENCY,
                 retry_after=self.retry_after,
             )
+        return str(result[1]) if len(result) > 1 and result[1] else None
 
     def admission_rejections(self) -> dict[tuple[str, str], int]:
         """How many admissions were refused since the stats began, by (tier, reason)."""
@@ -390,4 +402,5 @@ def from_settings(settings: Any, backend: RedisBackend | None = None) -> State:
         retry_after=settings.retry_after_seconds,
         # Longer than the time between two refreshes: a third of it plus one heartbeat.
         stream_slot_ttl=max(STREAM_SLOT_TTL, 3 * settings.sse_heartbeat_seconds),
+        box_ttl=3 * settings.box_heartbeat_seconds,
     )

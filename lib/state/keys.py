@@ -21,6 +21,11 @@ slot on clustered Redis. TTLs:
 | `sse:user:<user id>`         | zset   | STREAM_SLOT_TTL (45 s), refreshed by each open stream    |
 | `sig:<jti>`                  | string | exp + QSTASH_CLOCK_TOLERANCE_SECONDS - now (<= 5.5 min) |
 |                              |        | a delivery signature already used (replay cache)        |
+| `boxes`                      | hash   | 15 x BOX_HEARTBEAT_SECONDS, refreshed every 10th beat;   |
+|                              |        | a field per worker process "<box url> <process id>" =   |
+|                              |        | "<deadline ms> <running> <max>" (lib/boxes.py)           |
+| `boxes:reserved`             | hash   | 3 x BOX_HEARTBEAT_SECONDS; jobs sent to a box (field:    |
+|                              |        | its url) since its last beat                            |
 
 `sse:user:<user id>` holds one member per open event stream of the user (either endpoint),
 scored by the time (ms) it lapses unless its stream refreshes it, so a stream whose function
@@ -78,6 +83,14 @@ class Keys:
     def streams(self, user_id: str) -> str:
         """The user's open event streams (SSE_MAX_STREAMS_PER_USER)."""
         return f"{self.prefix}sse:user:{user_id}"
+
+    def boxes(self) -> str:
+        """The worker boxes' announcements (scale-out), one field per worker process."""
+        return f"{self.prefix}boxes"
+
+    def box_reservations(self) -> str:
+        """The jobs sent to each box since its last beat."""
+        return f"{self.prefix}boxes:reserved"
 
     def signature(self, jti: str) -> str:
         """A delivery signature's id, kept until the signature could no longer verify."""

@@ -17,6 +17,100 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())  # noqa: S324
 
 
+# Scale-out (lib/boxes.py). Each process of each worker box announces itself in the boxes hash:
+# field "<box url> <process id>", value "<deadline ms> <jobs running> <box max jobs>". A box's free
+# capacity is its max minus the jobs its live processes run, minus the jobs sent to it since its
+# last beat (the reservations hash, field = box url: a burst spreads before the next beat).
+# `pick_box` picks, among the boxes listed in ARGV[first + 2..] with a live announcement, the one
+# with the most free capacity (ties: the (ARGV[first] mod ties + 1)th, a random number from the
+# caller), reserves one job on it and returns its URL; false when no listed box is live.
+# ARGV[first + 1] is the reservations' TTL (ms).
+_PICK_BOX_LUA = """
+local function pick_box(boxes, reserved, now, first)
+  local raw = redis.call('HGETALL', boxes)
+  local cap, used = {}, {}
+  for i = 1, #raw, 2 do
+    local url = string.match(raw[i], '^(%S+) ')
+    local d, r, m = string.match(raw[i + 1], '^(%d+) (%d+) (%d+)$')
+    if url and d and tonumber(d) > now then
+      used[url] = (used[url] or 0) + tonumber(r)
+      cap[url] = math.max(cap[url] or 0, tonumber(m))
+    end
+  end
+  local held = {}
+  local flat = redis.call('HGETALL', reserved)
+  for i = 1, #flat, 2 do
+    held[flat[i]] = tonumber(flat[i + 1]) or 0
+  end
+  local best, ties = nil, {}
+  for i = first + 2, #ARGV do
+    local url = ARGV[i]
+    if cap[url] then
+      local free = cap[url] - used[url] - (held[url] or 0)
+      if best == nil or free > best then
+        best, ties = free, {url}
+      elseif free == best then
+        ties[#ties + 1] = url
+      end
+    end
+  end
+  if best == nil then
+    return false
+  end
+  local url = ties[(tonumber(ARGV[first]) % #ties) + 1]
+  redis.call('HINCRBY', reserved, url, 1)
+  redis.call('PEXPIRE', reserved, ARGV[first + 1])
+  return url
+end
+"""
+
+# Pick the box for a re-published job (the reconciler): `pick_box` over the announcements.
+# KEYS: boxes, box reservations. ARGV: now ms, random number, reservation ttl ms, box urls...
+# Returns the box URL, or false when no listed box is live.
+PICK_BOX = Script(
+    "pick_box",
+    _PICK_BOX_LUA
+    + """
+return pick_box(KEYS[1], KEYS[2], tonumber(ARGV[1]), 2)
+""",
+)
+
+# One beat of one worker process: write (or, with an empty value, withdraw) this process's
+# announcement and clear its box's reservations (its count of running jobs now includes the jobs
+# that were sent to it). Three commands: Redis is billed per command. With ARGV[6] = 1 (every
+# tenth beat) it also drops the announcements whose deadline passed and keeps the hash for
+# ARGV[4] ms (longer than ten beats), and returns the number of live announcements.
+# KEYS: boxes, box reservations. ARGV: field, value, now ms, hash ttl ms, box url, sweep 0|1.
+BOX_BEAT = Script(
+    "box_beat",
+    """
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('HDEL', KEYS[2], ARGV[5])
+if ARGV[6] ~= '1' then
+  return false
+end
+local raw = redis.call('HGETALL', KEYS[1])
+local live = 0
+for i = 1, #raw, 2 do
+  local d = tonumber(string.match(raw[i + 1], '^(%d+) ') or '0')
+  if d <= tonumber(ARGV[3]) then
+    redis.call('HDEL', KEYS[1], raw[i])
+  else
+    live = live + 1
+  end
+end
+if live > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return live
+""",
+)
+
+
 # Admit a job into its tier and its user's live sets. Members are job ids scored by a deadline
 # (ms); expired members are dropped first, so a crashed job frees its slot by itself. A refusal
 # counts itself in the stats hash (field "<tier>:<reason>"; the worker's /metrics reads it); an
@@ -27,13 +121,17 @@ class Script:
 # With KEYS[6..8] it also indexes the job for its user's event stream (GET /api/events), as
 # USER_JOB does: the job's owner key, an entry in the user's job stream, a PUBLISH on the user's
 # channel (an open user stream is waiting there), so a submit stays three round trips.
-# KEYS: tier set, user set, stats hash[, stream, done[, owner, user jobs, user channel]].
+# With KEYS[9..10] it also picks the worker box to publish the job to, as PICK_BOX does (from
+# ARGV[12]), so scale-out costs the submit no round trip: {"ok", box url or false}.
+# KEYS: tier set, user set, stats hash[, stream, done[, owner, user jobs, user channel[,
+# boxes, box reservations]]].
 # ARGV: job id, now ms, deadline ms, tier max, user max, user ttl ms, tier[, events ttl s,
-# event type, event data[, user jobs max length]].
-# Returns {"ok"} | {"backpressure"} | {"user_concurrency"}.
+# event type, event data[, user jobs max length[, PICK_BOX's ARGV from its 2nd]]].
+# Returns {"ok"[, box]} | {"backpressure"} | {"user_concurrency"}.
 ADMIT = Script(
     "admit",
-    """
+    _PICK_BOX_LUA
+    + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
@@ -59,6 +157,9 @@ if #KEYS >= 8 then
   local id = redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[11], '*', 'j', ARGV[1])
   redis.call('EXPIRE', KEYS[7], ARGV[8])
   redis.call('PUBLISH', KEYS[8], id)
+end
+if #KEYS >= 10 then
+  return {'ok', pick_box(KEYS[9], KEYS[10], tonumber(ARGV[2]), 12)}
 end
 return {'ok'}
 """,
@@ -217,4 +318,16 @@ return id
 """,
 )
 
-ALL = (ADMIT, ACQUIRE, RENEW, RELEASE, EMIT, LIVE, HOLD_STREAM, ADMISSION_SCAN, USER_JOB)
+ALL = (
+    ADMIT,
+    ACQUIRE,
+    RENEW,
+    RELEASE,
+    EMIT,
+    LIVE,
+    HOLD_STREAM,
+    ADMISSION_SCAN,
+    USER_JOB,
+    PICK_BOX,
+    BOX_BEAT,
+)

@@ -80,6 +80,7 @@ SECTIONS = {
     "latency",
     "submit",
     "concurrency",
+    "boxes",
 }
 API_FUNCTIONS = ["api.jobs", "api.events", "api.me", "api.health", "api.openapi"]
 
@@ -151,7 +152,13 @@ class Bench:
 
     def start(self) -> Bench:
         self.redis_server = start_redis()
-        ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
+        ports = Ports(
+            producer=free_port(),
+            worker=free_port(),
+            broker=free_port(),
+            llm=free_port(),
+            worker2=free_port(),
+        )
         env = {
             **COMMON,
             **self.overrides,

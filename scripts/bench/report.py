@@ -176,6 +176,14 @@ def _service_rows(results: dict[str, Any]) -> Rows:
             "",
             ">= 1000 at <= 1024 MB",
         )
+    b = results.get("boxes")
+    if b:
+        row(
+            f"jobs per hour, {b['job_seconds']:.0f} s jobs, two boxes (attempts per box)",
+            f"{b['two']['jobs_per_hour']} ({' + '.join(map(str, b['two']['attempts_per_box']))})",
+            f"one box {b['one']['jobs_per_hour']} (x{b['ratio']})",
+            "x2",
+        )
     parse = results.get("llm_parse")
     if parse:
         row(

@@ -19,7 +19,8 @@ polls the event stream with XRANGE every 400 ms, backing off to 8 s while idle
 5. the submit path: server-side p50/p99 of `POST /api/jobs` (its `Server-Timing`) against a
    no-op route of the same server, and end-to-end throughput with an instant LLM;
 6. concurrency per worker container: jobs that stream for 60 s at 20 tokens/s, added in
-   steps, until p99 added latency > 250 ms, a job fails, or RSS > 1 GiB; gthread and gevent.
+   steps, until p99 added latency > 250 ms, a job fails, or RSS > 1 GiB; gthread and gevent;
+7. jobs per hour of 60 s jobs on one worker box and on two (scale-out), side by side.
 
 Targets are printed next to the figures, never asserted. Raw figures go to bench/results.json,
 plots to bench/*.png; docs/performance.md explains them. The machine may be shared: ratios
@@ -43,6 +44,7 @@ from typing import Any
 
 from lib.store import migrate
 from scripts.bench import coldstart
+from scripts.bench.boxes import boxes
 from scripts.bench.capacity import concurrency, submit_path
 from scripts.bench.common import (
     BASELINE,
@@ -97,11 +99,11 @@ def _stack_sections(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller loads (a smoke run, ~3 min)")
+    parser.add_argument("--quick", action="store_true", help="smaller loads (a smoke run, ~4 min)")
     parser.add_argument(
         "--only",
-        default="cold,parse,cost,latency,submit,concurrency",
-        help="comma-separated sections (cold, parse, cost, latency, submit, concurrency)",
+        default="cold,parse,cost,latency,submit,concurrency,boxes",
+        help="comma-separated sections (cold, parse, cost, latency, submit, concurrency, boxes)",
     )
     parser.add_argument(
         "--ours",
@@ -148,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         migrate.apply(pg.url)
         _stack_sections(results, sections, args.quick, pg.url)
+        if "boxes" in sections:
+            results["boxes"] = boxes(pg.url, args.quick)
     finally:
         pg.stop()
     results["seconds"] = round(time.monotonic() - began, 1)

@@ -335,7 +335,8 @@ def broker_pending(stack: Stack) -> int | None:
         ).json()
     except (httpx.HTTPError, ValueError):
         return None
-    return int(stats["published"] + stats["callbacks"] - stats["delivered"] - stats["failed"])
+    settled = stats["delivered"] + stats["failed"] + stats.get("cancelled", 0)
+    return int(stats["published"] + stats["callbacks"] - settled)
 
 
 def broker_stats(stack: Stack) -> dict[str, int]:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from scripts.chaos.boxes import BOX_KILL_ENV, abandon_dead_box, kill_one_box
 from scripts.chaos.check import check
 from scripts.chaos.clock import SkewedStack, WorkerClock
 from scripts.chaos.faults import (
@@ -119,6 +120,8 @@ class Scenario:
     max_attempts: int | None = None
     skew: Skew | None = None  # the worker runs under libfaketime
     after_drain: Schedule | None = None  # a step once every job ended (e.g. a DLQ redrive)
+    # A step once every job ended, before the broker must be idle (retire a dead box).
+    before_idle: Schedule | None = None
 
 
 def _all_fail(index: int, rng: random.Random) -> tuple[str, str]:
@@ -213,6 +216,15 @@ SCENARIOS = [
         150,
         WORKERS_DOWN_ENV,
     ),
+    # Scale-out (scripts/chaos/boxes.py): the reconciler moves a dead box's jobs to the other.
+    Scenario(
+        "box-kill",
+        "1 of 2 worker boxes SIGKILLed for good",
+        kill_one_box,
+        60,
+        BOX_KILL_ENV,
+        before_idle=abandon_dead_box,
+    ),
 ]
 
 
@@ -251,7 +263,13 @@ def run_scenario(sc: Scenario, infra: Infra, args: argparse.Namespace, seed: int
         proxy = Proxy(target.hostname or "127.0.0.1", target.port or 6379).start()
         redis_url = proxy.url
     prefix = f"chaos-{sc.name}-{uuid.uuid4().hex[:6]}:"
-    ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
+    ports = Ports(
+        producer=free_port(),
+        worker=free_port(),
+        broker=free_port(),
+        llm=free_port(),
+        worker2=free_port(),
+    )
     overrides = {
         **BASE_ENV,
         "REDIS_URL": redis_url,
@@ -293,9 +311,7 @@ def run_scenario(sc: Scenario, infra: Infra, args: argparse.Namespace, seed: int
             duplicator.close()
             ctx.injected.append(duplicator.summary())
             ctx.errors += duplicator.failures[:3]
-        pending = wait_broker_idle(stack, max(deadline, time.monotonic() + 15))
-        if sc.after_drain and not pending:
-            _guarded(sc.after_drain, ctx)
+        pending = _settle_broker(sc, ctx, deadline, drained)
         load.join_clients(10)
         if not drained:
             row.violations.append(f"not drained within {sc.budget:.0f}s: {load.monitor.counts}")
@@ -320,6 +336,16 @@ def run_scenario(sc: Scenario, infra: Infra, args: argparse.Namespace, seed: int
     row.seconds = round(time.monotonic() - started, 1)
     _evidence(row, log_dir)
     return row
+
+
+def _settle_broker(sc: Scenario, ctx: FaultContext, deadline: float, drained: bool) -> int | None:
+    """The scenario's steps around the broker's drain; returns what the broker still holds."""
+    if sc.before_idle and drained:
+        _guarded(sc.before_idle, ctx)
+    pending = wait_broker_idle(ctx.stack, max(deadline, time.monotonic() + 15))
+    if sc.after_drain and not pending:
+        _guarded(sc.after_drain, ctx)
+    return pending
 
 
 def _judge(

@@ -55,6 +55,7 @@ STAT_NAMES = (
     "retried",
     "failed",
     "callbacks",
+    "cancelled",
 )
 PENDING_STATES = frozenset({"CREATED", "RETRY"})
 FINAL_STATES = frozenset({"DELIVERED", "ERROR", "CANCELLED"})
@@ -227,7 +228,8 @@ class Broker:
         `published`: publishes accepted (duplicates excluded); `deduplicated`: publishes answered
         with an earlier id; `deliveries`: HTTP attempts, callbacks included; `delivered`: messages,
         callbacks included, answered 2xx; `retried`: retries scheduled; `failed`: messages moved to
-        the DLQ; `callbacks`: callback and failure-callback messages created.
+        the DLQ; `callbacks`: callback and failure-callback messages created; `cancelled`: messages
+        cancelled before they finished.
         """
         with self._cond:
             return dict(self._counts)
@@ -376,6 +378,8 @@ class Broker:
         return backoff_seconds(msg.retried + 1) * self.time_scale
 
     def _finish(self, msg: Message, state: str) -> None:
+        if state == "CANCELLED":
+            self._counts["cancelled"] += 1
         msg.state = state
         msg.finished_at = time.time()
 

@@ -77,6 +77,7 @@ class Ports:
     llm: int = 8400
     upstash: int = 8079
     postgrest: int = 8078
+    worker2: int = 8082  # the second worker box (WORKERS=2)
 
     @classmethod
     def free(cls) -> Ports:
@@ -120,6 +121,18 @@ class Stack:
     @property
     def worker_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.worker}"
+
+    @property
+    def workers(self) -> int:
+        """How many worker boxes: WORKERS (1 or 2; `make dev WORKERS=2`), each a gunicorn of
+        its own on its own port, announcing itself in Redis (lib/boxes.py)."""
+        return 2 if (self.env or self.overrides).get("WORKERS", "1") == "2" else 1
+
+    @property
+    def worker_urls(self) -> list[str]:
+        """The boxes' base URLs: `worker` at ports.worker, then `worker2` at ports.worker2."""
+        second = [f"http://127.0.0.1:{self.ports.worker2}"] if self.workers > 1 else []
+        return [self.worker_url, *second]
 
     @property
     def broker_url(self) -> str:
@@ -180,6 +193,9 @@ class Stack:
         }
         for key, value in defaults.items():
             env.setdefault(key, value)
+        env.setdefault("WORKERS", base.get("WORKERS", "1"))
+        if env["WORKERS"] == "2":
+            env["WORKER_URLS"] = f"{self.worker_url},http://127.0.0.1:{self.ports.worker2}"
         self.use_broker = env.get("QSTASH_MODE", "broker") == "broker" and (
             not base.get("QSTASH_URL")
         )
@@ -220,14 +236,21 @@ class Stack:
             )
         if self.cloud:
             plan += self._standins()
-        plan.append(
-            Component(
-                "worker",
-                [*gunicorn, "-c", "worker/gunicorn.conf.py", "worker.wsgi:app"],
-                f"{self.worker_url}/readyz",
-                env=cloud_profile.worker_env(self.env["DATABASE_URL"]) if self.cloud else {},
+        for index, url in enumerate(self.worker_urls):
+            port = url.rsplit(":", 1)[1]
+            plan.append(
+                Component(
+                    "worker" if index == 0 else f"worker{index + 1}",
+                    [*gunicorn, "-c", "worker/gunicorn.conf.py", "worker.wsgi:app"],
+                    f"{url}/readyz",
+                    env={
+                        **(
+                            cloud_profile.worker_env(self.env["DATABASE_URL"]) if self.cloud else {}
+                        ),
+                        **({"WORKER_URL": url, "PORT": port} if index else {}),
+                    },
+                )
             )
-        )
         plan.append(
             Component(
                 "producer",
@@ -298,7 +321,7 @@ class Stack:
             self.schedule_reconciler()
         self._log(
             f"ready ({self.profile} profile): producer {self.producer_url}, "
-            f"worker {self.worker_url}"
+            f"worker {', '.join(self.worker_urls)}"
         )
         return self
 
@@ -453,6 +476,13 @@ def main(argv: list[str] | None = None) -> int:
         help="free loopback ports instead of :3000, :8080, ... (printed once ready)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="worker boxes: 2 starts a second one on :8082 (WORKER_URLS lists both)",
+    )
+    parser.add_argument(
         "--stop-grace",
         type=float,
         default=DEV_STOP_GRACE,
@@ -472,7 +502,10 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(
         ports=Ports.free() if args.free_ports else Ports(),
         profile=args.profile,
-        overrides={"WORKER_DRAIN_SECONDS": "3"} if args.command == "demo" else {},
+        overrides={
+            **({"WORKER_DRAIN_SECONDS": "3"} if args.command == "demo" else {}),
+            **({"WORKERS": "2"} if args.workers == 2 else {}),
+        },
         log_dir=STATE_DIR / "logs" if args.command == "demo" else None,
     )
     signal.signal(signal.SIGINT, on_signal)
