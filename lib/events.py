@@ -116,6 +116,7 @@ class JobEvents:
         self.delivery = delivery
         self.delivered = 0
         self.written: list[str] = []  # the delta text written: a cancelled job's partial
+        self._opened = False  # a status of this attempt was written: the stream has its TTL
 
     def _write(
         self,
@@ -130,13 +131,18 @@ class JobEvents:
         chars = sum(len(e[1]["text"]) for e in events if e[0] == EventType.DELTA)
         if chars and record and self.delivery is not None:
             self.delivery.before_write(self.delivered + chars)
-        entry = self.state.emit(
-            self.job_id,
-            events,
-            terminal=terminal,
-            refresh_ttl=refresh_ttl,
-            publish=self._viewer() == "rest",
-        )
+        publish = self._viewer() == "rest" or self.state.publish == "always"
+        plain = self._opened and not publish and terminal is None and not refresh_ttl
+        if plain and len(events) == 1:
+            # A lone delta or progress, a watched job's usual flush: one plain XADD instead of
+            # the EMIT script's three commands. This attempt's first status (EMIT) refreshed
+            # the stream's TTL; a closed stream refuses this write just as EMIT would.
+            entry = self.state.append(self.job_id, *events[0])
+        else:
+            entry = self.state.emit(
+                self.job_id, events, terminal=terminal, refresh_ttl=refresh_ttl, publish=publish
+            )
+            self._opened = self._opened or (entry is not None and refresh_ttl)
         if entry is not None:
             self.delivered += chars
             self.written += [e[1]["text"] for e in events if e[0] == EventType.DELTA]

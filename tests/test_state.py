@@ -312,3 +312,47 @@ def test_a_round_of_renewals_is_one_evalsha_each_even_after_the_scripts_were_flu
     finally:
         direct.close()
         state.close()
+
+
+# A watched job's flush in one command (State.append) -----------------------------------------
+
+
+def test_a_plain_append_writes_one_entry_into_an_open_stream_and_keeps_its_ttl(
+    state: State,
+) -> None:
+    job = new_id()
+    state.emit(job, [("status", {"status": "running", "attempt": 1})], refresh_ttl=True)
+    entry = state.append(job, "delta", {"text": "hi", "attempt": 1})
+    assert entry is not None
+    assert [e for e, _ in state.read(job)][-1] == entry
+    assert 0 < state.backend.command("TTL", state.keys.events(job)) <= state.events_ttl
+
+
+def test_a_plain_append_never_creates_a_stream(state: State) -> None:
+    job = new_id()
+    assert state.append(job, "delta", {"text": "hi"}) is None
+    assert state.backend.command("EXISTS", state.keys.events(job)) == 0
+
+
+def test_a_plain_append_after_the_terminal_status_writes_nothing(state: State) -> None:
+    job = new_id()
+    state.emit(job, [("status", {"status": "running", "attempt": 1})], refresh_ttl=True)
+    closing = emit_terminal(state, job, "cancelled", result=None, error=None, attempt=1)
+    assert state.append(job, "delta", {"text": "late", "attempt": 1}) is None
+    entries = state.read(job)
+    assert entries[-1][0] == closing
+    assert json.loads(entries[-1][1]["d"])["status"] == "cancelled"
+
+
+def test_a_watched_attempt_stops_at_its_next_flush_once_a_cancel_closed_its_stream(
+    state: State,
+) -> None:
+    job = new_id()
+    events = JobEvents(state, job, 1, flush_ms=0, viewer=lambda: "tcp")
+    events.running()
+    events.delta("first")
+    emit_terminal(state, job, "cancelled", result=None, error=None, attempt=1)
+    with pytest.raises(StreamClosed):
+        events.delta("second")
+    assert events.written == ["first"]
+    assert [json.loads(f["d"]).get("text") for _, f in state.read(job)].count("second") == 0

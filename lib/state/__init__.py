@@ -41,6 +41,34 @@ WATCH_REFRESH = 10.0
 STREAM_SLOT_TTL = 45.0
 
 
+# How many recent service times per tier (`svc:<tier>`) the next-slot estimate averages.
+SERVICE_SAMPLES = 20
+
+
+def refusal(
+    reason: str, tier: str, limit: int, live: int, next_ms: int, service_ms: int
+) -> RateLimitError:
+    """The 429 of a refused admission (ADMIT's answer): `details` says why and when the next
+    slot is expected, and Retry-After is that same estimate (whole seconds, at least 1)."""
+    next_slot_s = max(1, -(-next_ms // 1000))
+    details: dict[str, Any] = {
+        "limit": limit,
+        "active": live,
+        "next_slot_s": next_slot_s,
+        # The tier's mean service time over its recent jobs; null before any job has ended.
+        "service_s": round(service_ms / 1000, 1) if service_ms >= 0 else None,
+    }
+    if reason == "backpressure":
+        details["reason"] = f"the {tier} queue is full: {live} jobs admitted, the limit is {limit}"
+        message = f"the {tier} queue is full; try again in about {next_slot_s} s"
+        code = ErrorCode.BACKPRESSURE
+    else:
+        details["reason"] = f"{live} of your {tier} jobs are active, the limit is {limit}"
+        message = f"you already have {live} active {tier} job(s); wait for one to finish"
+        code = ErrorCode.USER_CONCURRENCY
+    return RateLimitError(message, code=code, retry_after=next_slot_s, details=details)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -96,7 +124,12 @@ class State:
         """
         tier_max, user_max = self.limits[tier]
         now = _now_ms()
-        keys = [self.keys.tier(tier), self.keys.user(user_id, tier), self.keys.admission_stats()]
+        keys = [
+            self.keys.tier(tier),
+            self.keys.user(user_id, tier),
+            self.keys.admission_stats(),
+            self.keys.service_samples(tier),
+        ]
         args: list[str | int] = [
             job_id,
             now,
@@ -105,6 +138,8 @@ class State:
             user_max,
             self.admission_ttl_ms * 2,
             tier,
+            self.retry_after * 1000,
+            SERVICE_SAMPLES,
         ]
         if first_event is not None:
             event_type, data = first_event
@@ -119,18 +154,14 @@ class State:
                 keys += [self.keys.owner(job_id), self.keys.user_jobs(user_id), notify]
                 args.append(index_max)
         result = self.backend.run(scripts.ADMIT, keys, args)
-        outcome = result[0]
-        if outcome == "backpressure":
-            raise RateLimitError(
-                f"the {tier} queue is full; try again shortly",
-                code=ErrorCode.BACKPRESSURE,
-                retry_after=self.retry_after,
-            )
-        if outcome == "user_concurrency":
-            raise RateLimitError(
-                f"you already have {user_max} active {tier} job(s); wait for one to finish",
-                code=ErrorCode.USER_CONCURRENCY,
-                retry_after=self.retry_after,
+        if result[0] != "ok":
+            raise refusal(
+                str(result[0]),
+                tier,
+                user_max if result[0] != "backpressure" else tier_max,
+                int(result[1]),
+                int(result[2]),
+                int(result[3]),
             )
 
     def admission_rejections(self) -> dict[tuple[str, str], int]:
@@ -144,15 +175,25 @@ class State:
         return counts
 
     def release(
-        self, job_id: str, tier: str, user_id: str, token: str = "", *, slots: bool = True
+        self,
+        job_id: str,
+        tier: str,
+        user_id: str,
+        token: str = "",
+        *,
+        slots: bool = True,
+        served: tuple[str, float] | None = None,
     ) -> None:
         """Drop the lease when `token` holds it, and free the admission slots unless
-        `slots=False` (the job goes back to the broker for a retry). Idempotent."""
-        self.backend.run(
-            scripts.RELEASE,
-            [self.keys.lease(job_id), self.keys.tier(tier), self.keys.user(user_id, tier)],
-            [token, job_id, int(slots)],
-        )
+        `slots=False` (the job goes back to the broker for a retry). With `served` (kind,
+        seconds: a job that succeeded), also record its service time, which refused
+        admissions turn into `next_slot_s` (one more command). Idempotent but for that."""
+        keys = [self.keys.lease(job_id), self.keys.tier(tier), self.keys.user(user_id, tier)]
+        args: list[str | int] = [token, job_id, int(slots)]
+        if served is not None:
+            keys.append(self.keys.service_samples(tier))
+            args += [served[0], max(0, int(served[1] * 1000)), SERVICE_SAMPLES]
+        self.backend.run(scripts.RELEASE, keys, args)
 
     def live(self, tier: str) -> int:
         """The number of live (admitted, unexpired) jobs in a tier."""
@@ -301,6 +342,27 @@ class State:
             args,
         )
         return str(result) if result else None
+
+    def append(self, job_id: str, event_type: str, data: dict[str, Any]) -> str | None:
+        """Append one event to the job's open stream in one command (a plain XADD), the
+        floor of a watched job's flush. NOMKSTREAM: it never creates a stream (so never one
+        without a TTL: the stream exists, with its TTL, from the submit's `queued` event and
+        every status refreshes it). A stream closed by EMIT refuses it (its last id is the
+        largest possible one), as does a stream that no longer exists.
+
+        Returns the entry id, or None when the stream is closed or gone (nothing written).
+        Publishes nothing: a reader that waits by subscription needs `emit(publish=True)`.
+        """
+        payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        try:
+            entry = self.backend.command(
+                "XADD", self.keys.events(job_id), "NOMKSTREAM", "*", "t", event_type, "d", payload
+            )
+        except Exception as exc:  # the server's own refusal; a dead Redis is UnavailableError
+            if "exhausted the last possible ID" in str(exc):
+                return None
+            raise
+        return str(entry) if entry else None
 
     def watch(self, job_id: str, transport: str) -> bool:
         """Mark the job as watched by a live SSE reader for WATCH_TTL_MS. A new viewer (the key
