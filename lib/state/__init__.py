@@ -236,9 +236,12 @@ class State:
                 code=ErrorCode.STREAM_LIMIT,
                 retry_after=lapse_s,
                 details={
+                    "reason": f"{int(result[2])} event streams are open, the limit is {limit}",
                     "limit": limit,
                     "open": int(result[2]),
-                    # When the oldest slot lapses if its stream has gone without closing.
+                    # When the oldest slot lapses if its stream has gone without closing (the
+                    # Retry-After); `next_slot_in_s` is its earlier name, kept for clients.
+                    "next_slot_s": lapse_s,
                     "next_slot_in_s": lapse_s,
                 },
             )
