@@ -12,9 +12,9 @@ import redis
 from helpers.backends import live_for_user, renew
 from helpers.net import wait_for
 
+import lib.state as lib_state
 from lib.errors import RateLimitError
 from lib.events import JobEvents, StreamClosed, emit_terminal
-import lib.state as lib_state
 from lib.state import Signal, State
 
 
