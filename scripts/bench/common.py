@@ -67,6 +67,8 @@ TARGETS = {
     "jobs_per_second_instant_llm": 200,
     "api_cold_import_ms": 300,
     "commands_per_job_no_viewer": 45,
+    "commands_per_flush_one_viewer": 2,
+    "cancel_to_close_p99_ms": 1000,
     "usd_per_1000_jobs_no_viewer": 0.10,
     "qstash_messages_per_successful_job": 1,
 }
@@ -76,6 +78,7 @@ SECTIONS = {
     "cold_start_production",
     "llm_parse",
     "cost",
+    "cancel",
     "sweep",
     "latency",
     "submit",
