@@ -133,19 +133,32 @@ class JobEvents:
             self.delivery.before_write(self.delivered + chars)
         publish = self._viewer() == "rest" or self.state.publish == "always"
         plain = self._opened and not publish and terminal is None and not refresh_ttl
-        if plain and len(events) == 1:
-            # A lone delta or progress, a watched job's usual flush: one plain XADD instead of
-            # the EMIT script's three commands. This attempt's first status (EMIT) refreshed
-            # the stream's TTL; a closed stream refuses this write just as EMIT would.
-            entry = self.state.append(self.job_id, *events[0])
-        else:
-            entry = self.state.emit(
-                self.job_id, events, terminal=terminal, refresh_ttl=refresh_ttl, publish=publish
-            )
-            self._opened = self._opened or (entry is not None and refresh_ttl)
+        if plain and all(e[0] != EventType.STATUS for e in events):
+            # A watched job's flush (a delta, with the latest progress now and then): one plain
+            # XADD per event instead of the EMIT script's EVALSHA and EXISTS on top. This
+            # attempt's first status (EMIT) refreshed the stream's TTL; a closed stream refuses
+            # these writes just as EMIT would.
+            return self._append(events)
+        entry = self.state.emit(
+            self.job_id, events, terminal=terminal, refresh_ttl=refresh_ttl, publish=publish
+        )
+        self._opened = self._opened or (entry is not None and refresh_ttl)
         if entry is not None:
             self.delivered += chars
             self.written += [e[1]["text"] for e in events if e[0] == EventType.DELTA]
+        return entry
+
+    def _append(self, events: list[tuple[str, dict[str, Any]]]) -> str | None:
+        """Plain XADDs in order, each delta counted as written once it is; None as soon as the
+        stream refuses one (it was closed: nothing after that is written)."""
+        entry = None
+        for event_type, fields in events:
+            entry = self.state.append(self.job_id, event_type, fields)
+            if entry is None:
+                return None
+            if event_type == EventType.DELTA:
+                self.delivered += len(fields["text"])
+                self.written.append(fields["text"])
         return entry
 
     def _emit(self, events: list[tuple[str, dict[str, Any]]]) -> str:

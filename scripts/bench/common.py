@@ -50,6 +50,10 @@ COMMON = {
     "JOB_RETRY_DELAY": "1000",
     "LOG_FORMAT": "text",
     "LOG_LEVEL": "WARNING",
+    # The stacks share one database: a reconciler would take the others' running jobs for dead
+    # (it sees no lease under its own REDIS_PREFIX). Its schedule's deliveries and its Redis
+    # commands are also a cost per minute of a deployment, not per job.
+    "RECONCILE_CRON": "",
 }
 OURS: dict[str, str] = {}  # the defaults
 BASELINE = {

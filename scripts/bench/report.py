@@ -134,9 +134,10 @@ def _streaming_rows(results: dict[str, Any]) -> Rows:
             )
         if "ours_per_flush" in c:
             o, b, before = c["ours_per_flush"], c["baseline_per_flush"], c["before_per_flush"]
+            by = o["by_command"]
             row(
-                "Redis commands per flush, 1 viewer (flushes)",
-                f"{o['commands']} ({o['flushes']})",
+                "Redis commands per flush, 1 viewer (flushes; XADD + XREAD)",
+                f"{o['commands']} ({o['flushes']}; {by.get('xadd')} + {by.get('xread')})",
                 f"{b['commands']} ({b['flushes']}); before: {before['per_flush']}",
                 "<= 2",
             )
