@@ -12,12 +12,18 @@ import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from lib.errors import RateLimitError
-from lib.models import ErrorCode
 from lib.state import scripts
 from lib.state.backend import Entry, RedisBackend, pairs
 from lib.state.keys import Keys
-from lib.state.results import CLOSED_PREFIX, Acquire, Acquisition, Renewal, Signal
+from lib.state.results import (
+    CLOSED_PREFIX,
+    Acquire,
+    Acquisition,
+    Renewal,
+    Signal,
+    refusal,
+    stream_limit,
+)
 
 __all__ = [
     "State",
@@ -43,30 +49,6 @@ STREAM_SLOT_TTL = 45.0
 
 # How many recent service times per tier (`svc:<tier>`) the next-slot estimate averages.
 SERVICE_SAMPLES = 20
-
-
-def refusal(
-    reason: str, tier: str, limit: int, live: int, next_ms: int, service_ms: int
-) -> RateLimitError:
-    """The 429 of a refused admission (ADMIT's answer): `details` says why and when the next
-    slot is expected, and Retry-After is that same estimate (whole seconds, at least 1)."""
-    next_slot_s = max(1, -(-next_ms // 1000))
-    details: dict[str, Any] = {
-        "limit": limit,
-        "active": live,
-        "next_slot_s": next_slot_s,
-        # The tier's mean service time over its recent jobs; null before any job has ended.
-        "service_s": round(service_ms / 1000, 1) if service_ms >= 0 else None,
-    }
-    if reason == "backpressure":
-        details["reason"] = f"the {tier} queue is full: {live} jobs admitted, the limit is {limit}"
-        message = f"the {tier} queue is full; try again in about {next_slot_s} s"
-        code = ErrorCode.BACKPRESSURE
-    else:
-        details["reason"] = f"{live} of your {tier} jobs are active, the limit is {limit}"
-        message = f"you already have {live} active {tier} job(s); wait for one to finish"
-        code = ErrorCode.USER_CONCURRENCY
-    return RateLimitError(message, code=code, retry_after=next_slot_s, details=details)
 
 
 def _now_ms() -> int:
@@ -155,14 +137,7 @@ class State:
                 args.append(index_max)
         result = self.backend.run(scripts.ADMIT, keys, args)
         if result[0] != "ok":
-            raise refusal(
-                str(result[0]),
-                tier,
-                user_max if result[0] != "backpressure" else tier_max,
-                int(result[1]),
-                int(result[2]),
-                int(result[3]),
-            )
+            raise refusal(result, tier, tier_max if result[0] == "backpressure" else user_max)
 
     def admission_rejections(self) -> dict[tuple[str, str], int]:
         """How many admissions were refused since the stats began, by (tier, reason)."""
@@ -230,21 +205,7 @@ class State:
             ],
         )
         if result[0] == "stream_limit":
-            lapse_s = max(1, -(-int(result[1]) // 1000))
-            raise RateLimitError(
-                f"you already have {limit} open event stream(s); close one first",
-                code=ErrorCode.STREAM_LIMIT,
-                retry_after=lapse_s,
-                details={
-                    "reason": f"{int(result[2])} event streams are open, the limit is {limit}",
-                    "limit": limit,
-                    "open": int(result[2]),
-                    # When the oldest slot lapses if its stream has gone without closing (the
-                    # Retry-After); `next_slot_in_s` is its earlier name, kept for clients.
-                    "next_slot_s": lapse_s,
-                    "next_slot_in_s": lapse_s,
-                },
-            )
+            raise stream_limit(limit, int(result[1]), int(result[2]))
 
     def drop_stream(self, user_id: str, stream_id: str) -> None:
         """Free an event stream's slot (it ended or its client went away). Idempotent."""
@@ -347,15 +308,10 @@ class State:
         return str(result) if result else None
 
     def append(self, job_id: str, event_type: str, data: dict[str, Any]) -> str | None:
-        """Append one event to the job's open stream in one command (a plain XADD), the
-        floor of a watched job's flush. NOMKSTREAM: it never creates a stream (so never one
-        without a TTL: the stream exists, with its TTL, from the submit's `queued` event and
-        every status refreshes it). A stream closed by EMIT refuses it (its last id is the
-        largest possible one), as does a stream that no longer exists.
-
-        Returns the entry id, or None when the stream is closed or gone (nothing written).
-        Publishes nothing: a reader that waits by subscription needs `emit(publish=True)`.
-        """
+        """One event by one plain XADD (a watched flush's floor). NOMKSTREAM never creates a
+        stream (so never one without a TTL); a stream closed by EMIT refuses it (its last id
+        is the maximum). Returns the entry id, or None when the stream is closed or gone.
+        Publishes nothing: a reader that waits by subscription needs `emit(publish=True)`."""
         payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
         try:
             entry = self.backend.command(
