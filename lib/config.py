@@ -96,7 +96,7 @@ class Settings(BaseModel):
     # URLs (empty: WORKER_URL alone). Each box announces its free capacity (WORKER_MAX_JOBS,
     # default WEB_CONCURRENCY x GUNICORN_THREADS, minus the jobs it runs) in Redis every
     # BOX_HEARTBEAT_SECONDS when several boxes are listed; an announcement lapses after 3 beats.
-    worker_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    worker_urls: list[str] = Field(default_factory=list)
     worker_max_jobs: int = Field(0, ge=0)  # 0: WEB_CONCURRENCY x GUNICORN_THREADS
     box_heartbeat_seconds: float = Field(5.0, gt=0, le=60)
     job_retries: int = Field(3, ge=0, le=100)

@@ -116,6 +116,7 @@ class JobEvents:
         self.delivery = delivery
         self.delivered = 0
         self.written: list[str] = []  # the delta text written: a cancelled job's partial
+        self._opened = False  # a status of this attempt was written: the stream has its TTL
 
     def _write(
         self,
@@ -130,16 +131,34 @@ class JobEvents:
         chars = sum(len(e[1]["text"]) for e in events if e[0] == EventType.DELTA)
         if chars and record and self.delivery is not None:
             self.delivery.before_write(self.delivered + chars)
+        publish = self._viewer() == "rest" or self.state.publish == "always"
+        plain = self._opened and not publish and terminal is None and not refresh_ttl
+        if plain and all(e[0] != EventType.STATUS for e in events):
+            # A watched job's flush (a delta, with the latest progress now and then): one plain
+            # XADD per event instead of the EMIT script's EVALSHA and EXISTS on top. This
+            # attempt's first status (EMIT) refreshed the stream's TTL; a closed stream refuses
+            # these writes just as EMIT would.
+            return self._append(events)
         entry = self.state.emit(
-            self.job_id,
-            events,
-            terminal=terminal,
-            refresh_ttl=refresh_ttl,
-            publish=self._viewer() == "rest",
+            self.job_id, events, terminal=terminal, refresh_ttl=refresh_ttl, publish=publish
         )
+        self._opened = self._opened or (entry is not None and refresh_ttl)
         if entry is not None:
             self.delivered += chars
             self.written += [e[1]["text"] for e in events if e[0] == EventType.DELTA]
+        return entry
+
+    def _append(self, events: list[tuple[str, dict[str, Any]]]) -> str | None:
+        """Plain XADDs in order, each delta counted as written once it is; None as soon as the
+        stream refuses one (it was closed: nothing after that is written)."""
+        entry = None
+        for event_type, fields in events:
+            entry = self.state.append(self.job_id, event_type, fields)
+            if entry is None:
+                return None
+            if event_type == EventType.DELTA:
+                self.delivered += len(fields["text"])
+                self.written.append(fields["text"])
         return entry
 
     def _emit(self, events: list[tuple[str, dict[str, Any]]]) -> str:

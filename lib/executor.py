@@ -282,7 +282,10 @@ class Executor:
             events.succeeded(payload)
         elif finished.job:
             close_stream(self.state, finished.job)
-        self.state.release(job.id, lease.tier, lease.user_id, lease.token)
+        # Its service time (from the lease, as the admission sets count it) feeds the 429s'
+        # next-slot estimate, in the release's own script.
+        served = (job.kind, time.monotonic() - lease.started) if finished.changed else None
+        self.state.release(job.id, lease.tier, lease.user_id, lease.token, served=served)
         return Done(job.id, status=JobStatus.SUCCEEDED, usage=ctx.usage)
 
     def _fenced(self, lease: Lease) -> None:

@@ -3,12 +3,14 @@ path (the producer on the stand-ins, the worker under the session pooler's cap).
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 
 import httpx
 import psycopg
 import pytest
+from helpers.net import wait_for
 from helpers.stack import User, events, follow
 
 from scripts.stack.cloud_profile import ROLE, SESSION_POOLER_CLIENTS
@@ -92,3 +94,40 @@ def test_the_cloud_worker_logs_in_as_a_role_capped_like_the_session_pooler(
             conn.close()
     again = user.submit("job_match").json()
     assert follow(e2e_stack.producer_url, again["events_url"])[-1].data["status"] == "succeeded"
+
+
+def _refusal(response: httpx.Response, code: str) -> dict[str, object]:
+    """A 429 whose Retry-After is its details' next_slot_s: a positive whole number."""
+    assert response.status_code == 429, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    details: dict[str, object] = error["details"]
+    assert response.headers["Retry-After"].isdigit()
+    assert int(response.headers["Retry-After"]) == details["next_slot_s"]
+    assert isinstance(details["next_slot_s"], int) and details["next_slot_s"] >= 1
+    assert isinstance(details["reason"], str) and details["reason"]
+    return details
+
+
+def test_a_refused_submit_says_why_and_when_the_next_slot_is_expected(e2e_stack: Stack) -> None:
+    base = e2e_stack.producer_url
+    warm = User(base)  # its job that succeeded is a service-time sample of the free tier
+    done = warm.submit("job_match", tier="free").json()["job"]["id"]
+    wait_for(lambda: warm.job(done)["status"] == "succeeded", 60, what="a free job to succeed")
+    slow = "Resume. [[llm:slow=100]]"
+    alice, bob, carol = User(base), User(base), User(base)
+    first = alice.submit("job_match", resume=slow, tier="free").json()["job"]["id"]
+    wait_for(lambda: alice.job(first)["status"] == "running", 30, what="alice's job to run")
+    again = _refusal(alice.submit("job_match", resume=slow, tier="free"), "user_concurrency")
+    assert (again["active"], again["limit"]) == (1, 1)
+    # The free tier's mean service time is measured: the next slot is expected within it.
+    service = again["service_s"]
+    assert isinstance(service, float) and service > 0
+    assert again["next_slot_s"] <= max(1, math.ceil(service + 0.05))  # type: ignore[operator]
+    other = bob.submit("job_match", resume=slow, tier="free")
+    assert other.status_code == 202, other.text
+    full = _refusal(carol.submit("job_match", resume=slow, tier="free"), "backpressure")
+    assert (full["active"], full["limit"]) == (2, 2)
+    assert carol.me()["free_jobs_left_today"] == 2  # refused: nothing charged
+    for user, job_id in ((alice, first), (bob, other.json()["job"]["id"])):
+        assert user.post(f"/api/jobs/{job_id}/cancel").status_code == 202

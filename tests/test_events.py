@@ -11,6 +11,7 @@ import json
 import time
 
 import pytest
+from helpers.backends import Counting
 from helpers.events import Clock, events_of, writer
 
 from lib.events import (
@@ -217,3 +218,19 @@ def test_retrying_writes_a_retryable_error_and_keeps_the_stream_open(
         "job_id": job_id,
         "ts": written[5][1]["ts"],
     }
+
+
+def test_a_watched_flush_after_the_running_status_is_plain_xadds_only(
+    state: State, job_id: str, clock: Clock
+) -> None:
+    counting = Counting(state.backend)
+    state.backend = counting  # type: ignore[assignment]
+    events = writer(state, job_id, clock)
+    events.running()  # the EMIT script: the stream exists, with its TTL
+    assert counting.calls == [("script", "emit")]
+    events.delta("Hi")
+    events.progress("generating", 35)  # written at once while watched, with the text before it
+    assert counting.calls[1:] == [("command", "XADD")] * 2
+    assert [t for t, _ in events_of(state, job_id)] == ["status", "delta", "progress"]
+    assert state.backend.command("TTL", state.keys.events(job_id)) > 0
+    assert events.written == ["Hi"] and events.delivered == 2

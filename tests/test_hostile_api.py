@@ -216,8 +216,12 @@ def test_a_user_cannot_hold_more_event_streams_than_the_limit_and_others_are_una
             assert open_stream(client, url, held).status_code == 200
         refused = client.get(url)
         error = assert_error(refused, 429, "stream_limit")
-        assert int(refused.headers["Retry-After"]) >= 1
+        assert int(refused.headers["Retry-After"]) == error["details"]["next_slot_s"] >= 1
         assert error["details"]["limit"] == MAX_STREAMS and error["details"]["open"] == MAX_STREAMS
+        assert (
+            error["details"]["reason"]
+            == f"{MAX_STREAMS} event streams are open, the limit is {MAX_STREAMS}"
+        )
         # The bearer header counts as the same user; another user streams as usual.
         with alice.client() as as_alice:
             bearer_url = f"/api/jobs/{running['job']['id']}/events"

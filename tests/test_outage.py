@@ -156,8 +156,9 @@ def test_an_upstash_fault_in_the_middle_of_an_attempt_answers_a_plain_503(
     runner = threading.Thread(target=lambda: answers.append(deliver(env, job, app=app)))
     runner.start()
     wait_for(lambda: any(e.type == "delta" for e in env.stream(job.job_id)), 10, what="a delta")
-    # The next write of the stream fails once; the attempt gives up and answers retryable.
-    upstash_standin.set_fault(upstash[0], Fault("limit", script=scripts.EMIT.sha, times=1))
+    # The next write of the stream (a watched flush: a plain XADD) fails once; the attempt
+    # gives up and answers retryable.
+    upstash_standin.set_fault(upstash[0], Fault("limit", command="XADD", times=1))
     runner.join(20)
 
     assert answers and not runner.is_alive()

@@ -12,6 +12,7 @@ import redis
 from helpers.backends import live_for_user, renew
 from helpers.net import wait_for
 
+import lib.state as lib_state
 from lib.errors import RateLimitError
 from lib.events import JobEvents, StreamClosed, emit_terminal
 from lib.state import Signal, State
@@ -312,3 +313,127 @@ def test_a_round_of_renewals_is_one_evalsha_each_even_after_the_scripts_were_flu
     finally:
         direct.close()
         state.close()
+
+
+# A watched job's flush in one command (State.append) -----------------------------------------
+
+
+def test_a_plain_append_writes_one_entry_into_an_open_stream_and_keeps_its_ttl(
+    state: State,
+) -> None:
+    job = new_id()
+    state.emit(job, [("status", {"status": "running", "attempt": 1})], refresh_ttl=True)
+    entry = state.append(job, "delta", {"text": "hi", "attempt": 1})
+    assert entry is not None
+    assert [e for e, _ in state.read(job)][-1] == entry
+    assert 0 < state.backend.command("TTL", state.keys.events(job)) <= state.events_ttl
+
+
+def test_a_plain_append_never_creates_a_stream(state: State) -> None:
+    job = new_id()
+    assert state.append(job, "delta", {"text": "hi"}) is None
+    assert state.backend.command("EXISTS", state.keys.events(job)) == 0
+
+
+def test_a_plain_append_after_the_terminal_status_writes_nothing(state: State) -> None:
+    job = new_id()
+    state.emit(job, [("status", {"status": "running", "attempt": 1})], refresh_ttl=True)
+    closing = emit_terminal(state, job, "cancelled", result=None, error=None, attempt=1)
+    assert state.append(job, "delta", {"text": "late", "attempt": 1}) is None
+    entries = state.read(job)
+    assert entries[-1][0] == closing
+    assert json.loads(entries[-1][1]["d"])["status"] == "cancelled"
+
+
+def test_a_watched_attempt_stops_at_its_next_flush_once_a_cancel_closed_its_stream(
+    state: State,
+) -> None:
+    job = new_id()
+    events = JobEvents(state, job, 1, flush_ms=0, viewer=lambda: "tcp")
+    events.running()
+    events.delta("first")
+    emit_terminal(state, job, "cancelled", result=None, error=None, attempt=1)
+    with pytest.raises(StreamClosed):
+        events.delta("second")
+    assert events.written == ["first"]
+    assert [json.loads(f["d"]).get("text") for _, f in state.read(job)].count("second") == 0
+
+
+# Refused admissions say when the next slot is expected ---------------------------------------
+
+
+def test_a_refusal_before_any_job_has_ended_expects_a_slot_after_retry_after_seconds(
+    state: State,
+) -> None:
+    state.backend.command("DEL", state.keys.service_samples("free"))
+    user = new_id()
+    state.admit(new_id(), "free", user)
+    with pytest.raises(RateLimitError) as caught:
+        state.admit(new_id(), "free", user)
+    details = caught.value.details
+    assert details["next_slot_s"] == caught.value.retry_after == state.retry_after
+    assert details["service_s"] is None
+    assert (details["active"], details["limit"]) == (1, 1)
+    assert details["reason"] == "1 of your free jobs are active, the limit is 1"
+
+
+def test_a_refusal_expects_the_oldest_live_job_to_end_after_the_mean_service_time(
+    state: State,
+) -> None:
+    state.backend.command("DEL", state.keys.service_samples("paid"))
+    for seconds in (20.0, 40.0):  # two jobs that succeeded: a mean service time of 30 s
+        job, owner = new_id(), new_id()
+        state.admit(job, "paid", owner)
+        state.release(job, "paid", owner, served=("job_match", seconds))
+    user = new_id()
+    state.admit(new_id(), "paid", user)
+    state.admit(new_id(), "paid", user)
+    with pytest.raises(RateLimitError) as caught:
+        state.admit(new_id(), "paid", user)
+    assert caught.value.code == "user_concurrency"
+    details = caught.value.details
+    assert details["service_s"] == 30.0
+    # The oldest of the user's jobs started just now: it has about 30 s left.
+    assert 28 <= details["next_slot_s"] <= 30
+    assert caught.value.retry_after == details["next_slot_s"]
+
+
+def test_a_full_tier_expects_its_first_started_job_to_end_first(state: State) -> None:
+    samples = state.keys.service_samples("free")
+    state.backend.command("DEL", samples)
+    state.release(new_id(), "free", new_id(), served=("interview_prep", 100.0))
+    # A member started 40 s ago (its score is its start plus the admission TTL), another now.
+    now_ms = int(time.time() * 1000)
+    state.backend.command(
+        "ZADD", state.keys.tier("free"), now_ms - 40_000 + state.admission_ttl_ms, new_id()
+    )
+    state.admit(new_id(), "free", new_id())
+    with pytest.raises(RateLimitError) as caught:
+        state.admit(new_id(), "free", new_id())
+    details = caught.value.details
+    assert caught.value.code == "backpressure"
+    assert (details["active"], details["limit"]) == (2, 2)
+    assert 59 <= details["next_slot_s"] <= 61
+    assert caught.value.retry_after == details["next_slot_s"]
+    assert "the free queue is full" in details["reason"]
+
+
+def test_an_overdue_job_makes_the_next_slot_expected_within_a_second(state: State) -> None:
+    state.backend.command("DEL", state.keys.service_samples("free"))
+    state.release(new_id(), "free", new_id(), served=("job_match", 5.0))
+    user = new_id()
+    now_ms = int(time.time() * 1000)
+    state.backend.command(  # a job of this user that has run for 50 s: overdue
+        "ZADD", state.keys.user(user, "free"), now_ms - 50_000 + state.admission_ttl_ms, new_id()
+    )
+    with pytest.raises(RateLimitError) as caught:
+        state.admit(new_id(), "free", user)
+    assert caught.value.details["next_slot_s"] == caught.value.retry_after == 1
+
+
+def test_release_keeps_only_the_latest_service_samples(state: State) -> None:
+    samples = state.keys.service_samples("paid")
+    state.backend.command("DEL", samples)
+    for n in range(lib_state.SERVICE_SAMPLES + 5):
+        state.release(new_id(), "paid", new_id(), served=("job_match", float(n)))
+    assert state.backend.command("XLEN", samples) == lib_state.SERVICE_SAMPLES

@@ -157,9 +157,20 @@ def test_the_switch_is_flipped_over_http_behind_the_token_and_refuses_malformed_
 
     set_ = httpx.put(control, json={"kind": "edge", "times": 1}, headers=AUTH)
 
-    assert set_.json()["fault"] == {"kind": "edge", "script": None, "times": 1}
+    assert set_.json()["fault"] == {"kind": "edge", "script": None, "times": 1, "command": None}
     assert httpx.post(standin.url, json=["PING"], headers=AUTH).status_code == 502
     assert httpx.post(standin.url, json=["PING"], headers=AUTH).json() == {"result": "PONG"}
     httpx.put(control, json={"kind": "limit"}, headers=AUTH)
     assert httpx.delete(control, headers=AUTH).json()["fault"] is None
     assert httpx.post(standin.url, json=["PING"], headers=AUTH).json() == {"result": "PONG"}
+
+
+def test_a_fault_limited_to_a_command_spares_the_other_commands() -> None:
+    from scripts.fakes.upstash_faults import Fault, FaultSwitch
+
+    switch = FaultSwitch()
+    switch.set(Fault("limit", command="XADD", times=1))
+    assert switch.take([["PING"]]) is None
+    assert switch.take([["EVALSHA", "0" * 40, "0"]]) is None
+    assert switch.take([["xadd", "k", "*", "f", "v"]]) is not None
+    assert switch.take([["XADD", "k", "*", "f", "v"]]) is None  # times=1: used up

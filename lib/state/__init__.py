@@ -13,12 +13,18 @@ import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from lib.errors import RateLimitError
-from lib.models import ErrorCode
 from lib.state import scripts
 from lib.state.backend import Entry, RedisBackend, pairs
 from lib.state.keys import Keys
-from lib.state.results import CLOSED_PREFIX, Acquire, Acquisition, Renewal, Signal
+from lib.state.results import (
+    CLOSED_PREFIX,
+    Acquire,
+    Acquisition,
+    Renewal,
+    Signal,
+    refusal,
+    stream_limit,
+)
 
 __all__ = [
     "State",
@@ -40,6 +46,10 @@ WATCH_REFRESH = 10.0
 # How long an open event stream's slot lasts after its last refresh (`hold_stream`); a stream
 # refreshes it at least every STREAM_SLOT_TTL / 3 plus one heartbeat.
 STREAM_SLOT_TTL = 45.0
+
+
+# How many recent service times per tier (`svc:<tier>`) the next-slot estimate averages.
+SERVICE_SAMPLES = 20
 
 
 def _now_ms() -> int:
@@ -104,7 +114,12 @@ class State:
         """
         tier_max, user_max = self.limits[tier]
         now = _now_ms()
-        keys = [self.keys.tier(tier), self.keys.user(user_id, tier), self.keys.admission_stats()]
+        keys = [
+            self.keys.tier(tier),
+            self.keys.user(user_id, tier),
+            self.keys.admission_stats(),
+            self.keys.service_samples(tier),
+        ]
         args: list[str | int] = [
             job_id,
             now,
@@ -113,6 +128,8 @@ class State:
             user_max,
             self.admission_ttl_ms * 2,
             tier,
+            self.retry_after * 1000,
+            SERVICE_SAMPLES,
         ]
         if first_event is not None:
             event_type, data = first_event
@@ -130,19 +147,8 @@ class State:
                     keys += [self.keys.boxes(), self.keys.box_reservations()]
                     args += [secrets.randbelow(2**31), self.box_ttl_ms, *boxes]
         result = self.backend.run(scripts.ADMIT, keys, args)
-        outcome = result[0]
-        if outcome == "backpressure":
-            raise RateLimitError(
-                f"the {tier} queue is full; try again shortly",
-                code=ErrorCode.BACKPRESSURE,
-                retry_after=self.retry_after,
-            )
-        if outcome == "user_concurrency":
-            raise RateLimitError(
-                f"you already have {user_max} active {tier} job(s); wait for one to finish",
-                code=ErrorCode.USER_CONCURRENCY,
-                retry_after=self.retry_after,
-            )
+        if result[0] != "ok":
+            raise refusal(result, tier, tier_max if result[0] == "backpressure" else user_max)
         return str(result[1]) if len(result) > 1 and result[1] else None
 
     def admission_rejections(self) -> dict[tuple[str, str], int]:
@@ -156,15 +162,25 @@ class State:
         return counts
 
     def release(
-        self, job_id: str, tier: str, user_id: str, token: str = "", *, slots: bool = True
+        self,
+        job_id: str,
+        tier: str,
+        user_id: str,
+        token: str = "",
+        *,
+        slots: bool = True,
+        served: tuple[str, float] | None = None,
     ) -> None:
         """Drop the lease when `token` holds it, and free the admission slots unless
-        `slots=False` (the job goes back to the broker for a retry). Idempotent."""
-        self.backend.run(
-            scripts.RELEASE,
-            [self.keys.lease(job_id), self.keys.tier(tier), self.keys.user(user_id, tier)],
-            [token, job_id, int(slots)],
-        )
+        `slots=False` (the job goes back to the broker for a retry). With `served` (kind,
+        seconds: a job that succeeded), also record its service time, which refused
+        admissions turn into `next_slot_s` (one more command). Idempotent but for that."""
+        keys = [self.keys.lease(job_id), self.keys.tier(tier), self.keys.user(user_id, tier)]
+        args: list[str | int] = [token, job_id, int(slots)]
+        if served is not None:
+            keys.append(self.keys.service_samples(tier))
+            args += [served[0], max(0, int(served[1] * 1000)), SERVICE_SAMPLES]
+        self.backend.run(scripts.RELEASE, keys, args)
 
     def live(self, tier: str) -> int:
         """The number of live (admitted, unexpired) jobs in a tier."""
@@ -201,18 +217,7 @@ class State:
             ],
         )
         if result[0] == "stream_limit":
-            lapse_s = max(1, -(-int(result[1]) // 1000))
-            raise RateLimitError(
-                f"you already have {limit} open event stream(s); close one first",
-                code=ErrorCode.STREAM_LIMIT,
-                retry_after=lapse_s,
-                details={
-                    "limit": limit,
-                    "open": int(result[2]),
-                    # When the oldest slot lapses if its stream has gone without closing.
-                    "next_slot_in_s": lapse_s,
-                },
-            )
+            raise stream_limit(limit, int(result[1]), int(result[2]))
 
     def drop_stream(self, user_id: str, stream_id: str) -> None:
         """Free an event stream's slot (it ended or its client went away). Idempotent."""
@@ -313,6 +318,22 @@ class State:
             args,
         )
         return str(result) if result else None
+
+    def append(self, job_id: str, event_type: str, data: dict[str, Any]) -> str | None:
+        """One event by one plain XADD (a watched flush's floor). NOMKSTREAM never creates a
+        stream (so never one without a TTL); a stream closed by EMIT refuses it (its last id
+        is the maximum). Returns the entry id, or None when the stream is closed or gone.
+        Publishes nothing: a reader that waits by subscription needs `emit(publish=True)`."""
+        payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        try:
+            entry = self.backend.command(
+                "XADD", self.keys.events(job_id), "NOMKSTREAM", "*", "t", event_type, "d", payload
+            )
+        except Exception as exc:  # the server's own refusal; a dead Redis is UnavailableError
+            if "exhausted the last possible ID" in str(exc):
+                return None
+            raise
+        return str(entry) if entry else None
 
     def watch(self, job_id: str, transport: str) -> bool:
         """Mark the job as watched by a live SSE reader for WATCH_TTL_MS. A new viewer (the key

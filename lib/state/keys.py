@@ -18,6 +18,8 @@ slot on clustered Redis. TTLs:
 | `adm:tier:<tier>`            | zset   | none (one per tier); members expire by score (deadline) |
 | `adm:user:<tier>:<user id>`  | zset   | 2 x ADMISSION_TTL_SECONDS, refreshed on each admission  |
 | `stats:admission`            | hash   | none (one, a field per tier and refusal reason)         |
+| `svc:<tier>`                 | stream | none (one per tier), capped at SERVICE_SAMPLES entries: |
+|                              |        | each succeeded job's kind (`k`) and service ms (`ms`)   |
 | `sse:user:<user id>`         | zset   | STREAM_SLOT_TTL (45 s), refreshed by each open stream    |
 | `sig:<jti>`                  | string | exp + QSTASH_CLOCK_TOLERANCE_SECONDS - now (<= 5.5 min) |
 |                              |        | a delivery signature already used (replay cache)        |
@@ -76,6 +78,10 @@ class Keys:
 
     def user(self, user_id: str, tier: str) -> str:
         return f"{self.prefix}adm:user:{tier}:{user_id}"
+
+    def service_samples(self, tier: str) -> str:
+        """The tier's recent service times (RELEASE writes, ADMIT's refusals read)."""
+        return f"{self.prefix}svc:{tier}"
 
     def admission_stats(self) -> str:
         return f"{self.prefix}stats:admission"

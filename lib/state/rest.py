@@ -42,7 +42,7 @@ _DOWN = (httpx.TransportError, _EdgeError)
 # before), a compile error says so, and the rest are Redis's fixed argument and type errors.
 _REDIS_VERDICT = re.compile(
     r"user_script|Error (running|compiling) script|^WRONGTYPE |^ERR (wrong number of arguments"
-    r"|unknown command|syntax error|value is not|Command is not available)"
+    r"|unknown command|syntax error|value is not|Command is not available|The stream has exhausted)"
 )
 
 

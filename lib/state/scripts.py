@@ -114,52 +114,77 @@ return live
 # Admit a job into its tier and its user's live sets. Members are job ids scored by a deadline
 # (ms); expired members are dropped first, so a crashed job frees its slot by itself. A refusal
 # counts itself in the stats hash (field "<tier>:<reason>"; the worker's /metrics reads it); an
-# admission writes nothing there, as Redis is billed per command. With KEYS[4] and KEYS[5], a new
-# admission also starts the job's event stream with its first event (the producer's `queued`
-# status, in the same round trip), as EMIT would: unless the stream is closed, XADD, then the
-# stream's TTL. No PUBLISH: no reader can wait on a job whose id nobody has been told yet.
-# With KEYS[6..8] it also indexes the job for its user's event stream (GET /api/events), as
+# admission writes nothing there, as Redis is billed per command. A refusal also says when the
+# next slot is expected, from the same round trip (the submit's 429 `details` and Retry-After):
+# the full set's member with the lowest score started first (a member's score is its admission
+# or start time plus the admission TTL, `ARGV[3] - ARGV[2]`), so it is expected to end first,
+# after the tier's mean service time (the last ARGV[9] samples of the tier's service stream,
+# written by RELEASE) less the time it has run; with no samples yet, ARGV[8] ms.
+# With KEYS[5] and KEYS[6], a new admission also starts the job's event stream with its first
+# event (the producer's `queued` status, in the same round trip), as EMIT would: unless the
+# stream is closed, XADD, then the stream's TTL. No PUBLISH: no reader can wait on a job whose
+# id nobody has been told yet.
+# With KEYS[7..9] it also indexes the job for its user's event stream (GET /api/events), as
 # USER_JOB does: the job's owner key, an entry in the user's job stream, a PUBLISH on the user's
 # channel (an open user stream is waiting there), so a submit stays three round trips.
-# With KEYS[9..10] it also picks the worker box to publish the job to, as PICK_BOX does (from
-# ARGV[12]), so scale-out costs the submit no round trip: {"ok", box url or false}.
-# KEYS: tier set, user set, stats hash[, stream, done[, owner, user jobs, user channel[,
-# boxes, box reservations]]].
-# ARGV: job id, now ms, deadline ms, tier max, user max, user ttl ms, tier[, events ttl s,
-# event type, event data[, user jobs max length[, PICK_BOX's ARGV from its 2nd]]].
-# Returns {"ok"[, box]} | {"backpressure"} | {"user_concurrency"}.
+# With KEYS[10..11] it also picks the worker box to publish the job to, as PICK_BOX does (from
+# ARGV[14]), so scale-out costs the submit no round trip: {"ok", box url or false}.
+# KEYS: tier set, user set, stats hash, tier service samples[, stream, done[, owner, user jobs,
+# user channel[, boxes, box reservations]]].
+# ARGV: job id, now ms, deadline ms, tier max, user max, user ttl ms, tier, default service ms,
+# samples[, events ttl s, event type, event data[, user jobs max length[, PICK_BOX's ARGV from
+# its 2nd]]].
+# Returns {"ok"[, box]} | {"backpressure" | "user_concurrency", live jobs in the full set, ms
+# until its first slot is expected to free, mean service ms or -1 without samples}.
 ADMIT = Script(
     "admit",
     _PICK_BOX_LUA
     + """
+local function refuse(reason, set)
+  redis.call('HINCRBY', KEYS[3], ARGV[7] .. ':' .. reason, 1)
+  local live = redis.call('ZCARD', set)
+  local samples = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', ARGV[9])
+  local service, total = -1, 0
+  for _, entry in ipairs(samples) do
+    total = total + tonumber(entry[2][4])
+  end
+  if #samples > 0 then
+    service = math.floor(total / #samples)
+  end
+  local next_ms = tonumber(ARGV[8])
+  local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
+  if service >= 0 and first[2] then
+    local ran = tonumber(ARGV[2]) - (tonumber(first[2]) - (tonumber(ARGV[3]) - tonumber(ARGV[2])))
+    next_ms = math.max(0, service - ran)
+  end
+  return {reason, live, next_ms, service}
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   return {'ok'}
 end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
-  redis.call('HINCRBY', KEYS[3], ARGV[7] .. ':backpressure', 1)
-  return {'backpressure'}
+  return refuse('backpressure', KEYS[1])
 end
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
-  redis.call('HINCRBY', KEYS[3], ARGV[7] .. ':user_concurrency', 1)
-  return {'user_concurrency'}
+  return refuse('user_concurrency', KEYS[2])
 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
-if #KEYS >= 5 and redis.call('EXISTS', KEYS[5]) == 0 then
-  redis.call('XADD', KEYS[4], '*', 't', ARGV[9], 'd', ARGV[10])
-  redis.call('EXPIRE', KEYS[4], ARGV[8])
+if #KEYS >= 6 and redis.call('EXISTS', KEYS[6]) == 0 then
+  redis.call('XADD', KEYS[5], '*', 't', ARGV[11], 'd', ARGV[12])
+  redis.call('EXPIRE', KEYS[5], ARGV[10])
 end
-if #KEYS >= 8 then
-  redis.call('SET', KEYS[6], KEYS[8], 'EX', ARGV[8])
-  local id = redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[11], '*', 'j', ARGV[1])
-  redis.call('EXPIRE', KEYS[7], ARGV[8])
-  redis.call('PUBLISH', KEYS[8], id)
+if #KEYS >= 9 then
+  redis.call('SET', KEYS[7], KEYS[9], 'EX', ARGV[10])
+  local id = redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[13], '*', 'j', ARGV[1])
+  redis.call('EXPIRE', KEYS[8], ARGV[10])
+  redis.call('PUBLISH', KEYS[9], id)
 end
-if #KEYS >= 10 then
-  return {'ok', pick_box(KEYS[9], KEYS[10], tonumber(ARGV[2]), 12)}
+if #KEYS >= 11 then
+  return {'ok', pick_box(KEYS[10], KEYS[11], tonumber(ARGV[2]), 14)}
 end
 return {'ok'}
 """,
@@ -212,8 +237,11 @@ return {1, seen[1], seen[3]}
 )
 
 # Release the job's lease if `token` holds it (an empty token holds nothing), and its admission
-# slots unless the job goes back to the broker for a retry.
-# KEYS: lease, tier set, user set. ARGV: token, job id, free slots 0|1. Returns 1.
+# slots unless the job goes back to the broker for a retry. With KEYS[4], the job succeeded and
+# its service time is one more sample of its tier's service stream (capped at ARGV[6] entries):
+# one more command where a job ends, which ADMIT's refusals read (`next_slot_s`).
+# KEYS: lease, tier set, user set[, tier service samples]. ARGV: token, job id, free slots 0|1[,
+# kind, service ms, samples kept]. Returns 1.
 RELEASE = Script(
     "release",
     """
@@ -224,13 +252,21 @@ if ARGV[3] == '1' then
   redis.call('ZREM', KEYS[2], ARGV[2])
   redis.call('ZREM', KEYS[3], ARGV[2])
 end
+if #KEYS >= 4 then
+  redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[6], '*', 'k', ARGV[4], 'ms', ARGV[5])
+end
 return 1
 """,
 )
 
 # Append events to a job's stream unless it is closed. A terminal status closes it: the `done`
 # key records the status, and every later emit is refused, so the terminal event is always last
-# and is written once. KEYS: stream, done, notify channel, owner (the channel of the job's user
+# and is written once. Closing also sets the stream's last id to the largest possible one
+# (XSETID), after which a plain `XADD *` on it fails ("exhausted the last possible ID"): that is
+# what lets a watched job's delta go out as one plain XADD (`State.append`) without this
+# script's EXISTS check. pcall: a server without XSETID still closes the stream (the `done` key
+# and the readers, which stop at the terminal status, keep the guarantee there).
+# KEYS: stream, done, notify channel, owner (the channel of the job's user
 # stream, `add_user_job`: publishing wakes that stream too).
 # ARGV: ttl s, set ttl 0|1, publish 0|1, terminal status or '', then (type, data) pairs.
 # Returns the id of the last entry, or false when the stream was already closed.
@@ -246,6 +282,7 @@ for i = 5, #ARGV, 2 do
 end
 if ARGV[4] ~= '' then
   redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[1])
+  pcall(redis.call, 'XSETID', KEYS[1], '18446744073709551615-18446744073709551615')
 end
 if ARGV[2] == '1' or ARGV[4] ~= '' then
   redis.call('EXPIRE', KEYS[1], ARGV[1])

@@ -50,6 +50,10 @@ COMMON = {
     "JOB_RETRY_DELAY": "1000",
     "LOG_FORMAT": "text",
     "LOG_LEVEL": "WARNING",
+    # The stacks share one database: a reconciler would take the others' running jobs for dead
+    # (it sees no lease under its own REDIS_PREFIX). Its schedule's deliveries and its Redis
+    # commands are also a cost per minute of a deployment, not per job.
+    "RECONCILE_CRON": "",
 }
 OURS: dict[str, str] = {}  # the defaults
 BASELINE = {
@@ -67,6 +71,8 @@ TARGETS = {
     "jobs_per_second_instant_llm": 200,
     "api_cold_import_ms": 300,
     "commands_per_job_no_viewer": 45,
+    "commands_per_flush_one_viewer": 2,
+    "cancel_to_close_p99_ms": 1000,
     "usd_per_1000_jobs_no_viewer": 0.10,
     "qstash_messages_per_successful_job": 1,
 }
@@ -76,6 +82,7 @@ SECTIONS = {
     "cold_start_production",
     "llm_parse",
     "cost",
+    "cancel",
     "sweep",
     "latency",
     "submit",

@@ -61,9 +61,11 @@ def _one_costed_job(bench: Bench, viewer: bool, markers: str, timeout: float) ->
         job_id = answer.json()["job"]["id"]
         events_url = answer.json()["events_url"]
         status = "timeout"
+        flushes = 0  # the viewer's delta events: one per flush of the worker
         if viewer:
             with connect_sse(http, "GET", events_url, timeout=httpx.Timeout(timeout)) as src:
                 for sse in src.iter_sse():
+                    flushes += sse.event == "delta"
                     if sse.data and is_terminal(sse.event, json.loads(sse.data)):
                         status = json.loads(sse.data)["status"]
                         break
@@ -78,7 +80,29 @@ def _one_costed_job(bench: Bench, viewer: bool, markers: str, timeout: float) ->
         "status": status,
         "commands": sum(used.values()),
         "by_command": used,
+        "flushes": flushes,
         "qstash": {k: broker_after[k] - broker_before.get(k, 0) for k in broker_after},
+    }
+
+
+# Before one plain XADD per watched flush (docs/performance.md, the run of 2026-11-29): one
+# viewer of the same job cost 1,406 commands against 44 unwatched, about 3.5 per flush (the
+# EMIT script's EVALSHA, EXISTS and XADD, and the viewer's XREAD).
+BEFORE_PER_FLUSH = {"commands_one_viewer": 1406, "commands_no_viewer": 44, "per_flush": 3.5}
+
+
+def per_flush(unwatched: dict[str, Any], watched: dict[str, Any]) -> dict[str, Any]:
+    """What one viewer adds per flush: the watched job's commands less the unwatched one's,
+    over the watched job's flushes (its delta events), in all and by command."""
+    flushes = max(1, watched["flushes"])
+    added = {
+        name: round((count - unwatched["by_command"].get(name, 0)) / flushes, 3)
+        for name, count in watched["by_command"].items()
+    }
+    return {
+        "flushes": watched["flushes"],
+        "commands": round((watched["commands"] - unwatched["commands"]) / flushes, 2),
+        "by_command": {k: v for k, v in sorted(added.items(), key=lambda kv: -kv[1]) if v},
     }
 
 
@@ -114,6 +138,9 @@ def cost(benches: dict[str, Bench], quick: bool) -> dict[str, Any]:
         run["qstash_messages"] = run["qstash"].get("deliveries", 0)
         run["usd_per_1000_jobs"] = dollars_per_1000(run["commands"], run["qstash_messages"])
     out["failed_job_qstash_messages"] = failing["qstash"].get("deliveries", 0)
+    for name in ("ours", "baseline"):
+        out[f"{name}_per_flush"] = per_flush(out[f"{name}-0"], out[f"{name}-1"])
+    out["before_per_flush"] = BEFORE_PER_FLUSH
     out["ratio_no_viewer"] = ratio(out["baseline-0"]["commands"], out["ours-0"]["commands"])
     out["ratio_one_viewer"] = ratio(out["baseline-1"]["commands"], out["ours-1"]["commands"])
     return out

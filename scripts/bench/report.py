@@ -132,6 +132,15 @@ def _streaming_rows(results: dict[str, Any]) -> Rows:
                 b["usd_per_1000_jobs"],
                 "<= 0.10" if v == 0 else "",
             )
+        if "ours_per_flush" in c:
+            o, b, before = c["ours_per_flush"], c["baseline_per_flush"], c["before_per_flush"]
+            by = o["by_command"]
+            row(
+                "Redis commands per flush, 1 viewer (flushes; XADD + XREAD)",
+                f"{o['commands']} ({o['flushes']}; {by.get('xadd')} + {by.get('xread')})",
+                f"{b['commands']} ({b['flushes']}); before: {before['per_flush']}",
+                "<= 2",
+            )
         row("QStash messages per successful job", c["ours-0"]["qstash_messages"], "", "1")
         row("QStash messages per failed job (3 retries)", c["failed_job_qstash_messages"], "", "")
     for rate, runs in results.get("sweep", {}).items():
@@ -154,6 +163,14 @@ def _service_rows(results: dict[str, Any]) -> Rows:
     def row(figure: str, ours: Any, baseline: Any = "", target: Any = "") -> None:
         rows.append((figure, str(ours), str(baseline), str(target)))
 
+    k = results.get("cancel", {})
+    if k:
+        row(
+            "cancel to provider close p50 / p99 ms (jobs)",
+            f"{k['ms']['p50']} / {k['ms']['p99']} ({k['ms']['n']}/{k['jobs']})",
+            "",
+            "p99 <= 1000",
+        )
     s = results.get("submit", {})
     if s:
         row(

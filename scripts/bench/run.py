@@ -20,7 +20,8 @@ polls the event stream with XRANGE every 400 ms, backing off to 8 s while idle
    no-op route of the same server, and end-to-end throughput with an instant LLM;
 6. concurrency per worker container: jobs that stream for 60 s at 20 tokens/s, added in
    steps, until p99 added latency > 250 ms, a job fails, or RSS > 1 GiB; gthread and gevent;
-7. jobs per hour of 60 s jobs on one worker box and on two (scale-out), side by side.
+7. jobs per hour of 60 s jobs on one worker box and on two (scale-out), side by side;
+8. cancel to close: from a cancel's POST to the offline LLM seeing its client go away.
 
 Targets are printed next to the figures, never asserted. Raw figures go to bench/results.json,
 plots to bench/*.png; docs/performance.md explains them. The machine may be shared: ratios
@@ -45,6 +46,7 @@ from typing import Any
 from lib.store import migrate
 from scripts.bench import coldstart
 from scripts.bench.boxes import boxes
+from scripts.bench.cancel import cancel_to_close
 from scripts.bench.capacity import concurrency, submit_path
 from scripts.bench.common import (
     BASELINE,
@@ -64,22 +66,31 @@ from scripts.bench.report import markdown, plots, table
 from scripts.stack import embedded
 
 
+def _cost_sections(
+    results: dict[str, Any], sections: set[str], quick: bool, benches: dict[str, Bench]
+) -> None:
+    """Commands per job and per flush, the flush sweep, and cancel to close."""
+    if "cost" in sections:
+        with ThreadPoolExecutor(1) as pool:
+            swept = pool.submit(sweep, quick)
+            results["cost"] = cost(benches, quick)
+            results["sweep"] = swept.result()
+    if "cancel" in sections:
+        results["cancel"] = cancel_to_close(benches["ours-1"], quick)
+
+
 def _stack_sections(
     results: dict[str, Any], sections: set[str], quick: bool, database_url: str
 ) -> None:
     benches: dict[str, Bench] = {}
     try:
-        if sections & {"cost", "latency", "submit"}:
+        if sections & {"cost", "cancel", "latency", "submit"}:
             for name, overrides in (("ours", OURS), ("baseline", BASELINE)):
                 for viewer in (0, 1):
                     benches[f"{name}-{viewer}"] = Bench(f"{name}-{viewer}", overrides, database_url)
             say("starting 4 stacks (ours and the baseline, for 0 and 1 viewer)")
             start_all(list(benches.values()))
-        if "cost" in sections:
-            with ThreadPoolExecutor(1) as pool:
-                swept = pool.submit(sweep, quick)
-                results["cost"] = cost(benches, quick)
-                results["sweep"] = swept.result()
+        _cost_sections(results, sections, quick, benches)
         for key in ("ours-0", "baseline-0"):
             if key in benches:
                 benches.pop(key).stop()
@@ -102,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller loads (a smoke run, ~4 min)")
     parser.add_argument(
         "--only",
-        default="cold,parse,cost,latency,submit,concurrency,boxes",
-        help="comma-separated sections (cold, parse, cost, latency, submit, concurrency, boxes)",
+        default="cold,parse,cost,cancel,latency,submit,concurrency,boxes",
+        help=(
+            "comma-separated sections "
+            "(cold, parse, cost, cancel, latency, submit, concurrency, boxes)"
+        ),
     )
     parser.add_argument(
         "--ours",

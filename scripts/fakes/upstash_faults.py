@@ -44,13 +44,15 @@ class Fault:
     """What the stand-in answers instead of serving a request, until the switch is cleared.
 
     `script` (a script's SHA-1) limits the fault to requests that run that script: an EVAL of
-    its source or an EVALSHA of its sha. `times` limits it to that many requests. Raises
-    ValueError for an unknown kind, a malformed sha or a count below 1.
+    its source or an EVALSHA of its sha; `command` (a command name, such as XADD) to requests
+    that send that command. `times` limits it to that many requests. Raises ValueError for an
+    unknown kind, a malformed sha or command name, or a count below 1.
     """
 
     kind: str
     script: str | None = None
     times: int | None = None
+    command: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -59,16 +61,21 @@ class Fault:
             raise ValueError("script must be a script's SHA-1 in lowercase hex")
         if self.times is not None and self.times < 1:
             raise ValueError("times must be at least 1")
+        if self.command is not None and not self.command.isalpha():
+            raise ValueError("command must be a command name")
 
     @classmethod
     def from_json(cls, body: Any) -> Fault:
         """A fault from its JSON form; raises ValueError when the body does not describe one."""
-        if not isinstance(body, dict) or set(body) - {"kind", "script", "times"}:
-            raise ValueError('a fault is {"kind", "script"?, "times"?}')
+        if not isinstance(body, dict) or set(body) - {"kind", "script", "times", "command"}:
+            raise ValueError('a fault is {"kind", "script"?, "times"?, "command"?}')
         times = body.get("times")
         if times is not None and (isinstance(times, bool) or not isinstance(times, int)):
             raise ValueError("times must be an integer")
-        return cls(str(body.get("kind")), body.get("script"), times)
+        command = body.get("command")
+        if command is not None and not isinstance(command, str):
+            raise ValueError("command must be a command name")
+        return cls(str(body.get("kind")), body.get("script"), times, command)
 
 
 Command = Sequence[str | bytes]
@@ -132,6 +139,9 @@ def _text(value: str | bytes) -> str:
 
 
 def _matches(fault: Fault, commands: list[Command]) -> bool:
+    if fault.command is not None:
+        wanted = fault.command.upper()
+        return any(command and _text(command[0]).upper() == wanted for command in commands)
     if fault.script is None:
         return True
     for command in commands:

@@ -34,3 +34,24 @@ def refund(store: Any, job_id: str) -> bool:
         "cs_refund", {"p_job_id": job_id, "p_max_pct": store.refund_max_delivered_pct}
     )
     return bool(r["refunded"])
+
+
+class Counting:
+    """A real backend that also lists what it was asked to run: ("script", name) for a Lua
+    script, ("command", NAME) for a plain command (a shared Redis's INFO commandstats would also
+    count other processes' commands)."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.calls: list[tuple[str, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    def run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        self.calls.append(("script", script.name))
+        return self.backend.run(script, keys, args)
+
+    def command(self, *args: Any) -> Any:
+        self.calls.append(("command", str(args[0]).upper()))
+        return self.backend.command(*args)
