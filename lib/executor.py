@@ -13,6 +13,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -48,8 +49,10 @@ class Executor:
         state: State,
         llm: LLM,
         metrics: Metrics | None = None,
+        read_image: Callable[[str], bytes] | None = None,
     ) -> None:
         self.settings = settings
+        self.read_image = read_image  # image input: lib.storage.Storage.download
         self.store = store
         self.state = state
         self.llm = llm
@@ -273,6 +276,7 @@ class Executor:
                 metrics=self.metrics,
                 started=lease.started,
                 repair=repair,
+                read_image=self.read_image,
             )
             result = handler.handle(ctx, job_input)
         payload = result.model_dump(mode="json")

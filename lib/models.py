@@ -22,6 +22,8 @@ MAX_MATCH_PROMPT_CHARS = 6_000
 # than every field at its limit, so long texts leave room for a shorter match only.
 MAX_PROMPT_CHARS = MAX_RESUME_CHARS + MAX_JOB_DESCRIPTION_CHARS + 500
 MAX_PROMPT_WITH_MATCH_CHARS = MAX_PROMPT_CHARS + MAX_MATCH_PROMPT_CHARS // 2
+# The kinds that read an image (lib/images.py): they run on the tier's vision model.
+VISION_KINDS = frozenset({"ocr_extract", "job_vision_summary"})
 
 
 class JobStatus(StrEnum):
@@ -87,6 +89,7 @@ class ErrorCode(StrEnum):
     RETRIES_EXHAUSTED = "retries_exhausted"
     WORKER_SHUTTING_DOWN = "worker_shutting_down"
     CANCELLED = "cancelled"
+    UNREADABLE_IMAGE = "unreadable_image"
 
 
 class JobInput(BaseModel):

@@ -25,6 +25,8 @@ KINDS = {
     "detailed_resume_summary",
     "job_summary",
     "pre_match_audit",
+    "ocr_extract",
+    "job_vision_summary",
 }
 # The fields each kind's user prompt template is documented to take.
 FIELDS = {
@@ -35,6 +37,8 @@ FIELDS = {
     "detailed_resume_summary": {"resume_text"},
     "job_summary": {"job_description"},
     "pre_match_audit": {"resume_text", "job_description", "job_summary"},
+    "ocr_extract": {"document"},
+    "job_vision_summary": {"document"},
 }
 MATCH = {
     "score": 72,
@@ -45,7 +49,7 @@ MATCH = {
 }
 
 
-def test_the_registry_holds_exactly_the_seven_kinds() -> None:
+def test_the_registry_holds_exactly_the_nine_kinds() -> None:
     assert set(handlers.registry()) == KINDS
 
 

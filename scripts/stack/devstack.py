@@ -77,6 +77,7 @@ class Ports:
     llm: int = 8400
     upstash: int = 8079
     postgrest: int = 8078
+    storage: int = 8077
 
     @classmethod
     def free(cls) -> Ports:
@@ -134,6 +135,10 @@ class Stack:
         return f"http://127.0.0.1:{self.ports.postgrest}"
 
     @property
+    def storage_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.storage}/storage/v1"
+
+    @property
     def cloud(self) -> bool:
         return self.profile == "cloud"
 
@@ -185,6 +190,11 @@ class Stack:
         )
         if self.use_broker:
             env["QSTASH_URL"] = self.broker_url
+        # Image uploads: the Storage stand-in, unless a real Storage is configured.
+        self.use_storage = not (base.get("STORAGE_URL") or base.get("SUPABASE_URL"))
+        if self.use_storage:
+            env["STORAGE_URL"] = self.storage_url
+            env.setdefault("SUPABASE_SERVICE_ROLE_KEY", cloud_profile.SERVICE_ROLE_KEY)
         self.use_offline_llm = not base.get("OPENAI_API_KEY")
         if self.use_offline_llm:
             env.update(
@@ -193,8 +203,9 @@ class Stack:
                     "OPENAI_API_KEY": "offline",
                 }
             )
-            env.setdefault("LLM_MODEL_FREE", "openai:offline")
-            env.setdefault("LLM_MODEL_PAID", "openai:offline")
+            for name in ("LLM_MODEL", "LLM_VISION_MODEL"):
+                env.setdefault(f"{name}_FREE", "openai:offline")
+                env.setdefault(f"{name}_PAID", "openai:offline")
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         return env
 
@@ -218,6 +229,8 @@ class Stack:
                     f"{self.broker_url}/healthz",
                 )
             )
+        if self.use_storage:
+            plan.append(self._storage())
         if self.cloud:
             plan += self._standins()
         plan.append(
@@ -257,6 +270,26 @@ class Stack:
             )
         )
         return plan
+
+    def _storage(self) -> Component:
+        """The Storage stand-in (scripts/fakes/storage_standin.py), objects under .devstack/,
+        its bucket limited as docs/deploy.md sets the real one up."""
+        root = Path(self.env.get("STORAGE_STANDIN_ROOT") or STATE_DIR / "storage")
+        return Component(
+            "storage",
+            [
+                sys.executable,
+                "-m",
+                "scripts.fakes.storage_standin",
+                "--port",
+                str(self.ports.storage),
+                "--root",
+                str(root),
+                "--jwt-secret",
+                DEV_JWT_SECRET,
+            ],
+            f"{self.storage_url}/status",
+        )
 
     def _standins(self) -> list[Component]:
         """The Upstash REST and PostgREST stand-ins, in front of the stack's real servers."""
@@ -472,7 +505,10 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(
         ports=Ports.free() if args.free_ports else Ports(),
         profile=args.profile,
-        overrides={"WORKER_DRAIN_SECONDS": "3"} if args.command == "demo" else {},
+        # The demo's new user gets coins for one job of every kind.
+        overrides={"WORKER_DRAIN_SECONDS": "3", "INITIAL_COINS": "20"}
+        if args.command == "demo"
+        else {},
         log_dir=STATE_DIR / "logs" if args.command == "demo" else None,
     )
     signal.signal(signal.SIGINT, on_signal)
