@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from lib import handlers, logs, tracing
+from lib import handlers, logs, pipelines, tracing
 from lib.config import Settings
 from lib.errors import AppError, PermanentError, RetryableError
 from lib.events import Delivery, JobEvents, StreamClosed, close_stream
@@ -134,6 +134,7 @@ class Executor:
             return Done(job_id, note="unknown job")
         job = started.job
         assert job is not None
+        lease.step, lease.steps = started.step, started.steps  # a pipeline's (lib/pipelines.py)
         # The last attempt is decided by the job's own attempt count (this one included) against
         # the signed `retries`, never by the unsigned Upstash-Retried header.
         last = job.attempts > max_retries
@@ -240,7 +241,7 @@ class Executor:
         lease: Lease,
         repair: str | None = None,
     ) -> Verdict:
-        model = self.settings.model_for(job.tier, job.kind)
+        model = self.settings.model_for(job.tier, handler.step_kind(lease.step))
         typical = handler.expected_chars
         events = JobEvents(
             self.state,
@@ -277,10 +278,14 @@ class Executor:
                 started=lease.started,
                 repair=repair,
                 read_image=self.read_image,
+                step=lease.step,
+                steps=lease.steps,
             )
             result = handler.handle(ctx, job_input)
-        payload = result.model_dump(mode="json")
         self._fenced(lease)
+        payload = pipelines.on_success(self, job, lease, result.model_dump(mode="json"))
+        if payload is None:  # a pipeline's step: the job is queued for its next step
+            return Done(job.id, status=JobStatus.RUNNING, usage=ctx.usage)
         finished = self.store.finish(job.id, JobStatus.SUCCEEDED, result=payload)
         if finished.changed:
             events.succeeded(payload)

@@ -52,6 +52,7 @@ class EventType(StrEnum):
     DELTA = "delta"
     RESULT = "result"
     ERROR = "error"
+    STEP = "step"
 
 
 class StreamStatus(StrEnum):
@@ -120,9 +121,14 @@ class Job(BaseModel):
     finished_at: datetime | None = None
     result: dict[str, Any] | None = None
     error: JobError | None = None
+    # A pipeline's next step and its finished steps' results (lib/pipelines.py); else absent.
+    step: int | None = None
+    steps: dict[str, Any] | None = None
 
     def public(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return self.model_dump(
+            mode="json", exclude={"step", "steps"} if self.steps is None else None
+        )
 
 
 class SubmitRequest(BaseModel):

@@ -27,6 +27,7 @@ KINDS = {
     "pre_match_audit",
     "ocr_extract",
     "job_vision_summary",
+    "match_from_image",
 }
 # The fields each kind's user prompt template is documented to take.
 FIELDS = {
@@ -40,6 +41,8 @@ FIELDS = {
     "ocr_extract": {"document"},
     "job_vision_summary": {"document"},
 }
+# Pipelines (lib/pipelines.py) run other kinds' prompts: they have none of their own.
+PIPELINES = {"match_from_image"}
 MATCH = {
     "score": 72,
     "strengths": ["Python"],
@@ -49,7 +52,7 @@ MATCH = {
 }
 
 
-def test_the_registry_holds_exactly_the_nine_kinds() -> None:
+def test_the_registry_holds_exactly_the_nine_kinds_and_one_pipeline() -> None:
     assert set(handlers.registry()) == KINDS
 
 
@@ -135,7 +138,7 @@ def prompts_of(kind: str) -> dict[str, tuple[str, str]]:
     return module.PROMPTS
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("kind", sorted(KINDS - PIPELINES))
 def test_each_kind_has_english_and_chinese_prompts(kind: str) -> None:
     prompts = prompts_of(kind)
     assert set(prompts) == {"en", "zh"}
@@ -146,7 +149,7 @@ def test_each_kind_has_english_and_chinese_prompts(kind: str) -> None:
     assert detect_language(prompts["en"][0]) == "en"
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("kind", sorted(KINDS - PIPELINES))
 def test_each_user_template_takes_exactly_the_documented_fields(kind: str) -> None:
     for lang, (_, user) in prompts_of(kind).items():
         names = {name for _, name, _, _ in string.Formatter().parse(user) if name is not None}
@@ -185,3 +188,12 @@ def test_parse_json_refuses_a_truncated_object() -> None:
     with pytest.raises(PermanentError) as caught:
         parse_json('```json\n{"score": 90, "gaps": [\n```')
     assert caught.value.code == "invalid_model_output"
+
+
+def test_each_pipeline_step_is_a_registered_kind_and_its_result_holds_each_steps_result() -> None:
+    for name in PIPELINES:
+        handler = handlers.registry()[name]
+        steps = [step.kind for step in handler.pipeline.steps]
+        assert all(kind in KINDS - PIPELINES for kind in steps)
+        assert list(handler.result_model.model_fields) == steps
+        assert handler.step_kind(0) == steps[0] and handler.step_kind(len(steps) - 1) == steps[-1]

@@ -74,6 +74,12 @@ class Handler:
     # The uploaded images a validated input names, by field ("input.image.path": path): the
     # producer checks each one at submit (lib/images.py), the handler sends them to the model.
     images: Callable[[Any], dict[str, str]] = no_images
+    # Set for a pipeline (lib/pipelines.py): its steps, each a kind run as its own message.
+    pipeline: Any = None
+
+    def step_kind(self, step: int) -> str:
+        """The kind that runs at `step`: a pipeline's step, else the kind itself."""
+        return str(self.pipeline.steps[step].kind) if self.pipeline is not None else self.kind
 
     def prompt_chars(self, job_input: BaseModel) -> dict[str, int]:
         """The size in characters of the rendered user prompt ("total", the longest over the
@@ -109,6 +115,9 @@ class Context:
     repair: str | None = None
     # Reads an uploaded image with the service key (lib.storage.Storage.download).
     read_image: Callable[[str], bytes] | None = None
+    # A pipeline's step to run, and the results of its finished steps by kind.
+    step: int = 0
+    steps: dict[str, Any] = field(default_factory=dict)
 
     def image_url(self, path: str) -> str:
         """The uploaded image at `path` as a `data:` URL for the model.

@@ -35,7 +35,9 @@ class View:
     result: dict[str, Any] = field(default_factory=dict)
 
     def apply(self, event: str, data: dict[str, Any]) -> None:
-        if event == "delta":
+        if event == "step":  # a pipeline's next step: its own text and progress
+            self.chars, self.pct, self.stage = 0, 0, f"{data['step'] + 1}/{data['steps']}"
+        elif event == "delta":
             self.chars += len(data["text"])
         elif event == "progress":
             self.pct, self.stage = data["pct"], data["stage"]
@@ -102,6 +104,8 @@ def job_input(
         return {"image": {"path": image}, "document": "job_description"}
     if kind == "job_vision_summary":
         return {"image": {"path": image}}
+    if kind == "match_from_image":  # the pipeline: OCR, summary, audit, match, one job
+        return {"image": {"path": image}, "resume_text": resume}
     if kind in ("resume_summary", "detailed_resume_summary"):
         return {"resume_text": resume}
     if kind == "job_summary":
@@ -125,6 +129,7 @@ KINDS = (
     "interview_prep",
     "ocr_extract",
     "job_vision_summary",
+    "match_from_image",
 )
 
 

@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         ports=Ports.free() if args.free_ports else Ports(),
         profile=args.profile,
         # The demo's new user gets coins for one job of every kind.
-        overrides={"WORKER_DRAIN_SECONDS": "3", "INITIAL_COINS": "20"}
+        overrides={"WORKER_DRAIN_SECONDS": "3", "INITIAL_COINS": "25"}
         if args.command == "demo"
         else {},
         log_dir=STATE_DIR / "logs" if args.command == "demo" else None,
