@@ -89,6 +89,8 @@ def on_success(executor: Executor, job: Job, lease: Lease, payload: dict[str, An
     name = pipeline.steps[lease.step].kind
     if lease.step + 1 >= len(pipeline.steps):
         return {**lease.steps, name: payload}
+    if lease.events is not None:  # the step's held text, before its result is kept
+        lease.events.settle()
     outcome = executor.store.advance_step(
         job.id,
         job.attempts,

@@ -7,6 +7,7 @@ next one to the dev broker, whose deliveries go nowhere: the test delivers each 
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,18 @@ def step_events(env: WorkerEnv, job_id: str) -> list[tuple[int, str]]:
     return [(e.data["step"], e.data["name"]) for e in env.stream(job_id) if e.type == "step"]
 
 
+def texts_by_step(env: WorkerEnv, job_id: str) -> dict[str, Any]:
+    """Each step's streamed text (the deltas after its `step` event), parsed."""
+    texts: dict[str, str] = {}
+    name = ""
+    for event in env.stream(job_id):
+        if event.type == "step":
+            name, texts[event.data["name"]] = event.data["name"], ""
+        elif event.type == "delta":
+            texts[name] += event.data["text"]
+    return {kind: json.loads(text) for kind, text in texts.items()}
+
+
 def test_a_pipeline_runs_each_step_as_its_own_delivery_and_is_charged_once(
     producer: Producer, make_worker: Callable[..., WorkerEnv], storage_url: str, db: Db
 ) -> None:
@@ -84,6 +97,8 @@ def test_a_pipeline_runs_each_step_as_its_own_delivery_and_is_charged_once(
         "succeeded"
     )
     assert db.ledger(submitted.job.id) == [("debit", -4)]
+    # Nobody watched, yet each step's text was written before the next step began.
+    assert texts_by_step(env, submitted.job.id) == row["result"]
     assert deliver(env, submitted, user).status_code == 200  # a late duplicate changes nothing
     assert db.job(submitted.job.id)["result"] == row["result"]
 
