@@ -76,7 +76,13 @@ def stack(
     database_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
+    ports = Ports(
+        producer=free_port(),
+        worker=free_port(),
+        broker=free_port(),
+        llm=free_port(),
+        storage=free_port(),
+    )
     overrides = {
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,

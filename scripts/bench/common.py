@@ -151,7 +151,13 @@ class Bench:
 
     def start(self) -> Bench:
         self.redis_server = start_redis()
-        ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
+        ports = Ports(
+            producer=free_port(),
+            worker=free_port(),
+            broker=free_port(),
+            llm=free_port(),
+            storage=free_port(),
+        )
         env = {
             **COMMON,
             **self.overrides,

@@ -251,7 +251,13 @@ def run_scenario(sc: Scenario, infra: Infra, args: argparse.Namespace, seed: int
         proxy = Proxy(target.hostname or "127.0.0.1", target.port or 6379).start()
         redis_url = proxy.url
     prefix = f"chaos-{sc.name}-{uuid.uuid4().hex[:6]}:"
-    ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
+    ports = Ports(
+        producer=free_port(),
+        worker=free_port(),
+        broker=free_port(),
+        llm=free_port(),
+        storage=free_port(),
+    )
     overrides = {
         **BASE_ENV,
         "REDIS_URL": redis_url,
