@@ -137,7 +137,7 @@ class Executor:
         lease.step, lease.steps = started.step, started.steps  # a pipeline's (lib/pipelines.py)
         # The last attempt is decided by the job's own attempt count (this one included) against
         # the signed `retries`, never by the unsigned Upstash-Retried header.
-        last = job.attempts > max_retries
+        last = job.attempts - started.attempts_base > max_retries  # a pipeline's: per step
         if started.outcome == Attempt.TERMINAL:
             close_stream(self.state, job)
             self.state.release(job_id, lease.tier, lease.user_id, lease.token)

@@ -6,7 +6,7 @@ job's `step` (in the database) says which step a delivery runs; each step's resu
 the job's `steps` when it succeeds, so a retry of step 3 never runs steps 1 and 2 again.
 
 `on_success` is the executor's one call into this module: after a step's result validated, it
-keeps it (`cs_advance_step`: the next step, attempts back to 0, the job queued) and publishes
+keeps it (`cs_advance_step`: the next step, its own retry budget, the job queued) and publishes
 the next step's message, deduplicated by job and step. The last step's success finishes the job
 with every step's result. A failure or cancel follows the refund rule for the whole job: the
 finished steps' results are readable in the job, so they count as delivered output.

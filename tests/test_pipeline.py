@@ -84,7 +84,7 @@ def test_a_pipeline_runs_each_step_as_its_own_delivery_and_is_charged_once(
     for index, kind in enumerate(STEPS[:-1]):
         assert deliver(env, submitted, user).status_code == 200
         job = producer.get(submitted.job.id, user)
-        assert (job.status, job.step, job.attempts) == ("queued", index + 1, 0)
+        assert (job.status, job.step, job.attempts) == ("queued", index + 1, index + 1)
         assert job.steps is not None and set(job.steps) == set(STEPS[: index + 1])
         registry()[kind].result_model.model_validate(job.steps[kind])
     assert deliver(env, submitted, user).status_code == 200

@@ -63,6 +63,8 @@ class Started:
     # A pipeline's step to run and its finished steps' results (0 and {} for a kind).
     step: int = 0
     steps: dict[str, Any] = field(default_factory=dict)
+    # The job's attempts before this step began: the step's own count is attempts - this.
+    attempts_base: int = 0
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,7 @@ class Store:
             r.get("input"),
             int(r.get("step") or 0),
             r.get("steps") or {},
+            int(r.get("attempts_base") or 0),
         )
 
     def advance_step(
@@ -206,9 +209,9 @@ class Store:
         chars: int,
         typical_chars: int,
     ) -> str:
-        """Keep a pipeline step's result and queue the job for its next step (attempts back to
-        0). Returns advanced, terminal (cancelled meanwhile), stale (another attempt or step
-        holds the job) or not_found."""
+        """Keep a pipeline step's result and queue the job for its next step (whose attempts
+        count from the job's current attempts). Returns advanced, terminal (cancelled
+        meanwhile), stale (another attempt or step holds the job) or not_found."""
         r = self.backend.call(
             "cs_advance_step",
             {

@@ -4,11 +4,15 @@
 -- `step` is the step to run next (0-based); `steps` holds each finished step's result by name,
 -- kept when a later step is retried or fails. `steps_chars` is the size of those results: they
 -- are readable in the job (GET /api/jobs/<id> shows them as they finish), so they count as
--- delivered output for the refund rule of the whole job.
+-- delivered output for the refund rule of the whole job. `attempts` keeps counting across
+-- steps (a client drops the text of a lower attempt, as for any retry); `step_attempts_base` is
+-- its value when the current step began, so each step has its own retry budget: the worker's
+-- last attempt and the reconciler's rules count `attempts - step_attempts_base`.
 alter table public.cs_jobs
   add column step integer not null default 0 check (step >= 0),
   add column steps jsonb not null default '{}'::jsonb,
-  add column steps_chars integer not null default 0 check (steps_chars >= 0);
+  add column steps_chars integer not null default 0 check (steps_chars >= 0),
+  add column step_attempts_base integer not null default 0 check (step_attempts_base >= 0);
 
 -- A delivery begins an attempt of the job's current step: as before, plus `step` and `steps`.
 create or replace function public.cs_start_attempt(p_job_id uuid) returns jsonb
@@ -30,12 +34,13 @@ begin
   where id = p_job_id returning * into j;
   return jsonb_build_object('outcome', 'started', 'job', public.cs__job_json(j),
                             'user_id', j.user_id, 'input', j.input,
-                            'step', j.step, 'steps', j.steps);
+                            'step', j.step, 'steps', j.steps,
+                            'attempts_base', j.step_attempts_base);
 end
 $$;
 
--- A step succeeded: keep its result, move to the next step with attempts back to 0 and the job
--- queued again (its next message is published after this commits). Only the attempt that runs
+-- A step succeeded: keep its result, move to the next step (its attempts counted from here) with
+-- the job queued again (its next message is published after this commits). Only the attempt that runs
 -- the step may do it (stale: another attempt, or another step, holds the job), never on a
 -- terminal job (a cancel meanwhile). Returns {outcome: advanced | terminal | stale | not_found}.
 create function public.cs_advance_step(
@@ -59,7 +64,8 @@ begin
   update public.cs_jobs set step = step + 1, steps = steps || jsonb_build_object(p_name, p_result),
     steps_chars = steps_chars + greatest(p_chars, 0),
     delivered_chars = greatest(delivered_chars, steps_chars + greatest(p_chars, 0)),
-    typical_chars = p_typical_chars, attempts = 0, status = 'queued', updated_at = now()
+    typical_chars = p_typical_chars, step_attempts_base = attempts, status = 'queued',
+    updated_at = now()
   where id = p_job_id returning * into j;
   return jsonb_build_object('outcome', 'advanced', 'job', public.cs__job_json(j),
                             'step', j.step);
@@ -75,4 +81,70 @@ language sql immutable as $$
     'finished_at', j.finished_at, 'result', j.result, 'error', j.error)
     || case when j.steps = '{}'::jsonb then '{}'::jsonb
        else jsonb_build_object('step', j.step, 'steps', j.steps) end
+$$;
+
+-- The reconciler's rules, per step: a job queued for a step none of whose attempts started yet
+-- (a lost message), and the retry budget of the running step (`attempts` below is the step's
+-- own count). As 20261204001200_reconcile.sql otherwise; for a kind, step_attempts_base is 0.
+create or replace function public.cs_reconcile_candidates(
+  p_running_seconds integer, p_queued_seconds integer, p_limit integer,
+  p_after_at timestamptz, p_after_id uuid
+) returns jsonb
+language sql stable as $$
+  select coalesce(jsonb_agg(jsonb_build_object(
+      'id', j.id, 'user_id', j.user_id, 'tier', j.tier, 'kind', j.kind, 'status', j.status,
+      'attempts', j.attempts - j.step_attempts_base, 'heals', j.heals,
+      'updated_at', j.updated_at)
+    order by j.updated_at, j.id), '[]'::jsonb)
+  from (
+    select * from public.cs_jobs
+    where ((status = 'running'
+            and updated_at < now() - make_interval(secs => p_running_seconds))
+        or (status = 'queued' and enqueued_at is not null and attempts = step_attempts_base
+            and updated_at < now() - make_interval(secs => p_queued_seconds)))
+      and (p_after_at is null or (updated_at, id) > (p_after_at, p_after_id))
+    order by updated_at, id
+    limit greatest(p_limit, 0)
+  ) j
+$$;
+
+create or replace function public.cs_reconcile_claim(
+  p_job_id uuid, p_status text, p_attempts integer, p_older_than_seconds integer
+) returns jsonb
+language plpgsql as $$
+declare
+  j public.cs_jobs;
+begin
+  select * into j from public.cs_jobs where id = p_job_id for update skip locked;
+  if not found or j.status <> p_status or j.attempts - j.step_attempts_base <> p_attempts
+     or j.updated_at >= now() - make_interval(secs => p_older_than_seconds) then
+    return jsonb_build_object('claimed', false);
+  end if;
+  update public.cs_jobs set heals = heals + 1, updated_at = now()
+  where id = p_job_id returning * into j;
+  return jsonb_build_object('claimed', true, 'heals', j.heals);
+end
+$$;
+
+create or replace function public.cs_reconcile_fail(
+  p_job_id uuid, p_status text, p_attempts integer, p_older_than_seconds integer,
+  p_error jsonb, p_max_pct integer
+) returns jsonb
+language plpgsql as $$
+declare
+  j public.cs_jobs;
+  v_rule text;
+begin
+  select * into j from public.cs_jobs where id = p_job_id for update;
+  if not found or j.status <> p_status or j.attempts - j.step_attempts_base <> p_attempts
+     or j.updated_at >= now() - make_interval(secs => p_older_than_seconds) then
+    return jsonb_build_object('changed', false);
+  end if;
+  update public.cs_jobs set status = 'failed', error = p_error, finished_at = now(),
+    updated_at = now()
+  where id = p_job_id returning * into j;
+  v_rule := public.cs__refund(j, p_max_pct);
+  return jsonb_build_object('changed', true, 'job', public.cs__job_json(j),
+                            'user_id', j.user_id, 'refund', v_rule);
+end
 $$;
