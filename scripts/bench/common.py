@@ -80,6 +80,7 @@ SECTIONS = {
     "latency",
     "submit",
     "concurrency",
+    "image_submit",
 }
 API_FUNCTIONS = ["api.jobs", "api.events", "api.me", "api.health", "api.openapi"]
 

@@ -19,7 +19,9 @@ polls the event stream with XRANGE every 400 ms, backing off to 8 s while idle
 5. the submit path: server-side p50/p99 of `POST /api/jobs` (its `Server-Timing`) against a
    no-op route of the same server, and end-to-end throughput with an instant LLM;
 6. concurrency per worker container: jobs that stream for 60 s at 20 tokens/s, added in
-   steps, until p99 added latency > 250 ms, a job fails, or RSS > 1 GiB; gthread and gevent.
+   steps, until p99 added latency > 250 ms, a job fails, or RSS > 1 GiB; gthread and gevent;
+7. what an image costs at submit: text against image submits of one in-process producer on the
+   stand-ins at 20 ms a round trip (scripts/bench/images.py).
 
 Targets are printed next to the figures, never asserted. Raw figures go to bench/results.json,
 plots to bench/*.png; docs/performance.md explains them. The machine may be shared: ratios
@@ -56,6 +58,7 @@ from scripts.bench.common import (
     start_all,
 )
 from scripts.bench.cost import cost, sweep
+from scripts.bench.images import image_submit
 from scripts.bench.latency import latency
 from scripts.bench.micro import cold_start, llm_parse
 from scripts.bench.report import markdown, plots, table
@@ -100,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller loads (a smoke run, ~3 min)")
     parser.add_argument(
         "--only",
-        default="cold,parse,cost,latency,submit,concurrency",
-        help="comma-separated sections (cold, parse, cost, latency, submit, concurrency)",
+        default="cold,parse,cost,latency,submit,concurrency,images",
+        help="comma-separated sections (cold, parse, cost, latency, submit, concurrency, images)",
     )
     parser.add_argument(
         "--ours",
@@ -148,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         migrate.apply(pg.url)
         _stack_sections(results, sections, args.quick, pg.url)
+        if "images" in sections:
+            results["image_submit"] = image_submit(pg.url, args.quick)
     finally:
         pg.stop()
     results["seconds"] = round(time.monotonic() - began, 1)
