@@ -17,6 +17,7 @@
   `Accept-Ranges: bytes`; a `Range: bytes=a-b` gets 206 and `Content-Range`.
 - `GET /storage/v1/object/info[/authenticated]/<bucket>/<path>` (the key): InfoRenderer's JSON.
 - `GET /storage/v1/bucket/<id>` (the key), and `GET /storage/v1/status` for health checks.
+- CORS for any origin, as Storage allows browsers to upload to a signed URL from any page.
 
 The key is a JWT signed with the same secret whose `role` is `service_role` (row-level security
 is not modelled, so other roles are refused). Errors are Storage's: HTTP 400 with the real status
@@ -337,8 +338,22 @@ def create_app(
         status = 500 if exc.status == "500" else 400  # the object routes' legacy mapping
         return Response(json.dumps(body), status, mimetype="application/json")
 
+    @app.before_request
+    def preflight() -> Response | None:
+        if request.method == "OPTIONS":  # a browser's CORS preflight (the PUT of an upload)
+            return Response(status=204)
+        return None
+
     @app.after_request
     def log_line(response: Response) -> Response:
+        # Storage answers any origin (browsers upload to signed URLs from the app's pages).
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, POST, PUT, DELETE"
+            response.headers["Access-Control-Allow-Headers"] = (
+                "authorization, x-client-info, apikey, content-type, x-upsert, cache-control"
+            )
+            response.headers["Access-Control-Max-Age"] = "600"
         log.info("%s %s status=%d", request.method, request.path, response.status_code)
         return response
 
