@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from lib import config, handlers
 from lib.errors import InputError
-from lib.models import MAX_JOB_DESCRIPTION_CHARS, MAX_RESUME_CHARS, VISION_KINDS, SubmitRequest
+from lib.handlers.base import no_images
+from lib.models import MAX_JOB_DESCRIPTION_CHARS, MAX_RESUME_CHARS, SubmitRequest
 from lib.service import Producer
 
 KINDS = sorted(handlers.registry())
@@ -124,8 +125,8 @@ VALID_TEXT = st.text(min_size=1, max_size=200).filter(lambda t: t.strip() and "\
 
 @settings(max_examples=60, deadline=None, database=None)
 @given(
-    # The image kinds read an upload, not text (tests/test_images.py).
-    kind=st.sampled_from([kind for kind in KINDS if kind not in VISION_KINDS]),
+    # The kinds that read an upload, not text only (tests/test_images.py, test_pipeline.py).
+    kind=st.sampled_from([k for k in KINDS if handlers.registry()[k].images is no_images]),
     tier=st.sampled_from(["auto", "paid", "free", None]),
     resume=VALID_TEXT,
     description=VALID_TEXT,
