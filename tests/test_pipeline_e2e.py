@@ -1,6 +1,6 @@
 """End to end, pipelines: `match_from_image` through the stack started as `make dev` starts it,
 over HTTP only: a worker SIGKILLed in step 2 resumes at step 2, a cancel mid-step stops the
-pipeline, a bad image is refused at submit. The offline LLM runs slowly enough (40 tokens/s)
+pipeline, a bad image is refused at submit. The offline LLM runs slowly enough (100 tokens/s)
 that each step takes seconds."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ STEPS = ["ocr_extract", "job_summary", "pre_match_audit", "job_match"]
 def stack(local_stack: Callable[..., AbstractContextManager[Stack]]) -> Iterator[Stack]:
     with local_stack(
         "pipeline",
-        OFFLINE_LLM_TOKENS_PER_SECOND="40",
+        OFFLINE_LLM_TOKENS_PER_SECOND="100",
         LEASE_TTL_SECONDS="2",
         # As the e2e stack: the killed attempt's lease (2 s) outlives a few busy redeliveries.
         JOB_RETRIES="5",
