@@ -84,6 +84,14 @@ def _publisher(settings: Any) -> Any:
     return queue.from_settings(settings)
 
 
+def _storage(settings: Any) -> Any:
+    if not settings.storage_api_url:
+        return None
+    from lib import storage
+
+    return storage.from_settings(settings)
+
+
 def _verifier(settings: Any) -> Any:
     from lib import auth
 
@@ -102,6 +110,7 @@ def producer() -> Producer:
         state = _OnFirstUse(_state)
         publisher = _OnFirstUse(_publisher)
         verifier = _OnFirstUse(_verifier)
+        storage = _OnFirstUse(_storage)
 
         def __init__(self, settings: config.Settings) -> None:  # the services come lazily
             self.settings = settings

@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from api import dev, events, health, jobs, me, openapi, reconcile
+from api import dev, events, health, jobs, me, openapi, reconcile, uploads
 from api._common import http_error, secure
 from api._rewrites import Rewrite, load_rewrites
 
@@ -42,6 +42,7 @@ FUNCTIONS: dict[str, Wsgi] = {
     "/api/health": health.app,
     "/api/openapi": openapi.app,
     "/api/reconcile": reconcile.app,
+    "/api/uploads": uploads.app,
 }
 _DEV = re.compile(r"^/api/dev(/.*)?$")
 

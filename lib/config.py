@@ -21,7 +21,7 @@ from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lib.errors import ConfigError
-from lib.models import Tier
+from lib.models import VISION_KINDS, Tier
 from lib.queue import plans
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY
 
@@ -165,6 +165,18 @@ class Settings(BaseModel):
     llm_model_free: str = "openai:gpt-4o-mini"
     llm_model_paid: str = "openai:gpt-4o"
     llm_model_overrides: dict[str, str] = Field(default_factory=dict)
+    # The kinds that read an image (lib.models.VISION_KINDS) run on a vision-capable model.
+    llm_vision_model_free: str = "openai:gpt-4o-mini"
+    llm_vision_model_paid: str = "openai:gpt-4o"
+
+    # Image input (lib/images.py): uploaded straight to Supabase Storage through a signed
+    # upload URL (POST /api/uploads), never through a function body (Vercel caps it at 4.5 MB).
+    # STORAGE_URL is the Storage API's base, `$SUPABASE_URL/storage/v1` unless set; its calls
+    # carry SUPABASE_SERVICE_ROLE_KEY. The bucket's own file size limit and allowed MIME types
+    # should match IMAGE_MAX_BYTES and PNG/JPEG/WebP (docs/deploy.md).
+    storage_url: str = ""
+    storage_bucket: str = Field("job-images", pattern=r"^[a-z0-9][a-z0-9_.-]{1,62}$")
+    image_max_bytes: int = Field(5 * 1024 * 1024, ge=1024, le=50 * 1024 * 1024)
 
     # Worker process model (worker/gunicorn.conf.py). HOST empty binds loopback in development
     # and every interface otherwise (the Docker image).
@@ -305,6 +317,13 @@ class Settings(BaseModel):
         return ""
 
     @property
+    def storage_api_url(self) -> str:
+        """The Storage API's base URL: STORAGE_URL, else `$SUPABASE_URL/storage/v1`."""
+        if self.storage_url:
+            return self.storage_url.rstrip("/")
+        return self.supabase_url.rstrip("/") + "/storage/v1" if self.supabase_url else ""
+
+    @property
     def stream_secret(self) -> str:
         """STREAM_TOKEN_SECRET; in development only, SUPABASE_JWT_SECRET when it is unset."""
         if self.stream_token_secret or self.app_env != "development":
@@ -326,6 +345,8 @@ class Settings(BaseModel):
         override = self.llm_model_overrides.get(f"{tier}.{kind}")
         if override:
             return override
+        if kind in VISION_KINDS:
+            return self.llm_vision_model_paid if tier == Tier.PAID else self.llm_vision_model_free
         return self.llm_model_paid if tier == Tier.PAID else self.llm_model_free
 
     def provider(self, name: str) -> tuple[str, str]:

@@ -209,6 +209,21 @@ class JobEvents:
         if not self._holding():
             self._emit(self._pending())
 
+    def settle(self) -> None:
+        """Write what is held, whether or not anyone watches: a pipeline's step ended, and the
+        next step's attempt writes its own. Raises StreamClosed when the job was closed."""
+        pending = self._pending()
+        if pending:
+            self._emit(pending)
+
+    def step(self, index: int, name: str, total: int) -> None:
+        """A pipeline's step begins (its `delta`s and `progress` follow): with the text
+        before it, at once, whether or not anyone watches (clients reset their text on it)."""
+        self._emit(
+            self._pending()
+            + [(EventType.STEP, data(self.job_id, step=index, name=name, steps=total))]
+        )
+
     def progress(self, stage: str, pct: int) -> None:
         """Report a stage: at once while watched (with the text before it), else held."""
         self._progress = data(self.job_id, stage=stage, pct=max(0, min(100, pct)))

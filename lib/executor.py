@@ -13,11 +13,12 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from lib import handlers, logs, tracing
+from lib import handlers, logs, pipelines, tracing
 from lib.config import Settings
 from lib.errors import AppError, PermanentError, RetryableError
 from lib.events import Delivery, JobEvents, StreamClosed, close_stream
@@ -48,8 +49,10 @@ class Executor:
         state: State,
         llm: LLM,
         metrics: Metrics | None = None,
+        read_image: Callable[[str], bytes] | None = None,
     ) -> None:
         self.settings = settings
+        self.read_image = read_image  # image input: lib.storage.Storage.download
         self.store = store
         self.state = state
         self.llm = llm
@@ -131,9 +134,10 @@ class Executor:
             return Done(job_id, note="unknown job")
         job = started.job
         assert job is not None
+        lease.step, lease.steps = started.step, started.steps  # a pipeline's (lib/pipelines.py)
         # The last attempt is decided by the job's own attempt count (this one included) against
         # the signed `retries`, never by the unsigned Upstash-Retried header.
-        last = job.attempts > max_retries
+        last = job.attempts - started.attempts_base > max_retries  # a pipeline's: per step
         if started.outcome == Attempt.TERMINAL:
             close_stream(self.state, job)
             self.state.release(job_id, lease.tier, lease.user_id, lease.token)
@@ -237,7 +241,7 @@ class Executor:
         lease: Lease,
         repair: str | None = None,
     ) -> Verdict:
-        model = self.settings.model_for(job.tier, job.kind)
+        model = self.settings.model_for(job.tier, handler.step_kind(lease.step))
         typical = handler.expected_chars
         events = JobEvents(
             self.state,
@@ -273,10 +277,15 @@ class Executor:
                 metrics=self.metrics,
                 started=lease.started,
                 repair=repair,
+                read_image=self.read_image,
+                step=lease.step,
+                steps=lease.steps,
             )
             result = handler.handle(ctx, job_input)
-        payload = result.model_dump(mode="json")
         self._fenced(lease)
+        payload = pipelines.on_success(self, job, lease, result.model_dump(mode="json"))
+        if payload is None:  # a pipeline's step: the job is queued for its next step
+            return Done(job.id, status=JobStatus.RUNNING, usage=ctx.usage)
         finished = self.store.finish(job.id, JobStatus.SUCCEEDED, result=payload)
         if finished.changed:
             events.succeeded(payload)

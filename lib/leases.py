@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from lib.events import JobEvents
 from lib.state import State
@@ -42,6 +43,9 @@ class Lease:
     # kind's typical output size: what the refund rule weighs when the job fails or is cancelled.
     delivered: int = 0
     typical: int | None = None
+    # A pipeline's step this delivery runs, and the results of the steps before it.
+    step: int = 0
+    steps: dict[str, Any] = field(default_factory=dict)
 
     def delivered_chars(self) -> int:
         """The most output any attempt of this delivery wrote to the job's stream."""

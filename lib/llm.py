@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -70,6 +70,7 @@ class LLM:
         schema: dict[str, Any],
         on_text: Callable[[str, float | None], None],
         on_usage: Callable[[Usage, float | None], None] | None = None,
+        images: Sequence[str] = (),
     ) -> Completion:
         """Stream a JSON answer, calling `on_text` with each piece of output and the time the
         provider stamped on it (`cs_emitted_at`, sent by the offline LLM only; else None).
@@ -79,8 +80,10 @@ class LLM:
         of a stream asked for with `include_usage`), else 0 in and the number of streamed
         chunks out; and the `time.monotonic()` of the first output, or None.
 
+        `images` (`data:` URLs) go with the user message as OpenAI `image_url` parts.
+
         Raises RetryableError (llm_unavailable, llm_timeout) for transient provider failures
-        and PermanentError (model_refused, or a 4xx the provider will repeat).
+        and PermanentError (model_refused, unreadable_image, or a 4xx the provider will repeat).
         """
         provider, _, model = model_spec.partition(":")
         if provider in JSON_SCHEMA_PROVIDERS:
@@ -97,7 +100,10 @@ class LLM:
             # makes the request: auth, retries, timeouts and status errors are its own.
             with completions.with_streaming_response.create(  # type: ignore[call-overload]
                 model=model,
-                messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+                messages=[
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": _user_content(user, images)},
+                ],
                 stream=True,
                 stream_options={"include_usage": True},
                 response_format=response_format,
@@ -120,6 +126,18 @@ class LLM:
                 "the connection to the model broke", code=ErrorCode.LLM_UNAVAILABLE, retry_after=5
             ) from exc
         return completion
+
+
+def _user_content(user: str, images: Sequence[str]) -> str | list[dict[str, Any]]:
+    if not images:
+        return user
+    parts: list[dict[str, Any]] = [{"type": "text", "text": user}]
+    parts += [{"type": "image_url", "image_url": {"url": url}} for url in images]
+    return parts
+
+
+# What OpenAI-compatible APIs answer (400) for an image they cannot read.
+_IMAGE_ERRORS = frozenset({"invalid_image", "invalid_image_format", "image_parse_error"})
 
 
 def _chunks(response: Any) -> Iterator[dict[str, Any]]:
@@ -213,6 +231,10 @@ def _classify(exc: openai.APIError) -> AppError:
                 f"the model provider answered {status}",
                 code=ErrorCode.LLM_UNAVAILABLE,
                 retry_after=_retry_after(exc.response.headers.get("retry-after")),
+            )
+        if exc.code in _IMAGE_ERRORS:
+            return PermanentError(
+                "the model could not read the image", code=ErrorCode.UNREADABLE_IMAGE
             )
         return PermanentError(
             f"the model provider refused the request ({status})", code=ErrorCode.LLM_UNAVAILABLE

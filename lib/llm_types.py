@@ -8,7 +8,7 @@ heavy. `api/` reaches the handlers (their input models and prompts), so the type
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +47,7 @@ class LLM(Protocol):
         schema: dict[str, Any],
         on_text: Callable[[str, float | None], None],
         on_usage: Callable[[Usage, float | None], None] | None = None,
+        images: Sequence[str] = (),
     ) -> Completion:
         """Stream the answer of `model_spec` ("provider:model") to `on_text`; return it whole.
 

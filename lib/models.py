@@ -22,6 +22,8 @@ MAX_MATCH_PROMPT_CHARS = 6_000
 # than every field at its limit, so long texts leave room for a shorter match only.
 MAX_PROMPT_CHARS = MAX_RESUME_CHARS + MAX_JOB_DESCRIPTION_CHARS + 500
 MAX_PROMPT_WITH_MATCH_CHARS = MAX_PROMPT_CHARS + MAX_MATCH_PROMPT_CHARS // 2
+# The kinds that read an image (lib/images.py): they run on the tier's vision model.
+VISION_KINDS = frozenset({"ocr_extract", "job_vision_summary"})
 
 
 class JobStatus(StrEnum):
@@ -50,6 +52,7 @@ class EventType(StrEnum):
     DELTA = "delta"
     RESULT = "result"
     ERROR = "error"
+    STEP = "step"
 
 
 class StreamStatus(StrEnum):
@@ -87,6 +90,7 @@ class ErrorCode(StrEnum):
     RETRIES_EXHAUSTED = "retries_exhausted"
     WORKER_SHUTTING_DOWN = "worker_shutting_down"
     CANCELLED = "cancelled"
+    UNREADABLE_IMAGE = "unreadable_image"
 
 
 class JobInput(BaseModel):
@@ -117,9 +121,14 @@ class Job(BaseModel):
     finished_at: datetime | None = None
     result: dict[str, Any] | None = None
     error: JobError | None = None
+    # A pipeline's next step and its finished steps' results (lib/pipelines.py); else absent.
+    step: int | None = None
+    steps: dict[str, Any] | None = None
 
     def public(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return self.model_dump(
+            mode="json", exclude={"step", "steps"} if self.steps is None else None
+        )
 
 
 class SubmitRequest(BaseModel):

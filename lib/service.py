@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from lib import userstream
+from lib import images, userstream
 from lib.boxes import destination
 from lib.config import Settings
 from lib.errors import (
@@ -40,6 +40,7 @@ from lib.store import Cancel, Store
 if TYPE_CHECKING:  # the api/ functions import these only when they build a Producer
     from lib.auth import Verifier
     from lib.queue.producer import Publisher
+    from lib.storage import Storage
 
 log = logging.getLogger("cs.producer")
 
@@ -120,12 +121,14 @@ class Producer:
         state: State,
         publisher: Publisher,
         verifier: Verifier,
+        storage: Storage | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.state = state
         self.publisher = publisher
         self.verifier = verifier
+        self.storage = storage
 
     # Submit ------------------------------------------------------------------------------------
     def parse(self, body: Any) -> tuple[SubmitRequest, dict[str, Any], int]:
@@ -169,6 +172,8 @@ class Producer:
         one publish. A refusal or failure after the charge takes it back. Raises AppError
         subclasses; then nothing stays charged."""
         req, job_input, cost = self.parse(body)
+        # An image job's uploads: the only extra round trip, and only image jobs pay it.
+        images.check_job(self.storage, self.settings, user_id, req.kind, job_input)
         digest = request_hash(req.kind, job_input, req.tier)
         job_id = str(uuid.uuid4())
         result = self.store.submit_job(

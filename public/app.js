@@ -13,7 +13,7 @@
 (() => {
   const KEYS = { token: "cs.token", job: "cs.job", match: "cs.lastMatch" };
   const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
-  const STREAM_EVENTS = ["status", "progress", "delta", "result"];
+  const STREAM_EVENTS = ["status", "progress", "delta", "result", "step"];
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -25,6 +25,7 @@
     useMatch: $("use-match"), run: $("run"), cancel: $("cancel"), formMessage: $("form-message"),
     status: $("status"), stage: $("stage"), progress: $("progress"), pct: $("pct"),
     output: $("output"), resultSection: $("result-section"), result: $("result"),
+    screenshotField: $("screenshot-field"), screenshot: $("screenshot"),
   };
 
   // Storage ----------------------------------------------------------------------------------
@@ -164,6 +165,7 @@
     const match = store.get(KEYS.match);
     ui.useMatch.disabled = !match || ui.kind.value === "job_match";
     if (ui.useMatch.disabled) ui.useMatch.checked = false;
+    ui.screenshotField.hidden = ui.kind.value !== "match_from_image";
   }
 
   function setStatus(text) {
@@ -188,7 +190,7 @@
   }
 
   function showProgress() {
-    ui.stage.textContent = job.stage || "–";
+    ui.stage.textContent = (job.step ? job.step + ", " : "") + (job.stage || "–");
     ui.progress.value = job.pct || 0;
     ui.pct.textContent = `${job.pct || 0}%`;
   }
@@ -226,6 +228,11 @@
         ui.output.textContent = job.text;
       }
       job.status = data.status;
+    } else if (type === "step") {
+      // A pipeline's next step: its own text and progress follow.
+      job.step = `step ${data.step + 1}/${data.steps}: ${data.name}`;
+      job.text = "";
+      ui.output.textContent = "";
     } else if (type === "progress") {
       job.stage = data.stage;
       job.pct = data.pct;
@@ -331,17 +338,36 @@
     pollTimer = setTimeout(pollJob, 3000);
   }
 
+  // The screenshot goes straight to Storage through a signed upload URL (never through the
+  // API: Vercel refuses bodies over 4.5 MB), as supabase-js uploadToSignedUrl sends it.
+  async function upload() {
+    const file = ui.screenshot.files[0];
+    if (!file) throw Object.assign(new Error("choose a screenshot first"), { code: "no_file" });
+    const grant = await api("POST", "/api/uploads", { content_type: file.type, size: file.size });
+    const form = new FormData();
+    form.append("cacheControl", "3600");
+    form.append("file", file);
+    const response = await fetch(grant.signed_url, { method: "PUT", body: form });
+    if (!response.ok) {
+      throw Object.assign(new Error("the upload to storage failed"), { code: "http_" + response.status });
+    }
+    return grant.path;
+  }
+
   // Submit and cancel --------------------------------------------------------------------------
   ui.kind.addEventListener("change", updateButtons);
 
   ui.form.addEventListener("submit", async (event) => {
     event.preventDefault();
     ui.formMessage.textContent = "";
-    const input = { resume_text: ui.resume.value, job_description: ui.jd.value };
+    let input = { resume_text: ui.resume.value, job_description: ui.jd.value };
     const match = store.get(KEYS.match);
     if (ui.useMatch.checked && match && ui.kind.value !== "job_match") input.match = match;
     ui.run.disabled = true;
     try {
+      if (ui.kind.value === "match_from_image") {
+        input = { resume_text: ui.resume.value, image: { path: await upload() } };
+      }
       const body = await api("POST", "/api/jobs", {
         kind: ui.kind.value, tier: ui.tier.value, input,
       });

@@ -47,6 +47,9 @@ from scripts.stack import embedded
 if TYPE_CHECKING:
     from scripts.stack.devstack import Stack
 
+# The test bucket's file size limit, and IMAGE_MAX_BYTES of the test settings.
+IMAGE_BUCKET_LIMIT = 256 * 1024
+
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
@@ -116,6 +119,23 @@ def postgrest_url(database_url: str) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def storage_app(tmp_path_factory: pytest.TempPathFactory) -> Flask:
+    """The Supabase Storage stand-in's app, on a scratch folder: the `job-images` bucket,
+    limited to IMAGE_BUCKET_LIMIT bytes of PNG, JPEG or WebP (as declared by the uploader)."""
+    from scripts.fakes.storage_standin import Bucket, create_app
+
+    bucket = Bucket("job-images", IMAGE_BUCKET_LIMIT, ("image/png", "image/jpeg", "image/webp"))
+    return create_app(tmp_path_factory.mktemp("storage"), DEV_JWT_SECRET, [bucket])
+
+
+@pytest.fixture(scope="session")
+def storage_url(storage_app: Flask) -> Iterator[str]:
+    """The Storage stand-in's API base (STORAGE_URL): `<server>/storage/v1`."""
+    with serve_wsgi(storage_app) as url:
+        yield f"{url}/storage/v1"
+
+
 @pytest.fixture(params=["tcp", "rest"])
 def redis_backend(request: pytest.FixtureRequest, redis_url: str) -> Iterator[object]:
     """Each Redis adapter in turn: redis-py over TCP, upstash-redis over REST."""
@@ -174,6 +194,7 @@ def local_stack(
             # The session's stacks share one database: a reconciler would take the others'
             # running jobs for dead (it sees no lease under its own REDIS_PREFIX). Chaos runs it.
             "RECONCILE_CRON": "",
+            "STORAGE_STANDIN_ROOT": str(tmp_path_factory.mktemp(f"{name}-storage")),
             **env,
         }
         logs = Path(tmp_path_factory.mktemp(f"{name}-stack-logs"))
@@ -223,6 +244,7 @@ def e2e_stack(
         # The session's stacks share one database: a reconciler would take the others' running
         # jobs for dead (it sees no lease under its own REDIS_PREFIX). Chaos runs it.
         "RECONCILE_CRON": "",
+        "STORAGE_STANDIN_ROOT": str(tmp_path_factory.mktemp(f"{request.param}-storage")),
     }
     with Stack(
         ports=ports, profile=request.param, overrides=overrides, log_dir=Path(logs), quiet=True
@@ -347,7 +369,7 @@ def llm_url() -> Iterator[str]:
 
 @pytest.fixture
 def base_settings(
-    redis_url: str, database_url: str, redis_prefix: str, llm_url: str
+    redis_url: str, database_url: str, redis_prefix: str, llm_url: str, storage_url: str
 ) -> dict[str, Any]:
     """Settings overrides shared by the worker and the producer in one test."""
     return {
@@ -366,6 +388,11 @@ def base_settings(
         "openai_api_key": "x",
         "llm_model_free": "openai:offline",
         "llm_model_paid": "openai:offline",
+        "llm_vision_model_free": "openai:offline",
+        "llm_vision_model_paid": "openai:offline",
+        "storage_url": storage_url,
+        "supabase_service_role_key": SERVICE_ROLE_KEY,
+        "image_max_bytes": IMAGE_BUCKET_LIMIT,
         "lease_ttl_seconds": 2,
         "supabase_jwt_secret": DEV_JWT_SECRET,
         "sweep_interval_seconds": 0,
@@ -387,9 +414,11 @@ def make_worker(
     from lib.executor import Executor
     from lib.llm import LLM
     from lib.metrics import Metrics
+    from lib.storage import Storage
     from worker.app import create_app
 
     built: list[WorkerEnv] = []
+    storages: list[Storage] = []
     # create_app configures the root logger for the process; give pytest's logging back after.
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
@@ -399,7 +428,11 @@ def make_worker(
         settings = config.load("worker", **merged)
         st = lib.state.from_settings(settings)
         sto = lib.store.from_settings(settings, pool_size=pool_size, timeout=store_timeout)
-        executor = Executor(settings, sto, st, LLM(settings), Metrics())
+        storage = Storage(settings.storage_api_url, SERVICE_ROLE_KEY, settings.storage_bucket)
+        storages.append(storage)
+        executor = Executor(
+            settings, sto, st, LLM(settings), Metrics(), read_image=storage.download
+        )
         app = create_app({"executor": executor, **merged})
         env = WorkerEnv(settings, sto, st, executor, app, merged)
         built.append(env)
@@ -410,6 +443,8 @@ def make_worker(
         env.executor.close()
         env.store.close()
         env.state.close()
+    for storage in storages:
+        storage.close()
     root.handlers[:] = handlers
     root.setLevel(level)
 
@@ -428,6 +463,7 @@ def make_producer(
     from lib.auth import from_settings as verifier_from_settings
     from lib.queue.producer import QStashPublisher
     from lib.service import Producer
+    from lib.storage import from_settings as storage_from_settings
 
     built: list[Producer] = []
 
@@ -439,6 +475,7 @@ def make_producer(
             lib.state.from_settings(settings),
             QStashPublisher(settings, timeout=3.0),
             verifier_from_settings(settings),
+            storage_from_settings(settings),
         )
         built.append(producer)
         return ProducerEnv(settings, producer, dev_broker)
@@ -447,6 +484,8 @@ def make_producer(
     for producer in built:
         producer.store.close()
         producer.state.close()
+        if producer.storage is not None:
+            producer.storage.close()
 
 
 @pytest.fixture

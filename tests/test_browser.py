@@ -24,6 +24,8 @@ import pytest
 from helpers.net import free_port, wait_for
 from helpers.stack import RESUME, events, text_of_last_attempt
 
+from lib.handlers import registry
+from scripts.stack.demo import SCREENSHOT
 from scripts.stack.devstack import Ports, Stack
 
 try:
@@ -76,7 +78,13 @@ def stack(
     database_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
+    ports = Ports(
+        producer=free_port(),
+        worker=free_port(),
+        broker=free_port(),
+        llm=free_port(),
+        storage=free_port(),
+    )
     overrides = {
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
@@ -329,3 +337,22 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_pipeline_from_a_screenshot_uploads_it_and_shows_each_step(
+    page: Page, stack: Stack
+) -> None:
+    sign_in(page)
+    page.get_by_label("Kind").select_option("match_from_image")
+    page.get_by_label("Job posting screenshot").set_input_files(str(SCREENSHOT))
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator("#stage")).to_contain_text(
+        "step 2/4: job_summary", timeout=STREAM_TIMEOUT_MS
+    )
+    wait_for_status(page, "succeeded")
+    expect(page.locator("#stage")).to_contain_text("step 4/4: job_match")
+    expect(page.locator("#result-section")).to_be_visible()
+    expect(page.locator("#coins")).to_have_text("1")  # the pipeline costs 4 coins, once
+    job = saved_job(page)
+    registry()["match_from_image"].result_model.model_validate(job["result"])
+    shot(page, "browser-pipeline-result")

@@ -21,7 +21,9 @@ from helpers.stack import JD, RESUME
 from lib.cli.stream import JobProgress
 from lib.config import DEV_JWT_SECRET
 from lib.handlers import registry
+from lib.handlers.base import detect_language
 from lib.queue.signing import DEV_TOKEN
+from scripts.stack.demo import SAMPLES
 from scripts.stack.devstack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -197,6 +199,24 @@ def test_a_job_summary_feeds_a_pre_match_audit_each_submitted_with_its_own_files
     )
     assert audit.returncode == 0, audit.stderr
     registry()["pre_match_audit"].result_model.model_validate_json(audit.stdout.partition("\n")[2])
+
+
+def test_an_image_is_uploaded_and_read_by_the_image_kinds_in_the_asked_language(
+    cs: Cli,
+) -> None:
+    screenshot = str(SAMPLES / "job_screenshot.png")
+    done = cs(
+        "submit", "--dev", "--kind", "job_vision_summary", "--image", screenshot,
+        "--language", "zh", "--wait",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.partition("\n")[2])
+    registry()["job_vision_summary"].result_model.model_validate(result)
+    assert detect_language(json.dumps(result, ensure_ascii=False)) == "zh"
+    gif = cs.home / "shot.png"
+    gif.write_bytes(b"GIF89a" + b"\x01\x00\x01\x00\x00\x00\x00;")
+    refused = cs("submit", "--dev", "--kind", "ocr_extract", "--image", str(gif))
+    assert refused.returncode == 1 and "unsupported_media_type" in refused.stderr
 
 
 def test_a_kind_without_a_text_it_needs_is_refused_with_the_missing_field(cs: Cli) -> None:

@@ -25,6 +25,9 @@ KINDS = {
     "detailed_resume_summary",
     "job_summary",
     "pre_match_audit",
+    "ocr_extract",
+    "job_vision_summary",
+    "match_from_image",
 }
 # The fields each kind's user prompt template is documented to take.
 FIELDS = {
@@ -35,7 +38,11 @@ FIELDS = {
     "detailed_resume_summary": {"resume_text"},
     "job_summary": {"job_description"},
     "pre_match_audit": {"resume_text", "job_description", "job_summary"},
+    "ocr_extract": {"document"},
+    "job_vision_summary": {"document"},
 }
+# Pipelines (lib/pipelines.py) run other kinds' prompts: they have none of their own.
+PIPELINES = {"match_from_image"}
 MATCH = {
     "score": 72,
     "strengths": ["Python"],
@@ -45,7 +52,7 @@ MATCH = {
 }
 
 
-def test_the_registry_holds_exactly_the_seven_kinds() -> None:
+def test_the_registry_holds_exactly_the_nine_kinds_and_one_pipeline() -> None:
     assert set(handlers.registry()) == KINDS
 
 
@@ -137,7 +144,7 @@ def prompts_of(kind: str) -> dict[str, tuple[str, str]]:
     return module.PROMPTS
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("kind", sorted(KINDS - PIPELINES))
 def test_each_kind_has_english_and_chinese_prompts(kind: str) -> None:
     prompts = prompts_of(kind)
     assert set(prompts) == {"en", "zh"}
@@ -148,7 +155,7 @@ def test_each_kind_has_english_and_chinese_prompts(kind: str) -> None:
     assert detect_language(prompts["en"][0]) == "en"
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("kind", sorted(KINDS - PIPELINES))
 def test_each_user_template_takes_exactly_the_documented_fields(kind: str) -> None:
     for lang, (_, user) in prompts_of(kind).items():
         names = {name for _, name, _, _ in string.Formatter().parse(user) if name is not None}
@@ -187,3 +194,12 @@ def test_parse_json_refuses_a_truncated_object() -> None:
     with pytest.raises(PermanentError) as caught:
         parse_json('```json\n{"score": 90, "gaps": [\n```')
     assert caught.value.code == "invalid_model_output"
+
+
+def test_each_pipeline_step_is_a_registered_kind_and_its_result_holds_each_steps_result() -> None:
+    for name in PIPELINES:
+        handler = handlers.registry()[name]
+        steps = [step.kind for step in handler.pipeline.steps]
+        assert all(kind in KINDS - PIPELINES for kind in steps)
+        assert list(handler.result_model.model_fields) == steps
+        assert handler.step_kind(0) == steps[0] and handler.step_kind(len(steps) - 1) == steps[-1]

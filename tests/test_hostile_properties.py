@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from lib import config, handlers
 from lib.errors import InputError
+from lib.handlers.base import no_images
 from lib.models import MAX_JOB_DESCRIPTION_CHARS, MAX_RESUME_CHARS, SubmitRequest
 from lib.service import Producer
 
@@ -124,7 +125,8 @@ VALID_TEXT = st.text(min_size=1, max_size=200).filter(lambda t: t.strip() and "\
 
 @settings(max_examples=60, deadline=None, database=None)
 @given(
-    kind=st.sampled_from(KINDS),
+    # The kinds that read an upload, not text only (tests/test_images.py, test_pipeline.py).
+    kind=st.sampled_from([k for k in KINDS if handlers.registry()[k].images is no_images]),
     tier=st.sampled_from(["auto", "paid", "free", None]),
     resume=VALID_TEXT,
     description=VALID_TEXT,

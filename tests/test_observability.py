@@ -69,7 +69,13 @@ def total(samples: dict[str, list[Any]], name: str, **labels: str) -> float:
 def ran(
     redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Ran]:
-    ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
+    ports = Ports(
+        producer=free_port(),
+        worker=free_port(),
+        broker=free_port(),
+        llm=free_port(),
+        storage=free_port(),
+    )
     overrides = {
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,

@@ -18,7 +18,9 @@ import psycopg
 import pytest
 import requests
 from flask import Flask
+from helpers import images
 from helpers.net import free_port, serve_wsgi, wait_for
+from helpers.storage import upload_direct
 from werkzeug.exceptions import NotFound
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
@@ -297,3 +299,50 @@ def test_a_dead_boxs_job_is_republished_to_the_live_box_not_the_dead_one(
     summary = healing.run(worker_urls=[dead, live])
     assert summary.republished == 0 and summary.deferred >= 1
     assert healing.db.job(other.job_id)["status"] == "running"
+
+
+def test_a_pipeline_whose_next_step_was_lost_is_republished_at_that_step(
+    healing: Healing, storage_url: str
+) -> None:
+    user, job_id = str(uuid.uuid4()), str(uuid.uuid4())
+    path = upload_direct(storage_url, user, images.png())
+    store = healing.env.store
+    store.submit(
+        job_id=job_id,
+        user_id=user,
+        kind="match_from_image",
+        tier="paid",
+        cost=4,
+        input={"image": {"path": path}, "resume_text": "Python, Redis.", "language": "en"},
+        idempotency_key=None,
+        request_hash=job_id,
+    )
+    healing.env.state.admit(job_id, "paid", user)
+    QStashPublisher(healing.env.settings).publish(
+        job_id, user_id=user, tier="paid", model="openai:offline"
+    )
+    store.mark_enqueued(job_id)
+    healing.drop_publishes(1)  # the worker's publish of step 2
+    wait_for(lambda: healing.db.one("select step from cs_jobs where id = %s", job_id) == 1)
+    healing.stale(job_id)
+
+    assert healing.run().republished >= 1
+    assert wait_for(lambda: terminal(healing.db, job_id), timeout=30) == "succeeded"
+    steps = [e.data["step"] for e in healing.env.stream(job_id) if e.type == "step"]
+    assert steps == [0, 1, 2, 3]  # step 1 never ran again
+
+
+def test_a_pipelines_retry_budget_counts_the_running_steps_attempts_only(
+    healing: Healing,
+) -> None:
+    job = healing.died_running(attempts=RETRIES + 2)  # more than the budget, across steps
+    with psycopg.connect(healing.db.url, autocommit=True) as conn:  # 2 of them earlier steps'
+        conn.execute(
+            "update cs_jobs set step = 2, step_attempts_base = 2 where id = %s", (job.job_id,)
+        )
+    healing.drop_publishes(5)
+
+    summary = healing.run()
+
+    assert summary.republished >= 1 and summary.failed == 0
+    assert healing.db.job(job.job_id)["status"] == "running"

@@ -16,7 +16,10 @@ from typing import Any
 
 import pytest
 from conftest import SERVICE_ROLE_KEY, UPSTASH_TOKEN
+from flask import Flask
+from helpers import images
 from helpers.net import free_port, serve_wsgi
+from helpers.storage import upload_direct
 
 from lib import config, state, store
 from lib.auth import from_settings as verifier_from_settings
@@ -24,6 +27,7 @@ from lib.errors import RateLimitError, UnavailableError
 from lib.queue.producer import QStashPublisher
 from lib.queue.signing import DEV_TOKEN
 from lib.service import Producer
+from lib.storage import from_settings as storage_from_settings
 from scripts.fakes.pacing import PACING, Paced, Seen
 
 BODY = {
@@ -37,6 +41,7 @@ class Servers:
     upstash: str
     postgrest: str
     broker: str
+    storage: str
     paced: dict[str, Paced]
 
     def mark(self) -> dict[str, int]:
@@ -49,7 +54,7 @@ class Servers:
 
 
 @pytest.fixture(scope="module")
-def servers(redis_url: str, database_url: str) -> Iterator[Servers]:
+def servers(redis_url: str, database_url: str, storage_app: Flask) -> Iterator[Servers]:
     from scripts.fakes import dev_broker, postgrest_standin, upstash_standin
 
     upstash = upstash_standin.create_app(redis_url, UPSTASH_TOKEN)
@@ -58,15 +63,22 @@ def servers(redis_url: str, database_url: str) -> Iterator[Servers]:
     broker_paced = Paced(broker.wsgi_app)
     broker.wsgi_app = broker_paced  # type: ignore[method-assign]
     try:
-        with serve_wsgi(upstash) as u, serve_wsgi(postgrest) as p, serve_wsgi(broker) as b:
+        with (
+            serve_wsgi(upstash) as u,
+            serve_wsgi(postgrest) as p,
+            serve_wsgi(broker) as b,
+            serve_wsgi(storage_app) as s,
+        ):
             yield Servers(
                 u,
                 p,
                 b,
+                f"{s}/storage/v1",
                 {
                     "upstash": upstash.extensions[PACING],
                     "postgrest": postgrest.extensions[PACING],
                     "broker": broker_paced,
+                    "storage": storage_app.extensions[PACING],
                 },
             )
     finally:
@@ -95,6 +107,7 @@ def make_producer(servers: Servers, redis_prefix: str) -> Iterator[Callable[...,
                 "worker_url": f"http://127.0.0.1:{free_port()}",  # deliveries just fail
                 "job_retries": 0,
                 "redis_prefix": redis_prefix,
+                "storage_url": servers.storage,
                 **overrides,
             },
         )
@@ -104,6 +117,7 @@ def make_producer(servers: Servers, redis_prefix: str) -> Iterator[Callable[...,
             state.from_settings(settings),
             QStashPublisher(settings, timeout=3.0),
             verifier_from_settings(settings),
+            storage_from_settings(settings),
         )
         built.append(producer)
         return producer
@@ -140,6 +154,27 @@ def test_a_submit_takes_three_sequential_round_trips_on_a_cold_and_a_warm_produc
         ]
         assert_one_after_another(seen)
         assert submitted.created and submitted.job.status == "queued"
+
+
+def test_an_image_submit_takes_one_ranged_read_of_storage_before_the_three(
+    make_producer: Callable[..., Producer], servers: Servers
+) -> None:
+    producer, someone = make_producer(), user()
+    path = upload_direct(servers.storage, someone, images.png())
+    body = {"kind": "ocr_extract", "input": {"image": {"path": path}}}
+    mark = servers.mark()
+
+    submitted = producer.submit(someone, body, None)
+
+    seen = servers.since(mark)
+    assert [(name, s.path) for name, s in seen] == [
+        ("storage", f"/storage/v1/object/job-images/{path}"),
+        ("postgrest", "/rest/v1/rpc/cs_submit_job"),
+        ("upstash", "/"),
+        ("broker", f"/v2/publish/{producer.settings.execute_url}"),
+    ]
+    assert_one_after_another(seen)
+    assert submitted.created
 
 
 def test_a_replayed_idempotency_key_takes_one_round_trip(

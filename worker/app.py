@@ -72,6 +72,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             state.from_settings(settings),
             LLM(settings),
             Metrics(),
+            read_image=_image_reader(settings),
         )
         Sweeper(settings, executor.store, executor.state).start()
         # Announce this box to the producers (scale-out, lib/boxes.py).
@@ -94,6 +95,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app, executor, AdmissionCollector(executor.state, settings.metrics_redis_refresh_seconds)
     )
     return app
+
+
+def _image_reader(settings: Any) -> Any:
+    """Storage's download with the service key, for image jobs (None without Storage)."""
+    if not settings.storage_api_url:
+        return None
+    from lib.storage import from_settings
+
+    return from_settings(settings).download
 
 
 def _read_body() -> bytes:

@@ -73,6 +73,23 @@ class Api:
         )
         return status == 202, body
 
+    def upload(self, content: bytes, content_type: str) -> str:
+        """Upload an image as the front end does: a signed upload URL from `POST /api/uploads`,
+        then the file straight to Storage (supabase-py's storage client). Returns its path."""
+        from storage3 import SyncStorageClient
+        from storage3.exceptions import StorageApiError
+
+        grant = self._call("POST", "/api/uploads", json={"content_type": content_type})[1]
+        storage_url = grant["signed_url"].split("/object/upload/sign/", 1)[0] + "/"
+        try:
+            with SyncStorageClient(storage_url, {}, http_client=httpx.Client(timeout=60)) as st:
+                st.from_(grant["bucket"]).upload_to_signed_url(
+                    grant["path"], grant["token"], content, {"content-type": content_type}
+                )
+        except (StorageApiError, httpx.HTTPError) as exc:
+            raise UnavailableError(f"the upload to Storage failed: {exc}") from exc
+        return str(grant["path"])
+
     def job(self, job_id: str) -> dict[str, Any]:
         body: dict[str, Any] = self._call("GET", f"/api/jobs/{job_id}")[1]["job"]
         return body

@@ -82,6 +82,23 @@ def watch(api: Api, job_id: str, view: View, cursor: env.Cursor, *, print_result
     return EXIT_FAILED
 
 
+def _image(path: str) -> tuple[bytes, str]:
+    """An image file's bytes and its type by extension (the producer checks the bytes)."""
+    types = {
+        ".png": "image/png",
+        ".jpg": "image/jpeg",
+        ".jpeg": "image/jpeg",
+        ".webp": "image/webp",
+    }
+    suffix = Path(path).suffix.lower()
+    if suffix not in types:
+        raise ConfigError(f"--image: a .png, .jpg or .webp file, not {path!r}")
+    try:
+        return Path(path).read_bytes(), types[suffix]
+    except OSError as exc:
+        raise ConfigError(f"--image: cannot read {path}: {exc.strerror}") from None
+
+
 def submit(args: argparse.Namespace) -> int:
     # Only what was given: the producer refuses a missing or an extra field with its details.
     job_input: dict[str, Any] = {}
@@ -93,7 +110,13 @@ def submit(args: argparse.Namespace) -> int:
         job_input["match"] = _earlier_result(args.match, "job_match")
     if args.job_summary:
         job_input["job_summary"] = _earlier_result(args.job_summary, "job_summary")
+    if args.language:
+        job_input["language"] = args.language
+    if args.document:
+        job_input["document"] = args.document
     with api_from(args) as api:
+        if args.image:
+            job_input["image"] = {"path": api.upload(*_image(args.image))}
         created, body = api.submit(args.kind, job_input, args.tier, args.idempotency_key)
         job = body["job"]
         print(job["id"], flush=True)

@@ -35,6 +35,8 @@ KINDS = (
     "detailed_resume_summary",
     "job_summary",
     "pre_match_audit",
+    "ocr_extract",
+    "job_vision_summary",
 )
 Handler = Callable[[argparse.Namespace], int]
 
@@ -117,6 +119,17 @@ def _job_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--job-summary",
         metavar="FILE",
         help="a job_summary result (JSON, or `cs status` output) for pre_match_audit",
+    )
+    p.add_argument(
+        "--image",
+        metavar="FILE",
+        help="a PNG, JPEG or WebP screenshot, uploaded first (ocr_extract, job_vision_summary)",
+    )
+    p.add_argument("--language", choices=("en", "zh"), help="the image kinds' answer language")
+    p.add_argument(
+        "--document",
+        choices=("job_description", "resume"),
+        help="what the image of ocr_extract shows (default: job_description)",
     )
     p.add_argument(
         "--tier",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,10 @@ def detect_language(*texts: str) -> str:
     return "zh" if letters and cjk / letters > 0.2 else "en"
 
 
+def no_images(job_input: Any) -> dict[str, str]:
+    return {}
+
+
 def text_fields(job_input: JobInput) -> dict[str, str]:
     """The prompt fields every kind has: the resume and the job description."""
     return {"resume_text": job_input.resume_text, "job_description": job_input.job_description}
@@ -67,6 +71,15 @@ class Handler:
     # The prompt's fields from a validated input (what `handle` renders into `prompts`).
     fields: Callable[[Any], dict[str, str]] = text_fields
     max_prompt_chars: int = MAX_PROMPT_CHARS
+    # The uploaded images a validated input names, by field ("input.image.path": path): the
+    # producer checks each one at submit (lib/images.py), the handler sends them to the model.
+    images: Callable[[Any], dict[str, str]] = no_images
+    # Set for a pipeline (lib/pipelines.py): its steps, each a kind run as its own message.
+    pipeline: Any = None
+
+    def step_kind(self, step: int) -> str:
+        """The kind that runs at `step`: a pipeline's step, else the kind itself."""
+        return str(self.pipeline.steps[step].kind) if self.pipeline is not None else self.kind
 
     def prompt_chars(self, job_input: BaseModel) -> dict[str, int]:
         """The size in characters of the rendered user prompt ("total", the longest over the
@@ -100,6 +113,29 @@ class Context:
     started: float = field(default_factory=time.monotonic)
     # Why the previous attempt's answer was unusable, when this attempt is its repair.
     repair: str | None = None
+    # Reads an uploaded image with the service key (lib.storage.Storage.download).
+    read_image: Callable[[str], bytes] | None = None
+    # A pipeline's step to run, and the results of its finished steps by kind.
+    step: int = 0
+    steps: dict[str, Any] = field(default_factory=dict)
+
+    def image_url(self, path: str) -> str:
+        """The uploaded image at `path` as a `data:` URL for the model.
+
+        Raises PermanentError(unreadable_image) when it is gone or not a usable image, and
+        UnavailableError (retryable) when Storage is down."""
+        from lib.errors import NotFoundError
+        from lib.images import data_url
+
+        if self.read_image is None:
+            raise PermanentError("this worker cannot read images", code=ErrorCode.UNREADABLE_IMAGE)
+        try:
+            content = self.read_image(path)
+        except NotFoundError:
+            raise PermanentError(
+                "the uploaded image no longer exists", code=ErrorCode.UNREADABLE_IMAGE
+            ) from None
+        return data_url(content)
 
     def _metered(self, usage: Usage, first_token_at: float | None) -> None:
         if self.metrics is not None:
@@ -117,9 +153,14 @@ class Context:
         self.events.progress(stage, pct)
 
     def structured(
-        self, result_model: type[BaseModel], prompts: Prompts, fields: dict[str, str]
+        self,
+        result_model: type[BaseModel],
+        prompts: Prompts,
+        fields: dict[str, str],
+        images: Sequence[str] = (),
     ) -> BaseModel:
-        """Ask the model for a `result_model` instance, streaming its output as deltas.
+        """Ask the model for a `result_model` instance, streaming its output as deltas;
+        `images` (data URLs) go with the user prompt as `image_url` parts.
 
         Raises PermanentError(invalid_model_output) when the answer is not a valid instance.
         A repair attempt (`repair` set) asks again with what was wrong in the system prompt.
@@ -153,6 +194,7 @@ class Context:
             schema=schema,
             on_text=on_text,
             on_usage=self._metered,
+            images=images,
         )
         self.events.flush()
         self.usage = {

@@ -7,7 +7,7 @@ identically; `tests/test_store.py` runs one contract suite against both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -60,6 +60,11 @@ class Started:
     job: Job | None
     user_id: str | None
     input: dict[str, Any] | None
+    # A pipeline's step to run and its finished steps' results (0 and {} for a kind).
+    step: int = 0
+    steps: dict[str, Any] = field(default_factory=dict)
+    # The job's attempts before this step began: the step's own count is attempts - this.
+    attempts_base: int = 0
 
 
 @dataclass(frozen=True)
@@ -183,7 +188,43 @@ class Store:
     def start_attempt(self, job_id: str) -> Started:
         """Begin a delivery attempt: running, attempts + 1, unless the job is terminal."""
         r = self.backend.call("cs_start_attempt", {"p_job_id": job_id})
-        return Started(Attempt(r["outcome"]), _job(r.get("job")), r.get("user_id"), r.get("input"))
+        return Started(
+            Attempt(r["outcome"]),
+            _job(r.get("job")),
+            r.get("user_id"),
+            r.get("input"),
+            int(r.get("step") or 0),
+            r.get("steps") or {},
+            int(r.get("attempts_base") or 0),
+        )
+
+    def advance_step(
+        self,
+        job_id: str,
+        attempt: int,
+        step: int,
+        name: str,
+        result: dict[str, Any],
+        *,
+        chars: int,
+        typical_chars: int,
+    ) -> str:
+        """Keep a pipeline step's result and queue the job for its next step (whose attempts
+        count from the job's current attempts). Returns advanced, terminal (cancelled
+        meanwhile), stale (another attempt or step holds the job) or not_found."""
+        r = self.backend.call(
+            "cs_advance_step",
+            {
+                "p_job_id": job_id,
+                "p_attempt": attempt,
+                "p_step": step,
+                "p_name": name,
+                "p_result": result,
+                "p_chars": chars,
+                "p_typical_chars": typical_chars,
+            },
+        )
+        return str(r["outcome"])
 
     def record_delivered(
         self, job_id: str, attempt: int, chars: int, typical_chars: int

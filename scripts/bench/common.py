@@ -88,6 +88,7 @@ SECTIONS = {
     "submit",
     "concurrency",
     "boxes",
+    "image_submit",
 }
 API_FUNCTIONS = ["api.jobs", "api.events", "api.me", "api.health", "api.openapi"]
 
@@ -165,6 +166,7 @@ class Bench:
             broker=free_port(),
             llm=free_port(),
             worker2=free_port(),
+            storage=free_port(),
         )
         env = {
             **COMMON,

@@ -21,7 +21,9 @@ polls the event stream with XRANGE every 400 ms, backing off to 8 s while idle
 6. concurrency per worker container: jobs that stream for 60 s at 20 tokens/s, added in
    steps, until p99 added latency > 250 ms, a job fails, or RSS > 1 GiB; gthread and gevent;
 7. jobs per hour of 60 s jobs on one worker box and on two (scale-out), side by side;
-8. cancel to close: from a cancel's POST to the offline LLM seeing its client go away.
+8. cancel to close: from a cancel's POST to the offline LLM seeing its client go away;
+9. what an image costs at submit: text against image submits of one in-process producer on the
+   stand-ins at 20 ms a round trip (scripts/bench/images.py).
 
 Targets are printed next to the figures, never asserted. Raw figures go to bench/results.json,
 plots to bench/*.png; docs/performance.md explains them. The machine may be shared: ratios
@@ -60,6 +62,7 @@ from scripts.bench.common import (
     start_all,
 )
 from scripts.bench.cost import cost, sweep
+from scripts.bench.images import image_submit
 from scripts.bench.latency import latency
 from scripts.bench.micro import cold_start, llm_parse
 from scripts.bench.report import markdown, plots, table
@@ -113,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller loads (a smoke run, ~4 min)")
     parser.add_argument(
         "--only",
-        default="cold,parse,cost,cancel,latency,submit,concurrency,boxes",
+        default="cold,parse,cost,cancel,latency,submit,concurrency,boxes,images",
         help=(
             "comma-separated sections "
-            "(cold, parse, cost, cancel, latency, submit, concurrency, boxes)"
+            "(cold, parse, cost, cancel, latency, submit, concurrency, boxes, images)"
         ),
     )
     parser.add_argument(
@@ -166,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         _stack_sections(results, sections, args.quick, pg.url)
         if "boxes" in sections:
             results["boxes"] = boxes(pg.url, args.quick)
+        if "images" in sections:
+            results["image_submit"] = image_submit(pg.url, args.quick)
     finally:
         pg.stop()
     results["seconds"] = round(time.monotonic() - began, 1)

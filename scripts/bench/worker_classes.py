@@ -107,7 +107,13 @@ def _master_imports_psycopg(pid: int) -> bool:
 def run_one(
     config: str, n: int, args: argparse.Namespace, log_root: Path, quiet_wait: float
 ) -> dict[str, Any]:
-    ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
+    ports = Ports(
+        producer=free_port(),
+        worker=free_port(),
+        broker=free_port(),
+        llm=free_port(),
+        storage=free_port(),
+    )
     log_dir = log_root / f"{config}-n{n}"
     stack = Stack(
         ports=ports, overrides=_overrides(config, args.workers), log_dir=log_dir, quiet=True

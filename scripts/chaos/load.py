@@ -23,8 +23,11 @@ from httpx_sse import connect_sse
 
 from lib.auth import mint_access_token
 from lib.config import DEV_JWT_SECRET
+from scripts.stack.demo import SCREENSHOT
 
 KINDS = ("job_match", "resume_customize", "interview_prep")
+# The `pipeline` scenario's mix: one pipeline (four steps, four messages) for every two jobs.
+PIPELINE_KINDS = ("match_from_image", "job_match", "interview_prep")
 TERMINAL = ("succeeded", "failed", "cancelled")
 RESUME = (
     "Jordan Lee, backend engineer #{n}. Python, Flask, PostgreSQL, Redis, Docker, AWS. "
@@ -50,13 +53,13 @@ class Planned:
     def token(self) -> str:
         return mint_access_token(self.user_id, DEV_JWT_SECRET)
 
-    def body(self) -> dict[str, Any]:
+    def body(self, image: str = "") -> dict[str, Any]:
         resume = RESUME.format(n=self.index, marker=self.marker)
-        return {
-            "kind": self.kind,
-            "tier": self.tier,
-            "input": {"resume_text": resume, "job_description": JD},
-        }
+        if self.kind == "match_from_image":  # a pipeline, on an uploaded screenshot
+            job_input: dict[str, Any] = {"image": {"path": image}, "resume_text": resume}
+        else:
+            job_input = {"resume_text": resume, "job_description": JD}
+        return {"kind": self.kind, "tier": self.tier, "input": job_input}
 
 
 @dataclass
@@ -87,6 +90,7 @@ def plan_jobs(
     cancel_share: float = 0.03,
     follow: int = 12,
     free_every: int = 12,
+    kinds: tuple[str, ...] = KINDS,
 ) -> list[Planned]:
     """Spread `n_jobs` over `n_users` users: mixed kinds, one in `free_every` on the free tier,
     a share cancelled by their user a few seconds in, `follow` streams read live."""
@@ -98,7 +102,7 @@ def plan_jobs(
             Planned(
                 index=i,
                 user_id=users[i % n_users],
-                kind=KINDS[i % len(KINDS)],
+                kind=kinds[i % len(kinds)],
                 tier="free" if i % free_every == free_every - 1 else "auto",
                 marker=text,
                 expect=expect,
@@ -286,10 +290,34 @@ class Load:
     def _headers(self, sent: Sent) -> dict[str, str]:
         return {"Authorization": f"Bearer {sent.plan.token}"}
 
+    def _upload(self, sent: Sent) -> str:
+        """The sample screenshot, uploaded as a client does (signed URL, then Storage)."""
+        from storage3 import SyncStorageClient
+
+        grant = self._client.post(
+            "/api/uploads", json={"content_type": "image/png"}, headers=self._headers(sent)
+        ).json()
+        base = grant["signed_url"].split("/object/upload/sign/", 1)[0] + "/"
+        with SyncStorageClient(base, {}, http_client=httpx.Client(timeout=30)) as storage:
+            storage.from_(grant["bucket"]).upload_to_signed_url(
+                grant["path"],
+                grant["token"],
+                SCREENSHOT.read_bytes(),
+                {"content-type": "image/png"},
+            )
+        return str(grant["path"])
+
     def _submit(self, sent: Sent) -> None:
+        image = ""
+        if sent.plan.kind == "match_from_image":
+            try:
+                image = self._upload(sent)
+            except Exception as exc:  # noqa: BLE001 - an upload that failed is a refused submit
+                sent.error_code = f"upload: {type(exc).__name__}"
+                return
         try:
             response = self._client.post(
-                "/api/jobs", json=sent.plan.body(), headers=self._headers(sent)
+                "/api/jobs", json=sent.plan.body(image), headers=self._headers(sent)
             )
         except httpx.HTTPError as exc:
             sent.error_code = type(exc).__name__

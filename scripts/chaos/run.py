@@ -54,7 +54,7 @@ from scripts.chaos.faults import (
     sigterm_once,
     wait_broker_idle,
 )
-from scripts.chaos.load import LeaseWatch, Load, Marker, plan_jobs
+from scripts.chaos.load import KINDS, PIPELINE_KINDS, LeaseWatch, Load, Marker, plan_jobs
 from scripts.chaos.proxy import Proxy
 from scripts.chaos.reconcile import RECONCILE_ENV, WORKERS_DOWN_ENV, broker_drops, workers_down
 from scripts.chaos.skew import (
@@ -122,6 +122,7 @@ class Scenario:
     after_drain: Schedule | None = None  # a step once every job ended (e.g. a DLQ redrive)
     # A step once every job ended, before the broker must be idle (retire a dead box).
     before_idle: Schedule | None = None
+    kinds: tuple[str, ...] = KINDS  # the mix of kinds submitted
 
 
 def _all_fail(index: int, rng: random.Random) -> tuple[str, str]:
@@ -131,6 +132,16 @@ def _all_fail(index: int, rng: random.Random) -> tuple[str, str]:
 SCENARIOS = [
     Scenario("sigkill", "worker SIGKILLed twice", sigkill_twice, 130),
     Scenario("sigterm", "worker SIGTERM, then restart", sigterm_once, 110),
+    # Pipelines (match_from_image: four steps, four messages each) among plain jobs, the worker
+    # SIGKILLed twice mid-run: each step resumes where it stood, each job is charged once.
+    Scenario(
+        "pipeline",
+        "pipelines among jobs, worker SIGKILLed twice",
+        sigkill_twice,
+        90,
+        overrides={"OFFLINE_LLM_TOKENS_PER_SECOND": "60"},
+        kinds=PIPELINE_KINDS,
+    ),
     Scenario("redis-pause", "Redis SIGSTOP 5 s", pause_redis, 100),
     Scenario("redis-cut", "Redis connections cut (proxy)", cut_redis, 100, proxy=True),
     Scenario("pg-restart", "Postgres restarted mid-run", restart_postgres, 100),
@@ -269,6 +280,7 @@ def run_scenario(sc: Scenario, infra: Infra, args: argparse.Namespace, seed: int
         broker=free_port(),
         llm=free_port(),
         worker2=free_port(),
+        storage=free_port(),
     )
     overrides = {
         **BASE_ENV,
@@ -283,7 +295,7 @@ def run_scenario(sc: Scenario, infra: Infra, args: argparse.Namespace, seed: int
         old.unlink()
     clock = WorkerClock(log_dir / "faketime", sc.skew.offset) if sc.skew else None
     stack = SkewedStack(ports=ports, overrides=overrides, log_dir=log_dir, quiet=True, clock=clock)
-    plans = plan_jobs(args.jobs, args.users, rng, marker=sc.marker)
+    plans = plan_jobs(args.jobs, args.users, rng, marker=sc.marker, kinds=sc.kinds)
     load = Load(stack.producer_url, plans, infra.database_url)
     leases = LeaseWatch(infra.redis_url, prefix).start()
     duplicator: Duplicator | None = None

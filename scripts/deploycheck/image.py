@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         "QSTASH_MODE": "broker",
         "LOG_FORMAT": "json",
         "WORKER_DRAIN_SECONDS": "3",
+        # As `make demo`: coins for one job of every kind, the pipeline included.
+        "INITIAL_COINS": "25",
         # Not the public dev secrets: the container runs with APP_ENV=production.
         "SUPABASE_JWT_SECRET": secrets.token_urlsafe(32),
         "QSTASH_CURRENT_SIGNING_KEY": "sig_" + secrets.token_urlsafe(21),
@@ -233,7 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in ("REDIS_URL", "DATABASE_URL", "UPSTASH_REDIS_REST_URL", "SUPABASE_URL"):
         overrides.setdefault(name, "")
-    ports = Ports(producer=free_port(), worker=free_port(), broker=free_port(), llm=free_port())
+    ports = Ports(
+        producer=free_port(),
+        worker=free_port(),
+        broker=free_port(),
+        llm=free_port(),
+        storage=free_port(),
+    )
     stack = ContainerStack(
         builder, image, logs, ports=ports, overrides=overrides, log_dir=logs, quiet=True
     )

@@ -19,6 +19,7 @@ cases = {
     "api/me": [("GET", "/api/me", 401, "unauthorized")],
     # The reconciler refuses a call without QStash's signature before touching Redis or the DB.
     "api/reconcile": [("POST", "/api/reconcile", 401, "unauthorized")],
+    "api/uploads": [("POST", "/api/uploads", 401, "unauthorized")],
     # Each rewritten path too (`/api/events?id=...`): Vercel routes a backend-framework
     # project's rewrites with it, and api/_local.py's rewritten_app does the same.
     "api/openapi": [

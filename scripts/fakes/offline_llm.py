@@ -8,6 +8,11 @@ valid instance of that schema. Markers in the message text script faults (SPEC "
 and `[[llm:refuse]]`; for benchmarks, `[[llm:tokens=N]]` lengthens a schema answer to at least
 N tokens with an extra `notes` field, which result models ignore.
 
+Image parts (`{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}`) are
+accepted; the markers are read from the image's bytes too (a PNG's tEXt chunk carries them), and
+`[[llm:unreadable]]` there, or an image part that is not a base64 `data:` URL of an image, gets
+the 400 `invalid_image` OpenAI answers for an image it cannot use.
+
 `GET /_offline/streams` lists the latest streamed answers with when each started and ended and
 how (`streaming` while it lasts, then `completed`, or `client_closed` the moment the client
 closed its connection mid-stream),
@@ -261,6 +266,13 @@ def _chat(state: _State) -> Response:
     if status:
         _log_line(req.model, status, 0, "scripted-failure")
         return _error(status, f"Offline LLM scripted failure {status}.", "scripted_failure")
+    if faults.unreadable:  # what OpenAI answers for an image it cannot use
+        _log_line(req.model, 400, 0, "unreadable-image")
+        return _error(
+            400,
+            "The image data you provided does not represent a valid image.",
+            "invalid_image",
+        )
     if faults.hang:
         _log_line(req.model, "hang", 0, "no-response")
         with state.lock:

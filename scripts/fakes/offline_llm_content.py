@@ -5,6 +5,7 @@ The server around it is `scripts.fakes.offline_llm`."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -18,6 +19,9 @@ from typing import Any
 REFUSAL = "I'm sorry, but I can't help with that request."
 MARKER = re.compile(r"\[\[llm:([a-z_]+)(?:=([^\]]*))?\]\]")
 _ANY_MARKER = re.compile(r"\[\[.*?\]\]", re.S)
+_DATA_URL = re.compile(r"\Adata:image/(?:png|jpeg|webp|gif);base64,(.*)\Z", re.S)
+# An image part the offline LLM cannot use reads as this marker (OpenAI answers 400).
+UNREADABLE = "[[llm:unreadable]]"
 _SCHEMA_TAGS = re.compile(r"<json_schema>(.*?)</json_schema>", re.S)
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _CJK_RUN = re.compile(f"[{_CJK}]+")
@@ -42,6 +46,7 @@ class Faults:
     invalid_json: bool = False
     invalid_json_once: bool = False
     refuse: bool = False
+    unreadable: bool = False
 
 
 def parse_faults(text: str) -> Faults:
@@ -54,7 +59,7 @@ def parse_faults(text: str) -> Faults:
             found["slow_ms"] = float(arg)
         elif name == "tokens" and re.fullmatch(r"\d{1,6}", arg):
             found["tokens"] = int(arg)
-        elif name in ("hang", "invalid_json", "invalid_json_once", "refuse"):
+        elif name in ("hang", "invalid_json", "invalid_json_once", "refuse", "unreadable"):
             found[name] = True
     return Faults(**found)
 
@@ -78,11 +83,36 @@ class ChatRequest:
     prompt_tokens: int
 
 
+def _image_markers(part: dict[str, Any]) -> str:
+    """The markers an `image_url` part's image carries in its bytes (a PNG tEXt chunk, a JPEG
+    comment...). An image that is not a base64 `data:` URL of an image reads as unreadable,
+    as OpenAI refuses it (remote URLs are not fetched offline)."""
+    image_url = part.get("image_url")
+    url = image_url.get("url", "") if isinstance(image_url, dict) else ""
+    matched = _DATA_URL.match(url) if isinstance(url, str) else None
+    if matched is None:
+        return UNREADABLE
+    try:
+        data = base64.b64decode(matched.group(1), validate=True)
+    except ValueError:
+        return UNREADABLE
+    return (
+        " ".join(m.group(0) for m in MARKER.finditer(data.decode("latin-1")))
+        if data
+        else UNREADABLE
+    )
+
+
 def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        parts = [p for p in content if isinstance(p, dict)]
+        texts = [
+            _image_markers(p) if p.get("type") == "image_url" else str(p.get("text", ""))
+            for p in parts
+        ]
+        return "\n".join(t for t in texts if t)
     return ""
 
 

@@ -15,6 +15,8 @@ from httpx_sse import connect_sse
 from lib.auth import mint_access_token
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
+# The job description above as a screenshot, for the kinds that read an image.
+SCREENSHOT = SAMPLES / "job_screenshot.png"
 
 
 def _bar(pct: int, width: int = 24) -> str:
@@ -33,7 +35,9 @@ class View:
     result: dict[str, Any] = field(default_factory=dict)
 
     def apply(self, event: str, data: dict[str, Any]) -> None:
-        if event == "delta":
+        if event == "step":  # a pipeline's next step: its own text and progress
+            self.chars, self.pct, self.stage = 0, 0, f"{data['step'] + 1}/{data['steps']}"
+        elif event == "delta":
             self.chars += len(data["text"])
         elif event == "progress":
             self.pct, self.stage = data["pct"], data["stage"]
@@ -75,8 +79,33 @@ def watch(client: httpx.Client, base: str, events_url: str, kind: str) -> View:
     return view
 
 
-def job_input(kind: str, resume: str, jd: str, earlier: dict[str, Any]) -> dict[str, Any]:
+def upload_screenshot(client: httpx.Client, base: str) -> str:
+    """Upload the sample screenshot as the front end does: a signed upload URL from
+    `POST /api/uploads`, then the file straight to Storage (supabase-py's storage client, as
+    supabase-js `uploadToSignedUrl`). Returns the object's path for a job's input."""
+    from storage3 import SyncStorageClient
+
+    upload = client.post(f"{base}/api/uploads", json={"content_type": "image/png"})
+    upload.raise_for_status()
+    grant = upload.json()
+    storage_url = grant["signed_url"].split("/object/upload/sign/", 1)[0] + "/"
+    with SyncStorageClient(storage_url, {}, http_client=httpx.Client(timeout=30)) as storage:
+        storage.from_(grant["bucket"]).upload_to_signed_url(
+            grant["path"], grant["token"], SCREENSHOT.read_bytes(), {"content-type": "image/png"}
+        )
+    return str(grant["path"])
+
+
+def job_input(
+    kind: str, resume: str, jd: str, earlier: dict[str, Any], image: str = ""
+) -> dict[str, Any]:
     """The input of `kind` from the samples and the results of the kinds that ran before it."""
+    if kind == "ocr_extract":
+        return {"image": {"path": image}, "document": "job_description"}
+    if kind == "job_vision_summary":
+        return {"image": {"path": image}}
+    if kind == "match_from_image":  # the pipeline: OCR, summary, audit, match, one job
+        return {"image": {"path": image}, "resume_text": resume}
     if kind in ("resume_summary", "detailed_resume_summary"):
         return {"resume_text": resume}
     if kind == "job_summary":
@@ -98,6 +127,9 @@ KINDS = (
     "job_match",
     "resume_customize",
     "interview_prep",
+    "ocr_extract",
+    "job_vision_summary",
+    "match_from_image",
 )
 
 
@@ -114,8 +146,10 @@ def run_demo(base: str, jwt_secret: str) -> int:
     with httpx.Client(headers=headers, timeout=httpx.Timeout(30, read=60)) as client:
         me = client.get(f"{base}/api/me").json()
         print(f"dev user {user_id}: {me['coins']} coins, {me['free_jobs_left_today']} free jobs")
+        image = upload_screenshot(client, base)
+        print(f"uploaded {SCREENSHOT.name} to Storage as {image}")
         for kind in KINDS:
-            body = {"kind": kind, "input": job_input(kind, resume, jd, earlier)}
+            body = {"kind": kind, "input": job_input(kind, resume, jd, earlier, image)}
             response = client.post(f"{base}/api/jobs", json=body)
             if response.status_code != 202:
                 print(f"{kind}: submit failed {response.status_code} {response.text}")

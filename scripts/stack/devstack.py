@@ -78,6 +78,7 @@ class Ports:
     upstash: int = 8079
     postgrest: int = 8078
     worker2: int = 8082  # the second worker box (WORKERS=2)
+    storage: int = 8077
 
     @classmethod
     def free(cls) -> Ports:
@@ -147,6 +148,10 @@ class Stack:
         return f"http://127.0.0.1:{self.ports.postgrest}"
 
     @property
+    def storage_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.storage}/storage/v1"
+
+    @property
     def cloud(self) -> bool:
         return self.profile == "cloud"
 
@@ -201,6 +206,11 @@ class Stack:
         )
         if self.use_broker:
             env["QSTASH_URL"] = self.broker_url
+        # Image uploads: the Storage stand-in, unless a real Storage is configured.
+        self.use_storage = not (base.get("STORAGE_URL") or base.get("SUPABASE_URL"))
+        if self.use_storage:
+            env["STORAGE_URL"] = self.storage_url
+            env.setdefault("SUPABASE_SERVICE_ROLE_KEY", cloud_profile.SERVICE_ROLE_KEY)
         self.use_offline_llm = not base.get("OPENAI_API_KEY")
         if self.use_offline_llm:
             env.update(
@@ -209,8 +219,9 @@ class Stack:
                     "OPENAI_API_KEY": "offline",
                 }
             )
-            env.setdefault("LLM_MODEL_FREE", "openai:offline")
-            env.setdefault("LLM_MODEL_PAID", "openai:offline")
+            for name in ("LLM_MODEL", "LLM_VISION_MODEL"):
+                env.setdefault(f"{name}_FREE", "openai:offline")
+                env.setdefault(f"{name}_PAID", "openai:offline")
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         return env
 
@@ -234,6 +245,8 @@ class Stack:
                     f"{self.broker_url}/healthz",
                 )
             )
+        if self.use_storage:
+            plan.append(self._storage())
         if self.cloud:
             plan += self._standins()
         for index, url in enumerate(self.worker_urls):
@@ -280,6 +293,26 @@ class Stack:
             )
         )
         return plan
+
+    def _storage(self) -> Component:
+        """The Storage stand-in (scripts/fakes/storage_standin.py), objects under .devstack/,
+        its bucket limited as docs/deploy.md sets the real one up."""
+        root = Path(self.env.get("STORAGE_STANDIN_ROOT") or STATE_DIR / "storage")
+        return Component(
+            "storage",
+            [
+                sys.executable,
+                "-m",
+                "scripts.fakes.storage_standin",
+                "--port",
+                str(self.ports.storage),
+                "--root",
+                str(root),
+                "--jwt-secret",
+                DEV_JWT_SECRET,
+            ],
+            f"{self.storage_url}/status",
+        )
 
     def _standins(self) -> list[Component]:
         """The Upstash REST and PostgREST stand-ins, in front of the stack's real servers."""
@@ -503,7 +536,12 @@ def main(argv: list[str] | None = None) -> int:
         ports=Ports.free() if args.free_ports else Ports(),
         profile=args.profile,
         overrides={
-            **({"WORKER_DRAIN_SECONDS": "3"} if args.command == "demo" else {}),
+            # The demo's new user gets coins for one job of every kind.
+            **(
+                {"WORKER_DRAIN_SECONDS": "3", "INITIAL_COINS": "25"}
+                if args.command == "demo"
+                else {}
+            ),
             **({"WORKERS": "2"} if args.workers == 2 else {}),
         },
         log_dir=STATE_DIR / "logs" if args.command == "demo" else None,

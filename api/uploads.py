@@ -1,0 +1,26 @@
+"""Vercel function: a signed upload URL for one image (`POST /api/uploads`).
+
+The image itself goes from the client straight to Supabase Storage (PUT to `signed_url`, or
+supabase-js `uploadToSignedUrl(path, token, file)`), never through a function body, which
+Vercel caps at 4.5 MB. The job's input then names it: `{"image": {"path": <path>}}`.
+"""
+
+from __future__ import annotations
+
+from flask import Response, jsonify
+
+from api._common import create_app, current_user, json_body, producer
+from lib.errors import UnavailableError
+from lib.images import new_upload
+
+app = create_app(__name__)
+
+
+@app.post("/api/uploads")
+def create_upload() -> tuple[Response, int]:
+    user_id = current_user()
+    body = json_body()
+    service = producer()
+    if service.storage is None:
+        raise UnavailableError("image uploads need Storage (STORAGE_URL or SUPABASE_URL)")
+    return jsonify(new_upload(service.settings, service.storage, user_id, body)), 201
