@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -95,11 +96,18 @@ def new_upload(settings: Settings, storage: Storage, user_id: str, body: Any) ->
 
 
 def check_job(
-    storage: Storage | None, settings: Settings, user_id: str, kind: str, job_input: dict[str, Any]
+    storage: Callable[[], Storage | None],
+    settings: Settings,
+    user_id: str,
+    kind: str,
+    job_input: dict[str, Any],
 ) -> None:
     """The uploads a job names (none for a text kind): the caller's own, complete, PNG/JPEG/WebP
     by their bytes, within IMAGE_MAX_BYTES, decodable; one ranged read each. Raises InputError
-    or AppError (413, 415), or UnavailableError; called before anything is charged."""
+    or AppError (413, 415), or UnavailableError; called before anything is charged.
+
+    `storage` is asked for the Storage client only when the job names an upload, so a text
+    submit never builds it (nor imports its SDK: tests/test_cold_start.py)."""
     from lib import handlers
 
     handler = handlers.get(kind)
@@ -107,9 +115,10 @@ def check_job(
         return
     for field, path in handler.images(handler.input_model.model_validate(job_input)).items():
         check_owned(user_id, path, field)
-        if storage is None:
+        client = storage()
+        if client is None:
             raise UnavailableError("image input needs Storage (STORAGE_URL or SUPABASE_URL)")
-        check_upload(storage, path, settings.image_max_bytes, field)
+        check_upload(client, path, settings.image_max_bytes, field)
 
 
 def check_owned(user_id: str, path: str, field: str) -> None:

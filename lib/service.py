@@ -173,7 +173,7 @@ class Producer:
         subclasses; then nothing stays charged."""
         req, job_input, cost = self.parse(body)
         # An image job's uploads: the only extra round trip, and only image jobs pay it.
-        images.check_job(self.storage, self.settings, user_id, req.kind, job_input)
+        images.check_job(lambda: self.storage, self.settings, user_id, req.kind, job_input)
         digest = request_hash(req.kind, job_input, req.tier)
         job_id = str(uuid.uuid4())
         result = self.store.submit_job(
