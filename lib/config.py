@@ -119,6 +119,15 @@ class Settings(BaseSettings):
     delta_flush_chars: int = Field(600, ge=1)
     delta_flush_tokens: int = Field(0, ge=0)
     worker_drain_seconds: float = Field(20.0, ge=0)
+    # How a delivery runs (docs/operations.md "Execution mode"): "inline" holds QStash's request
+    # for the whole job; "detached" answers 200 once the job is durably started (lease taken,
+    # job running) and runs it in a bounded pool of WORKER_MAX_JOBS per worker process, retries
+    # and model waits being QStash messages the worker publishes (lib/detached.py).
+    execution_mode: Literal["inline", "detached"] = "inline"
+    worker_max_jobs: int = Field(500, ge=1)
+    # Detached mode: a job whose model is full waits, re-published after this long (s) unless a
+    # freed slot wakes it first; waiters not seen again for DETACHED_WAIT_TTL_SECONDS leave.
+    detached_wait_seconds: float = Field(30.0, gt=0)
     # Jobs whose submit died between insert and publish are failed and refunded after this long.
     sweep_after_seconds: int = Field(900, ge=60)
     sweep_interval_seconds: float = Field(60.0, ge=0)

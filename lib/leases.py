@@ -42,6 +42,9 @@ class Lease:
     # kind's typical output size: what the refund rule weighs when the job fails or is cancelled.
     delivered: int = 0
     typical: int | None = None
+    # Detached mode: the (tier, model) whose slot the job holds across processes, renewed with
+    # the lease (lib/state/waits.py), so a dead process's slots lapse with its leases.
+    slot: tuple[str, str] | None = None
 
     def delivered_chars(self) -> int:
         """The most output any attempt of this delivery wrote to the job's stream."""
@@ -112,6 +115,14 @@ class Leases:
             except Exception:  # Redis down: the attempts fence themselves (Executor._fenced)
                 log.warning("lease renewal failed", extra={"running": len(held)})
                 continue
+            slots = [
+                (x.job_id, *x.slot) for x, a in zip(held, answers, strict=True) if x.slot and a[0]
+            ]
+            if slots:
+                try:
+                    self.state.renew_slots(slots)
+                except Exception:  # Redis down: the slots lapse with the leases
+                    log.warning("model slot renewal failed", extra={"running": len(slots)})
             for lease, again, (ok, done, watch) in zip(held, refresh, answers, strict=True):
                 if ok:
                     lease.renewed = sent

@@ -8,9 +8,10 @@ window delivers it once.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 
 from lib.config import Settings
 from lib.models import Tier
@@ -26,11 +27,21 @@ def flow_control_key(tier: str, model_spec: str) -> str:
 
 class Publisher(Protocol):
     def publish(
-        self, job_id: str, *, user_id: str, tier: str, model: str, dedup_id: str | None = None
+        self,
+        job_id: str,
+        *,
+        user_id: str,
+        tier: str,
+        model: str,
+        dedup_id: str | None = None,
+        delay: float | None = None,
+        gen: int | None = None,
     ) -> str:
         """Hand the job to the broker; return the message id. Raises UnavailableError.
         `dedup_id` (default: the job id) is the broker's deduplication id: a re-publish by
-        the reconciler passes its own, or QStash's 10-minute window would drop it."""
+        the reconciler or the detached worker passes its own, or QStash's 10-minute window
+        would drop it. `delay` (s) holds the message back (Upstash-Delay); `gen` is the job's
+        delivery generation (detached mode, lib/queue/wire.py)."""
 
 
 class QStashPublisher:
@@ -53,22 +64,39 @@ class QStashPublisher:
         self._client.http._client.timeout = httpx.Timeout(timeout, connect=2.0)
 
     def publish(
-        self, job_id: str, *, user_id: str, tier: str, model: str, dedup_id: str | None = None
+        self,
+        job_id: str,
+        *,
+        user_id: str,
+        tier: str,
+        model: str,
+        dedup_id: str | None = None,
+        delay: float | None = None,
+        gen: int | None = None,
     ) -> str:
         s = self.settings
+        # Flow control keeps the deliveries in flight per tier and model within the model's
+        # limit. Inline, a delivery holds its slot for the whole job; detached, a delivery
+        # lasts only until the job is started, and the worker bounds models itself
+        # (lib/state/waits.py), so it only smooths bursts.
         parallelism = (
             s.llm_max_concurrency_paid if tier == Tier.PAID else s.llm_max_concurrency_free
         )
+        options: dict[str, Any] = {
+            "flow_control": {"key": flow_control_key(tier, model), "parallelism": parallelism}
+        }
+        if delay is not None and delay > 0:
+            options["delay"] = max(1, math.ceil(delay))
         return wire.publish(
             self._client,
             s,
             url=s.execute_url,
-            body=wire.message_body(job_id, user_id, tier, s.job_retries).decode(),
+            body=wire.message_body(job_id, user_id, tier, s.job_retries, gen).decode(),
             retries=s.job_retries,
             deduplication_id=dedup_id or job_id,
             content_type="application/json",
             retry_delay=s.job_retry_delay or None,
-            flow_control={"key": flow_control_key(tier, model), "parallelism": parallelism},
+            **options,
         )
 
 
@@ -83,21 +111,30 @@ class DirectPublisher:
         self.settings = settings
 
     def publish(
-        self, job_id: str, *, user_id: str, tier: str, model: str, dedup_id: str | None = None
+        self,
+        job_id: str,
+        *,
+        user_id: str,
+        tier: str,
+        model: str,
+        dedup_id: str | None = None,
+        delay: float | None = None,
+        gen: int | None = None,
     ) -> str:
-        thread = threading.Thread(
-            target=self._deliver, args=(job_id, user_id, tier), name=f"direct-{job_id}", daemon=True
+        thread = threading.Timer(
+            max(0.0, delay or 0.0), self._deliver, args=(job_id, user_id, tier, gen)
         )
+        thread.name, thread.daemon = f"direct-{job_id}", True
         thread.start()
         return f"direct_{job_id}"
 
-    def _deliver(self, job_id: str, user_id: str, tier: str) -> None:
+    def _deliver(self, job_id: str, user_id: str, tier: str, gen: int | None = None) -> None:
         import requests
 
         from lib.queue.signing import sign
 
         s = self.settings
-        body = wire.message_body(job_id, user_id, tier, 0)
+        body = wire.message_body(job_id, user_id, tier, 0, gen)
         key = s.qstash_current_signing_key
         headers = {
             "Content-Type": "application/json",

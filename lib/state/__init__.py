@@ -18,6 +18,7 @@ from lib.state import scripts
 from lib.state.backend import Entry, RedisBackend, pairs
 from lib.state.keys import Keys
 from lib.state.results import CLOSED_PREFIX, Acquire, Acquisition, Renewal, Signal
+from lib.state.waits import ModelSlotsState, SlotTake, Take
 
 __all__ = [
     "State",
@@ -28,6 +29,8 @@ __all__ = [
     "Keys",
     "Renewal",
     "Signal",
+    "SlotTake",
+    "Take",
     "from_settings",
 ]
 
@@ -45,7 +48,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class State:
+class State(ModelSlotsState):
     """Domain operations over a `RedisBackend`."""
 
     def __init__(

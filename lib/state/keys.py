@@ -21,6 +21,14 @@ slot on clustered Redis. TTLs:
 | `sse:user:<user id>`         | zset   | STREAM_SLOT_TTL (45 s), refreshed by each open stream    |
 | `sig:<jti>`                  | string | exp + QSTASH_CLOCK_TOLERANCE_SECONDS - now (<= 5.5 min) |
 |                              |        | a delivery signature already used (replay cache)        |
+| `slots:{<tier>:<model>}`     | zset   | 2 x LEASE_TTL_SECONDS, refreshed on each take/renewal;  |
+|                              |        | detached mode's model slot holders (job id -> lapse ms) |
+| `queue:{<tier>:<model>}`     | zset   | as `slots`, refreshed on each wait: waiting jobs,       |
+|                              |        | scored by submit time (us), the head first              |
+| `queue:{<tier>:<model>}:seen`| zset   | the same: each waiter's lapse (ms) unless it polls again |
+| `queue:{<tier>:<model>}:gen` | hash   | the same: `<job id>` -> delivery generation (a stale    |
+|                              |        | wait message is dropped), `<job id>:waits` -> its waits |
+| `stats:waits`                | hash   | none: waits per `<tier>:<model>` (the worker's /metrics) |
 
 `sse:user:<user id>` holds one member per open event stream of the user (either endpoint),
 scored by the time (ms) it lapses unless its stream refreshes it, so a stream whose function
@@ -78,6 +86,23 @@ class Keys:
     def streams(self, user_id: str) -> str:
         """The user's open event streams (SSE_MAX_STREAMS_PER_USER)."""
         return f"{self.prefix}sse:user:{user_id}"
+
+    def slot_holders(self, tier: str, model: str) -> str:
+        """Detached mode: the jobs holding a slot of `tier` and `model`, across processes."""
+        return f"{self.prefix}slots:{{{tier}:{model}}}"
+
+    def model_queue(self, tier: str, model: str) -> str:
+        """Detached mode: the jobs waiting for a slot of `tier` and `model`, in submit order."""
+        return f"{self.prefix}queue:{{{tier}:{model}}}"
+
+    def model_queue_seen(self, tier: str, model: str) -> str:
+        return f"{self.prefix}queue:{{{tier}:{model}}}:seen"
+
+    def model_queue_gen(self, tier: str, model: str) -> str:
+        return f"{self.prefix}queue:{{{tier}:{model}}}:gen"
+
+    def wait_stats(self) -> str:
+        return f"{self.prefix}stats:waits"
 
     def signature(self, jti: str) -> str:
         """A delivery signature's id, kept until the signature could no longer verify."""

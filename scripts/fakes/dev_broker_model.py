@@ -281,11 +281,6 @@ def evaluate_retry_delay(expression: str, retried: int) -> float:
     return value
 
 
-def backoff_seconds(n: int) -> float:
-    """Return QStash's default delay before the n-th retry (n >= 1): min(86400, e^(2.5n))."""
-    return min(86400.0, math.exp(min(2.5 * n, 50.0)))
-
-
 _RETRY_AFTER_HEADERS = (
     "Retry-After",
     "X-RateLimit-Reset",
