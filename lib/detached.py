@@ -8,9 +8,10 @@ runs the attempt by the executor's own path (`Executor.run_started`) and acts on
 instead of returning it to QStash:
 
 - Done / GiveUp: nothing more (the executor already finished, failed or refunded the job);
-- RetryAfter: the job is re-published, delayed by QStash's own backoff (lib/queue/backoff.py)
-  or the Retry-After the attempt asked for, whichever is longer, with the deduplication id
-  `<job id>-a<attempt>`; the attempt count and JOB_RETRIES decide the last attempt as inline.
+- RetryAfter: the job is re-published with the deduplication id `<job id>-a<attempt>`, delayed
+  as QStash would have delayed the inline retry (lib/queue/backoff.py: the Retry-After the
+  attempt asked for, else JOB_RETRY_DELAY, else QStash's backoff min(86400, e^(2.5 n)) s); the
+  attempt count and JOB_RETRIES decide the last attempt as inline.
 
 QStash stays the only delivery engine: every retry and wait is a message the worker publishes,
 with a deduplication id of its own, and a message carries the job's delivery generation, so a
@@ -35,7 +36,7 @@ from lib.events import close_stream
 from lib.executor import LEASE_LOST, Executor
 from lib.leases import Lease
 from lib.models import ErrorCode, Job, JobStatus, Tier
-from lib.queue.backoff import backoff_seconds
+from lib.queue.backoff import RetryDelayError, backoff_seconds, retry_delay
 from lib.queue.producer import Publisher
 from lib.queue.wire import Delivery
 from lib.state import Acquire, Take
@@ -258,7 +259,10 @@ class Detached:
             delay = float(self.settings.lease_ttl_seconds)
             dedup = f"{job_id}-a{attempt}-lost"
         else:
-            delay = max(backoff_seconds(attempt), verdict.seconds or 0.0)
+            try:
+                delay = retry_delay(self.settings.job_retry_delay, attempt, verdict.seconds)
+            except RetryDelayError:
+                delay = backoff_seconds(attempt)
             dedup = f"{job_id}-a{attempt}"
         if self.metrics:
             self.metrics.republished("retry")

@@ -61,19 +61,16 @@ def test_a_delivery_is_answered_once_the_job_started_and_the_job_then_succeeds(
     assert d.env.state.live("paid") == 0
 
 
-def test_a_retryable_failure_is_re_published_with_backoff_and_keeps_the_attempt_count(
+def test_a_retryable_failure_is_re_published_and_keeps_the_attempt_count(
     make_detached: Callable[..., DetachedEnv], db: Db
 ) -> None:
     d = make_detached()
     job = d.env.create_job("[[llm:fail_once=503]]")
-    began = time.monotonic()
 
     d.submit(job)
 
     row = _terminal(db, job)
     assert row["status"] == "succeeded" and row["attempts"] == 2
-    # QStash's backoff before the first retry is e^2.5 = 12.2 s, here at time_scale 0.01.
-    assert time.monotonic() - began >= 0.12
     events = d.env.stream(job.job_id)
     assert statuses(events) == [("running", 1), ("retrying", 1), ("running", 2), ("succeeded", 2)]
     assert db.ledger(job.job_id) == [("debit", -1)]
