@@ -47,7 +47,12 @@ def plan_problems(s: Settings) -> list[str]:
         s.qstash_plan,
         job_retries=s.job_retries,
         job_timeout_seconds=s.job_timeout_seconds,
-        concurrency={
+        # Detached, a delivery lasts only until its job started: the model limits bound jobs
+        # running in the worker, not deliveries, and the flow-control parallelism the producer
+        # asks for is capped at the plan's (lib/queue/producer.py).
+        concurrency={}
+        if s.execution_mode == "detached"
+        else {
             "LLM_MAX_CONCURRENCY_FREE": s.llm_max_concurrency_free,
             "LLM_MAX_CONCURRENCY_PAID": s.llm_max_concurrency_paid,
         },

@@ -445,3 +445,12 @@ def test_a_detached_worker_needs_the_qstash_token_to_publish_its_retries(
     assert "QSTASH_TOKEN on the worker" in config_error("worker", execution_mode="detached")
     settings = load("worker", execution_mode="detached", qstash_token=DEV_TOKEN)
     assert (settings.execution_mode, settings.worker_max_jobs) == ("detached", 500)
+
+
+def test_a_detached_worker_may_run_more_model_calls_than_the_plans_parallelism(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(monkeypatch, {**WORKER, "QSTASH_PLAN": "free", "LLM_MAX_CONCURRENCY_FREE": "200"})
+    assert "LLM_MAX_CONCURRENCY_FREE=200" in config_error("worker")
+    settings = load("worker", execution_mode="detached", qstash_token=DEV_TOKEN)
+    assert settings.llm_max_concurrency_free == 200

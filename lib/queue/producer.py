@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from lib.config import Settings
 from lib.models import Tier
-from lib.queue import wire
+from lib.queue import plans, wire
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,9 @@ class QStashPublisher:
         parallelism = (
             s.llm_max_concurrency_paid if tier == Tier.PAID else s.llm_max_concurrency_free
         )
+        account = plans.plan(s.qstash_plan).parallelism
+        if account is not None:
+            parallelism = min(parallelism, account)
         options: dict[str, Any] = {
             "flow_control": {"key": flow_control_key(tier, model), "parallelism": parallelism}
         }
