@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from helpers.net import wait_for
-from helpers.worker import deliver, failure_callback, statuses
+from helpers.worker import assert_untouched, deliver, failure_callback, statuses
 
 from lib.reconcile import Reconciler
 
@@ -225,3 +225,19 @@ def test_the_failure_callback_fails_and_refunds_a_job_in_detached_mode(
     assert response.status_code == 200
     assert _status(db, job) == "failed"
     assert db.ledger(job.job_id) == [("debit", -1), ("refund", 1)]
+
+
+def test_a_delivery_with_a_malformed_generation_is_refused_and_changes_nothing(
+    make_detached: Callable[..., DetachedEnv], db: Db
+) -> None:
+    d = make_detached()
+    job = d.env.create_job()
+    raw = (
+        f'{{"job_id":"{job.job_id}","user_id":"{job.user_id}","tier":"paid",'
+        f'"retries":3,"gen":"x"}}'
+    ).encode()
+
+    response = deliver(d.env, job, body=raw)
+
+    assert response.status_code == 489
+    assert_untouched(d.env, db, job)

@@ -80,6 +80,7 @@ SECTIONS = {
     "latency",
     "submit",
     "concurrency",
+    "live_jobs",
 }
 API_FUNCTIONS = ["api.jobs", "api.events", "api.me", "api.health", "api.openapi"]
 

@@ -57,6 +57,7 @@ from scripts.bench.common import (
 )
 from scripts.bench.cost import cost, sweep
 from scripts.bench.latency import latency
+from scripts.bench.live_jobs import live_jobs
 from scripts.bench.micro import cold_start, llm_parse
 from scripts.bench.report import markdown, plots, table
 from scripts.stack import embedded
@@ -90,6 +91,7 @@ def _stack_sections(
         benches.clear()
         if "concurrency" in sections:
             results["concurrency"] = concurrency(database_url, quick)
+
     finally:
         for bench in benches.values():
             bench.stop()
@@ -100,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller loads (a smoke run, ~3 min)")
     parser.add_argument(
         "--only",
-        default="cold,parse,cost,latency,submit,concurrency",
-        help="comma-separated sections (cold, parse, cost, latency, submit, concurrency)",
+        default="cold,parse,cost,latency,submit,concurrency,live",
+        help="comma-separated sections (cold, parse, cost, latency, submit, concurrency, live)",
     )
     parser.add_argument(
         "--ours",
@@ -148,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         migrate.apply(pg.url)
         _stack_sections(results, sections, args.quick, pg.url)
+        if "live" in sections:
+            results["live_jobs"] = live_jobs(pg.url, args.quick)
     finally:
         pg.stop()
     results["seconds"] = round(time.monotonic() - began, 1)
