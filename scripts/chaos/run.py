@@ -493,9 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             say(f"{sc.name} ({mode}): {sc.title} ({args.jobs} jobs, budget {sc.budget:.0f}s)")
             rows.append(run_scenario(sc, infra, args, args.seed + i, mode))
-            say(
-                f"{rows[-1].scenario}: {len(rows[-1].violations)} violation(s) in {rows[-1].seconds}s"
-            )
+            last = rows[-1]
+            say(f"{last.scenario}: {len(last.violations)} violation(s) in {last.seconds}s")
     finally:
         infra.stop()
     total = round(time.monotonic() - started, 1)
