@@ -233,8 +233,7 @@ def test_a_delivery_with_a_malformed_generation_is_refused_and_changes_nothing(
     d = make_detached()
     job = d.env.create_job()
     raw = (
-        f'{{"job_id":"{job.job_id}","user_id":"{job.user_id}","tier":"paid",'
-        f'"retries":3,"gen":"x"}}'
+        f'{{"job_id":"{job.job_id}","user_id":"{job.user_id}","tier":"paid","retries":3,"gen":"x"}}'
     ).encode()
 
     response = deliver(d.env, job, body=raw)
