@@ -25,6 +25,7 @@ lapse; the reconciler (lib/reconcile.py) re-publishes its running jobs.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,7 @@ from lib.queue.producer import Publisher
 from lib.queue.wire import Delivery
 from lib.state import Acquire, Take
 from lib.store import Attempt, Started
-from lib.verdict import Done, RetryAfter, Verdict
+from lib.verdict import Busy, Done, RetryAfter, Verdict
 
 if TYPE_CHECKING:
     from lib.metrics import Metrics
@@ -131,9 +132,12 @@ class Detached:
             self.state.release(job_id, tier, user_id)
             return Done(job_id, status=acquired.status, note="already finished"), False
         if acquired.outcome == Acquire.BUSY:
-            # The attempt that holds the lease owns the job (its retry, or the reconciler when
-            # it dies); this duplicate is settled.
-            return Done(job_id, note="another attempt holds this job"), False
+            # As inline: come back once the lease may have lapsed. Dropping the duplicate would
+            # strand a job whose holder gave up without a word (a fenced attempt whose lease
+            # Redis still keeps), and a cancel that Redis missed would then never close its
+            # stream; the reconciler only looks at jobs that are not terminal.
+            wait = max(1, math.ceil((acquired.remaining_ms or 1000) / 1000))
+            return Busy("busy", "another attempt holds this job", wait), False
         lease.watch = acquired.watch
         try:
             return self._start_held(delivery, lease, max_retries)

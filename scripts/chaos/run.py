@@ -102,13 +102,11 @@ BASE_ENV = {
 
 # EXECUTION_MODE=detached (lib/detached.py): after its 200 nothing but the worker's own
 # re-publish or the reconciler moves a job, so the reconciler's schedule ticks every 6 s (a
-# `* * * * *` cron at DEV_BROKER_TIME_SCALE 0.1, unless a scenario scales time itself) and
-# re-publishes a job queued but never started after 20 s.
+# `* * * * *` cron at DEV_BROKER_TIME_SCALE 0.1, unless a scenario scales time itself).
 DETACHED_ENV = {
     "EXECUTION_MODE": "detached",
     "RECONCILE_CRON": "* * * * *",
     "DEV_BROKER_TIME_SCALE": "0.1",
-    "RECONCILE_QUEUED_AFTER_SECONDS": "20",
 }
 MODES = ("inline", "detached")
 
