@@ -274,3 +274,20 @@ def test_live_attempts_filling_a_batch_do_not_hide_a_dead_one_behind_them(
         0,
         0,
     ]
+
+
+def test_a_job_waiting_for_its_model_in_detached_mode_is_left_alone(healing: Healing) -> None:
+    job = healing.died_running()
+    model = healing.env.settings.model_for(job.tier, "job_match")
+    taken = healing.env.state.take_slot(
+        "holder", job.tier, model, limit=1, order=0, generation=None, wait_seconds=60
+    )
+    waiting = healing.env.state.take_slot(
+        job.job_id, job.tier, model, limit=1, order=1, generation=None, wait_seconds=60
+    )
+    assert (taken.outcome, waiting.outcome) == ("ok", "wait")
+
+    summary = healing.run()
+
+    assert summary.republished == 0 and summary.failed == 0
+    assert healing.db.job(job.job_id)["status"] == "running"
