@@ -1,14 +1,17 @@
 """`make chaos`: fault injection under load on the real local stack, then invariants.
 
-For each scenario it starts a fresh stack (`scripts.stack.devstack.Stack`: offline LLM, dev broker,
-worker under gunicorn, producer) on the run's own embedded Redis and Postgres, has many users
-submit a few hundred jobs that stream for several seconds each, injects the scenario's fault
+For each scenario, once per execution mode (`--mode inline|detached|both`, default both: the
+worker's EXECUTION_MODE, `DETACHED_ENV` below), it starts a fresh stack
+(`scripts.stack.devstack.Stack`: offline LLM, dev broker, worker under gunicorn, producer) on the
+run's own embedded Redis and Postgres, has many users submit a few hundred jobs that stream for
+several seconds each, injects the scenario's fault
 while they run, waits until every job is terminal (within the scenario's time budget), and
 checks the invariants of `scripts.chaos.check` over Postgres and Redis. The clock-skew scenarios
 run the worker under libfaketime (`scripts.chaos.clock`; `scripts/install-faketime` installs it).
 It prints one row per scenario and exits 1 when any invariant was violated.
 
-    .venv/bin/python -m scripts.chaos [--only NAME ...] [--jobs 240] [--users 60] [--list]
+    .venv/bin/python -m scripts.chaos [--mode inline|detached|both] [--only NAME ...] [--jobs 240]
+        [--users 60] [--list]
 
 Logs of each scenario's components go to .devstack/chaos/<scenario>/; the figures of the last
 run to .devstack/chaos/results.json.
@@ -68,7 +71,7 @@ from scripts.chaos.skew import (
 from scripts.stack.devstack import ROOT, Ports
 
 OUT = ROOT / ".devstack" / "chaos"
-TOTAL_BUDGET = 14 * 60  # seconds: `make chaos` must end within 15 minutes
+TOTAL_BUDGET = 14 * 60  # seconds per execution mode: one mode ends within 15 minutes
 
 # Admission and coins sized so that every submit is admitted; the rest is the production shape
 # at a realistic pace (25 tokens/s: a job streams for 10-25 s).
