@@ -287,7 +287,8 @@ def test_a_job_waiting_for_its_model_in_detached_mode_is_left_alone(healing: Hea
     )
     assert (taken.outcome, waiting.outcome) == ("ok", "wait")
 
-    summary = healing.run()
+    healing.run()
 
-    assert summary.republished == 0 and summary.failed == 0
+    # Other tests' stale jobs share the database: this one's row says what was done to it.
+    assert healing.db.one("select heals from cs_jobs where id = %s", job.job_id) == 0
     assert healing.db.job(job.job_id)["status"] == "running"
