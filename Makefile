@@ -17,7 +17,7 @@ help:
 	@echo "make test   run the whole test suite (real Redis and Postgres, embedded)"
 	@echo "make test-browser  the demo page in headless Chromium"
 	@echo "make check-deploy  validate Dockerfile, compose, Caddy, Vercel build, deploy scripts; build and run the image"
-	@echo "make chaos  fault injection under load on the local stack (< 15 min)"
+	@echo "make chaos  fault injection under load, inline and detached modes (< 30 min)"
 	@echo "make bench  latency and cost per job against the original design (< 12 min)"
 	@echo "make lint   ruff check, ruff format --check and mypy"
 
@@ -54,7 +54,8 @@ lint: $(STAMP)
 check-deploy: $(STAMP)
 	scripts/check-deploy
 
-# Fault injection under load on the local stack (< 15 min); exits non-zero on any violation.
+# Fault injection under load on the local stack, every scenario in both execution modes (< 30 min;
+# `python -m scripts.chaos --mode inline` for one mode, < 15 min); exits non-zero on any violation.
 # The clock-skew scenarios run the worker under libfaketime (Debian's faketime, installed here).
 chaos: $(STAMP)
 	scripts/install-faketime

@@ -38,6 +38,9 @@ JSON_SCHEMA_PROVIDERS = {"openai"}
 
 DEV_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"  # noqa: S105
 DEV_SIGNING_KEYS = (DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY)
+# Detached mode's default background jobs per worker process (WORKER_MAX_JOBS=0): a streaming
+# job is a thread mostly waiting on the model (docs/performance.md: live jobs per worker).
+DETACHED_JOBS_PER_PROCESS = 500
 
 
 class Settings(BaseModel):
@@ -93,11 +96,13 @@ class Settings(BaseModel):
     qstash_plan: plans.PlanName = plans.DEFAULT_PLAN
     worker_url: str = ""
     # Scale-out (lib/boxes.py): the worker boxes the producer publishes to, comma-separated base
-    # URLs (empty: WORKER_URL alone). Each box announces its free capacity (WORKER_MAX_JOBS,
-    # default WEB_CONCURRENCY x GUNICORN_THREADS, minus the jobs it runs) in Redis every
-    # BOX_HEARTBEAT_SECONDS when several boxes are listed; an announcement lapses after 3 beats.
+    # URLs (empty: WORKER_URL alone). Each box announces its free capacity (WORKER_MAX_JOBS minus
+    # the jobs it runs) in Redis every BOX_HEARTBEAT_SECONDS when several boxes are listed; an
+    # announcement lapses after 3 beats.
     worker_urls: list[str] = Field(default_factory=list)
-    worker_max_jobs: int = Field(0, ge=0)  # 0: WEB_CONCURRENCY x GUNICORN_THREADS
+    # The jobs one box runs at once, all its processes together (`max_jobs`); 0: inline
+    # WEB_CONCURRENCY x GUNICORN_THREADS, detached WEB_CONCURRENCY x 500 (background jobs).
+    worker_max_jobs: int = Field(0, ge=0)
     box_heartbeat_seconds: float = Field(5.0, gt=0, le=60)
     job_retries: int = Field(3, ge=0, le=100)
     # QStash `Upstash-Retry-Delay` expression in ms (e.g. "1000 * (1 + retried)"); empty keeps
@@ -137,6 +142,15 @@ class Settings(BaseModel):
     delta_flush_chars: int = Field(600, ge=1)
     delta_flush_tokens: int = Field(0, ge=0)
     worker_drain_seconds: float = Field(20.0, ge=0)
+    # How a delivery runs (docs/operations.md "Execution mode"): "inline" holds QStash's request
+    # for the whole job; "detached" answers 200 once the job is durably started (lease taken,
+    # job running) and runs it in a bounded pool (WORKER_MAX_JOBS shared by the box's worker
+    # processes: `max_jobs_per_process`), retries and model waits being QStash messages the
+    # worker publishes (lib/detached.py).
+    execution_mode: Literal["inline", "detached"] = "inline"
+    # Detached mode: a job whose model is full waits, re-published after this long (s) unless a
+    # freed slot wakes it first; waiters not seen again for DETACHED_WAIT_TTL_SECONDS leave.
+    detached_wait_seconds: float = Field(30.0, gt=0)
     # Jobs whose submit died between insert and publish are failed and refunded after this long.
     sweep_after_seconds: int = Field(900, ge=60)
     sweep_interval_seconds: float = Field(60.0, ge=0)
@@ -286,7 +300,16 @@ class Settings(BaseModel):
     @property
     def max_jobs(self) -> int:
         """WORKER_MAX_JOBS: the jobs one box runs at once, all its processes together."""
-        return self.worker_max_jobs or self.web_concurrency * self.gunicorn_threads
+        if self.worker_max_jobs:
+            return self.worker_max_jobs
+        per_process = DETACHED_JOBS_PER_PROCESS if self.execution_mode == "detached" else 0
+        return self.web_concurrency * (per_process or self.gunicorn_threads)
+
+    @property
+    def max_jobs_per_process(self) -> int:
+        """Detached mode: the background jobs one worker process runs at once (its share of
+        WORKER_MAX_JOBS)."""
+        return max(1, -(-self.max_jobs // max(1, self.web_concurrency)))
 
     @property
     def execute_url(self) -> str:

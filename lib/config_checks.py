@@ -60,7 +60,12 @@ def plan_problems(s: Settings) -> list[str]:
         s.qstash_plan,
         job_retries=s.job_retries,
         job_timeout_seconds=s.job_timeout_seconds,
-        concurrency={
+        # Detached, a delivery lasts only until its job started: the model limits bound jobs
+        # running in the worker, not deliveries, and the flow-control parallelism the producer
+        # asks for is capped at the plan's (lib/queue/producer.py).
+        concurrency={}
+        if s.execution_mode == "detached"
+        else {
             "LLM_MAX_CONCURRENCY_FREE": s.llm_max_concurrency_free,
             "LLM_MAX_CONCURRENCY_PAID": s.llm_max_concurrency_paid,
         },
@@ -113,6 +118,10 @@ def _worker_problems(s: Settings) -> list[str]:
         )
     if not s.signing_keys:
         problems.append("set QSTASH_CURRENT_SIGNING_KEY and QSTASH_NEXT_SIGNING_KEY")
+    if s.execution_mode == "detached" and s.qstash_mode == "broker" and not s.qstash_token:
+        problems.append(
+            "EXECUTION_MODE=detached publishes retries and waits: set QSTASH_TOKEN on the worker"
+        )
     for item in [s.llm_model_free, s.llm_model_paid, *s.llm_model_overrides.values()]:
         provider, sep, model = item.partition(":")
         if not sep or not model:
@@ -135,6 +144,9 @@ def public_dev_values(s: Settings, role: Role) -> list[str]:
             found.append("STREAM_TOKEN_SECRET")
         if s.qstash_token == DEV_TOKEN:
             found.append("QSTASH_TOKEN")
+    # A detached worker publishes its own retries and waits with the token.
+    if role == "worker" and s.execution_mode == "detached" and s.qstash_token == DEV_TOKEN:
+        found.append("QSTASH_TOKEN")
     # The producer verifies signatures too once it serves the reconciler (PRODUCER_URL).
     if role == "worker" or (role == "api" and (s.qstash_mode == "direct" or s.producer_url)):
         if s.qstash_current_signing_key in DEV_SIGNING_KEYS:

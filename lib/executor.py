@@ -28,7 +28,7 @@ from lib.llm_types import LLM
 from lib.models import ErrorCode, Job, JobStatus
 from lib.slots import ModelSlots
 from lib.state import Acquire, State
-from lib.store import Attempt, Delivered, Store
+from lib.store import Attempt, Delivered, Started, Store
 from lib.verdict import Busy, Done, GiveUp, RetryAfter, Verdict
 
 if TYPE_CHECKING:
@@ -126,8 +126,13 @@ class Executor:
                 self.metrics.running(-1)
 
     def _attempt(self, lease: Lease, *, max_retries: int) -> Verdict:
+        return self.run_started(lease, self.store.start_attempt(lease.job_id), max_retries)
+
+    def run_started(self, lease: Lease, started: Started, max_retries: int) -> Verdict:
+        """Run the attempt `started` (the answer of `store.start_attempt`) under `lease` to its
+        verdict: the inline delivery's path, and detached mode's background run
+        (lib/detached.py). Raises AppError when Redis or the database fails before it settles."""
         job_id = lease.job_id
-        started = self.store.start_attempt(job_id)
         if started.outcome == Attempt.NOT_FOUND:
             log.warning("delivery for an unknown job", extra={"job_id": job_id})
             self.state.release(job_id, lease.tier, lease.user_id, lease.token)

@@ -46,6 +46,9 @@ class Lease:
     # A pipeline's step this delivery runs, and the results of the steps before it.
     step: int = 0
     steps: dict[str, Any] = field(default_factory=dict)
+    # Detached mode: the (tier, model) whose slot the job holds across processes, renewed with
+    # the lease (lib/state/waits.py), so a dead process's slots lapse with its leases.
+    slot: tuple[str, str] | None = None
 
     def delivered_chars(self) -> int:
         """The most output any attempt of this delivery wrote to the job's stream."""
@@ -116,6 +119,14 @@ class Leases:
             except Exception:  # Redis down: the attempts fence themselves (Executor._fenced)
                 log.warning("lease renewal failed", extra={"running": len(held)})
                 continue
+            slots = [
+                (x.job_id, *x.slot) for x, a in zip(held, answers, strict=True) if x.slot and a[0]
+            ]
+            if slots:
+                try:
+                    self.state.renew_slots(slots)
+                except Exception:  # Redis down: the slots lapse with the leases
+                    log.warning("model slot renewal failed", extra={"running": len(slots)})
             for lease, again, (ok, done, watch) in zip(held, refresh, answers, strict=True):
                 if ok:
                     lease.renewed = sent

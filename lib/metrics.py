@@ -63,6 +63,16 @@ TOKENS = Counter(
     ["kind", "tier", "model", "direction"],
 )
 LIVE = Gauge("cs_jobs_running", "Attempts running in this worker", multiprocess_mode="livesum")
+WAITS = Counter(
+    "cs_model_waits_total",
+    "Detached mode: deliveries that found their model full and waited, by tier and model",
+    ["tier", "model"],
+)
+REPUBLISHED = Counter(
+    "cs_republished_total",
+    "Detached mode: deliveries the worker published (retry, or wake of a model waiter)",
+    ["reason"],
+)
 REDIS_ERRORS = Counter("cs_redis_errors_total", "Redis calls of the worker that raised")
 DB_ERRORS = Counter("cs_db_errors_total", "Database calls of the worker that raised")
 
@@ -89,6 +99,14 @@ class Metrics:
         DURATION.labels(job.kind, job.tier).observe(seconds)
         if outcome in TERMINAL:
             self.finished(job, outcome)
+
+    def waited(self, tier: str, model: str) -> None:
+        """A delivery found its model full and waits (detached mode)."""
+        WAITS.labels(tier, model).inc()
+
+    def republished(self, reason: str) -> None:
+        """The worker published a delivery itself: `retry` or `wake` (detached mode)."""
+        REPUBLISHED.labels(reason).inc()
 
     def finished(self, job: Any, outcome: str) -> None:
         """The job reached `outcome` (succeeded, failed or cancelled) through this worker."""

@@ -151,6 +151,10 @@ class Reconciler:
         # A live attempt keeps its lease; one that died lets it lapse within LEASE_TTL.
         if self.state.lease_ms(str(row["id"])) > 0:
             return 0
+        # Detached mode: a job waiting for its model polls its queue; it is not lost.
+        model = s.model_for(row["tier"], row["kind"])
+        if self.state.waiting(str(row["id"]), row["tier"], model):
+            return 0
         if int(row["attempts"]) > s.job_retries:
             self._fail(row, summary, ErrorCode.RETRIES_EXHAUSTED, "retries exhausted")
         elif int(row["heals"]) >= s.reconcile_max_heals:

@@ -24,7 +24,11 @@ class ModelSlots:
         """Hold a slot of `tier` and `model` for the block.
 
         Raises RetryableError(rate_limited, status 429, retry after 10 s) when none frees up
-        within half a second."""
+        within half a second. In detached mode it holds nothing: the job took its slot across
+        every process before it started (lib/state/waits.py)."""
+        if self.settings.execution_mode == "detached":
+            yield
+            return
         key = f"{tier}:{model}"
         with self._lock:
             slot = self._slots.get(key)

@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from flask import Flask
 from helpers.broker import SCALE, Destination, RunningBroker, mount
+from helpers.detached import DetachedEnv
 from helpers.events import Clock
 from helpers.net import SERVICE_ROLE_KEY, UPSTASH_TOKEN, free_port, serve_wsgi
 from helpers.offline_llm import Llm
@@ -447,6 +448,40 @@ def make_worker(
         storage.close()
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture
+def make_detached(make_worker: Callable[..., WorkerEnv]) -> Iterator[Callable[..., DetachedEnv]]:
+    """Build a detached worker (EXECUTION_MODE=detached) served on a loopback port, with a dev
+    broker of its own delivering to it (`time_scale` shortens the broker's delays); settings
+    overrides as keyword arguments. Its background jobs are drained after the test."""
+    from lib.queue.producer import QStashPublisher
+    from scripts.fakes.dev_broker import create_app as broker_app
+
+    with ExitStack() as stack:
+
+        def build(
+            *, time_scale: float = 0.01, limits: str | Plan = "payg", **overrides: Any
+        ) -> DetachedEnv:
+            broker = broker_app(time_scale=time_scale, limits=limits)
+            broker_url = stack.enter_context(serve_wsgi(broker))
+            stack.callback(broker.broker.stop)  # type: ignore[attr-defined]
+            port = free_port()
+            settings: dict[str, Any] = {
+                "execution_mode": "detached",
+                "worker_url": f"http://127.0.0.1:{port}",
+                "qstash_url": broker_url,
+                "worker_drain_seconds": 1,
+                "detached_wait_seconds": 5,
+                **overrides,
+            }
+            env = make_worker(**settings)
+            stack.enter_context(serve_wsgi(env.app, port))
+            detached = env.app.extensions["detached"]
+            stack.callback(detached.shutdown, 10)
+            return DetachedEnv(env, broker_url, broker, QStashPublisher(env.settings, timeout=3.0))
+
+        yield build
 
 
 @pytest.fixture

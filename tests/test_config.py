@@ -428,3 +428,29 @@ def test_the_reconcile_url_is_the_producer_url_plus_the_endpoint() -> None:
         "https://p.example.test/api/reconcile"
     )
     assert load().reconcile_url == ""
+
+
+def test_the_execution_mode_is_inline_unless_set_and_refuses_other_words(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(monkeypatch, WORKER)
+    assert load("worker").execution_mode == "inline"
+    assert "EXECUTION_MODE" in config_error("worker", execution_mode="background")
+
+
+def test_a_detached_worker_needs_the_qstash_token_to_publish_its_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(monkeypatch, WORKER)
+    assert "QSTASH_TOKEN on the worker" in config_error("worker", execution_mode="detached")
+    settings = load("worker", execution_mode="detached", qstash_token=DEV_TOKEN)
+    assert (settings.execution_mode, settings.worker_max_jobs) == ("detached", 500)
+
+
+def test_a_detached_worker_may_run_more_model_calls_than_the_plans_parallelism(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(monkeypatch, {**WORKER, "QSTASH_PLAN": "free", "LLM_MAX_CONCURRENCY_FREE": "200"})
+    assert "LLM_MAX_CONCURRENCY_FREE=200" in config_error("worker")
+    settings = load("worker", execution_mode="detached", qstash_token=DEV_TOKEN)
+    assert settings.llm_max_concurrency_free == 200

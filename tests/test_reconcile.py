@@ -346,3 +346,21 @@ def test_a_pipelines_retry_budget_counts_the_running_steps_attempts_only(
 
     assert summary.republished >= 1 and summary.failed == 0
     assert healing.db.job(job.job_id)["status"] == "running"
+
+
+def test_a_job_waiting_for_its_model_in_detached_mode_is_left_alone(healing: Healing) -> None:
+    job = healing.died_running()
+    model = healing.env.settings.model_for(job.tier, "job_match")
+    taken = healing.env.state.take_slot(
+        "holder", job.tier, model, limit=1, order=0, generation=None, wait_seconds=60
+    )
+    waiting = healing.env.state.take_slot(
+        job.job_id, job.tier, model, limit=1, order=1, generation=None, wait_seconds=60
+    )
+    assert (taken.outcome, waiting.outcome) == ("ok", "wait")
+
+    healing.run()
+
+    # Other tests' stale jobs share the database: this one's row says what was done to it.
+    assert healing.db.one("select heals from cs_jobs where id = %s", job.job_id) == 0
+    assert healing.db.job(job.job_id)["status"] == "running"

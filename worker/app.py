@@ -59,6 +59,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     overrides = dict(test_config or {})
     executor: Executor | None = overrides.pop("executor", None)
+    overrides_publisher = overrides.pop("publisher", None)
     settings = config.load("worker", **overrides) if overrides else config.settings("worker")
     logs.setup(settings.log_level, settings.log_format)
     tracing.setup(settings)
@@ -78,6 +79,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         # Announce this box to the producers (scale-out, lib/boxes.py).
         Heartbeat(settings, executor.state, executor.running, lambda: executor.draining).start()
     executor.start()
+    detached = None
+    if settings.execution_mode == "detached":
+        from lib.detached import Detached
+        from lib.queue.producer import from_settings as publisher_from_settings
+
+        detached = Detached(executor, overrides_publisher or publisher_from_settings(settings))
     if executor.metrics is not None:
         count_errors(executor.store, executor.state)
     app = Flask(__name__)
@@ -85,12 +92,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # one byte more than the cap lets `_read_body` tell a body at the cap from one over it.
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1
     app.extensions["executor"] = executor
+    app.extensions["detached"] = detached
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_: RequestEntityTooLarge) -> Response:
         return _error(413, "payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
 
-    _delivery_routes(app, executor, settings)
+    _delivery_routes(app, executor, settings, detached)
     _health_routes(
         app, executor, AdmissionCollector(executor.state, settings.metrics_redis_refresh_seconds)
     )
@@ -146,7 +154,7 @@ def _verified(executor: Executor, settings: Any, url: str) -> bytes | Response:
         return _outage(exc)
 
 
-def _delivery_routes(app: Flask, executor: Executor, settings: Any) -> None:
+def _delivery_routes(app: Flask, executor: Executor, settings: Any, detached: Any) -> None:
     @app.post("/v1/execute")
     def execute() -> Response:
         body = _verified(executor, settings, settings.execute_url)
@@ -156,7 +164,7 @@ def _delivery_routes(app: Flask, executor: Executor, settings: Any) -> None:
         if delivery is None:
             return _respond(wire.answer(GiveUp("invalid_input", "malformed delivery body")))
         try:
-            return _respond(_execute(executor, delivery, settings.job_retries))
+            return _respond(_execute(executor, delivery, settings.job_retries, detached))
         except AppError as exc:  # Redis or the DB is down: let the broker retry later
             log.warning("delivery failed", extra={"code": exc.code, "job_id": delivery.job_id})
             return _outage(exc)
@@ -170,7 +178,7 @@ def _delivery_routes(app: Flask, executor: Executor, settings: Any) -> None:
         if callback is None:
             log.warning("failure callback without a usable source body")
             return jsonify({"ignored": True})
-        job_id, user_id, tier, _ = callback.delivery
+        job_id, user_id, tier = callback.delivery[:3]
         with logs.job_scope(job_id, user_id=user_id):
             try:
                 verdict = executor.fail_delivery(job_id, user_id, tier, callback.reason)
@@ -180,23 +188,26 @@ def _delivery_routes(app: Flask, executor: Executor, settings: Any) -> None:
         return _respond(wire.answer(verdict))
 
 
-def _execute(executor: Executor, delivery: wire.Delivery, default_retries: int) -> wire.Answer:
-    """One delivery as one `job.attempt` span, every log line tagged with the job.
+def _execute(
+    executor: Executor, delivery: wire.Delivery, default_retries: int, detached: Any = None
+) -> wire.Answer:
+    """One delivery as one `job.attempt` span, every log line tagged with the job. Detached
+    (EXECUTION_MODE=detached), it answers once the job is started (lib/detached.py).
 
     Upstash-Retried is not signed: it is informational (logs, traces) only. Whether this is the
     last attempt comes from the job's own attempt count against the signed `retries`."""
     retried = _int_header("Upstash-Retried")
-    job_id, user_id, tier, retries = delivery
+    job_id, user_id, tier, retries = delivery[:4]
+    max_retries = default_retries if retries is None else retries
     with (
         logs.job_scope(job_id, user_id=user_id, tier=tier),
         tracing.attempt_span(job_id, tier=tier, retried=retried),
     ):
-        verdict = executor.execute(
-            job_id,
-            user_id,
-            tier,
-            max_retries=default_retries if retries is None else retries,
-        )
+        if detached is not None:
+            message_id = request.headers.get("Upstash-Message-Id", "")[:100] or "none"
+            verdict = detached.deliver(delivery, message_id, max_retries)
+        else:
+            verdict = executor.execute(job_id, user_id, tier, max_retries=max_retries)
         answer = wire.answer(verdict)
         tracing.annotate(http_status=answer.status)
         return answer

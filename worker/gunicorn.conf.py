@@ -80,6 +80,18 @@ def post_worker_init(worker):
     signal.signal(signal.SIGTERM, handle_term)
 
 
+def worker_exit(server, worker):  # noqa: ARG001
+    """Detached mode: the jobs run in background threads, not in requests, so gunicorn's
+    graceful stop would not wait for them. Wait here (in the worker process, before it exits):
+    they get WORKER_DRAIN_SECONDS, then stop with worker_shutting_down and are re-published.
+    Within graceful_timeout, so the master never SIGKILLs a draining worker. No `max_requests`
+    is set: a recycled worker would exit through this same hook."""
+    app = getattr(worker, "wsgi", None)
+    detached = app.extensions.get("detached") if app is not None else None
+    if detached is not None:
+        detached.shutdown(_settings.worker_drain_seconds + 10)
+
+
 def child_exit(server, worker):  # noqa: ARG001
     from prometheus_client import multiprocess
 

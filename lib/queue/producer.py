@@ -8,13 +8,14 @@ window delivers it once.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 
 from lib.config import Settings
 from lib.models import Tier
-from lib.queue import wire
+from lib.queue import plans, wire
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,17 @@ class Publisher(Protocol):
         model: str,
         dedup_id: str | None = None,
         box: str | None = None,
+        delay: float | None = None,
+        gen: int | None = None,
     ) -> str:
         """Hand the job to the broker; return the message id. Raises UnavailableError.
         `dedup_id` (default: the job id) is the broker's deduplication id: a re-publish by
-        the reconciler passes its own, or QStash's 10-minute window would drop it. `box` is
-        the worker box's base URL (lib/boxes.py; default: WORKER_URL, else the first of
-        WORKER_URLS): its `/v1/execute` is the destination, and the `sub` its signature
-        carries, which that box verifies."""
+        the reconciler or the detached worker passes its own, or QStash's 10-minute window
+        would drop it. `box` is the worker box's base URL (lib/boxes.py; default: WORKER_URL,
+        else the first of WORKER_URLS): its `/v1/execute` is the destination, and the `sub`
+        its signature carries, which that box verifies. `delay` (s) holds the message back
+        (Upstash-Delay); `gen` is the job's delivery generation (detached mode,
+        lib/queue/wire.py)."""
 
 
 class QStashPublisher:
@@ -72,23 +77,37 @@ class QStashPublisher:
         model: str,
         dedup_id: str | None = None,
         box: str | None = None,
+        delay: float | None = None,
+        gen: int | None = None,
     ) -> str:
         s = self.settings
         base = (box or s.box_url).rstrip("/")
+        # Flow control keeps the deliveries in flight per tier and model within the model's
+        # limit. Inline, a delivery holds its slot for the whole job; detached, a delivery
+        # lasts only until the job is started, and the worker bounds models itself
+        # (lib/state/waits.py), so it only smooths bursts.
         parallelism = (
             s.llm_max_concurrency_paid if tier == Tier.PAID else s.llm_max_concurrency_free
         )
+        account = plans.plan(s.qstash_plan).parallelism
+        if account is not None:
+            parallelism = min(parallelism, account)
+        options: dict[str, Any] = {
+            "flow_control": {"key": flow_control_key(tier, model), "parallelism": parallelism}
+        }
+        if delay is not None and delay > 0:
+            options["delay"] = max(1, math.ceil(delay))
         return wire.publish(
             self._client,
             s,
             url=base + "/v1/execute",
-            body=wire.message_body(job_id, user_id, tier, s.job_retries).decode(),
+            body=wire.message_body(job_id, user_id, tier, s.job_retries, gen).decode(),
             failure_callback=base + "/v1/failed",
             retries=s.job_retries,
             deduplication_id=dedup_id or job_id,
             content_type="application/json",
             retry_delay=s.job_retry_delay or None,
-            flow_control={"key": flow_control_key(tier, model), "parallelism": parallelism},
+            **options,
         )
 
 
@@ -111,25 +130,27 @@ class DirectPublisher:
         model: str,
         dedup_id: str | None = None,
         box: str | None = None,
+        delay: float | None = None,
+        gen: int | None = None,
     ) -> str:
         base = (box or self.settings.box_url).rstrip("/")
-        thread = threading.Thread(
-            target=self._deliver,
-            args=(job_id, user_id, tier, base),
-            name=f"direct-{job_id}",
-            daemon=True,
+        thread = threading.Timer(
+            max(0.0, delay or 0.0), self._deliver, args=(job_id, user_id, tier, base, gen)
         )
+        thread.name, thread.daemon = f"direct-{job_id}", True
         thread.start()
         return f"direct_{job_id}"
 
-    def _deliver(self, job_id: str, user_id: str, tier: str, base: str) -> None:
+    def _deliver(
+        self, job_id: str, user_id: str, tier: str, base: str, gen: int | None = None
+    ) -> None:
         import requests
 
         from lib.queue.signing import sign
 
         s = self.settings
         execute_url, failed_url = base + "/v1/execute", base + "/v1/failed"
-        body = wire.message_body(job_id, user_id, tier, 0)
+        body = wire.message_body(job_id, user_id, tier, 0, gen)
         key = s.qstash_current_signing_key
         headers = {
             "Content-Type": "application/json",

@@ -30,12 +30,15 @@ NON_RETRYABLE = {"Upstash-NonRetryable-Error": "true"}
 
 
 class Delivery(NamedTuple):
-    """A parsed delivery body; `retries` is None when the body does not carry it."""
+    """A parsed delivery body; `retries` is None when the body does not carry it. `gen` is the
+    job's delivery generation in a message the worker published itself (detached mode's retries
+    and model waits), None in the producer's and the reconciler's."""
 
     job_id: str
     user_id: str
     tier: str
     retries: int | None
+    gen: int | None = None
 
 
 class FailureCallback(NamedTuple):
@@ -54,12 +57,15 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def message_body(job_id: str, user_id: str, tier: str, retries: int) -> bytes:
-    """The signed body of a delivery. `retries` lets the worker know its last attempt."""
-    return json.dumps(
-        {"job_id": job_id, "user_id": user_id, "tier": tier, "retries": retries},
-        separators=(",", ":"),
-    ).encode()
+def message_body(
+    job_id: str, user_id: str, tier: str, retries: int, gen: int | None = None
+) -> bytes:
+    """The signed body of a delivery. `retries` lets the worker know its last attempt; `gen`
+    (detached mode) lets it drop a message that a newer one of the same job superseded."""
+    body: dict[str, Any] = {"job_id": job_id, "user_id": user_id, "tier": tier, "retries": retries}
+    if gen is not None:
+        body["gen"] = gen
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def parse_delivery(body: bytes) -> Delivery | None:
@@ -72,13 +78,17 @@ def parse_delivery(body: bytes) -> Delivery | None:
         isinstance(payload.get(k), str) for k in ("job_id", "user_id", "tier")
     ):
         return None
-    retries = payload.get("retries")
-    return Delivery(
-        payload["job_id"],
-        payload["user_id"],
-        payload["tier"],
-        int(retries) if retries is not None else None,
-    )
+    retries, gen = payload.get("retries"), payload.get("gen")
+    try:
+        return Delivery(
+            payload["job_id"],
+            payload["user_id"],
+            payload["tier"],
+            int(retries) if retries is not None else None,
+            int(gen) if gen is not None else None,
+        )
+    except (TypeError, ValueError):
+        return None
 
 
 def failure_callback_body(status: int, source: bytes, *, url: str, message_id: str) -> bytes:

@@ -25,6 +25,7 @@ from lib.state.results import (
     refusal,
     stream_limit,
 )
+from lib.state.waits import ModelSlotsState, SlotTake, Take
 
 __all__ = [
     "State",
@@ -35,6 +36,8 @@ __all__ = [
     "Keys",
     "Renewal",
     "Signal",
+    "SlotTake",
+    "Take",
     "from_settings",
 ]
 
@@ -56,7 +59,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class State:
+class State(ModelSlotsState):
     """Domain operations over a `RedisBackend`."""
 
     def __init__(

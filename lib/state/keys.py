@@ -28,6 +28,14 @@ slot on clustered Redis. TTLs:
 |                              |        | "<deadline ms> <running> <max>" (lib/boxes.py)           |
 | `boxes:reserved`             | hash   | 3 x BOX_HEARTBEAT_SECONDS; jobs sent to a box (field:    |
 |                              |        | its url) since its last beat                            |
+| `slots:{<tier>:<model>}`     | zset   | 2 x LEASE_TTL_SECONDS, refreshed on each take/renewal;  |
+|                              |        | detached mode's model slot holders (job id -> lapse ms) |
+| `queue:{<tier>:<model>}`     | zset   | as `slots`, refreshed on each wait: waiting jobs,       |
+|                              |        | scored by submit time (us), the head first              |
+| `queue:{<tier>:<model>}:seen`| zset   | the same: each waiter's lapse (ms) unless it polls again |
+| `queue:{<tier>:<model>}:gen` | hash   | the same: `<job id>` -> delivery generation (a stale    |
+|                              |        | wait message is dropped), `<job id>:waits` -> its waits |
+| `stats:waits`                | hash   | none: waits per `<tier>:<model>` (the worker's /metrics) |
 
 `sse:user:<user id>` holds one member per open event stream of the user (either endpoint),
 scored by the time (ms) it lapses unless its stream refreshes it, so a stream whose function
@@ -97,6 +105,23 @@ class Keys:
     def box_reservations(self) -> str:
         """The jobs sent to each box since its last beat."""
         return f"{self.prefix}boxes:reserved"
+
+    def slot_holders(self, tier: str, model: str) -> str:
+        """Detached mode: the jobs holding a slot of `tier` and `model`, across processes."""
+        return f"{self.prefix}slots:{{{tier}:{model}}}"
+
+    def model_queue(self, tier: str, model: str) -> str:
+        """Detached mode: the jobs waiting for a slot of `tier` and `model`, in submit order."""
+        return f"{self.prefix}queue:{{{tier}:{model}}}"
+
+    def model_queue_seen(self, tier: str, model: str) -> str:
+        return f"{self.prefix}queue:{{{tier}:{model}}}:seen"
+
+    def model_queue_gen(self, tier: str, model: str) -> str:
+        return f"{self.prefix}queue:{{{tier}:{model}}}:gen"
+
+    def wait_stats(self) -> str:
+        return f"{self.prefix}stats:waits"
 
     def signature(self, jti: str) -> str:
         """A delivery signature's id, kept until the signature could no longer verify."""

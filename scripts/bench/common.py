@@ -89,6 +89,7 @@ SECTIONS = {
     "concurrency",
     "boxes",
     "image_submit",
+    "live_jobs",
 }
 API_FUNCTIONS = ["api.jobs", "api.events", "api.me", "api.health", "api.openapi"]
 

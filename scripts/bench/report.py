@@ -201,6 +201,14 @@ def _service_rows(results: dict[str, Any]) -> Rows:
             f"one box {b['one']['jobs_per_hour']} (x{b['ratio']})",
             "x2",
         )
+    live = results.get("live_jobs")
+    if live:
+        row(
+            f"jobs running at once on one box, QSTASH_PLAN={live['plan']}: detached",
+            live["detached"]["peak_running"],
+            f"inline {live['inline']['peak_running']}",
+            ">= 200",
+        )
     parse = results.get("llm_parse")
     if parse:
         row(

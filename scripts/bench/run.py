@@ -64,6 +64,7 @@ from scripts.bench.common import (
 from scripts.bench.cost import cost, sweep
 from scripts.bench.images import image_submit
 from scripts.bench.latency import latency
+from scripts.bench.live_jobs import live_jobs
 from scripts.bench.micro import cold_start, llm_parse
 from scripts.bench.report import markdown, plots, table
 from scripts.stack import embedded
@@ -106,6 +107,7 @@ def _stack_sections(
         benches.clear()
         if "concurrency" in sections:
             results["concurrency"] = concurrency(database_url, quick)
+
     finally:
         for bench in benches.values():
             bench.stop()
@@ -116,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller loads (a smoke run, ~4 min)")
     parser.add_argument(
         "--only",
-        default="cold,parse,cost,cancel,latency,submit,concurrency,boxes,images",
+        default="cold,parse,cost,cancel,latency,submit,concurrency,boxes,images,live",
         help=(
             "comma-separated sections "
-            "(cold, parse, cost, cancel, latency, submit, concurrency, boxes, images)"
+            "(cold, parse, cost, cancel, latency, submit, concurrency, boxes, images, live)"
         ),
     )
     parser.add_argument(
@@ -171,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             results["boxes"] = boxes(pg.url, args.quick)
         if "images" in sections:
             results["image_submit"] = image_submit(pg.url, args.quick)
+        if "live" in sections:
+            results["live_jobs"] = live_jobs(pg.url, args.quick)
     finally:
         pg.stop()
     results["seconds"] = round(time.monotonic() - began, 1)

@@ -22,13 +22,13 @@ from typing import Any
 
 import requests
 
+from lib.queue.backoff import backoff_seconds
 from lib.queue.plans import DEFAULT_PLAN, Plan, plan
 from lib.queue.signing import sign
 from scripts.fakes.dev_broker_model import (
     Message,
     Outcome,
     RuleError,
-    backoff_seconds,
     body_fields,
     callback_body,
     epoch_ms,

@@ -9,21 +9,19 @@ backoff and `Retry-After` (https://upstash.com/docs/qstash/features/retry).
 
 from __future__ import annotations
 
-import ast
 import base64
 import email.utils
 import json
-import math
-import operator
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-MAX_EXPRESSION_LENGTH = 256
+from lib.queue.backoff import RetryDelayError
+from lib.queue.backoff import evaluate_retry_delay as _evaluate_retry_delay
 
 
 class RuleError(ValueError):
@@ -214,76 +212,16 @@ def parse_flow_control(key: str, value: str) -> FlowControl:
 
 # -- retry delays -----------------------------------------------------------------------------
 
-_FUNCTIONS: dict[str, Callable[..., float]] = {
-    "pow": math.pow,
-    "sqrt": math.sqrt,
-    "abs": abs,
-    "exp": math.exp,
-    "floor": math.floor,
-    "ceil": math.ceil,
-    "round": round,
-    "min": min,
-    "max": max,
-}
-_OPERATORS: dict[type[ast.AST], Callable[..., float]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.Mod: operator.mod,
-    # math.pow works on floats, so a huge power overflows at once instead of growing an int.
-    ast.Pow: math.pow,
-    ast.USub: operator.neg,
-    ast.UAdd: operator.pos,
-}
-
-
-def _evaluate(node: ast.AST, retried: int) -> float:
-    value = node.value if isinstance(node, ast.Constant) else None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(node, ast.Name) and node.id == "retried":
-        return float(retried)
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        left, right = _evaluate(node.left, retried), _evaluate(node.right, retried)
-        return float(_OPERATORS[type(node.op)](left, right))
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
-        return float(_OPERATORS[type(node.op)](_evaluate(node.operand, retried)))
-    if (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Name)
-        and node.func.id in _FUNCTIONS
-        and not node.keywords
-    ):
-        args = [_evaluate(arg, retried) for arg in node.args]
-        return float(_FUNCTIONS[node.func.id](*args))
-    raise RuleError(f"unsupported element in retry delay: {type(node).__name__}")
-
 
 def evaluate_retry_delay(expression: str, retried: int) -> float:
-    """Return the delay in milliseconds that `expression` gives for `retried` (0 = first retry).
+    """Return the delay in milliseconds that `expression` gives for `retried` (0 = first retry)
+    (lib.queue.backoff.evaluate_retry_delay, which the detached worker uses too).
 
-    Only numbers, `retried`, + - * / % **, and pow sqrt abs exp floor ceil round min max are
-    allowed; the expression is walked as an `ast` tree, never passed to eval. Raises RuleError
-    for anything else or when the arithmetic fails (overflow, domain error, division by zero).
-    """
-    if len(expression) > MAX_EXPRESSION_LENGTH:
-        raise RuleError("retry delay expression is too long")
+    Raises RuleError for anything but the documented elements, or when the arithmetic fails."""
     try:
-        tree = ast.parse(expression, mode="eval")
-        value = _evaluate(tree.body, retried)
-    except RuleError:
-        raise
-    except (SyntaxError, ArithmeticError, ValueError, TypeError, RecursionError) as exc:
-        raise RuleError(f"invalid retry delay expression: {type(exc).__name__}") from exc
-    if math.isnan(value):
-        raise RuleError("retry delay expression is not a number")
-    return value
-
-
-def backoff_seconds(n: int) -> float:
-    """Return QStash's default delay before the n-th retry (n >= 1): min(86400, e^(2.5n))."""
-    return min(86400.0, math.exp(min(2.5 * n, 50.0)))
+        return _evaluate_retry_delay(expression, retried)
+    except RetryDelayError as exc:
+        raise RuleError(str(exc)) from exc
 
 
 _RETRY_AFTER_HEADERS = (
