@@ -444,7 +444,10 @@ def test_a_detached_worker_needs_the_qstash_token_to_publish_its_retries(
     set_env(monkeypatch, WORKER)
     assert "QSTASH_TOKEN on the worker" in config_error("worker", execution_mode="detached")
     settings = load("worker", execution_mode="detached", qstash_token=DEV_TOKEN)
-    assert (settings.execution_mode, settings.worker_max_jobs) == ("detached", 500)
+    # WORKER_MAX_JOBS unset: 500 background jobs per worker process, the box's all together.
+    assert (settings.execution_mode, settings.max_jobs_per_process) == ("detached", 500)
+    assert settings.max_jobs == 500 * settings.web_concurrency
+    assert load("worker", worker_max_jobs=7).max_jobs == 7
 
 
 def test_a_detached_worker_may_run_more_model_calls_than_the_plans_parallelism(

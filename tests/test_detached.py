@@ -102,7 +102,7 @@ def test_a_running_job_whose_worker_died_is_healed_by_the_reconciler(
     job = d.env.create_job()
     # What a worker SIGKILLed after its 200 leaves: the job running, no lease, no message.
     assert d.env.store.start_attempt(job.job_id).job is not None
-    reconciler = Reconciler(d.env.settings, d.env.store, d.env.state, d.publisher, lambda: True)
+    reconciler = Reconciler(d.env.settings, d.env.store, d.env.state, d.publisher, lambda box: True)
 
     wait_for(lambda: reconciler.run().republished == 1, 15, 0.2, "the reconciler re-published")
 
