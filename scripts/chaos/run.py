@@ -1,7 +1,10 @@
 """`make chaos`: fault injection under load on the real local stack, then invariants.
 
 For each scenario, once per execution mode (`--mode inline|detached|both`, default both: the
-worker's EXECUTION_MODE, `DETACHED_ENV` below), it starts a fresh stack
+worker's EXECUTION_MODE, `DETACHED_ENV` below; with both, the two modes run at the same time in
+two child processes, each on its own Redis and Postgres, unless `--serial`: most of a scenario
+is waiting on outages and streaming jobs, so the pair takes little longer than one mode), it
+starts a fresh stack
 (`scripts.stack.devstack.Stack`: offline LLM, dev broker, worker under gunicorn, producer) on the
 run's own embedded Redis and Postgres, has many users submit a few hundred jobs that stream for
 several seconds each, injects the scenario's fault
@@ -14,7 +17,8 @@ It prints one row per scenario and exits 1 when any invariant was violated.
         [--users 60] [--list]
 
 Logs of each scenario's components go to .devstack/chaos/<scenario>/; the figures of the last
-run to .devstack/chaos/results.json.
+run to .devstack/chaos/results-<mode>.json, each mode's output to .devstack/chaos/<mode>.log when
+both run at once.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import platform
 import random
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -508,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
         default="both",
         help="EXECUTION_MODE of the worker: each scenario runs once per mode (default both)",
     )
+    parser.add_argument(
+        "--serial", action="store_true", help="with --mode both, one mode after the other"
+    )
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     parser.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a stack setting"
@@ -519,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{sc.name:<12} {sc.title} (budget {sc.budget:.0f}s)")
         return 0 if args.list else 2
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.mode == "both" and not args.serial:
+        return _both_at_once(argv if argv is not None else sys.argv[1:])
     started = time.monotonic()
     infra = Infra().start()
     say(f"own Redis {infra.redis_url}, own Postgres in {infra.pgdata}")
@@ -540,8 +550,34 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     print(f"total {total}s")
     results = {"meta": {**machine(), "total_seconds": total}, "rows": [asdict(r) for r in rows]}
-    (OUT / "results.json").write_text(json.dumps(_plain(results), indent=1, default=str) + "\n")
+    name = "results.json" if args.mode == "both" else f"results-{args.mode}.json"
+    (OUT / name).write_text(json.dumps(_plain(results), indent=1, default=str) + "\n")
     return 1 if any(r.violations for r in rows) else 0
+
+
+def _both_at_once(argv: list[str]) -> int:
+    """Run each execution mode in a child process of its own, at the same time; print each
+    one's output once it ends; fail when either fails."""
+    rest = [a for a in argv if not a.startswith("--mode")]
+    if "--mode" in argv:  # `--mode both` as two words: drop its value too
+        i = argv.index("--mode")
+        rest = argv[:i] + argv[i + 2 :]
+    started = time.monotonic()
+    children = {}
+    for mode in MODES:
+        log = (OUT / f"{mode}.log").open("w")
+        cmd = [sys.executable, "-m", "scripts.chaos", "--mode", mode, *rest]
+        children[mode] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+        say(f"{mode} mode: started (output in {OUT / f'{mode}.log'})")
+    codes = {}
+    for mode, (child, log) in children.items():
+        codes[mode] = child.wait()
+        log.close()
+    for mode in MODES:
+        print(f"\n===== {mode} mode (exit {codes[mode]}) =====")
+        print((OUT / f"{mode}.log").read_text(), end="")
+    print(f"\nboth modes: {round(time.monotonic() - started, 1)}s in all")
+    return 1 if any(codes.values()) else 0
 
 
 if __name__ == "__main__":
