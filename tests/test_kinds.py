@@ -231,6 +231,22 @@ def test_an_audit_with_a_job_summary_is_accepted() -> None:
     assert json.loads(handler.fields(job_input)["job_summary"]) == JOB_SUMMARY
 
 
+def test_an_audit_of_a_job_summary_with_null_fields_runs_to_a_result(
+    producer: Producer, make_worker: Callable[..., WorkerEnv], db: Db
+) -> None:
+    # A job_summary result may say `company: null`; the stored input must validate again in
+    # the worker (it was dumped without its nulls, and the worker refused it as invalid).
+    env, user = make_worker(), new_user()
+    job_input = {**good_input("pre_match_audit"), "job_summary": {**JOB_SUMMARY, "company": None}}
+    submitted = submit(producer, user, "pre_match_audit", job_input)
+
+    assert deliver(env, submitted, user).status_code == 200
+    row = db.job(submitted.job.id)
+    assert row["status"] == "succeeded", row["error"]
+    stored = db.one("select input from cs_jobs where id = %s", submitted.job.id)
+    assert stored["job_summary"]["company"] is None
+
+
 @pytest.mark.parametrize("case", list(INVALID))
 def test_each_bound_of_each_new_kind_is_refused_with_details_and_charges_nothing(
     producer: Producer, db: Db, case: str
