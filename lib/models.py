@@ -50,6 +50,7 @@ class EventType(StrEnum):
     DELTA = "delta"
     RESULT = "result"
     ERROR = "error"
+    QUEUE = "queue"
 
 
 class StreamStatus(StrEnum):
@@ -117,9 +118,11 @@ class Job(BaseModel):
     finished_at: datetime | None = None
     result: dict[str, Any] | None = None
     error: JobError | None = None
+    # While the job waits for its model (detached mode): {position, ahead, eta_s}.
+    queue: dict[str, int] | None = None
 
     def public(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude={"queue"} if self.queue is None else None)
 
 
 class SubmitRequest(BaseModel):

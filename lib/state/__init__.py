@@ -17,6 +17,7 @@ from lib.models import ErrorCode
 from lib.state import scripts
 from lib.state.backend import Entry, RedisBackend, pairs
 from lib.state.keys import Keys
+from lib.state.queue_view import QueueView, QueueViewState
 from lib.state.results import CLOSED_PREFIX, Acquire, Acquisition, Renewal, Signal
 from lib.state.waits import ModelSlotsState, SlotTake, Take
 
@@ -27,6 +28,7 @@ __all__ = [
     "RedisBackend",
     "Entry",
     "Keys",
+    "QueueView",
     "Renewal",
     "Signal",
     "SlotTake",
@@ -48,7 +50,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class State(ModelSlotsState):
+class State(ModelSlotsState, QueueViewState):
     """Domain operations over a `RedisBackend`."""
 
     def __init__(

@@ -29,6 +29,9 @@ slot on clustered Redis. TTLs:
 | `queue:{<tier>:<model>}:gen` | hash   | the same: `<job id>` -> delivery generation (a stale    |
 |                              |        | wait message is dropped), `<job id>:waits` -> its waits |
 | `stats:waits`                | hash   | none: waits per `<tier>:<model>` (the worker's /metrics) |
+| `queue:{<tier>:<model>}:view`| hash   | max(2 x LEASE_TTL, 10 min), refreshed on each update: |
+|                              |        | `<job id>:k` kind, `:t0` holder start ms, `:q` last view |
+| `queue:{<tier>:<model>}:svc` | hash   | none: kind -> service time (ms, moving average)        |
 
 `sse:user:<user id>` holds one member per open event stream of the user (either endpoint),
 scored by the time (ms) it lapses unless its stream refreshes it, so a stream whose function
@@ -100,6 +103,14 @@ class Keys:
 
     def model_queue_gen(self, tier: str, model: str) -> str:
         return f"{self.prefix}queue:{{{tier}:{model}}}:gen"
+
+    def model_queue_view(self, tier: str, model: str) -> str:
+        """Detached mode: the queue's live view (lib/state/queue_view.py)."""
+        return f"{self.prefix}queue:{{{tier}:{model}}}:view"
+
+    def service_times(self, tier: str, model: str) -> str:
+        """Detached mode: service time per kind of `tier` and `model` (a moving average)."""
+        return f"{self.prefix}queue:{{{tier}:{model}}}:svc"
 
     def wait_stats(self) -> str:
         return f"{self.prefix}stats:waits"

@@ -309,6 +309,98 @@ return redis.call('ZSCORE', KEYS[1], ARGV[1]) and 1 or 0
 """,
 )
 
+# Detached mode: the live queue view of a (tier, model) after one of its jobs starts, ends or
+# waits. It records what the ETA needs (the job's kind, when a holder started), folds an ended
+# job's service time into the moving average of its kind (EWMA, weight ARGV[9]), then walks the
+# holders and the first ARGV[7] waiters in order: each waiter takes the slot that frees first
+# (a holder's expected end: its start plus its kind's average; a free slot: now), so its ETA is
+# that slot's time and the slot then frees after the waiter's own average. Only waiters whose
+# {position, ahead, eta_s} changed since the last view are returned (and the view stored as
+# "<position> <ahead> <eta_s> <at ms>" for GET /api/jobs/<id>); a job that starts after waiting
+# gets a last {0, 0, 0}. The caller writes each one's `queue` event (one pipeline).
+# KEYS: holders, queue, view hash, service hash. ARGV: now ms, limit, op (start|end|wait|''),
+# job id, kind, default service ms, max waiters, view ttl ms, EWMA weight.
+# Returns a flat list {job id, position, ahead, eta_s, ...}.
+QUEUE_VIEW = Script(
+    "queue_view",
+    """
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local op, job = ARGV[3], ARGV[4]
+local out = {}
+if op == 'start' then
+  if redis.call('HEXISTS', KEYS[3], job .. ':q') == 1 then
+    table.insert(out, job)
+    table.insert(out, 0)
+    table.insert(out, 0)
+    table.insert(out, 0)
+  end
+  redis.call('HDEL', KEYS[3], job .. ':q')
+  redis.call('HSET', KEYS[3], job .. ':t0', now, job .. ':k', ARGV[5])
+elseif op == 'wait' then
+  redis.call('HSET', KEYS[3], job .. ':k', ARGV[5])
+elseif op == 'end' then
+  local seen = redis.call('HMGET', KEYS[3], job .. ':t0', job .. ':k')
+  if seen[1] then
+    local ms = math.max(0, now - tonumber(seen[1]))
+    local kind = seen[2] or ARGV[5]
+    local old = redis.call('HGET', KEYS[4], kind)
+    local avg = ms
+    if old then
+      avg = tonumber(old) + tonumber(ARGV[9]) * (ms - tonumber(old))
+    end
+    redis.call('HSET', KEYS[4], kind, math.floor(avg))
+  end
+  redis.call('HDEL', KEYS[3], job .. ':t0', job .. ':k', job .. ':q')
+end
+redis.call('PEXPIRE', KEYS[3], ARGV[8])
+local svc = redis.call('HGETALL', KEYS[4])
+local avgs, sum, n = {}, 0, 0
+for i = 1, #svc, 2 do
+  avgs[svc[i]] = tonumber(svc[i + 1])
+  sum = sum + tonumber(svc[i + 1])
+  n = n + 1
+end
+local fallback = tonumber(ARGV[6])
+if n > 0 then
+  fallback = sum / n
+end
+local free = {}
+for _, holder in ipairs(redis.call('ZRANGE', KEYS[1], 0, limit - 1)) do
+  local h = redis.call('HMGET', KEYS[3], holder .. ':t0', holder .. ':k')
+  local left = fallback
+  if h[1] then
+    left = math.max(0, tonumber(h[1]) + (avgs[h[2] or ''] or fallback) - now)
+  end
+  table.insert(free, left)
+end
+while #free < limit do
+  table.insert(free, 0)
+end
+local waiters = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[7]) - 1)
+for i, waiter in ipairs(waiters) do
+  local w = redis.call('HMGET', KEYS[3], waiter .. ':k', waiter .. ':q')
+  local first = 1
+  for j = 2, #free do
+    if free[j] < free[first] then
+      first = j
+    end
+  end
+  local eta = math.ceil(free[first] / 1000)
+  free[first] = free[first] + (avgs[w[1] or ''] or fallback)
+  local view = (i) .. ' ' .. (i - 1) .. ' ' .. eta
+  if not w[2] or string.sub(w[2], 1, #view + 1) ~= view .. ' ' then
+    redis.call('HSET', KEYS[3], waiter .. ':q', view .. ' ' .. now)
+    table.insert(out, waiter)
+    table.insert(out, i)
+    table.insert(out, i - 1)
+    table.insert(out, eta)
+  end
+end
+return out
+""",
+)
+
 ALL = (
     ADMIT,
     ACQUIRE,
@@ -322,4 +414,5 @@ ALL = (
     TAKE_SLOT,
     RELEASE_SLOT,
     RENEW_SLOT,
+    QUEUE_VIEW,
 )
