@@ -22,9 +22,9 @@ def notify_queue(
     """Record `op` ("start", "end" or "wait") of `job_id` and write the `queue` events of the
     waiters whose view changed. Returns how many events were written."""
     try:
-        views = state.queue_update(tier, model, limit=limit, op=op, job_id=job_id, kind=kind)
-        state.emit_queue(views)
+        update = state.queue_update(tier, model, limit=limit, op=op, job_id=job_id, kind=kind)
+        state.emit_queue(update)
     except AppError:
         log.warning("could not update the queue view", extra={"job_id": job_id, "model": model})
         return 0
-    return len(views)
+    return len(update.views)

@@ -43,7 +43,12 @@ def test_a_bursts_queue_events_count_down_in_order_to_zero_before_running(
         lambda: d.env.state.queue_position(jobs[3].job_id, "paid", model) == (3, 2),
         what="the last job third in line",
     )
-    # GET /api/jobs/<id> of a waiting job carries where it stands; a running one does not.
+    # GET /api/jobs/<id> of a waiting job carries where it stands (once the worker wrote its
+    # view, just after the job joined the line); a running one does not.
+    wait_for(
+        lambda: "queue" in reader.get(jobs[3].job_id, jobs[3].user_id).public(),
+        what="the last job's queue field",
+    )
     view = reader.get(jobs[3].job_id, jobs[3].user_id).public()["queue"]
     assert view["position"] == 3 and view["ahead"] == 2 and view["eta_s"] > 0
     assert "queue" not in reader.get(jobs[0].job_id, jobs[0].user_id).public()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from lib.state import QueueView, State, Take
-from lib.state.queue_view import DEFAULT_SERVICE_MS
+from lib.state.queue_view import DEFAULT_SERVICE_MS, QueueUpdate
 
 MODEL = "openai:offline"
 
@@ -58,15 +58,17 @@ def test_only_changed_views_come_back_and_a_start_after_waiting_gets_a_last_zero
     _update(state, "start", "a")
     _take(state, "b", 2)
     first = _update(state, "wait", "b")
-    assert [job for job, _ in first] == ["b"]
-    assert _update(state, "", "") == []  # nothing changed: nothing to send
+    assert [job for job, _ in first.views] == ["b"]
+    # Nothing changed (the ETA only counts down): nothing to send.
+    assert _update(state, "", "").views == []
 
     state.release_slot("a", "paid", MODEL, limit=1, ended=True)
     _update(state, "end", "a")
     assert _take(state, "b", 2) == Take.OK
     started = _update(state, "start", "b")
 
-    assert started == [("b", QueueView(0, 0, 0))]
+    assert started.views == [("b", QueueView(0, 0, 0))]
+    assert started.version > first.version
     assert state.queue_view("b", "paid", MODEL) is None
 
 
@@ -113,7 +115,9 @@ def test_queue_events_land_in_each_waiters_stream_and_a_closed_stream_takes_none
     state.emit("w1", [("status", {"status": "queued"})])
     state.emit("w2", [("status", {"status": "cancelled"})], terminal="cancelled")
 
-    state.emit_queue([("w1", QueueView(2, 1, 40)), ("w2", QueueView(3, 2, 60))])
+    state.emit_queue(QueueUpdate(5, [("w1", QueueView(2, 1, 40)), ("w2", QueueView(3, 2, 60))]))
+    # An earlier run's view arriving late (another thread's pipeline) is dropped.
+    state.emit_queue(QueueUpdate(4, [("w1", QueueView(3, 2, 70))]))
 
     w1 = state.read("w1")
     assert w1[-1][1]["t"] == "queue"

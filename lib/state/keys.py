@@ -11,6 +11,7 @@ slot on clustered Redis. TTLs:
 | `job:{id}:watch`             | string | WATCH_TTL (45 s), refreshed by each live SSE reader   |
 | `job:{id}:notify`            | pubsub | (a channel, not a key)                                |
 | `job:{id}:owner`             | string | EVENTS_TTL_SECONDS; its user's notify channel          |
+| `job:{id}:qv`                | string | as `queue:...:view`: its last `queue` event's version   |
 | `watch`                      | pubsub | (a channel): "<job id> <transport>" per new viewer,   |
 |                              |        | "<job id> closed:<status>" when a cancel closes it     |
 | `user:{uid}:jobs`            | stream | EVENTS_TTL_SECONDS; one entry (`j`: job id) per job    |
@@ -58,6 +59,10 @@ class Keys:
 
     def watch(self, job_id: str) -> str:
         return f"{self.prefix}job:{{{job_id}}}:watch"
+
+    def queue_version(self, job_id: str) -> str:
+        """Detached mode: the version of the last `queue` event written for the job."""
+        return f"{self.prefix}job:{{{job_id}}}:qv"
 
     def watch_channel(self) -> str:
         """Where a reader announces a new viewer of a job (its id and transport)."""

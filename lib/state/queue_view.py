@@ -4,8 +4,8 @@ jobs ahead of it and an ETA from measured service times (lib/state/scripts.py QU
 A `State` mixin. The worker calls `queue_update` when a job of a (tier, model) starts, ends or
 waits; the script answers the waiters whose view changed, and `emit_queue` writes their `queue`
 events in one pipeline, so both SSE endpoints deliver them by their usual read (no new read
-path, no polling). Per update: one script (about 6 + 2 x holders + 2 x waiters commands inside,
-waiters capped at QUEUE_VIEW_MAX) and one pipeline of one EMIT per changed waiter.
+path, no polling). Per update: one script (about 7 + 2 x holders + 2 x waiters commands inside,
+waiters capped at QUEUE_VIEW_MAX) and one pipeline of one QUEUE_EMIT per changed waiter.
 
 Keys (same hash tag as the model's queue): `queue:{<tier>:<model>}:view`, a hash with
 `<job id>:k` (kind), `<job id>:t0` (when a holder started, ms) and `<job id>:q` (the last view,
@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lib.models import EventType
 from lib.state import scripts
 
 if TYPE_CHECKING:
@@ -37,6 +36,9 @@ QUEUE_VIEW_MAX = 100
 EWMA_WEIGHT = 0.3
 # The service time assumed before any job of the model has ended.
 DEFAULT_SERVICE_MS = 30_000
+# A waiter whose place is the same gets a new `queue` event only when its expected start moved
+# by this much: an ETA that merely counts down is not news (GET counts it down itself).
+MOVED_MS = 2_000
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,14 @@ class QueueView:
 
     def public(self) -> dict[str, int]:
         return {"position": self.position, "ahead": self.ahead, "eta_s": self.eta_s}
+
+
+@dataclass(frozen=True)
+class QueueUpdate:
+    """One QUEUE_VIEW run: the line's version after it, and the views that changed."""
+
+    version: int
+    views: list[tuple[str, QueueView]]
 
 
 class QueueViewState:
@@ -79,11 +89,10 @@ class QueueViewState:
         op: str = "",
         job_id: str = "",
         kind: str = "",
-    ) -> list[tuple[str, QueueView]]:
+    ) -> QueueUpdate:
         """Record that `job_id` (of `kind`) started, ended or waits (`op`), and return the
         waiters of `tier` and `model` whose view changed, head first. Raises AppError
         (unavailable) when Redis is down."""
-        ttl = max(2 * self.lease_ttl_ms, 600_000)
         flat = self.backend.run(
             scripts.QUEUE_VIEW,
             self._view_keys(tier, model),
@@ -95,45 +104,48 @@ class QueueViewState:
                 kind,
                 DEFAULT_SERVICE_MS,
                 QUEUE_VIEW_MAX,
-                ttl,
+                self._view_ttl_ms(),
                 repr(EWMA_WEIGHT),
+                MOVED_MS,
             ],
         )
-        flat = list(flat or [])
-        return [
+        flat = list(flat or [0])
+        views = [
             (str(flat[i]), QueueView(int(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3])))
-            for i in range(0, len(flat) - 3, 4)
+            for i in range(1, len(flat) - 3, 4)
         ]
+        return QueueUpdate(int(flat[0]), views)
 
-    def emit_queue(self, views: list[tuple[str, QueueView]]) -> None:
-        """Write each job's `queue` event to its own stream (and wake its readers), one
-        pipeline. A closed stream (the job ended or was cancelled) takes nothing."""
-        if not views:
+    def _view_ttl_ms(self) -> int:
+        return max(2 * self.lease_ttl_ms, 600_000)
+
+    def emit_queue(self, update: QueueUpdate) -> None:
+        """Write each changed waiter's `queue` event to its own stream (and wake its readers),
+        one pipeline of QUEUE_EMIT. A closed stream (the job ended or was cancelled), or one
+        that already has a later run's view, takes nothing."""
+        if not update.views:
             return
         publish = int(self.publish != "never")
         now = round(time.time(), 3)
         calls: list[tuple[Any, list[str], list[str | int]]] = []
-        for job_id, view in views:
+        for job_id, view in update.views:
             payload = {**view.public(), "job_id": job_id, "ts": now}
-            calls.append(
-                (
-                    scripts.EMIT,
-                    [
-                        self.keys.events(job_id),
-                        self.keys.done(job_id),
-                        self.keys.notify(job_id),
-                        self.keys.owner(job_id),
-                    ],
-                    [
-                        self.events_ttl,
-                        0,
-                        publish,
-                        "",
-                        EventType.QUEUE.value,
-                        json.dumps(payload, separators=(",", ":")),
-                    ],
-                )
-            )
+            keys = [
+                self.keys.events(job_id),
+                self.keys.done(job_id),
+                self.keys.notify(job_id),
+                self.keys.owner(job_id),
+                self.keys.queue_version(job_id),
+            ]
+            data = json.dumps(payload, separators=(",", ":"))
+            args: list[str | int] = [
+                update.version,
+                self._view_ttl_ms(),
+                self.events_ttl,
+                publish,
+                data,
+            ]
+            calls.append((scripts.QUEUE_EMIT, keys, args))
         self.backend.run_many(calls)
 
     def queue_view(self, job_id: str, tier: str, model: str) -> QueueView | None:

@@ -315,19 +315,21 @@ return redis.call('ZSCORE', KEYS[1], ARGV[1]) and 1 or 0
 # holders and the first ARGV[7] waiters in order: each waiter takes the slot that frees first
 # (a holder's expected end: its start plus its kind's average; a free slot: now), so its ETA is
 # that slot's time and the slot then frees after the waiter's own average. Only waiters whose
-# {position, ahead, eta_s} changed since the last view are returned (and the view stored as
-# "<position> <ahead> <eta_s> <at ms>" for GET /api/jobs/<id>); a job that starts after waiting
-# gets a last {0, 0, 0}. The caller writes each one's `queue` event (one pipeline).
+# position changed, or whose expected start moved by ARGV[10] ms or more (an ETA that merely
+# counts down is not news), are returned, and their view stored as "<position> <ahead> <eta_s>
+# <at ms>" (GET /api/jobs/<id> counts it down); a job that starts after waiting gets a last
+# {0, 0, 0}. Each run bumps the line's version (`seq`), so the caller's writes (QUEUE_EMIT, one
+# pipeline) can drop a view that a later run already superseded.
 # KEYS: holders, queue, view hash, service hash. ARGV: now ms, limit, op (start|end|wait|''),
-# job id, kind, default service ms, max waiters, view ttl ms, EWMA weight.
-# Returns a flat list {job id, position, ahead, eta_s, ...}.
+# job id, kind, default service ms, max waiters, view ttl ms, EWMA weight, moved ms.
+# Returns a flat list {version, job id, position, ahead, eta_s, ...}.
 QUEUE_VIEW = Script(
     "queue_view",
     """
 local now = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local op, job = ARGV[3], ARGV[4]
-local out = {}
+local out = {redis.call('HINCRBY', KEYS[3], 'seq', 1)}
 if op == 'start' then
   if redis.call('HEXISTS', KEYS[3], job .. ':q') == 1 then
     table.insert(out, job)
@@ -388,9 +390,14 @@ for i, waiter in ipairs(waiters) do
   end
   local eta = math.ceil(free[first] / 1000)
   free[first] = free[first] + (avgs[w[1] or ''] or fallback)
-  local view = (i) .. ' ' .. (i - 1) .. ' ' .. eta
-  if not w[2] or string.sub(w[2], 1, #view + 1) ~= view .. ' ' then
-    redis.call('HSET', KEYS[3], waiter .. ':q', view .. ' ' .. now)
+  local changed = true
+  if w[2] then
+    local p, _, e, at = string.match(w[2], '^(%S+) (%S+) (%S+) (%S+)')
+    local moved = math.abs(tonumber(at) + 1000 * tonumber(e) - now - 1000 * eta)
+    changed = tonumber(p) ~= i or moved >= tonumber(ARGV[10])
+  end
+  if changed then
+    redis.call('HSET', KEYS[3], waiter .. ':q', i .. ' ' .. (i - 1) .. ' ' .. eta .. ' ' .. now)
     table.insert(out, waiter)
     table.insert(out, i)
     table.insert(out, i - 1)
@@ -398,6 +405,35 @@ for i, waiter in ipairs(waiters) do
   end
 end
 return out
+""",
+)
+
+# Detached mode: write one `queue` event of a QUEUE_VIEW run to the job's stream, unless the
+# stream is closed or a later run's view was written already (the runs' writes may arrive out of
+# order across worker threads and processes). Then PUBLISH as EMIT does.
+# KEYS: stream, done, notify channel, owner, the job's view version. ARGV: version, version ttl
+# ms, events ttl s, publish 0|1, data. Returns the entry id, or false when nothing was written.
+QUEUE_EMIT = Script(
+    "queue_emit",
+    """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return false
+end
+local seen = redis.call('GET', KEYS[5])
+if seen and tonumber(seen) >= tonumber(ARGV[1]) then
+  return false
+end
+redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[2])
+local id = redis.call('XADD', KEYS[1], '*', 't', 'queue', 'd', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if ARGV[4] == '1' then
+  redis.call('PUBLISH', KEYS[3], id)
+  local owner = redis.call('GET', KEYS[4])
+  if owner then
+    redis.call('PUBLISH', owner, id)
+  end
+end
+return id
 """,
 )
 
@@ -415,4 +451,5 @@ ALL = (
     RELEASE_SLOT,
     RENEW_SLOT,
     QUEUE_VIEW,
+    QUEUE_EMIT,
 )

@@ -81,6 +81,7 @@ SECTIONS = {
     "submit",
     "concurrency",
     "live_jobs",
+    "queue_eta",
 }
 API_FUNCTIONS = ["api.jobs", "api.events", "api.me", "api.health", "api.openapi"]
 

@@ -20,6 +20,9 @@ polls the event stream with XRANGE every 400 ms, backing off to 8 s while idle
    no-op route of the same server, and end-to-end throughput with an instant LLM;
 6. concurrency per worker container: jobs that stream for 60 s at 20 tokens/s, added in
    steps, until p99 added latency > 250 ms, a job fails, or RSS > 1 GiB; gthread and gevent.
+7. live jobs at once on one box under a QStash plan, inline against detached (live_jobs.py);
+8. the queue ETA's error at submit on a burst that overfills a model, and the Redis commands of
+   one queue update (queue_eta.py).
 
 Targets are printed next to the figures, never asserted. Raw figures go to bench/results.json,
 plots to bench/*.png; docs/performance.md explains them. The machine may be shared: ratios
@@ -59,6 +62,7 @@ from scripts.bench.cost import cost, sweep
 from scripts.bench.latency import latency
 from scripts.bench.live_jobs import live_jobs
 from scripts.bench.micro import cold_start, llm_parse
+from scripts.bench.queue_eta import queue_eta
 from scripts.bench.report import markdown, plots, table
 from scripts.stack import embedded
 
@@ -102,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller loads (a smoke run, ~3 min)")
     parser.add_argument(
         "--only",
-        default="cold,parse,cost,latency,submit,concurrency,live",
-        help="comma-separated sections (cold, parse, cost, latency, submit, concurrency, live)",
+        default="cold,parse,cost,latency,submit,concurrency,live,queue",
+        help="comma-separated sections (cold, parse, cost, latency, submit, concurrency, live, "
+        "queue)",
     )
     parser.add_argument(
         "--ours",
@@ -152,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         _stack_sections(results, sections, args.quick, pg.url)
         if "live" in sections:
             results["live_jobs"] = live_jobs(pg.url, args.quick)
+        if "queue" in sections:
+            results["queue_eta"] = queue_eta(pg.url, args.quick)
     finally:
         pg.stop()
     results["seconds"] = round(time.monotonic() - began, 1)
