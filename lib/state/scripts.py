@@ -416,16 +416,15 @@ return out
 QUEUE_EMIT = Script(
     "queue_emit",
     """
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return false
-end
-local seen = redis.call('GET', KEYS[5])
-if seen and tonumber(seen) >= tonumber(ARGV[1]) then
+local seen = redis.call('MGET', KEYS[2], KEYS[5])
+if seen[1] or (seen[2] and tonumber(seen[2]) >= tonumber(ARGV[1])) then
   return false
 end
 redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[2])
 local id = redis.call('XADD', KEYS[1], '*', 't', 'queue', 'd', ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+if redis.call('TTL', KEYS[1]) < 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
 if ARGV[4] == '1' then
   redis.call('PUBLISH', KEYS[3], id)
   local owner = redis.call('GET', KEYS[4])
