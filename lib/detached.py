@@ -209,15 +209,7 @@ class Detached:
             "waiting for the model",
             extra={"job_id": job.id, "model": model, "waits": waits, "ahead": ahead},
         )
-        self._publish(
-            job.id,
-            user_id,
-            job.tier,
-            model=model,
-            dedup_id=f"{job.id}-w{gen}",
-            delay=self.settings.detached_wait_seconds,
-            gen=gen,
-        )
+        # Where it stands, for its readers and GET (before the wait message goes out).
         notify_queue(
             self.state,
             job.tier,
@@ -226,6 +218,15 @@ class Detached:
             op="wait",
             job_id=job.id,
             kind=job.kind,
+        )
+        self._publish(
+            job.id,
+            user_id,
+            job.tier,
+            model=model,
+            dedup_id=f"{job.id}-w{gen}",
+            delay=self.settings.detached_wait_seconds,
+            gen=gen,
         )
 
     # Background --------------------------------------------------------------------------------

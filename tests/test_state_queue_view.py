@@ -124,3 +124,21 @@ def test_queue_events_land_in_each_waiters_stream_and_a_closed_stream_takes_none
     assert json.loads(w1[-1][1]["d"])["position"] == 2
     assert json.loads(w1[-1][1]["d"])["eta_s"] == 40
     assert [e[1]["t"] for e in state.read("w2")] == ["status"]
+
+
+def test_the_view_its_events_and_its_read_work_on_both_adapters(
+    redis_backend: object, redis_prefix: str
+) -> None:
+    state = State(redis_backend, prefix=redis_prefix)  # type: ignore[arg-type]
+    _set_service(state, "k", 10_000)
+    state.emit("b", [("status", {"status": "queued"})], refresh_ttl=True)
+    _take(state, "a", 1)
+    _update(state, "start", "a")
+    _take(state, "b", 2)
+
+    state.emit_queue(_update(state, "wait", "b"))
+
+    view = state.queue_view("b", "paid", MODEL)
+    assert view is not None and (view.position, view.ahead) == (1, 0) and 9 <= view.eta_s <= 10
+    last = state.read("b")[-1][1]
+    assert last["t"] == "queue" and json.loads(last["d"])["position"] == 1
