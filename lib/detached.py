@@ -40,6 +40,7 @@ from lib.models import ErrorCode, Job, JobStatus, Tier
 from lib.queue.backoff import RetryDelayError, backoff_seconds, retry_delay
 from lib.queue.producer import Publisher
 from lib.queue.wire import Delivery
+from lib.queue_notify import notify_queue
 from lib.state import Acquire, Take
 from lib.store import Attempt, Started
 from lib.verdict import Busy, Done, RetryAfter, Verdict
@@ -208,6 +209,16 @@ class Detached:
             "waiting for the model",
             extra={"job_id": job.id, "model": model, "waits": waits, "ahead": ahead},
         )
+        # Where it stands, for its readers and GET (before the wait message goes out).
+        notify_queue(
+            self.state,
+            job.tier,
+            model,
+            limit=self._limit(job.tier),
+            op="wait",
+            job_id=job.id,
+            kind=job.kind,
+        )
         self._publish(
             job.id,
             user_id,
@@ -223,6 +234,11 @@ class Detached:
         job_id = lease.job_id
         try:
             with logs.job_scope(job_id, user_id=lease.user_id, tier=lease.tier):
+                kind = started.job.kind if started.job else ""
+                limit = self._limit(lease.tier)
+                notify_queue(
+                    self.state, lease.tier, model, limit=limit, op="start", job_id=job_id, kind=kind
+                )
                 try:
                     verdict = self.executor.run_started(lease, started, retries)
                 except AppError as exc:
@@ -294,6 +310,7 @@ class Detached:
             self._publish(
                 waiter, user_id, tier, model=model, dedup_id=f"{waiter}-w{gen}-wake", gen=gen
             )
+        notify_queue(self.state, tier, model, limit=self._limit(tier), op="end", job_id=job_id)
 
     def _publish(
         self,

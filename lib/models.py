@@ -53,6 +53,7 @@ class EventType(StrEnum):
     RESULT = "result"
     ERROR = "error"
     STEP = "step"
+    QUEUE = "queue"
 
 
 class StreamStatus(StrEnum):
@@ -124,11 +125,14 @@ class Job(BaseModel):
     # A pipeline's next step and its finished steps' results (lib/pipelines.py); else absent.
     step: int | None = None
     steps: dict[str, Any] | None = None
+    # While the job waits for its model (detached mode): {position, ahead, eta_s}.
+    queue: dict[str, int] | None = None
 
     def public(self) -> dict[str, Any]:
-        return self.model_dump(
-            mode="json", exclude={"step", "steps"} if self.steps is None else None
+        absent = ({"step", "steps"} if self.steps is None else set()) | (
+            {"queue"} if self.queue is None else set()
         )
+        return self.model_dump(mode="json", exclude=absent or None)
 
 
 class SubmitRequest(BaseModel):

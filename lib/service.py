@@ -33,7 +33,7 @@ from lib.errors import (
     UnavailableError,
 )
 from lib.events import HeldStream, close_stream, data, emit_terminal, is_terminal, sse_frame
-from lib.models import ErrorCode, EventType, Job, Me, StreamStatus, SubmitRequest
+from lib.models import ErrorCode, EventType, Job, JobStatus, Me, StreamStatus, SubmitRequest
 from lib.state import WATCH_REFRESH, State
 from lib.store import Cancel, Store
 
@@ -292,6 +292,15 @@ class Producer:
         job = self.store.get_job(validate_job_id(job_id), user_id)
         if job is None:
             raise NotFoundError("no such job")
+        if job.status == JobStatus.QUEUED and self.settings.execution_mode == "detached":
+            # Waiting for its model: where it stands (one read; an outage leaves it out).
+            model = self.settings.model_for(job.tier, job.kind)
+            try:
+                view = self.state.queue_view(job.id, job.tier, model)
+            except AppError:
+                view = None
+            if view is not None:
+                job = job.model_copy(update={"queue": view.public()})
         return job
 
     def list(self, user_id: str, limit: int, before: str | None) -> list[Job]:

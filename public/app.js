@@ -13,7 +13,7 @@
 (() => {
   const KEYS = { token: "cs.token", job: "cs.job", match: "cs.lastMatch" };
   const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
-  const STREAM_EVENTS = ["status", "progress", "delta", "result", "step"];
+  const STREAM_EVENTS = ["status", "progress", "delta", "result", "step", "queue"];
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -23,7 +23,8 @@
     accountMessage: $("account-message"),
     form: $("job-form"), resume: $("resume"), jd: $("jd"), kind: $("kind"), tier: $("tier"),
     useMatch: $("use-match"), run: $("run"), cancel: $("cancel"), formMessage: $("form-message"),
-    status: $("status"), stage: $("stage"), progress: $("progress"), pct: $("pct"),
+    status: $("status"), queue: $("queue"), stage: $("stage"), progress: $("progress"),
+    pct: $("pct"),
     output: $("output"), resultSection: $("result-section"), result: $("result"),
     screenshotField: $("screenshot-field"), screenshot: $("screenshot"),
   };
@@ -195,7 +196,15 @@
     ui.pct.textContent = `${job.pct || 0}%`;
   }
 
+  // Where a waiting job stands (`queue` events, detached mode): "#3 in line · about 40 s".
+  function showQueue() {
+    const view = job.status === "queued" ? job.queue : null;
+    ui.queue.hidden = !view;
+    ui.queue.textContent = view ? `#${view.position} in line · about ${view.eta_s} s` : "";
+  }
+
   function showJob() {
+    showQueue();
     ui.output.textContent = job.text;
     ui.output.setAttribute("aria-busy", String(inProgress()));
     showProgress();
@@ -228,11 +237,15 @@
         ui.output.textContent = job.text;
       }
       job.status = data.status;
+      showQueue();
     } else if (type === "step") {
       // A pipeline's next step: its own text and progress follow.
       job.step = `step ${data.step + 1}/${data.steps}: ${data.name}`;
       job.text = "";
       ui.output.textContent = "";
+    } else if (type === "queue") {
+      job.queue = data.position > 0 ? { position: data.position, eta_s: data.eta_s } : null;
+      showQueue();
     } else if (type === "progress") {
       job.stage = data.stage;
       job.pct = data.pct;

@@ -71,21 +71,8 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-@pytest.fixture(scope="module")
-def stack(
-    browser: Browser,
-    redis_url: str,
-    database_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Stack]:
-    ports = Ports(
-        producer=free_port(),
-        worker=free_port(),
-        broker=free_port(),
-        llm=free_port(),
-        storage=free_port(),
-    )
-    overrides = {
+def _overrides(redis_url: str, database_url: str) -> dict[str, str]:
+    return {
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
         "REDIS_PREFIX": f"browser-{uuid.uuid4().hex[:6]}:",
@@ -104,7 +91,51 @@ def stack(
         # jobs for dead (it sees no lease under its own REDIS_PREFIX). Chaos runs it.
         "RECONCILE_CRON": "",
     }
+
+
+@pytest.fixture(scope="module")
+def stack(
+    browser: Browser,
+    redis_url: str,
+    database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    ports = Ports(
+        producer=free_port(),
+        worker=free_port(),
+        broker=free_port(),
+        llm=free_port(),
+        storage=free_port(),
+    )
+    overrides = _overrides(redis_url, database_url)
     logs = tmp_path_factory.mktemp("browser-stack-logs")
+    with Stack(ports=ports, overrides=overrides, log_dir=logs, quiet=True) as running:
+        yield running
+
+
+@pytest.fixture
+def detached_stack(
+    browser: Browser,
+    redis_url: str,
+    database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    """A stack in EXECUTION_MODE=detached whose paid model runs one job at a time: the second
+    job waits in line."""
+    ports = Ports(
+        producer=free_port(),
+        worker=free_port(),
+        broker=free_port(),
+        llm=free_port(),
+        storage=free_port(),
+    )
+    overrides = {
+        **_overrides(redis_url, database_url),
+        "EXECUTION_MODE": "detached",
+        "LLM_MAX_CONCURRENCY_PAID": "1",
+        "DETACHED_WAIT_SECONDS": "30",
+    }
+    logs = tmp_path_factory.mktemp("browser-detached-logs")
     with Stack(ports=ports, overrides=overrides, log_dir=logs, quiet=True) as running:
         yield running
 
@@ -267,6 +298,35 @@ def test_the_customized_resume_and_the_interview_questions_are_rendered(
         shot(prep, "browser-interview-prep-result")
     finally:
         for opened in pages.values():
+            opened.context.close()
+
+
+def test_a_waiting_job_shows_its_place_in_line_and_eta_until_it_runs(
+    browser: Browser, detached_stack: Stack
+) -> None:
+    pages = []
+    try:
+        for _ in range(2):  # two users; the model takes one job at a time
+            opened = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            opened.goto(detached_stack.producer_url + "/")
+            sign_in(opened)
+            pages.append(opened)
+        first, second = pages
+        first.get_by_label("Tier").select_option("paid")
+        run(first, "job_match", RESUME + SLOW)
+        wait_for_streamed_text(first, 10)
+        second.get_by_label("Tier").select_option("paid")
+        run(second, "job_match", RESUME)
+        line = second.locator("#queue")
+        expect(line).to_be_visible(timeout=STREAM_TIMEOUT_MS)
+        expect(line).to_have_text(re.compile(r"^#1 in line · about \d+ s$"))
+        expect(second.locator("#status")).to_have_attribute("data-status", "queued")
+        shot(second, "browser-queue-position")
+        wait_for_status(second, "running")
+        expect(line).to_be_hidden()
+        wait_for_status(second, "succeeded")
+    finally:
+        for opened in pages:
             opened.context.close()
 
 

@@ -147,6 +147,27 @@ def test_a_higher_running_attempt_discards_the_text_of_earlier_attempts() -> Non
     assert (job.cursor.last_event_id, job.cursor.attempt) == ("7-0", 2)
 
 
+def test_tail_and_watch_show_a_waiting_jobs_place_in_line_and_eta() -> None:
+    import io
+
+    from lib.cli.stream import PlainView
+    from lib.cli.watch import UserStream
+
+    job_id = str(uuid.uuid4())
+    view = {"position": 3, "ahead": 2, "eta_s": 40, "job_id": job_id}
+    job, out = JobProgress(job_id), io.StringIO()
+    job.apply("queue", view, "1-0")
+    PlainView(out).show(job, "queue", view, False)
+    assert "#3 in line · about 40 s" in out.getvalue()
+    assert job.queue == view
+    job.apply("queue", {**view, "position": 0, "ahead": 0, "eta_s": 0}, "2-0")
+    assert job.queue is None  # it left the line
+
+    watched = io.StringIO()
+    UserStream(watched, jsonl=False).take("queue", view, "1-0")
+    assert watched.getvalue() == f"{job_id} queue #3 in line · about 40 s\n"
+
+
 def test_submit_wait_follows_the_job_and_prints_a_valid_result(cs: Cli) -> None:
     done = cs.submit("--wait", resume=RESUME + " [[llm:slow=4]]")
     assert done.returncode == 0, done.stderr

@@ -167,8 +167,9 @@ def test_every_status_the_spec_lists_is_documented_with_its_error_codes() -> Non
         assert f'"{code}"' in codes, code
     events = _lookup("#/paths/~1api~1jobs~1{job_id}~1events/get")
     assert "text/event-stream" in events["responses"]["200"]["content"]
-    # Every event type, a pipeline's `step` included.
+    # Every event type, a pipeline's `step` and a waiting job's `queue` included.
     assert set(EventType) == set(events["x-sse-events"])
+    assert {"step", "queue"} <= set(events["x-sse-events"])
 
 
 def test_the_kinds_their_inputs_and_results_are_generated_from_the_handler_registry() -> None:

@@ -28,3 +28,11 @@ def console() -> Any:
 
     out = Console()
     return out if out.is_terminal else Console(width=PIPE_WIDTH)
+
+
+def queue_line(view: dict[str, Any] | None) -> str:
+    """A `queue` event or field as a person reads it: "#3 in line · about 40 s"; "starting"
+    once the job has left the line."""
+    if not view or int(view.get("position", 0)) <= 0:
+        return "starting"
+    return f"#{int(view['position'])} in line · about {int(view.get('eta_s', 0))} s"

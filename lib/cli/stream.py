@@ -19,6 +19,7 @@ from httpx_sse import SSEError, connect_sse
 
 from lib.cli.api import raise_for_error
 from lib.cli.env import Cursor
+from lib.cli.output import queue_line
 from lib.errors import AppError, UnavailableError
 from lib.models import TERMINAL
 
@@ -38,6 +39,7 @@ class JobProgress:
     pct: int = 0
     text: str = ""
     dropped: int = 0
+    queue: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
 
@@ -68,6 +70,8 @@ class JobProgress:
                 self.text += str(data.get("text", ""))
         elif event == "progress":
             self.stage, self.pct = str(data.get("stage", "")), int(data.get("pct", 0))
+        elif event == "queue":
+            self.queue = data if int(data.get("position", 0)) > 0 else None
         elif event == "result":
             self.result = data.get("result")
         elif event == "error":
@@ -185,6 +189,8 @@ class PlainView:
             self._mid_line = bool(text) and not text.endswith("\n")
         elif event == "status":
             self._line(f"status {job.status} (attempt {job.cursor.attempt})")
+        elif event == "queue":
+            self._line(queue_line(data))
         elif event == "progress" and not self.deltas:
             # With deltas on, the text is the progress; a line here would split it.
             self._line(f"{job.stage} {job.pct}%")
@@ -265,6 +271,8 @@ class RichView:
         detail = (
             f"{job.status} · {job.stage} · attempt {job.cursor.attempt} · {len(job.text)} chars"
         )
+        if job.queue and job.status == "queued":
+            detail = f"{job.status} · {queue_line(job.queue)}"
         self.bar.update(self.task, completed=100 if job.finished else job.pct, detail=detail)
         self.live.update(self._render(job))
 

@@ -19,7 +19,7 @@ from httpx_sse import SSEError, connect_sse
 
 from lib.cli.api import raise_for_error
 from lib.cli.jobs import api_from
-from lib.cli.output import EXIT_INTERRUPTED, EXIT_OK, note
+from lib.cli.output import EXIT_INTERRUPTED, EXIT_OK, note, queue_line
 from lib.cli.stream import MAX_FAILURES, JobProgress
 from lib.errors import AppError, UnavailableError
 
@@ -65,6 +65,8 @@ def _summary(event: str, data: dict[str, Any], restarted: bool) -> str:
         )
     if event == "progress":
         return f"{data.get('stage')} {data.get('pct')}%"
+    if event == "queue":
+        return queue_line(data)
     if event == "delta":
         return f"{len(str(data.get('text', '')))} characters"
     if event == "error":

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from lib.state import scripts
 from lib.state.backend import Entry, RedisBackend, pairs
 from lib.state.keys import Keys
+from lib.state.queue_view import QueueView, QueueViewState
 from lib.state.results import (
     CLOSED_PREFIX,
     Acquire,
@@ -34,6 +35,7 @@ __all__ = [
     "RedisBackend",
     "Entry",
     "Keys",
+    "QueueView",
     "Renewal",
     "Signal",
     "SlotTake",
@@ -59,7 +61,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class State(ModelSlotsState):
+class State(ModelSlotsState, QueueViewState):
     """Domain operations over a `RedisBackend`."""
 
     def __init__(

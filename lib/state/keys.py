@@ -11,6 +11,7 @@ slot on clustered Redis. TTLs:
 | `job:{id}:watch`             | string | WATCH_TTL (45 s), refreshed by each live SSE reader   |
 | `job:{id}:notify`            | pubsub | (a channel, not a key)                                |
 | `job:{id}:owner`             | string | EVENTS_TTL_SECONDS; its user's notify channel          |
+| `job:{id}:qv`                | string | as `queue:...:view`: its last `queue` event's version   |
 | `watch`                      | pubsub | (a channel): "<job id> <transport>" per new viewer,   |
 |                              |        | "<job id> closed:<status>" when a cancel closes it     |
 | `user:{uid}:jobs`            | stream | EVENTS_TTL_SECONDS; one entry (`j`: job id) per job    |
@@ -36,6 +37,9 @@ slot on clustered Redis. TTLs:
 | `queue:{<tier>:<model>}:gen` | hash   | the same: `<job id>` -> delivery generation (a stale    |
 |                              |        | wait message is dropped), `<job id>:waits` -> its waits |
 | `stats:waits`                | hash   | none: waits per `<tier>:<model>` (the worker's /metrics) |
+| `queue:{<tier>:<model>}:view`| hash   | max(2 x LEASE_TTL, 10 min), refreshed on each update: |
+|                              |        | `<job id>:k` kind, `:t0` holder start ms, `:q` last view |
+| `queue:{<tier>:<model>}:svc` | hash   | none: kind -> service time (ms, moving average)        |
 
 `sse:user:<user id>` holds one member per open event stream of the user (either endpoint),
 scored by the time (ms) it lapses unless its stream refreshes it, so a stream whose function
@@ -62,6 +66,10 @@ class Keys:
 
     def watch(self, job_id: str) -> str:
         return f"{self.prefix}job:{{{job_id}}}:watch"
+
+    def queue_version(self, job_id: str) -> str:
+        """Detached mode: the version of the last `queue` event written for the job."""
+        return f"{self.prefix}job:{{{job_id}}}:qv"
 
     def watch_channel(self) -> str:
         """Where a reader announces a new viewer of a job (its id and transport)."""
@@ -119,6 +127,14 @@ class Keys:
 
     def model_queue_gen(self, tier: str, model: str) -> str:
         return f"{self.prefix}queue:{{{tier}:{model}}}:gen"
+
+    def model_queue_view(self, tier: str, model: str) -> str:
+        """Detached mode: the queue's live view (lib/state/queue_view.py)."""
+        return f"{self.prefix}queue:{{{tier}:{model}}}:view"
+
+    def service_times(self, tier: str, model: str) -> str:
+        """Detached mode: service time per kind of `tier` and `model` (a moving average)."""
+        return f"{self.prefix}queue:{{{tier}:{model}}}:svc"
 
     def wait_stats(self) -> str:
         return f"{self.prefix}stats:waits"

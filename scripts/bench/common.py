@@ -90,6 +90,7 @@ SECTIONS = {
     "boxes",
     "image_submit",
     "live_jobs",
+    "queue_eta",
 }
 API_FUNCTIONS = ["api.jobs", "api.events", "api.me", "api.health", "api.openapi"]
 

@@ -209,6 +209,23 @@ def _service_rows(results: dict[str, Any]) -> Rows:
             f"inline {live['inline']['peak_running']}",
             ">= 200",
         )
+    queue = results.get("queue_eta")
+    if queue:
+        acc = queue["accuracy"]
+        row(
+            f"queue ETA error at submit, p50 / p90 % ({acc['measured']} waits, "
+            f"{acc['slots']} slots)",
+            f"{acc['eta_error_pct']['p50']} / {acc['eta_error_pct']['p90']}",
+            "",
+            "p50 <= 25",
+        )
+        for cost in queue["update_cost"]:
+            row(
+                f"queue update, {cost['waiters']} waiters: Redis commands (round trips)",
+                f"{cost['commands']} ({cost['round_trips']})",
+                "",
+                "bounded",
+            )
     parse = results.get("llm_parse")
     if parse:
         row(

@@ -24,6 +24,9 @@ polls the event stream with XRANGE every 400 ms, backing off to 8 s while idle
 8. cancel to close: from a cancel's POST to the offline LLM seeing its client go away;
 9. what an image costs at submit: text against image submits of one in-process producer on the
    stand-ins at 20 ms a round trip (scripts/bench/images.py).
+10. live jobs at once on one box under a QStash plan, inline against detached (live_jobs.py);
+11. the queue ETA's error at submit on a burst that overfills a model, and the Redis commands of
+   one queue update (queue_eta.py).
 
 Targets are printed next to the figures, never asserted. Raw figures go to bench/results.json,
 plots to bench/*.png; docs/performance.md explains them. The machine may be shared: ratios
@@ -66,6 +69,7 @@ from scripts.bench.images import image_submit
 from scripts.bench.latency import latency
 from scripts.bench.live_jobs import live_jobs
 from scripts.bench.micro import cold_start, llm_parse
+from scripts.bench.queue_eta import queue_eta
 from scripts.bench.report import markdown, plots, table
 from scripts.stack import embedded
 
@@ -118,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller loads (a smoke run, ~4 min)")
     parser.add_argument(
         "--only",
-        default="cold,parse,cost,cancel,latency,submit,concurrency,boxes,images,live",
+        default="cold,parse,cost,cancel,latency,submit,concurrency,boxes,images,live,queue",
         help=(
             "comma-separated sections "
-            "(cold, parse, cost, cancel, latency, submit, concurrency, boxes, images, live)"
+            "(cold, parse, cost, cancel, latency, submit, concurrency, boxes, images, live, queue)"
         ),
     )
     parser.add_argument(
@@ -175,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             results["image_submit"] = image_submit(pg.url, args.quick)
         if "live" in sections:
             results["live_jobs"] = live_jobs(pg.url, args.quick)
+        if "queue" in sections:
+            results["queue_eta"] = queue_eta(pg.url, args.quick)
     finally:
         pg.stop()
     results["seconds"] = round(time.monotonic() - began, 1)

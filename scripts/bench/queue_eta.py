@@ -1,0 +1,202 @@
+"""8. Live queue position and ETA (detached mode): how right the ETA is, and what an update costs.
+
+Accuracy: a `make dev` stack in EXECUTION_MODE=detached whose paid model runs 2 jobs at a time.
+A warm-up of a few jobs gives the moving average of service times its first samples (a live
+system always has them); then a burst of `jobs` jobs of varying length (the offline LLM at 25-40
+ms per token, quick 10-16, drawn with a fixed seed) overfills the model. For each job that
+waited, the ETA of its first `queue` event (sent as it joined the line, at submit) is compared
+with its real wait, from that event to its `running` status: |eta - wait| / wait, p50 and p90.
+
+Cost: on the same Redis, one update (the QUEUE_VIEW script, then one pipeline of `queue` events)
+over a line of W waiters behind 2 holders where every waiter's view changes (a job ended): its
+Redis commands (INFO commandstats, Lua internals included) and its round trips (2).
+
+    .venv/bin/python -m scripts.bench.queue_eta [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from lib.state import State
+from lib.state.tcp import TcpBackend
+from scripts.bench.common import OUT, Bench, body, command_delta, commandstats, dist, new_user, say
+from scripts.stack import embedded
+from scripts.stack.devstack import ROOT
+
+SLOTS = 2
+OVERRIDES = {
+    "EXECUTION_MODE": "detached",
+    "LLM_MAX_CONCURRENCY_PAID": str(SLOTS),
+    "WORKER_MAX_JOBS": "64",
+    "DETACHED_WAIT_SECONDS": "60",
+    "RECONCILE_CRON": "",
+}
+PREFIX = "bench-queue:"
+
+
+def _events(bench: Bench, job_id: str) -> list[tuple[str, dict[str, Any]]]:
+    raw = bench.redis().xrange(f"{PREFIX}job:{{{job_id}}}:ev")
+    return [(fields["t"], json.loads(fields["d"])) for _, fields in raw]
+
+
+def _submit(client: httpx.Client, headers: dict[str, str], slow_ms: int) -> str:
+    answer = client.post("/api/jobs", json=body(f"[[llm:slow={slow_ms}]]"), headers=headers)
+    answer.raise_for_status()
+    return str(answer.json()["job"]["id"])
+
+
+def _wait_done(bench: Bench, ids: list[str], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ends = [_events(bench, i) for i in ids]
+        if all(ev and ev[-1][0] == "status" and ev[-1][1]["status"] in TERMINAL for ev in ends):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def accuracy(
+    bench: Bench, jobs: int, warmup: int, slow: tuple[int, int], seed: int = 7
+) -> dict[str, Any]:
+    rng = random.Random(seed)
+    _, headers = new_user()
+    with httpx.Client(base_url=bench.url, timeout=30) as client:
+        warm = [_submit(client, headers, rng.randint(*slow)) for _ in range(warmup)]
+        if not _wait_done(bench, warm, 120):
+            raise RuntimeError("the warm-up jobs did not finish")
+        ids = [_submit(client, headers, rng.randint(*slow)) for _ in range(jobs)]
+    if not _wait_done(bench, ids, 60 + jobs * 10):
+        raise RuntimeError("the burst did not finish")
+    errors, waits, events_per_job = [], [], []
+    went_up = not_zero = 0
+    for job_id in ids:
+        evs = _events(bench, job_id)
+        running = next(
+            i for i, (t, d) in enumerate(evs) if t == "status" and d["status"] == "running"
+        )
+        views = [d for t, d in evs[:running] if t == "queue"]
+        if not views:
+            continue  # it took a slot at once
+        positions = [v["position"] for v in views]
+        # A position goes up when a job submitted earlier joins the line later (its delivery
+        # came after this one's): the line is in submit order.
+        went_up += positions != sorted(positions, reverse=True)
+        not_zero += positions[-1] != 0
+        events_per_job.append(len(views))
+        wait = evs[running][1]["ts"] - views[0]["ts"]
+        if wait < 1.0:
+            continue  # it started within a second: a relative error means little
+        waits.append(wait)
+        errors.append(abs(views[0]["eta_s"] - wait) / wait)
+    svc = {
+        key.removeprefix(f"{PREFIX}queue:"): bench.redis().hgetall(key)
+        for key in bench.redis().keys(f"{PREFIX}queue:*:svc")
+    }
+    return {
+        "jobs": jobs,
+        "slots": SLOTS,
+        "warmup_jobs": warmup,
+        "waited": len(events_per_job),
+        "measured": len(errors),
+        "wait_s": dist(waits),
+        "eta_error_pct": dist(errors, 100),
+        "queue_events_per_waiting_job": round(sum(events_per_job) / max(1, len(events_per_job)), 1),
+        "jobs_whose_position_went_up": went_up,
+        "jobs_whose_last_queue_event_was_not_0": not_zero,
+        "service_ms_by_kind": svc,
+    }
+
+
+def update_cost(redis_url: str, waiters: int) -> dict[str, Any]:
+    """Commands of one update over `waiters` waiters (all of them change)."""
+    import redis as redis_py
+
+    backend = TcpBackend(redis_url)
+    state = State(backend, prefix=f"bench-cost-{waiters}:")
+    client = redis_py.Redis.from_url(redis_url, decode_responses=True)
+    model = "offline"
+    backend.command("HSET", state.keys.service_times("paid", model), "job_match", 10_000)
+    for i in range(SLOTS + waiters):
+        job = f"job-{i}"
+        # As a submitted job: its stream (with its TTL) and its user stream's channel.
+        state.emit(job, [("status", {"status": "queued"})], refresh_ttl=True)
+        backend.command("SET", state.keys.owner(job), state.keys.user_notify("u"))
+        state.take_slot(
+            job, "paid", model, limit=SLOTS, order=i, generation=None, wait_seconds=60, user_id="u"
+        )
+        state.queue_update(
+            "paid",
+            model,
+            limit=SLOTS,
+            op="start" if i < SLOTS else "wait",
+            job_id=job,
+            kind="job_match",
+        )
+    state.release_slot("job-0", "paid", model, limit=SLOTS, ended=True)
+    before = commandstats(client)
+    update = state.queue_update("paid", model, limit=SLOTS, op="end", job_id="job-0")
+    state.emit_queue(update)
+    used = command_delta(before, commandstats(client))
+    backend.close()
+    total = sum(used.values())
+    return {
+        "waiters": waiters,
+        "events": len(update.views),
+        "commands": total,
+        "commands_per_waiter": round(total / max(1, waiters), 2),
+        "round_trips": 2,
+        "by_command": used,
+    }
+
+
+def queue_eta(database_url: str, quick: bool = False) -> dict[str, Any]:
+    jobs = 10 if quick else 30
+    say(f"queue ETA: a burst of {jobs} jobs on {SLOTS} slots (detached)")
+    bench = Bench("queue", OVERRIDES, database_url).start()
+    try:
+        # Quick: shorter jobs (the same spread, relative to their length).
+        slow = (10, 16) if quick else (25, 40)
+        out: dict[str, Any] = {
+            "accuracy": accuracy(bench, jobs, warmup=SLOTS if quick else 4, slow=slow)
+        }
+        assert bench.redis_server
+        out["update_cost"] = [update_cost(bench.redis_server.url, w) for w in (10, 100)]
+    finally:
+        bench.stop()
+    e = out["accuracy"]["eta_error_pct"]
+    say(f"queue ETA: error p50 {e['p50']} %, p90 {e['p90']} %")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench.queue_eta", description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    pg = embedded.start_postgres()
+    try:
+        from lib.store import migrate
+
+        migrate.apply(pg.url)
+        results = queue_eta(pg.url, args.quick)
+    finally:
+        pg.stop()
+    OUT.mkdir(exist_ok=True)
+    (OUT / "queue_eta.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())
