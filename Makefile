@@ -18,7 +18,7 @@ help:
 	@echo "make test-browser  the demo page in headless Chromium"
 	@echo "make check-deploy  validate Dockerfile, compose, Caddy, Vercel build, deploy scripts; build and run the image"
 	@echo "make chaos  fault injection under load on the local stack (< 15 min)"
-	@echo "make bench  latency and cost per job against the original design (< 12 min)"
+	@echo "make bench  latency and cost per job against the original design (< 17 min)"
 	@echo "make lint   ruff check, ruff format --check and mypy"
 
 $(STAMP): pyproject.toml
@@ -61,7 +61,7 @@ chaos: $(STAMP)
 	$(PY) -m scripts.chaos
 
 # Latency and cost per job, ours against the original design: bench/results.json and plots.
-# `make bench BENCH_ARGS=--quick` is a smoke run of every section (~4 min).
+# `make bench BENCH_ARGS=--quick` is a smoke run of every section (~5 min).
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m scripts.bench $(BENCH_ARGS)

@@ -201,7 +201,29 @@ def _service_rows(results: dict[str, Any]) -> Rows:
             f"one box {b['one']['jobs_per_hour']} (x{b['ratio']})",
             "x2",
         )
-    parse = results.get("llm_parse")
+    tok = results.get("token_cpu")
+    if tok:
+        row(
+            "worker CPU per streamed token, us (lib.llm + handler + JobEvents + Redis; gevent)",
+            tok["worker/gevent"]["cpu_us_per_token_p50"],
+            f"read only: SDK models {tok['sdk-models/gevent']['cpu_us_per_token_p50']}"
+            f", raw lines {tok['raw-lines/gevent']['cpu_us_per_token_p50']}",
+            "<= 60",
+        )
+        row(
+            "worker CPU per streamed token, us (threads)",
+            tok["worker/threads"]["cpu_us_per_token_p50"],
+            "",
+            "<= 60",
+        )
+        row(
+            "read only, paced at the flush cadence, us per token",
+            tok["raw-lines-paced/gevent"]["cpu_us_per_token_p50"],
+            f"raw lines {tok['raw-lines/gevent']['cpu_us_per_token_p50']}"
+            f" (x{tok['paced_vs_raw_lines']})",
+            "",
+        )
+    parse = results.get("llm_parse")  # results files from before the token section
     if parse:
         row(
             "worker CPU per streamed token, us (read only)",
