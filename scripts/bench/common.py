@@ -81,6 +81,7 @@ SECTIONS = {
     "cold_start",
     "cold_start_production",
     "llm_parse",
+    "token_cpu",
     "cost",
     "cancel",
     "sweep",

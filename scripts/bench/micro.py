@@ -1,5 +1,5 @@
-"""The sections without a stack: 1. cold start of each `api/` function, 1b. reading the model's
-stream (the SDK's chunk models against raw lines)."""
+"""The sections without a stack: 1. cold start of each `api/` function, 1b. the worker's CPU per
+streamed token (its per-token path against reading the model's stream alone)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -106,14 +105,27 @@ def cold_start(rounds: int) -> dict[str, Any]:
     return out
 
 
-# 1b. Reading the model's stream: the SDK's chunk models against raw lines ------------------------
-def llm_parse(streams: int) -> dict[str, Any]:
-    """CPU per streamed token of reading `streams` concurrent answers at 20 tokens/s, in threads
-    like the worker: the SDK's `ChatCompletionChunk` models (the original code) against the
-    raw `data:` lines that lib/llm.py reads now. The offline LLM runs in another process."""
-    import openai
+# 1b. The worker's CPU per streamed token -------------------------------------------------------
+TOKEN_PATHS = (
+    ("worker", "gevent"),
+    ("worker", "threads"),
+    ("sdk-models", "gevent"),
+    ("raw-lines", "gevent"),
+    ("raw-lines-paced", "gevent"),
+)
 
-    say(f"model stream parsing: {streams} streams at 20 tokens/s, SDK models vs raw lines")
+
+def token_cpu(quick: bool) -> dict[str, Any]:
+    """CPU per streamed token of the worker's per-token path (`scripts.bench.token_path`): N
+    concurrent streams at 20 tokens/s from the offline LLM (another process) through lib.llm, a
+    handler and JobEvents to a real Redis, under gevent (the default worker class) and threads;
+    against reading alone (the SDK's chunk models, the raw lines lib/llm.py reads, and those
+    read at the flush cadence). Each path runs in a process of its own, the paths alternate,
+    and each figure is the median over the rounds."""
+    streams, rounds = (50, 1) if quick else (100, 3)
+    say(f"worker CPU per token: {streams} streams at 20 tokens/s, {rounds} round(s) per path")
+    from scripts.stack import embedded
+
     port = free_port()
     server = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "scripts.fakes.offline_llm", "--port", str(port)],
@@ -121,6 +133,9 @@ def llm_parse(streams: int) -> dict[str, Any]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    redis = embedded.start_redis()
+    env = {**os.environ, "APP_ENV": "development", "HOST": "127.0.0.1"}
+    runs: dict[str, list[dict[str, Any]]] = {}
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -129,53 +144,43 @@ def llm_parse(streams: int) -> dict[str, Any]:
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="offline")
-        fmt = {"type": "json_object"}
-
-        def models(i: int) -> int:
-            msgs = [{"role": "user", "content": f"[[llm:slow=50]] [[llm:tokens=200]] {i}"}]
-            n = 0
-            with client.chat.completions.create(  # type: ignore[call-overload]
-                model="m", messages=msgs, stream=True, response_format=fmt
-            ) as stream:
-                for chunk in stream:
-                    n += sum(1 for c in chunk.choices if c.delta.content)
-            return n
-
-        def lines(i: int) -> int:
-            msgs = [{"role": "user", "content": f"[[llm:slow=50]] [[llm:tokens=200]] {i}"}]
-            n = 0
-            with client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
-                model="m", messages=msgs, stream=True, response_format=fmt
-            ) as response:
-                for line in response.iter_lines():
-                    if line.startswith("data: ") and line != "data: [DONE]":
-                        chunk = json.loads(line[6:])
-                        n += sum(1 for c in chunk["choices"] if c["delta"].get("content"))
-            return n
-
-        out: dict[str, Any] = {}
-        for name, read in (("sdk_models", models), ("raw_lines", lines)):
-            counts: list[int] = []
-            cpu, wall = time.process_time(), time.perf_counter()
-            threads = [
-                threading.Thread(target=lambda i=i, f=read, c=counts: c.append(f(i)))
-                for i in range(streams)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            tokens = sum(counts)
-            out[name] = {
-                "tokens": tokens,
-                "cpu_us_per_token": round((time.process_time() - cpu) / max(1, tokens) * 1e6, 1),
-                "wall_s": round(time.perf_counter() - wall, 1),
-            }
-        out["ratio"] = ratio(
-            out["sdk_models"]["cpu_us_per_token"], out["raw_lines"]["cpu_us_per_token"]
-        )
-        return out
+        load = [round(x, 1) for x in os.getloadavg()]
+        for _ in range(rounds):
+            for path, mode in TOKEN_PATHS:
+                args = ["--llm", f"http://127.0.0.1:{port}/v1", "--redis", redis.url]
+                args += ["--path", path, "--mode", mode, "--streams", str(streams)]
+                args += ["--tokens", "100", "--slow", "50"]
+                proc = subprocess.run(  # noqa: S603
+                    [sys.executable, "-m", "scripts.bench.token_path", *args],
+                    cwd=ROOT,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                runs.setdefault(f"{path}/{mode}", []).append(json.loads(proc.stdout))
     finally:
         server.terminate()
         server.wait(10)
+        redis.stop()
+    out: dict[str, Any] = {
+        "streams": streams,
+        "rounds": rounds,
+        "load_average_at_start": load,
+        "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
+    }
+    for key, done in runs.items():
+        values = [r["cpu_us_per_token"] for r in done]
+        out[key] = {
+            "cpu_us_per_token_p50": round(pct(values, 50) or 0, 1),
+            "cpu_us_per_token": values,
+            "tokens": [r["tokens"] for r in done],
+            "failed": sum(r["failed"] for r in done),
+        }
+    worker = out["worker/gevent"]["cpu_us_per_token_p50"]
+    out["worker_vs_sdk_models"] = ratio(out["sdk-models/gevent"]["cpu_us_per_token_p50"], worker)
+    out["paced_vs_raw_lines"] = ratio(
+        out["raw-lines/gevent"]["cpu_us_per_token_p50"],
+        out["raw-lines-paced/gevent"]["cpu_us_per_token_p50"],
+    )
+    return out

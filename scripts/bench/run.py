@@ -7,6 +7,8 @@ polls the event stream with XRANGE every 400 ms, backing off to 8 s while idle
 
 1. cold start of each `api/` function (fresh `python -X importtime`, then the first response),
    against a bare Flask app;
+1b. the worker's CPU per streamed token: its whole per-token path (lib.llm, a handler,
+   JobEvents, Redis) under gevent and threads, against reading the model's stream alone;
 2. Redis commands and QStash messages per job, in dollars per 1,000 jobs: a 1,000-token job
    streamed over 60 s, with one live SSE viewer and with none; each configuration runs on a
    Redis of its own, so `INFO commandstats` deltas count exactly one job, Lua internals
@@ -68,7 +70,7 @@ from scripts.bench.cost import cost, sweep
 from scripts.bench.images import image_submit
 from scripts.bench.latency import latency
 from scripts.bench.live_jobs import live_jobs
-from scripts.bench.micro import cold_start, llm_parse
+from scripts.bench.micro import cold_start, token_cpu
 from scripts.bench.queue_eta import queue_eta
 from scripts.bench.report import markdown, plots, table
 from scripts.stack import embedded
@@ -122,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller loads (a smoke run, ~4 min)")
     parser.add_argument(
         "--only",
-        default="cold,parse,cost,cancel,latency,submit,concurrency,boxes,images,live,queue",
+        default="cold,tokens,cost,cancel,latency,submit,concurrency,boxes,images,live,queue",
         help=(
             "comma-separated sections "
-            "(cold, parse, cost, cancel, latency, submit, concurrency, boxes, images, live, queue)"
+            "(cold, tokens, cost, cancel, latency, submit, concurrency, boxes, images, live, queue)"
         ),
     )
     parser.add_argument(
@@ -167,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     if "cold" in sections:
         results["cold_start"] = cold_start(3 if args.quick else 7)
         results["cold_start_production"] = coldstart.run(args.quick)
-    if "parse" in sections:
-        results["llm_parse"] = llm_parse(50 if args.quick else 100)
+    if "tokens" in sections:
+        results["token_cpu"] = token_cpu(args.quick)
     pg = embedded.start_postgres()
     try:
         migrate.apply(pg.url)

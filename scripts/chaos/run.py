@@ -77,7 +77,7 @@ from scripts.chaos.skew import (
 from scripts.stack.devstack import ROOT, Ports
 
 OUT = ROOT / ".devstack" / "chaos"
-TOTAL_BUDGET = 14 * 60  # seconds per execution mode: one mode ends within 15 minutes
+TOTAL_BUDGET = 16 * 60  # seconds per execution mode: each mode (both run at once) within 17 minutes
 
 # Admission and coins sized so that every submit is admitted; the rest is the production shape
 # at a realistic pace (25 tokens/s: a job streams for 10-25 s).
