@@ -538,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i, sc, mode in runs:
             if time.monotonic() - started + sc.budget > TOTAL_BUDGET * len(modes):
-                rows.append(Row(sc.name, sc.title, violations=["not run: out of total time"]))
+                name = sc.name if mode == "inline" else f"{sc.name}/detached"
+                rows.append(Row(name, sc.title, violations=["not run: out of total time"]))
                 continue
             say(f"{sc.name} ({mode}): {sc.title} ({args.jobs} jobs, budget {sc.budget:.0f}s)")
             rows.append(run_scenario(sc, infra, args, args.seed + i, mode))
