@@ -11,7 +11,7 @@ from flask import Response, jsonify
 
 from api._common import create_app, current_user, json_body, producer
 from lib.errors import UnavailableError
-from lib.images import new_upload
+from lib.images import count_upload, new_upload
 
 app = create_app(__name__)
 
@@ -23,4 +23,12 @@ def create_upload() -> tuple[Response, int]:
     service = producer()
     if service.storage is None:
         raise UnavailableError("image uploads need Storage (STORAGE_URL or SUPABASE_URL)")
-    return jsonify(new_upload(service.settings, service.storage, user_id, body)), 201
+    settings = service.settings
+    uploaded = new_upload(
+        settings,
+        service.storage,
+        user_id,
+        body,
+        count=lambda: count_upload(service.state, user_id, settings.uploads_per_hour),
+    )
+    return jsonify(uploaded), 201

@@ -191,6 +191,9 @@ class Settings(BaseModel):
     storage_url: str = ""
     storage_bucket: str = Field("job-images", pattern=r"^[a-z0-9][a-z0-9_.-]{1,62}$")
     image_max_bytes: int = Field(5 * 1024 * 1024, ge=1024, le=50 * 1024 * 1024)
+    # Signed upload URLs one user may get per hour (POST /api/uploads); past it, 429
+    # rate_limited: each URL lets its holder store up to IMAGE_MAX_BYTES in the bucket.
+    uploads_per_hour: int = Field(30, ge=1, le=10_000)
 
     # Worker process model (worker/gunicorn.conf.py). HOST empty binds loopback in development
     # and every interface otherwise (the Docker image).

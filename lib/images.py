@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lib.errors import AppError, InputError, NotFoundError, UnavailableError
+from lib.errors import AppError, InputError, NotFoundError, RateLimitError, UnavailableError
 from lib.models import ErrorCode
 
 if TYPE_CHECKING:
     from lib.config import Settings
+    from lib.state import State
     from lib.storage import Storage
 
 # The MIME types accepted, each with the file extension an upload's path gets.
@@ -33,6 +34,8 @@ EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 # Enough of a file to hold its type and dimensions: a JPEG's frame header can follow large
 # EXIF and ICC segments (each at most 64 KiB).
 HEAD_BYTES = 128 * 1024
+# POST /api/uploads counts each user's signed URLs in a fixed one-hour window (UPLOADS_PER_HOUR).
+UPLOAD_WINDOW_MS = 3600 * 1000
 MAX_PATH_CHARS = 36 + 1 + 32 + 5
 PATH_PATTERN = (
     r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/[0-9a-f]{32}\.(png|jpg|webp)$"
@@ -66,11 +69,19 @@ class UploadRequest(BaseModel):
     size: int | None = Field(default=None, ge=0)
 
 
-def new_upload(settings: Settings, storage: Storage, user_id: str, body: Any) -> dict[str, Any]:
+def new_upload(
+    settings: Settings,
+    storage: Storage,
+    user_id: str,
+    body: Any,
+    count: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
     """A signed upload URL for one new image of `user_id`, under a fresh path of theirs.
+    `count` is called once the request is valid, before the URL is signed (the user's quota,
+    `count_upload`).
 
     Raises InputError (400, bad body), AppError 415 (not PNG/JPEG/WebP), 413 (declared size
-    over IMAGE_MAX_BYTES), UnavailableError (Storage down)."""
+    over IMAGE_MAX_BYTES), RateLimitError (from `count`), UnavailableError (Storage down)."""
     from pydantic import ValidationError
 
     try:
@@ -83,6 +94,7 @@ def new_upload(settings: Settings, storage: Storage, user_id: str, body: Any) ->
         raise _unsupported(req.content_type)
     if req.size is not None:
         _check_size(req.size, settings.image_max_bytes)
+    count()
     path = f"{user_id}/{uuid.uuid4().hex}.{ext}"
     signed = storage.sign_upload(path)
     return {
@@ -93,6 +105,29 @@ def new_upload(settings: Settings, storage: Storage, user_id: str, body: Any) ->
         "max_bytes": settings.image_max_bytes,
         "content_types": sorted(EXTENSIONS),
     }
+
+
+def count_upload(state: State, user_id: str, limit: int) -> None:
+    """Count one signed upload URL for the user in the current hour (one Lua call). Raises
+    RateLimitError (429 rate_limited, Retry-After when the window closes) past `limit`."""
+    from lib.state import scripts
+
+    count, left_ms = state.backend.run(
+        scripts.COUNT_WINDOW, [state.keys.uploads(user_id)], [UPLOAD_WINDOW_MS]
+    )
+    if int(count) <= limit:
+        return
+    next_slot_s = max(1, -(-int(left_ms) // 1000))
+    raise RateLimitError(
+        f"at most {limit} uploads an hour; try again in about {next_slot_s} s",
+        code=ErrorCode.RATE_LIMITED,
+        retry_after=next_slot_s,
+        details={
+            "reason": f"{limit} upload URLs were handed out this hour, the limit is {limit}",
+            "limit": limit,
+            "next_slot_s": next_slot_s,
+        },
+    )
 
 
 def check_job(

@@ -160,10 +160,10 @@ class Producer:
                 f"{handler.max_prompt_chars}"
             )
             raise InputError("the input is too large for one prompt", details=details)
-        # Only what the client set (and what validation filled in): an explicit null stays
-        # null, so the stored input validates again as it did here (a `job_summary` result
-        # with `company: null` is valid; without the key it would not be).
-        normalised = job_input.model_dump(mode="json", exclude_unset=True)
+        # Every field, defaults and nulls included: the stored input validates again in the
+        # worker exactly as it did here (a `job_summary` result with `company: null` is valid;
+        # without the key it would not be), whatever the defaults become later.
+        normalised = job_input.model_dump(mode="json")
         nul = _nul_fields(normalised, "input")
         if nul:  # Postgres cannot store U+0000 in text
             raise InputError("the input contains a NUL character", details=nul)

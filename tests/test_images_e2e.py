@@ -133,3 +133,26 @@ def test_an_upload_request_for_anything_but_a_small_image_is_refused(user: User,
 def test_an_upload_url_needs_a_signed_in_user(stack: Stack) -> None:
     response = httpx.post(f"{stack.producer_url}/api/uploads", json={"content_type": "image/png"})
     assert (response.status_code, response.json()["error"]["code"]) == (401, "unauthorized")
+
+
+def test_upload_urls_are_limited_per_user_and_hour_with_a_429_that_says_when(
+    stack: Stack, user: User
+) -> None:
+    # Each URL lets its holder store up to IMAGE_MAX_BYTES: UPLOADS_PER_HOUR (30) per user.
+    with user.client() as client:
+        statuses = [
+            client.post("/api/uploads", json={"content_type": "image/png"}).status_code
+            for _ in range(30)
+        ]
+        refused = client.post("/api/uploads", json={"content_type": "image/png"})
+        bad = client.post("/api/uploads", json={"content_type": "text/html"})
+    assert statuses == [201] * 30
+    error = refused.json()["error"]
+    assert (refused.status_code, error["code"]) == (429, "rate_limited")
+    retry_after = int(refused.headers["Retry-After"])
+    assert 1 <= retry_after <= 3600 and error["details"]["next_slot_s"] == retry_after
+    assert error["details"]["limit"] == 30
+    assert bad.status_code == 415  # a bad request is refused as such, before the quota
+    other = User(stack.producer_url)
+    with other.client() as client:
+        assert client.post("/api/uploads", json={"content_type": "image/png"}).status_code == 201

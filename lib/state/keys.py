@@ -37,6 +37,8 @@ slot on clustered Redis. TTLs:
 | `queue:{<tier>:<model>}:gen` | hash   | the same: `<job id>` -> delivery generation (a stale    |
 |                              |        | wait message is dropped), `<job id>:waits` -> its waits |
 | `stats:waits`                | hash   | none: waits per `<tier>:<model>` (the worker's /metrics) |
+| `uploads:<user id>`          | string | 1 h from the user's first upload URL in the window;      |
+|                              |        | upload URLs handed out in it (UPLOADS_PER_HOUR)          |
 | `queue:{<tier>:<model>}:view`| hash   | max(2 x LEASE_TTL, 10 min), refreshed on each update: |
 |                              |        | `<job id>:k` kind, `:t0` holder start ms, `:q` last view |
 | `queue:{<tier>:<model>}:svc` | hash   | none: kind -> service time (ms, moving average)        |
@@ -135,6 +137,10 @@ class Keys:
     def service_times(self, tier: str, model: str) -> str:
         """Detached mode: service time per kind of `tier` and `model` (a moving average)."""
         return f"{self.prefix}queue:{{{tier}:{model}}}:svc"
+
+    def uploads(self, user_id: str) -> str:
+        """The user's signed upload URLs in the current hour (POST /api/uploads)."""
+        return f"{self.prefix}uploads:{user_id}"
 
     def wait_stats(self) -> str:
         return f"{self.prefix}stats:waits"

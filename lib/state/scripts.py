@@ -574,6 +574,22 @@ return id
 """,
 )
 
+# A fixed-window counter (POST /api/uploads, per user): counts one more in the window, which
+# opens at the first count and lasts ARGV[1] ms. KEYS: counter. ARGV: window ms.
+# Returns {count in the window, ms until it closes}.
+COUNT_WINDOW = Script(
+    "count_window",
+    """
+local n = redis.call('INCR', KEYS[1])
+local left = redis.call('PTTL', KEYS[1])
+if n == 1 or left < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  left = tonumber(ARGV[1])
+end
+return {n, left}
+""",
+)
+
 ALL = (
     ADMIT,
     ACQUIRE,
@@ -591,4 +607,5 @@ ALL = (
     RENEW_SLOT,
     QUEUE_VIEW,
     QUEUE_EMIT,
+    COUNT_WINDOW,
 )
