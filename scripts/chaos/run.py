@@ -111,11 +111,15 @@ BASE_ENV = {
 
 # EXECUTION_MODE=detached (lib/detached.py): after its 200 nothing but the worker's own
 # re-publish or the reconciler moves a job, so the reconciler's schedule ticks every 6 s (a
-# `* * * * *` cron at DEV_BROKER_TIME_SCALE 0.1, unless a scenario scales time itself).
+# `* * * * *` cron at DEV_BROKER_TIME_SCALE 0.1, unless a scenario scales time itself). The retry
+# delay is ten times BASE_ENV's in QStash's time, so its retries are as far apart in real time as
+# inline's: at 0.1 with BASE_ENV's delay, a job's 8 retries were spent in 3.6 s, less than a
+# SIGKILLed worker may take to come back on a loaded machine (jobs failed, never started).
 DETACHED_ENV = {
     "EXECUTION_MODE": "detached",
     "RECONCILE_CRON": "* * * * *",
     "DEV_BROKER_TIME_SCALE": "0.1",
+    "JOB_RETRY_DELAY": "10000 + 10000 * retried",
 }
 MODES = ("inline", "detached")
 
