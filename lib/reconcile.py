@@ -36,7 +36,7 @@ from typing import Any
 from lib.boxes import Registry, destination
 from lib.config import Settings
 from lib.errors import AppError
-from lib.events import emit_terminal
+from lib.events import close_stream, emit_terminal
 from lib.models import ErrorCode, JobStatus
 from lib.queue.producer import Publisher
 from lib.state import State
@@ -255,10 +255,19 @@ class Reconciler:
                 continue
             terminal = self.store.backend.call("cs_reconcile_terminal", {"p_ids": members})
             for job in terminal or []:
-                job_id = str(job["id"])
-                self.state.release(job_id, job["tier"], str(job["user_id"]))
+                job_id, user_id = str(job["id"]), str(job["user_id"])
+                self._close(job_id, user_id)
+                self.state.release(job_id, job["tier"], user_id)
                 summary.admissions_freed += 1
                 log.info("reconciler freed a finished job's admission", extra={"job_id": job_id})
+
+    def _close(self, job_id: str, user_id: str) -> None:
+        """Close a finished job's stream (once: `close_stream`) whose admission outlived it: its
+        worker died after the row's end and maybe before the stream's. Inline, QStash's retry
+        would close it; a detached job's delivery was answered already."""
+        finished = self.store.get_job(job_id, user_id)
+        if finished is not None:
+            close_stream(self.state, finished)
 
     # Never enqueued ----------------------------------------------------------------------------
     def _sweep(self, summary: Summary) -> None:

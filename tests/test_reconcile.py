@@ -196,6 +196,13 @@ def test_admission_slots_of_finished_jobs_and_past_deadlines_are_freed(healing: 
     assert env.state.backend.command("ZSCORE", user_set, job.job_id) is None
     assert env.state.backend.command("ZSCORE", tier_set, "expired-member") is None
     assert env.state.backend.command("ZSCORE", tier_set, live.job_id) is not None
+    # Its worker died after the row's end, before the stream's: the stream is closed too.
+    events = env.stream(job.job_id)
+    assert [(e.type, e.data.get("status")) for e in events[-2:]] == [
+        ("result", None),
+        ("status", "succeeded"),
+    ]
+    assert events[-2].data["result"] == {"ok": True}
 
 
 def test_each_reconcile_sql_function_answers_alike_through_both_store_adapters(
