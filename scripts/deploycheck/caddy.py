@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+
+from scripts.stack import embedded
 
 ROOT = Path(__file__).resolve().parents[2]
 SIGNATURE = "eyJhbGciOiJIUzI1NiJ9.check-caddy-signature.sig"
@@ -51,17 +52,11 @@ class Recorder(BaseHTTPRequestHandler):
         pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main(caddy: str, work: Path) -> int:
     work.mkdir(parents=True, exist_ok=True)
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    port = free_port()
+    port = embedded.free_port()
     env = {
         **os.environ,
         "CS_DOMAIN": f"http://127.0.0.1:{port}",

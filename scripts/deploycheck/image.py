@@ -49,14 +49,6 @@ ERROR_LINE = re.compile(
 SETTINGS_FOR_CONTAINER = re.compile(r"^#?\s?([A-Z][A-Z0-9_]+)=", re.M)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ContainerStack(Stack):
     """The local stack with its worker replaced by the image, run as compose runs it."""
 
@@ -235,13 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in ("REDIS_URL", "DATABASE_URL", "UPSTASH_REDIS_REST_URL", "SUPABASE_URL"):
         overrides.setdefault(name, "")
-    ports = Ports(
-        producer=free_port(),
-        worker=free_port(),
-        broker=free_port(),
-        llm=free_port(),
-        storage=free_port(),
-    )
+    ports = Ports.free()
     stack = ContainerStack(
         builder, image, logs, ports=ports, overrides=overrides, log_dir=logs, quiet=True
     )

@@ -8,7 +8,6 @@ is from a clean venv against embedded Redis and Postgres and the offline LLM, th
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,12 +33,6 @@ health = next(line for line in lines if line.startswith("HEALTHCHECK "))
 health_cmd = json.loads(health[health.index(" CMD ") + 5 :])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait(url: str, proc: subprocess.Popen, timeout: float = 60) -> requests.Response:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -63,7 +56,7 @@ try:
     postgres = embedded.start_postgres()
     servers.append(postgres)
     migrate.apply(postgres.url)
-    llm_port, port = free_port(), free_port()
+    llm_port, port = embedded.free_port(), embedded.free_port()
     llm = subprocess.Popen(
         [
             sys.executable,

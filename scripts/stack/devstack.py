@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -83,13 +82,7 @@ class Ports:
     @classmethod
     def free(cls) -> Ports:
         """Free loopback ports for every component (tests, or a second stack beside a first)."""
-        return cls(*(_free_port() for _ in fields(cls)))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        return cls(*(embedded.free_port() for _ in fields(cls)))
 
 
 def _group(proc: subprocess.Popen[bytes]) -> str:

