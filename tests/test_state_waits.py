@@ -81,12 +81,17 @@ def test_the_slot_of_a_dead_holder_lapses_with_its_lease(state: State) -> None:
 
 
 def test_a_renewed_holder_keeps_its_slot_past_the_lease_ttl(state: State) -> None:
-    short = State(state.backend, prefix=state.keys.prefix, lease_ttl=0.3)
+    # Renewed at 0.4 of the TTL: a loaded machine can stretch a sleep a lot before a renewal
+    # comes too late (0.15 s renewals of a 0.3 s TTL could).
+    ttl = 1.0
+    short = State(state.backend, prefix=state.keys.prefix, lease_ttl=ttl)
+    began = time.monotonic()
     assert _take(short, "alive", 1) == Take.OK
-    for _ in range(3):
-        time.sleep(0.15)
+    for _ in range(4):
+        time.sleep(0.4 * ttl)
         short.renew_slots([("alive", "paid", MODEL)])
 
+    assert time.monotonic() - began > ttl  # the slot would have lapsed without the renewals
     assert _take(short, "other", 2) == Take.WAIT
 
 
