@@ -26,5 +26,7 @@ def health() -> tuple[Response, int]:
         return jsonify({"ok": True}), 200
     service = producer()
     checks = {"redis": _check(service.state.ping), "db": _check(service.store.ping)}
+    if service.storage is not None:  # image input is configured (STORAGE_URL or SUPABASE_URL)
+        checks["storage"] = _check(service.storage.ping)
     ok = all(c["ok"] for c in checks.values())
     return jsonify({"ok": ok, "checks": checks}), 200 if ok else 503

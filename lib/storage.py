@@ -50,6 +50,18 @@ class Storage:
     def close(self) -> None:
         self._http.close()
 
+    def ping(self) -> None:
+        """Return when Storage answers for the bucket (`GET /bucket/<id>`, the service key).
+
+        Raises NotFoundError (no such bucket), UnavailableError (Storage down or refusing).
+        Only the status counts: the SDK's `get_bucket` model requires a string `owner`, which a
+        bucket created with the service key (no user) may not have."""
+        url = f"{self.url}/bucket/{quote(self.bucket)}"
+        with _mapped(self.bucket):
+            response = self._http.get(url, headers=self._auth)
+            if response.status_code >= 400:
+                _raise_for(response)
+
     def sign_upload(self, path: str) -> dict[str, Any]:
         """A signed upload URL for `path` (`signed_url`, `token`). Raises UnavailableError."""
         with _mapped(path):

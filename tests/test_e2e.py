@@ -420,10 +420,13 @@ def test_listing_pages_newest_first(user: User) -> None:
     assert user.get("/api/jobs?limit=0").status_code == 400
 
 
-def test_health_and_readiness(stack: Stack) -> None:
+def test_health_and_readiness(stack: Stack, user: User) -> None:
     deep = httpx.get(f"{stack.producer_url}/api/health?deep=1").json()
-    assert deep["ok"] and deep["checks"]["redis"]["ok"] and deep["checks"]["db"]["ok"]
+    assert deep["ok"] and all(deep["checks"][c]["ok"] for c in ("redis", "db", "storage"))
     assert httpx.get(f"{stack.worker_url}/readyz").json()["ok"]
+    # A labelled counter shows once a job has run (this test may run first).
+    body = user.submit("job_match").json()
+    assert follow(stack.producer_url, body["events_url"])[-1].data["status"] == "succeeded"  # type: ignore[arg-type]
     assert "cs_job_attempts_total" in httpx.get(f"{stack.worker_url}/metrics").text
 
 

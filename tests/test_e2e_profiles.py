@@ -43,11 +43,11 @@ def test_each_job_route_also_answers_its_rewritten_form(e2e_stack: Stack) -> Non
 
 
 @pytest.mark.parametrize("e2e_stack", ["cloud"], indirect=True)
-@pytest.mark.parametrize("standin", ["upstash", "postgrest"])
-def test_the_cloud_producer_reaches_redis_and_the_database_only_through_the_stand_ins(
+@pytest.mark.parametrize("standin", ["upstash", "postgrest", "storage"])
+def test_the_cloud_producer_reaches_redis_the_database_and_storage_only_through_the_stand_ins(
     e2e_stack: Stack, standin: str
 ) -> None:
-    check = {"upstash": "redis", "postgrest": "db"}[standin]
+    check = {"upstash": "redis", "postgrest": "db", "storage": "storage"}[standin]
     health = f"{e2e_stack.producer_url}/api/health?deep=1"
     component = e2e_stack.component(standin)
     assert component.proc is not None
@@ -56,8 +56,8 @@ def test_the_cloud_producer_reaches_redis_and_the_database_only_through_the_stan
     try:
         down = httpx.get(health, timeout=30)
         assert down.status_code == 503 and down.json()["checks"][check]["ok"] is False
-        other = "db" if check == "redis" else "redis"
-        assert down.json()["checks"][other]["ok"] is True
+        others = {"redis", "db", "storage"} - {check}
+        assert all(down.json()["checks"][other]["ok"] for other in others)
         # The worker runs as on the VPS, on TCP Redis and psycopg: the stand-ins are not its path.
         assert httpx.get(f"{e2e_stack.worker_url}/readyz", timeout=10).status_code == 200
     finally:

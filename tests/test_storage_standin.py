@@ -12,7 +12,7 @@ import httpx
 import jwt
 import pytest
 from helpers import images
-from helpers.net import SERVICE_ROLE_KEY
+from helpers.net import SERVICE_ROLE_KEY, free_port
 from helpers.storage import BUCKET, put_signed
 from storage3 import SyncStorageClient
 from storage3.exceptions import StorageApiError
@@ -218,3 +218,21 @@ def test_a_path_that_climbs_out_of_the_bucket_is_refused(storage_url: str, metho
     )
     assert response.status_code == 400
     assert response.json()["code"] == "InvalidKey"
+
+
+def test_ping_answers_for_the_bucket_and_fails_for_a_missing_one_a_wrong_key_or_no_server(
+    storage: Storage, storage_url: str
+) -> None:
+    storage.ping()
+    cases = [
+        (Storage(storage_url, SERVICE_ROLE_KEY, "no-such-bucket"), NotFoundError),
+        (Storage(storage_url, "not-a-jwt", BUCKET), UnavailableError),
+        (
+            Storage(f"http://127.0.0.1:{free_port()}/storage/v1", SERVICE_ROLE_KEY, BUCKET),
+            UnavailableError,
+        ),
+    ]
+    for other, error in cases:
+        with pytest.raises(error):
+            other.ping()
+        other.close()

@@ -37,6 +37,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ class _State:
     max_file_size: int
     upload_expires_in: int = UPLOAD_EXPIRES_IN
     uploads: int = field(default=0)
+    started: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
 
 class StorageError(Exception):
@@ -287,10 +289,15 @@ def bucket_info(bucket_id: str) -> dict[str, Any]:
     state = _state()
     _service_role(state)
     bucket = _bucket(state, bucket_id)
+    # The columns getBucket selects (supabase/storage src/http/routes/bucket/getBucket.ts); a
+    # bucket created with the service key has no owner (createBucket.ts: `request.owner`).
     return {
         "id": bucket.id,
         "name": bucket.id,
+        "owner": None,
         "public": False,
+        "created_at": state.started,
+        "updated_at": state.started,
         "file_size_limit": bucket.file_size_limit,
         "allowed_mime_types": list(bucket.allowed_mime_types) or None,
     }
