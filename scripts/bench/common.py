@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -228,12 +229,26 @@ class BrokerLog:
 
     def __init__(self, bench: Bench) -> None:
         assert bench.stack
+        self.bench = bench
         self.path = OUT / "logs" / bench.name / "broker.log"
         self.offset = 0
 
     def mark(self) -> BrokerLog:
         self.offset = self.path.stat().st_size if self.path.exists() else 0
         return self
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until the broker holds no message still to deliver (delayed ones included:
+        a detached wait's timer message is delivered, and billed, after the job ran), or
+        `timeout` s. Returns whether it settled."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            n = self.bench.broker_stats()
+            ended = n.get("delivered", 0) + n.get("failed", 0) + n.get("cancelled", 0)
+            if ended >= n.get("published", 0) + n.get("callbacks", 0):
+                return True
+            time.sleep(0.5)
+        return False
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{"publish": {path: n}, "deliver": {path: n}} since the mark."""
