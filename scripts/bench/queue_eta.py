@@ -1,9 +1,10 @@
 """8. Live queue position and ETA (detached mode): how right the ETA is, and what an update costs.
 
 Accuracy: a `make dev` stack in EXECUTION_MODE=detached whose paid model runs 2 jobs at a time.
-A warm-up of a few jobs gives the moving average of service times its first samples (a live
-system always has them); then a burst of `jobs` jobs of varying length (the offline LLM at 25-40
-ms per token, quick 10-16, drawn with a fixed seed) overfills the model. For each job that
+A warm-up of a few jobs, 2 at a time (none waits), gives the moving average of service times
+its first samples (a live system always has them); then a burst of `jobs` jobs of varying
+length (the offline LLM at 25-40 ms per token, quick 10-16, drawn with a fixed seed) overfills
+the model. For each job that
 waited, the ETA of its first `queue` event (sent as it joined the line, at submit) is compared
 with its real wait, from that event to its `running` status: |eta - wait| / wait, p50 and p90.
 
