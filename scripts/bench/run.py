@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(results))
     print()
-    say(f"{results['seconds']} s; figures in {path}, plots {results['plots']}")
+    say(f"{round(time.monotonic() - began, 1)} s; figures in {path}, plots {results['plots']}")
     return 0
 
 
