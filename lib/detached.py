@@ -166,7 +166,6 @@ class Detached:
             tier,
             model,
             limit=self._limit(tier),
-            order=job.created_at.timestamp() * 1e6,
             generation=delivery.gen,
             wait_seconds=s.detached_wait_seconds,
             user_id=user_id,

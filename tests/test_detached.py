@@ -157,14 +157,20 @@ def test_a_full_model_makes_jobs_wait_in_order_without_using_retries(
     try:
         d.submit(jobs[0])
         wait_for(lambda: _status(db, jobs[0]) == "running", what="the first job running")
+        # The last job submitted arrives first: it waits at the head, and the earlier one,
+        # arriving later, joins behind it (the line is in order of arrival, so a waiter's
+        # position never goes up).
         d.submit(jobs[2])
-        d.submit(jobs[1])
-        # Jobs keep their submit order in the model's queue, whatever order they arrive in.
         wait_for(
-            lambda: d.env.state.queue_position(jobs[2].job_id, "paid", model) == (2, 1),
-            what="the last job second in line",
+            lambda: d.env.state.queue_position(jobs[2].job_id, "paid", model) == (1, 0),
+            what="the last job first in line",
         )
-        assert d.env.state.queue_position(jobs[1].job_id, "paid", model) == (1, 0)
+        d.submit(jobs[1])
+        wait_for(
+            lambda: d.env.state.queue_position(jobs[1].job_id, "paid", model) == (2, 1),
+            what="the earlier job second in line",
+        )
+        assert d.env.state.queue_position(jobs[2].job_id, "paid", model) == (1, 0)
         rows = [_terminal(db, j, 60) for j in jobs]
     finally:
         stop.set()
@@ -172,8 +178,8 @@ def test_a_full_model_makes_jobs_wait_in_order_without_using_retries(
 
     assert [r["status"] for r in rows] == ["succeeded"] * 3
     assert [r["attempts"] for r in rows] == [1, 1, 1]  # waiting used no attempt, no retry
-    started = [r["started_at"] for r in rows]
-    assert started == sorted(started)
+    started = [rows[0]["started_at"], rows[2]["started_at"], rows[1]["started_at"]]
+    assert started == sorted(started)  # in order of arrival
     assert max(running) == 1
     assert d.env.state.wait_counts()[f"paid:{model}"] >= 2
     assert d.env.state.slots_held("paid", model) == 0

@@ -359,10 +359,10 @@ def test_a_job_waiting_for_its_model_in_detached_mode_is_left_alone(healing: Hea
     job = healing.died_running()
     model = healing.env.settings.model_for(job.tier, "job_match")
     taken = healing.env.state.take_slot(
-        "holder", job.tier, model, limit=1, order=0, generation=None, wait_seconds=60
+        "holder", job.tier, model, limit=1, generation=None, wait_seconds=60
     )
     waiting = healing.env.state.take_slot(
-        job.job_id, job.tier, model, limit=1, order=1, generation=None, wait_seconds=60
+        job.job_id, job.tier, model, limit=1, generation=None, wait_seconds=60
     )
     assert (taken.outcome, waiting.outcome) == ("ok", "wait")
 

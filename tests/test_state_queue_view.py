@@ -11,13 +11,12 @@ from lib.state.queue_view import DEFAULT_SERVICE_MS, QueueUpdate
 MODEL = "openai:offline"
 
 
-def _take(state: State, job: str, order: float, limit: int = 1) -> Take:
+def _take(state: State, job: str, limit: int = 1) -> Take:
     return state.take_slot(
         job,
         "paid",
         MODEL,
         limit=limit,
-        order=order,
         generation=None,
         wait_seconds=5,
         user_id=f"user-{job}",
@@ -34,10 +33,10 @@ def _set_service(state: State, kind: str, ms: int) -> None:
 
 def test_waiters_get_their_position_ahead_and_an_eta_from_the_service_time(state: State) -> None:
     _set_service(state, "k", 10_000)
-    assert _take(state, "a", 1) == Take.OK
+    assert _take(state, "a") == Take.OK
     _update(state, "start", "a")
-    for i, job in enumerate(["b", "c", "d"], start=2):
-        assert _take(state, job, i) == Take.WAIT
+    for job in ["b", "c", "d"]:
+        assert _take(state, job) == Take.WAIT
         _update(state, "wait", job)
 
     # a started just now: b starts in ~10 s, c ~10 s later, d ~10 s after that.
@@ -54,9 +53,9 @@ def test_only_changed_views_come_back_and_a_start_after_waiting_gets_a_last_zero
     state: State,
 ) -> None:
     _set_service(state, "k", 10_000)
-    _take(state, "a", 1)
+    _take(state, "a")
     _update(state, "start", "a")
-    _take(state, "b", 2)
+    _take(state, "b")
     first = _update(state, "wait", "b")
     assert [job for job, _ in first.views] == ["b"]
     # Nothing changed (the ETA only counts down): nothing to send.
@@ -64,7 +63,7 @@ def test_only_changed_views_come_back_and_a_start_after_waiting_gets_a_last_zero
 
     state.release_slot("a", "paid", MODEL, limit=1, ended=True)
     _update(state, "end", "a")
-    assert _take(state, "b", 2) == Take.OK
+    assert _take(state, "b") == Take.OK
     started = _update(state, "start", "b")
 
     assert started.views == [("b", QueueView(0, 0, 0))]
@@ -76,7 +75,7 @@ def test_an_ended_job_moves_its_kinds_moving_average_and_others_keep_theirs(
     state: State,
 ) -> None:
     _set_service(state, "slow", 20_000)
-    _take(state, "a", 1)
+    _take(state, "a")
     _update(state, "start", "a", kind="fast")
     state.release_slot("a", "paid", MODEL, limit=1, ended=True)
     _update(state, "end", "a")
@@ -87,8 +86,8 @@ def test_an_ended_job_moves_its_kinds_moving_average_and_others_keep_theirs(
 
 
 def test_without_samples_the_default_service_time_is_assumed(state: State) -> None:
-    for i, job in enumerate(["a", "b"]):
-        _take(state, job, i, limit=1)
+    for job in ["a", "b"]:
+        _take(state, job, limit=1)
     _update(state, "start", "a")
     _update(state, "wait", "b")
 
@@ -98,8 +97,8 @@ def test_without_samples_the_default_service_time_is_assumed(state: State) -> No
 
 def test_two_slots_share_the_line(state: State) -> None:
     _set_service(state, "k", 10_000)
-    for i, job in enumerate(["a", "b", "c", "d", "e"]):
-        _take(state, job, i, limit=2)
+    for job in ["a", "b", "c", "d", "e"]:
+        _take(state, job, limit=2)
     _update(state, "start", "a", limit=2)
     _update(state, "start", "b", limit=2)
     _update(state, "wait", "c", limit=2)
@@ -132,9 +131,9 @@ def test_the_view_its_events_and_its_read_work_on_both_adapters(
     state = State(redis_backend, prefix=redis_prefix)  # type: ignore[arg-type]
     _set_service(state, "k", 10_000)
     state.emit("b", [("status", {"status": "queued"})], refresh_ttl=True)
-    _take(state, "a", 1)
+    _take(state, "a")
     _update(state, "start", "a")
-    _take(state, "b", 2)
+    _take(state, "b")
 
     state.emit_queue(_update(state, "wait", "b"))
 

@@ -32,7 +32,7 @@ slot on clustered Redis. TTLs:
 | `slots:{<tier>:<model>}`     | zset   | 2 x LEASE_TTL_SECONDS, refreshed on each take/renewal;  |
 |                              |        | detached mode's model slot holders (job id -> lapse ms) |
 | `queue:{<tier>:<model>}`     | zset   | as `slots`, refreshed on each wait: waiting jobs,       |
-|                              |        | scored by submit time (us), the head first              |
+|                              |        | scored by when each joined (ms), the head first         |
 | `queue:{<tier>:<model>}:seen`| zset   | the same: each waiter's lapse (ms) unless it polls again |
 | `queue:{<tier>:<model>}:gen` | hash   | the same: `<job id>` -> delivery generation (a stale    |
 |                              |        | wait message is dropped), `<job id>:waits` -> its waits |
@@ -121,7 +121,7 @@ class Keys:
         return f"{self.prefix}slots:{{{tier}:{model}}}"
 
     def model_queue(self, tier: str, model: str) -> str:
-        """Detached mode: the jobs waiting for a slot of `tier` and `model`, in submit order."""
+        """Detached mode: the jobs waiting for a slot of `tier` and `model`, in order of arrival."""
         return f"{self.prefix}queue:{{{tier}:{model}}}"
 
     def model_queue_seen(self, tier: str, model: str) -> str:

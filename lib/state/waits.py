@@ -67,15 +67,15 @@ class ModelSlotsState:
         model: str,
         *,
         limit: int,
-        order: float,
         generation: int | None,
         wait_seconds: float,
         user_id: str = "",
     ) -> SlotTake:
         """Take a slot of `tier` and `model` for the job, or put it in the model's queue.
 
-        `order` is the job's place in line (its submit time); `generation` is the one the
-        delivery carries (None: any, e.g. the producer's first message or a reconciler heal).
+        A job that waits joins the line behind every job already in it (order of arrival),
+        so a waiter's position only counts down. `generation` is the one the delivery carries
+        (None: any, e.g. the producer's first message or a reconciler heal).
         A waiter that is not seen again within 3 x `wait_seconds` leaves the queue.
         Raises AppError (unavailable) when Redis is down."""
         now = _now_ms()
@@ -85,7 +85,6 @@ class ModelSlotsState:
             [*self._slot_keys(tier, model), self.keys.wait_stats()],
             [
                 job_id,
-                repr(float(order)),
                 now,
                 now + self.lease_ttl_ms,
                 limit,

@@ -3,7 +3,9 @@ configuration (`Bench`), and small figures helpers."""
 
 from __future__ import annotations
 
+import re
 import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -211,3 +213,49 @@ def body(markers: str, kind: str = "job_match") -> dict[str, Any]:
 
 def is_terminal(event: str, data: dict[str, Any]) -> bool:
     return event == "status" and data.get("status") in ("succeeded", "failed", "cancelled")
+
+
+# QStash messages, from the dev broker's log -------------------------------------------------
+_BROKER_LINE = re.compile(r" (publish|deliver) msg=\S+ dest=\S+?(/v1/\w+|/api/\w+)(?:\s|$)")
+
+
+class BrokerLog:
+    """Counts the dev broker's publishes and delivery attempts by destination path (e.g.
+    `/v1/execute`, `/v1/failed`, `/api/reconcile`) from the moment `mark()` was called. The log
+    is read, not the broker's counters, so that a bench can tell the publishes to the worker
+    (one per job, plus waits and retries) from the rest; stacks append to their logs, so only
+    what follows the mark counts. Deduplicated publishes are not in the log (QStash does not
+    deliver them)."""
+
+    def __init__(self, bench: Bench) -> None:
+        assert bench.stack
+        self.bench = bench
+        self.path = OUT / "logs" / bench.name / "broker.log"
+        self.offset = 0
+
+    def mark(self) -> BrokerLog:
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+        return self
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until the broker holds no message still to deliver (delayed ones included:
+        a detached wait's timer message is delivered, and billed, after the job ran), or
+        `timeout` s. Returns whether it settled."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            n = self.bench.broker_stats()
+            ended = n.get("delivered", 0) + n.get("failed", 0) + n.get("cancelled", 0)
+            if ended >= n.get("published", 0) + n.get("callbacks", 0):
+                return True
+            time.sleep(0.5)
+        return False
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{"publish": {path: n}, "deliver": {path: n}} since the mark."""
+        with self.path.open("rb") as log:
+            log.seek(self.offset)
+            text = log.read().decode(errors="replace")
+        out: dict[str, dict[str, int]] = {"publish": {}, "deliver": {}}
+        for what, path in _BROKER_LINE.findall(text):
+            out[what][path] = out[what].get(path, 0) + 1
+        return out

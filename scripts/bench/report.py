@@ -174,12 +174,37 @@ def _scale_rows(results: dict[str, Any]) -> Rows:
         )
     live = results.get("live_jobs")
     if live:
-        row(
-            f"jobs running at once on one box, QSTASH_PLAN={live['plan']}: detached",
-            live["detached"]["peak_running"],
-            f"inline {live['inline']['peak_running']}",
-            ">= 200",
-        )
+        # Results from before payg was measured hold one plan at the top level.
+        by_plan = live.get("plans") or {live["plan"]: live}
+        for plan, runs in by_plan.items():
+            d, i = runs["detached"], runs["inline"]
+            row(
+                f"jobs running at once on one box, {live['jobs']} jobs, QSTASH_PLAN={plan}:"
+                " detached",
+                d["peak_running"],
+                f"inline {i['peak_running']}",
+                ">= 200" if plan == "free" else "",
+            )
+            if "drain_seconds" in d:
+                inline_drain = i["drain_seconds"] or f"not drained in {i['sampled_seconds']} s"
+                row(
+                    f"seconds to drain {live['jobs']} jobs, QSTASH_PLAN={plan}: detached",
+                    d["drain_seconds"],
+                    f"inline {inline_drain}",
+                )
+                dm, im = d["qstash_messages_per_job"], i["qstash_messages_per_job"]
+                inline_msgs = (
+                    f"inline {im['deliveries']} ({im['to_worker']} + {im['other']})"
+                    if i["all_terminal"]
+                    else f"inline {im['to_worker']} published (not drained)"
+                )
+                row(
+                    f"QStash messages per job, no waits, QSTASH_PLAN={plan}: detached"
+                    " (publishes to the worker + other)",
+                    f"{dm['deliveries']} ({dm['to_worker']} + {dm['other']})",
+                    inline_msgs,
+                    "1",
+                )
     queue = results.get("queue_eta")
     if queue:
         acc = queue["accuracy"]
@@ -189,6 +214,21 @@ def _scale_rows(results: dict[str, Any]) -> Rows:
             f"{acc['eta_error_pct']['p50']} / {acc['eta_error_pct']['p90']}",
             "",
             "p50 <= 25",
+        )
+        if "qstash_messages_per_job" in acc:
+            dm, im = acc["qstash_messages_per_job"], queue["inline"]["qstash_messages_per_job"]
+            row(
+                f"QStash messages per job with waits ({acc['waited']} of {acc['jobs']} waited for"
+                f" {acc['slots']} slots): detached (per waiting job)",
+                f"{dm['deliveries']} ({acc['qstash_messages_per_waiting_job']})",
+                f"inline {im['deliveries']} (flow control holds the waits)",
+                "1 per job that never waited",
+            )
+        row(
+            "queue events per waiting job (jobs whose position went up)",
+            f"{acc['queue_events_per_waiting_job']} ({acc['jobs_whose_position_went_up']})",
+            "",
+            "0 went up",
         )
         for cost in queue["update_cost"]:
             row(

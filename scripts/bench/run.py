@@ -26,9 +26,11 @@ polls the event stream with XRANGE every 400 ms, backing off to 8 s while idle
 8. cancel to close: from a cancel's POST to the offline LLM seeing its client go away;
 9. what an image costs at submit: text against image submits of one in-process producer on the
    stand-ins at 20 ms a round trip (scripts/bench/images.py).
-10. live jobs at once on one box under a QStash plan, inline against detached (live_jobs.py);
-11. the queue ETA's error at submit on a burst that overfills a model, and the Redis commands of
-   one queue update (queue_eta.py).
+10. live jobs at once on one box under QSTASH_PLAN=free and payg, inline against detached, with
+   the time to drain and the QStash messages per job of each (live_jobs.py);
+11. the queue ETA's error at submit on a burst that overfills a model, the QStash messages per
+   job of that burst (waits included) detached against inline, and the Redis commands of one
+   queue update (queue_eta.py).
 
 Targets are printed next to the figures, never asserted. Raw figures go to bench/results.json,
 plots to bench/*.png; docs/performance.md explains them. The machine may be shared: ratios
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(results))
     print()
-    say(f"{results['seconds']} s; figures in {path}, plots {results['plots']}")
+    say(f"{round(time.monotonic() - began, 1)} s; figures in {path}, plots {results['plots']}")
     return 0
 
 
