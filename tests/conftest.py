@@ -192,6 +192,11 @@ def local_stack(
             "QSTASH_URL": "",
             "QSTASH_MODE": "broker",
             "LOG_FORMAT": "json",
+            # Said explicitly (detached is the default): these suites kill and drain the worker
+            # and count on QStash, which holds an inline request, to redeliver; detached, only
+            # the reconciler heals such a job, and it is off here. `make demo`, `make dev` and
+            # chaos run the default.
+            "EXECUTION_MODE": "inline",
             # The session's stacks share one database: a reconciler would take the others'
             # running jobs for dead (it sees no lease under its own REDIS_PREFIX). Chaos runs it.
             "RECONCILE_CRON": "",
@@ -242,6 +247,8 @@ def e2e_stack(
         "WORKER_DRAIN_SECONDS": "2",
         "WEB_CONCURRENCY": "2",
         "LOG_FORMAT": "json",
+        # As `local_stack`: QStash redelivers a killed or drained worker's held request.
+        "EXECUTION_MODE": "inline",
         # The session's stacks share one database: a reconciler would take the others' running
         # jobs for dead (it sees no lease under its own REDIS_PREFIX). Chaos runs it.
         "RECONCILE_CRON": "",
@@ -376,6 +383,10 @@ def base_settings(
     return {
         # Said explicitly: production is the default, and it refuses the public dev keys below.
         "app_env": "development",
+        # The in-process worker is driven through Flask's test client, each delivery answered
+        # when its job ends: QStash holding the request (detached is the default; `make_detached`
+        # serves that mode).
+        "execution_mode": "inline",
         "redis_url": redis_url,
         "database_url": database_url,
         "redis_prefix": redis_prefix,

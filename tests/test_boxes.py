@@ -145,6 +145,8 @@ def test_a_heartbeat_announces_until_it_drains_or_stops(state: State) -> None:
         box_heartbeat_seconds=0.2,
         web_concurrency=2,
         gunicorn_threads=8,
+        # Inline, said explicitly: a box's room is its request threads (detached: 500 a process).
+        execution_mode="inline",
     )
     draining = [False]
     heartbeat = Heartbeat(settings, state, lambda: 3, lambda: draining[0])

@@ -20,6 +20,7 @@ BASE = {
 API = {**BASE, "supabase_jwt_secret": DEV_JWT_SECRET, "qstash_token": DEV_TOKEN}
 WORKER = {
     **BASE,
+    "qstash_token": DEV_TOKEN,
     "qstash_current_signing_key": DEV_CURRENT_SIGNING_KEY,
     "qstash_next_signing_key": DEV_NEXT_SIGNING_KEY,
 }
@@ -75,9 +76,11 @@ def test_a_worker_whose_own_url_is_not_listed_is_refused() -> None:
     assert load("worker", **WORKER, worker_url=B, worker_urls=f"{A},{B}").box_url == B  # type: ignore[arg-type]
 
 
-def test_worker_max_jobs_defaults_to_processes_times_threads() -> None:
-    settings = Settings(web_concurrency=3, gunicorn_threads=50)  # type: ignore[call-arg]
-    assert settings.max_jobs == 150
+def test_worker_max_jobs_defaults_to_processes_times_threads_or_background_jobs() -> None:
+    inline = Settings(web_concurrency=3, gunicorn_threads=50, execution_mode="inline")  # type: ignore[call-arg]
+    assert inline.max_jobs == 150
+    # Detached (the default): 500 background jobs per process, whatever the threads.
+    assert Settings(web_concurrency=3, gunicorn_threads=50).max_jobs == 1500  # type: ignore[call-arg]
     assert Settings(worker_max_jobs=40).max_jobs == 40  # type: ignore[call-arg]
     assert "WORKER_MAX_JOBS" in refused("any", worker_max_jobs=-1)
     assert "BOX_HEARTBEAT_SECONDS" in refused("any", box_heartbeat_seconds=0)

@@ -422,11 +422,38 @@ def test_doctor_exits_1_and_names_what_is_wrong(cs: Cli) -> None:
     assert "QSTASH_TOKEN is required" in misconfigured.stdout
 
 
+def rows(table: str) -> dict[str, str]:
+    """`cs doctor`'s table: each check's name and its whole line."""
+    cells = [line.split("│") for line in table.splitlines() if line.count("│") >= 4]
+    return {cell[1].strip(): "│".join(cell) for cell in cells if cell[1].strip()}
+
+
+def test_doctor_checks_what_a_detached_worker_needs_to_publish(cs: Cli) -> None:
+    done = cs("doctor", "--role", "worker", env={"EXECUTION_MODE": "detached", "QSTASH_TOKEN": ""})
+    assert done.returncode == 1
+    assert "set QSTASH_TOKEN on the worker" in done.stdout
+    # The worker publishes its retries and waits: the broker must take its token.
+    assert "FAIL" in rows(done.stdout)["broker"]
+    assert "FAIL" not in rows(cs("doctor", "--role", "worker").stdout).get("broker", "")
+    inline = cs("doctor", "--role", "worker", env={"EXECUTION_MODE": "inline", "QSTASH_TOKEN": ""})
+    assert inline.returncode == 0, inline.stdout
+    assert "broker" not in rows(inline.stdout)
+
+
 def test_doctor_names_every_setting_the_qstash_plan_cannot_honour(cs: Cli) -> None:
-    done = cs("doctor", env={"QSTASH_PLAN": "free", "JOB_TIMEOUT_SECONDS": "900"})
+    # Inline, said explicitly: a delivery holds a slot of the plan's parallelism per model call.
+    inline = {"EXECUTION_MODE": "inline"}
+    done = cs("doctor", env={**inline, "QSTASH_PLAN": "free", "JOB_TIMEOUT_SECONDS": "900"})
     assert done.returncode == 1
     row = next(line for line in done.stdout.splitlines() if "qstash plan" in line)
     assert "FAIL" in row and "free" in row
     for problem in ("JOB_TIMEOUT_SECONDS=900", "LLM_MAX_CONCURRENCY_PAID=32"):
         assert problem in done.stdout, problem
     assert "qstash plan" in done.stdout.splitlines()[-1]
+    # Detached, a delivery ends once its job started: the model limits are the worker's own.
+    detached = cs(
+        "doctor",
+        env={"QSTASH_PLAN": "free", "JOB_TIMEOUT_SECONDS": "900"} | {"EXECUTION_MODE": "detached"},
+    )
+    assert "JOB_TIMEOUT_SECONDS=900" in detached.stdout
+    assert "LLM_MAX_CONCURRENCY_PAID" not in detached.stdout

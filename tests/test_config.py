@@ -24,9 +24,11 @@ API = {
     "SUPABASE_JWT_SECRET": DEV_JWT_SECRET,
     "QSTASH_TOKEN": DEV_TOKEN,
 }
+# A worker publishes its own retries and waits (EXECUTION_MODE=detached, the default).
 WORKER = {
     **COMMON,
     "APP_ENV": "development",
+    "QSTASH_TOKEN": DEV_TOKEN,
     "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
     "QSTASH_NEXT_SIGNING_KEY": DEV_NEXT_SIGNING_KEY,
 }
@@ -345,6 +347,8 @@ def test_every_setting_the_plan_cannot_honour_is_listed_in_one_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     plan = {
+        # Inline, a delivery holds one of the plan's parallel slots for the whole job.
+        "EXECUTION_MODE": "inline",
         "QSTASH_PLAN": "free",
         "JOB_TIMEOUT_SECONDS": "900",
         "JOB_RETRIES": "4",
@@ -377,7 +381,7 @@ def test_every_setting_the_plan_cannot_honour_is_listed_in_one_error(
 def test_each_plan_accepts_up_to_its_documented_limits(
     monkeypatch: pytest.MonkeyPatch, plan: str, accepted: dict[str, str], refused: dict[str, str]
 ) -> None:
-    set_env(monkeypatch, {**API, "QSTASH_PLAN": plan, **accepted})
+    set_env(monkeypatch, {**API, "EXECUTION_MODE": "inline", "QSTASH_PLAN": plan, **accepted})
     assert load("api").qstash_plan == plan
     if refused:
         set_env(monkeypatch, refused)
@@ -430,11 +434,12 @@ def test_the_reconcile_url_is_the_producer_url_plus_the_endpoint() -> None:
     assert load().reconcile_url == ""
 
 
-def test_the_execution_mode_is_inline_unless_set_and_refuses_other_words(
+def test_the_execution_mode_is_detached_unless_set_and_refuses_other_words(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     set_env(monkeypatch, WORKER)
-    assert load("worker").execution_mode == "inline"
+    assert load("worker").execution_mode == "detached"
+    assert load("worker", execution_mode="inline").execution_mode == "inline"
     assert "EXECUTION_MODE" in config_error("worker", execution_mode="background")
 
 
@@ -442,8 +447,12 @@ def test_a_detached_worker_needs_the_qstash_token_to_publish_its_retries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     set_env(monkeypatch, WORKER)
-    assert "QSTASH_TOKEN on the worker" in config_error("worker", execution_mode="detached")
-    settings = load("worker", execution_mode="detached", qstash_token=DEV_TOKEN)
+    # Detached is the default: a worker without the token is refused unless it runs inline.
+    assert "QSTASH_TOKEN on the worker" in config_error("worker", qstash_token="")
+    assert load("worker", qstash_token="", execution_mode="inline").qstash_token == ""
+    # The dev broker of QSTASH_MODE=direct takes no token.
+    assert load("worker", qstash_token="", qstash_mode="direct").execution_mode == "detached"
+    settings = load("worker")
     # WORKER_MAX_JOBS unset: 500 background jobs per worker process, the box's all together.
     assert (settings.execution_mode, settings.max_jobs_per_process) == ("detached", 500)
     assert settings.max_jobs == 500 * settings.web_concurrency
@@ -454,6 +463,7 @@ def test_a_detached_worker_may_run_more_model_calls_than_the_plans_parallelism(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     set_env(monkeypatch, {**WORKER, "QSTASH_PLAN": "free", "LLM_MAX_CONCURRENCY_FREE": "200"})
-    assert "LLM_MAX_CONCURRENCY_FREE=200" in config_error("worker")
-    settings = load("worker", execution_mode="detached", qstash_token=DEV_TOKEN)
-    assert settings.llm_max_concurrency_free == 200
+    # Inline, said explicitly, each model call holds a delivery: the plan's parallelism bounds it.
+    assert "LLM_MAX_CONCURRENCY_FREE=200" in config_error("worker", execution_mode="inline")
+    settings = load("worker")
+    assert (settings.execution_mode, settings.llm_max_concurrency_free) == ("detached", 200)

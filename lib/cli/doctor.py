@@ -2,9 +2,9 @@
 
 It checks the configuration of each role (every problem, as the services would list them at
 start), what the QStash plan (QSTASH_PLAN) can honour, Redis, the database, the broker (QStash
-or the dev broker), the LLM providers in use, and the producer's and worker's health endpoints
-when they are running. It prints one table and exits 1 when anything required is down. Targets
-are shown without passwords or tokens.
+or the dev broker; a detached worker publishes too), the LLM providers in use, and the
+producer's and worker's health endpoints when they are running. It prints one table and exits 1
+when anything required is down. Targets are shown without passwords or tokens.
 """
 
 from __future__ import annotations
@@ -264,7 +264,8 @@ def run(role: str, producer_url: str) -> list[Check]:
         checks.append(Check("dependencies", "", False, f"not checked: {exc.message}"))
         return checks
     checks += [check_plan(settings), check_redis(settings), check_database(settings)]
-    if "api" in roles:
+    # A detached worker (the default) publishes its own retries and waits through the broker.
+    if "api" in roles or settings.execution_mode == "detached":
         checks.append(check_broker(settings))
     if "api" in roles and len(settings.boxes) > 1:
         checks.append(check_boxes(settings))

@@ -398,6 +398,8 @@ def local_overrides() -> dict[str, str]:
     """A local stack for the load test: the SPEC's limits, fast offline LLM, short retries."""
     return {
         **SPEC_LIMITS,
+        # Said explicitly (detached is the default): the load test's figures were taken inline.
+        "EXECUTION_MODE": "inline",
         "JOB_RETRIES": "1",
         "OFFLINE_LLM_TOKENS_PER_SECOND": "2000",
         "LOG_LEVEL": "WARNING",

@@ -65,6 +65,9 @@ FLUSH_MS = 200
 def _overrides(config: str, workers: int) -> dict[str, str]:
     return {
         **CONFIGS[config],
+        # Inline, said explicitly (detached is the default): each live job holds a request,
+        # which is what tells the worker classes apart.
+        "EXECUTION_MODE": "inline",
         "WEB_CONCURRENCY": str(workers),
         "OFFLINE_LLM_TOKENS_PER_SECOND": "20",
         "USER_MAX_ACTIVE_PAID": "10",

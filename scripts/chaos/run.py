@@ -1,7 +1,7 @@
 """`make chaos`: fault injection under load on the real local stack, then invariants.
 
 For each scenario, once per execution mode (`--mode inline|detached|both`, default both: the
-worker's EXECUTION_MODE, `DETACHED_ENV` below; with both, the two modes run at the same time in
+worker's EXECUTION_MODE, `MODE_ENV` below; with both, the two modes run at the same time in
 two child processes, each on its own Redis and Postgres, unless `--serial`: most of a scenario
 is waiting on outages and streaming jobs, so the pair takes little longer than one mode), it
 starts a fresh stack
@@ -120,7 +120,9 @@ DETACHED_ENV = {
     "DEV_BROKER_TIME_SCALE": "0.1",
     "JOB_RETRY_DELAY": "10000 + 10000 * retried",
 }
-MODES = ("inline", "detached")
+# Each mode says its EXECUTION_MODE: detached is the default, inline must be asked for.
+MODE_ENV = {"inline": {"EXECUTION_MODE": "inline"}, "detached": DETACHED_ENV}
+MODES = tuple(MODE_ENV)
 
 # The outage scenarios run on QStash's own retry policy: the production retry count, its default
 # backoff (no JOB_RETRY_DELAY), and the worker's outage answers carrying no Retry-After. At this
@@ -305,7 +307,7 @@ def run_scenario(
         "REDIS_URL": redis_url,
         "DATABASE_URL": infra.database_url,
         "REDIS_PREFIX": prefix,
-        **(DETACHED_ENV if mode == "detached" else {}),
+        **MODE_ENV[mode],
         **sc.overrides,
         **dict(item.split("=", 1) for item in args.set or []),
     }

@@ -14,9 +14,10 @@
    a fresh container; neither the build's CA bundle nor its pip.conf is left in the image.
 4. Prints the image's size.
 
-The container gets production settings (APP_ENV=production, fresh signing keys, not the public
-dev ones) through an env file, as `env_file: .env.production` gives them on the VPS. Postgres is
-the embedded server's Unix socket, bind-mounted into the container.
+The container gets production settings (APP_ENV=production, fresh signing keys and QStash token,
+not the public dev ones; EXECUTION_MODE left at its default, detached) through an env file, as
+`env_file: .env.production` gives them on the VPS. Postgres is the embedded server's Unix
+socket, bind-mounted into the container.
 """
 
 from __future__ import annotations
@@ -220,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         "WORKER_DRAIN_SECONDS": "3",
         # As `make demo`: coins for one job of every kind, the pipeline included.
         "INITIAL_COINS": "25",
-        # Not the public dev secrets: the container runs with APP_ENV=production.
+        # Not the public dev secrets: the container runs with APP_ENV=production. The worker
+        # runs detached (the default), publishing its own retries and waits to the dev broker,
+        # which takes this token instead of the public dev one.
         "SUPABASE_JWT_SECRET": secrets.token_urlsafe(32),
+        "QSTASH_TOKEN": secrets.token_urlsafe(32),
         "QSTASH_CURRENT_SIGNING_KEY": "sig_" + secrets.token_urlsafe(21),
         "QSTASH_NEXT_SIGNING_KEY": "sig_" + secrets.token_urlsafe(21),
     }
