@@ -44,13 +44,16 @@ __all__ = [
 ]
 
 Publish = Literal["auto", "always", "never"]
-# How long a live SSE reader's presence lasts after its last refresh; readers refresh it at least
-# every WATCH_REFRESH seconds (a blocking read returns at least every SSE_HEARTBEAT_SECONDS).
-WATCH_TTL_MS = 45_000
-WATCH_REFRESH = 10.0
 # How long an open event stream's slot lasts after its last refresh (`hold_stream`); a stream
 # refreshes it at least every STREAM_SLOT_TTL / 3 plus one heartbeat.
 STREAM_SLOT_TTL = 45.0
+# How long a live SSE reader's presence lasts after its last refresh; readers refresh it every
+# WATCH_REFRESH seconds, the slot's cadence, so at least every 15 + SSE_HEARTBEAT_SECONDS (<= 15)
+# = 30 s (a blocking read returns at least every heartbeat). The TTL is not longer on purpose: a
+# viewer that left keeps its job flushing until the key lapses (and the worker's next heartbeat),
+# about 7 XADDs a second, far more than the one SET per refresh a longer TTL would save.
+WATCH_TTL_MS = 45_000
+WATCH_REFRESH = STREAM_SLOT_TTL / 3
 
 
 # How many recent service times per tier (`svc:<tier>`) the next-slot estimate averages.
