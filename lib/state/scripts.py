@@ -311,8 +311,9 @@ return redis.call('ZCARD', KEYS[1])
 # (ms) they lapse. Opening (ARGV[6] = 0; the stream id is new) drops the expired members first,
 # so a stream whose function died frees its slot by itself, and is refused at the limit. A
 # refresh (1) by a stream that holds a slot always keeps it, even when it lapsed meanwhile, and
-# only moves its lapse and the set's TTL (2 commands: openings do the eviction).
-# KEYS: the user's stream set. ARGV: stream id, now ms, lapse ms, limit, key ttl ms, refresh 0|1.
+# only moves its lapse and the set's TTL (State runs it only when a plain `ZADD XX` found its
+# member gone). The set's TTL is a stream's longest life, so it outlives every lapse in it.
+# KEYS: the user's stream set. ARGV: stream id, now ms, lapse ms, limit, set ttl ms, refresh 0|1.
 # Returns {"ok"} | {"stream_limit", ms until the first slot lapses, open streams}.
 HOLD_STREAM = Script(
     "hold_stream",
