@@ -6,6 +6,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -437,3 +438,100 @@ def test_release_keeps_only_the_latest_service_samples(state: State) -> None:
     for n in range(lib_state.SERVICE_SAMPLES + 5):
         state.release(new_id(), "paid", new_id(), served=("job_match", float(n)))
     assert state.backend.command("XLEN", samples) == lib_state.SERVICE_SAMPLES
+
+
+# An open event stream's upkeep: its slot and the job's `watch` key --------------------------
+
+
+def test_a_slot_opening_is_five_commands_and_a_refresh_one(
+    redis_url: str, redis_prefix: str
+) -> None:
+    import redis
+
+    from lib.state.tcp import TcpBackend
+
+    state = State(TcpBackend(redis_url), prefix=redis_prefix)
+    direct = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def used(step: Callable[[], object]) -> dict[str, int]:
+        before = {k: v["calls"] for k, v in direct.info("commandstats").items()}
+        step()
+        after = {k: v["calls"] for k, v in direct.info("commandstats").items()}
+        out = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+        out.pop("cmdstat_info", None)
+        return out
+
+    try:
+        user = new_id()
+        state.hold_stream(user, "warm", 2)  # the script loaded, as in a running deployment
+        state.drop_stream(user, "warm")
+        # Opening drops the lapsed slots and counts the open ones; the stream id is new.
+        assert used(lambda: state.hold_stream(user, "s1", 2)) == {
+            "cmdstat_evalsha": 1,
+            "cmdstat_zremrangebyscore": 1,
+            "cmdstat_zcard": 1,
+            "cmdstat_zadd": 1,
+            "cmdstat_pexpire": 1,
+        }
+        # A refresh (every STREAM_SLOT_TTL / 3 of every open stream) only moves the lapse.
+        assert used(lambda: state.hold_stream(user, "s1", 2, refresh=True)) == {"cmdstat_zadd": 1}
+    finally:
+        direct.close()
+        state.close()
+
+
+def test_a_refresh_keeps_a_slot_that_lapsed_and_the_set_keeps_a_ttl(
+    redis_backend: object, redis_prefix: str
+) -> None:
+    slots = State(
+        redis_backend,  # type: ignore[arg-type]
+        prefix=redis_prefix,
+        stream_slot_ttl=1.0,
+        stream_life=0,  # the set lapses with its slot: the refresh must not make it TTL-less
+    )
+    user = new_id()
+    key = slots.keys.streams(user)
+    slots.hold_stream(user, "stalled", 1)
+    wait_for(lambda: not slots.backend.command("EXISTS", key), timeout=5, what="the set to lapse")
+    slots.hold_stream(user, "stalled", 1, refresh=True)  # it comes back: counted again
+    assert 0 < int(slots.backend.command("PTTL", key)) <= 1000
+    with pytest.raises(RateLimitError):
+        slots.hold_stream(user, "another", 1)
+    # Lapsed but not yet dropped: an opening drops it, and its refresh puts it back.
+    wait_for(
+        lambda: int(slots.backend.command("ZCOUNT", key, int(time.time() * 1000), "+inf")) == 0,
+        timeout=5,
+        what="the slot to lapse",
+    )
+    slots.hold_stream(user, "another", 1)
+    slots.hold_stream(user, "stalled", 1, refresh=True)
+    assert int(slots.backend.command("ZCARD", key)) == 2
+    assert 0 < int(slots.backend.command("PTTL", key)) <= 1000
+
+
+def test_the_slot_set_outlives_every_slot_of_a_stream_that_refreshes(
+    redis_backend: object, redis_prefix: str
+) -> None:
+    slots = State(redis_backend, prefix=redis_prefix, stream_slot_ttl=1.0, stream_life=5)  # type: ignore[arg-type]
+    user = new_id()
+    key = slots.keys.streams(user)
+    slots.hold_stream(user, "live", 2)
+    assert 5000 < int(slots.backend.command("PTTL", key)) <= 6000  # its longest life
+    for _ in range(3):  # the stream's refreshes, past its slot's TTL
+        time.sleep(0.6)
+        slots.hold_stream(user, "live", 2, refresh=True)
+        lapse = float(slots.backend.command("ZSCORE", key, "live"))
+        expires = time.time() * 1000 + int(slots.backend.command("PTTL", key))
+        assert lapse <= expires
+    assert int(slots.backend.command("ZCOUNT", key, int(time.time() * 1000), "+inf")) == 1
+
+
+def test_a_viewer_refreshes_its_watch_key_well_within_its_ttl() -> None:
+    # A reader refreshes the key at its first loop after WATCH_REFRESH s, and a loop waits at
+    # most one heartbeat (SSE_HEARTBEAT_SECONDS <= 15): 30 s between refreshes at worst.
+    from lib.config import Settings
+
+    longest_heartbeat = Settings.model_fields["sse_heartbeat_seconds"].metadata
+    assert any(getattr(m, "le", None) == 15 for m in longest_heartbeat)
+    assert lib_state.WATCH_REFRESH == lib_state.STREAM_SLOT_TTL / 3  # one cadence for both
+    assert lib_state.WATCH_REFRESH + 15 <= lib_state.WATCH_TTL_MS / 1000 - 15

@@ -24,8 +24,8 @@ from lib.state.results import (
     Renewal,
     Signal,
     refusal,
-    stream_limit,
 )
+from lib.state.streams import StreamSlotsState
 from lib.state.waits import ModelSlotsState, SlotTake, Take
 
 __all__ = [
@@ -44,13 +44,19 @@ __all__ = [
 ]
 
 Publish = Literal["auto", "always", "never"]
-# How long a live SSE reader's presence lasts after its last refresh; readers refresh it at least
-# every WATCH_REFRESH seconds (a blocking read returns at least every SSE_HEARTBEAT_SECONDS).
-WATCH_TTL_MS = 45_000
-WATCH_REFRESH = 10.0
 # How long an open event stream's slot lasts after its last refresh (`hold_stream`); a stream
 # refreshes it at least every STREAM_SLOT_TTL / 3 plus one heartbeat.
 STREAM_SLOT_TTL = 45.0
+# The longest an event stream lives (SSE_MAX_SECONDS's default plus one heartbeat), for the
+# stream-slot set's TTL (lib/state/streams.py).
+STREAM_LIFE = 295.0
+# How long a live SSE reader's presence lasts after its last refresh; readers refresh it every
+# WATCH_REFRESH seconds, the slot's cadence, so at least every 15 + SSE_HEARTBEAT_SECONDS (<= 15)
+# = 30 s (a blocking read returns at least every heartbeat). The TTL is not longer on purpose: a
+# viewer that left keeps its job flushing until the key lapses (and the worker's next heartbeat),
+# about 7 XADDs a second, far more than the one SET per refresh a longer TTL would save.
+WATCH_TTL_MS = 45_000
+WATCH_REFRESH = STREAM_SLOT_TTL / 3
 
 
 # How many recent service times per tier (`svc:<tier>`) the next-slot estimate averages.
@@ -61,7 +67,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class State(ModelSlotsState, QueueViewState):
+class State(ModelSlotsState, QueueViewState, StreamSlotsState):
     """Domain operations over a `RedisBackend`."""
 
     def __init__(
@@ -76,6 +82,7 @@ class State(ModelSlotsState, QueueViewState):
         publish: Publish | bool = "auto",
         retry_after: int = 5,
         stream_slot_ttl: float = STREAM_SLOT_TTL,
+        stream_life: float = STREAM_LIFE,
         box_ttl: float = 15.0,
     ) -> None:
         self.backend = backend
@@ -92,6 +99,8 @@ class State(ModelSlotsState, QueueViewState):
         )
         self.retry_after = retry_after
         self.stream_slot_ttl_ms = int(stream_slot_ttl * 1000)
+        # The stream-slot set's TTL, from each opening: a stream's longest life plus its slot's.
+        self.stream_life_ms = int((stream_life + stream_slot_ttl) * 1000)
         # How long a worker box's announcement lasts without a beat (lib/boxes.py).
         self.box_ttl_ms = int(box_ttl * 1000)
 
@@ -198,35 +207,6 @@ class State(ModelSlotsState, QueueViewState):
             scripts.ADMISSION_SCAN, [self.keys.tier(tier)], [_now_ms(), max(1, limit)]
         )
         return int(dropped), [str(m) for m in members or []]
-
-    # Event stream slots ----------------------------------------------------------------------
-    def hold_stream(
-        self, user_id: str, stream_id: str, limit: int, *, refresh: bool = False
-    ) -> None:
-        """Count one open event stream of the user for the next STREAM_SLOT_TTL.
-
-        Opening (`refresh=False`) raises RateLimitError (code stream_limit, with retry_after and
-        details) when the user already holds `limit` streams; a refresh keeps the slot always.
-        """
-        now = _now_ms()
-        result = self.backend.run(
-            scripts.HOLD_STREAM,
-            [self.keys.streams(user_id)],
-            [
-                stream_id,
-                now,
-                now + self.stream_slot_ttl_ms,
-                limit,
-                self.stream_slot_ttl_ms,
-                int(refresh),
-            ],
-        )
-        if result[0] == "stream_limit":
-            raise stream_limit(limit, int(result[1]), int(result[2]))
-
-    def drop_stream(self, user_id: str, stream_id: str) -> None:
-        """Free an event stream's slot (it ended or its client went away). Idempotent."""
-        self.backend.command("ZREM", self.keys.streams(user_id), stream_id)
 
     # Leases ----------------------------------------------------------------------------------
     def acquire(self, job_id: str, tier: str, user_id: str, token: str) -> Acquisition:
@@ -428,5 +408,7 @@ def from_settings(settings: Any, backend: RedisBackend | None = None) -> State:
         retry_after=settings.retry_after_seconds,
         # Longer than the time between two refreshes: a third of it plus one heartbeat.
         stream_slot_ttl=max(STREAM_SLOT_TTL, 3 * settings.sse_heartbeat_seconds),
+        # A stream ends at SSE_MAX_SECONDS; its last wait may add a heartbeat.
+        stream_life=settings.sse_max_seconds + settings.sse_heartbeat_seconds,
         box_ttl=3 * settings.box_heartbeat_seconds,
     )

@@ -21,7 +21,9 @@ slot on clustered Redis. TTLs:
 | `stats:admission`            | hash   | none (one, a field per tier and refusal reason)         |
 | `svc:<tier>`                 | stream | none (one per tier), capped at SERVICE_SAMPLES entries: |
 |                              |        | each succeeded job's kind (`k`) and service ms (`ms`)   |
-| `sse:user:<user id>`         | zset   | STREAM_SLOT_TTL (45 s), refreshed by each open stream    |
+| `sse:user:<user id>`         | zset   | a stream's longest life (SSE_MAX_SECONDS + heartbeat +   |
+|                              |        | STREAM_SLOT_TTL, 340 s) from each opening; a member      |
+|                              |        | lapses STREAM_SLOT_TTL (45 s) after its last refresh     |
 | `sig:<jti>`                  | string | exp + QSTASH_CLOCK_TOLERANCE_SECONDS - now (<= 5.5 min) |
 |                              |        | a delivery signature already used (replay cache)        |
 | `boxes`                      | hash   | 15 x BOX_HEARTBEAT_SECONDS, refreshed every 10th beat;   |

@@ -308,16 +308,18 @@ return redis.call('ZCARD', KEYS[1])
 )
 
 # Hold a slot for one open event stream of a user: members are stream ids scored by the time
-# (ms) they lapse. Expired members are dropped first, so a stream whose function died frees its
-# slot by itself. Opening (ARGV[6] = 0) is refused at the limit; a refresh (1) by a stream that
-# holds a slot always keeps it, even when it lapsed meanwhile.
-# KEYS: the user's stream set. ARGV: stream id, now ms, lapse ms, limit, key ttl ms, refresh 0|1.
+# (ms) they lapse. Opening (ARGV[6] = 0; the stream id is new) drops the expired members first,
+# so a stream whose function died frees its slot by itself, and is refused at the limit. A
+# refresh (1) by a stream that holds a slot always keeps it, even when it lapsed meanwhile, and
+# only moves its lapse and the set's TTL (State runs it only when a plain `ZADD XX` found its
+# member gone). The set's TTL is a stream's longest life, so it outlives every lapse in it.
+# KEYS: the user's stream set. ARGV: stream id, now ms, lapse ms, limit, set ttl ms, refresh 0|1.
 # Returns {"ok"} | {"stream_limit", ms until the first slot lapses, open streams}.
 HOLD_STREAM = Script(
     "hold_stream",
     """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-if ARGV[6] ~= '1' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+if ARGV[6] ~= '1' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
   local open = redis.call('ZCARD', KEYS[1])
   if open >= tonumber(ARGV[4]) then
     local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')

@@ -141,6 +141,12 @@ def _streaming_rows(results: dict[str, Any]) -> Rows:
                 f"{b['commands']} ({b['flushes']}); before: {before['per_flush']}",
                 "<= 2",
             )
+            row(
+                "Redis commands of the viewer's upkeep (slot, watch, running; its stream s)",
+                f"{o.get('upkeep_commands')} ({o.get('viewer_s')} s)",
+                f"{b.get('upkeep_commands')} ({b.get('viewer_s')} s)",
+                "",
+            )
         row("QStash messages per successful job", c["ours-0"]["qstash_messages"], "", "1")
         row("QStash messages per failed job (3 retries)", c["failed_job_qstash_messages"], "", "")
     for rate, runs in results.get("sweep", {}).items():
