@@ -44,6 +44,8 @@ class StreamSlotsState:
         now = int(time.time() * 1000)
         key = self.keys.streams(user_id)
         lapse = now + self.stream_slot_ttl_ms
+        # CH counts a changed score, so 0 also when the lapse did not move (a refresh in the
+        # opening's millisecond): the script then runs, which is harmless.
         if refresh and int(self.backend.command("ZADD", key, "XX", "CH", lapse, stream_id)):
             return
         result = self.backend.run(
