@@ -6,6 +6,9 @@ Paths:
 - `worker`: what an attempt does with each token: `lib.llm.LLM` (the official SDK's request),
   a real handler's `Context.structured` (job_match), `JobEvents` batching and its XADDs to a
   real Redis, the handler's result validated at the end;
+- `worker-unwatched`: `worker` with nobody watching (DELTA_FLUSH_IDLE_MS=0): no flush and no
+  Redis command until the attempt ends (the bench stops before its result is written), so
+  `worker` minus this is what the watched job's flushes cost per token;
 - `sdk-models`: the SDK's own stream of `ChatCompletionChunk` models, nothing else (read only:
   the original code's reading, the baseline);
 - `raw-lines`: `with_streaming_response` and `iter_lines` + `json.loads`, nothing else (read

@@ -48,7 +48,7 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _worker(args: argparse.Namespace) -> Callable[[int], int]:
+def _worker(args: argparse.Namespace, watched: bool = True) -> Callable[[int], int]:
     settings = Settings(  # type: ignore[call-arg]
         openai_base_url=args.llm, openai_api_key="offline", llm_read_timeout_seconds=30.0
     )
@@ -61,7 +61,15 @@ def _worker(args: argparse.Namespace) -> Callable[[int], int]:
 
     def one(i: int) -> int:
         job_id = str(uuid.uuid4())
-        events = JobEvents(state, job_id, 1, flush_ms=150, flush_chars=600, viewer=lambda: "tcp")
+        events = JobEvents(
+            state,
+            job_id,
+            1,
+            flush_ms=150,
+            flush_chars=600,
+            idle_flush_ms=0,
+            viewer=(lambda: "tcp") if watched else (lambda: None),
+        )
         events.running()
         ctx = Context(
             job_id=job_id,
@@ -128,8 +136,8 @@ def _reader(args: argparse.Namespace, models: bool, paced: bool) -> Callable[[in
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run `args.streams` streams of `args.path` at once; tokens read and CPU spent."""
-    if args.path == "worker":
-        one = _worker(args)
+    if args.path in ("worker", "worker-unwatched"):
+        one = _worker(args, watched=args.path == "worker")
     elif args.path in ("sdk-models", "raw-lines", "raw-lines-paced"):
         one = _reader(args, models=args.path == "sdk-models", paced=args.path.endswith("paced"))
     else:
