@@ -313,7 +313,7 @@ def test_health_matches_the_document(stack: Stack) -> None:
     shallow = conforms("/api/health", "get", httpx.get(f"{stack.producer_url}/api/health"))
     assert shallow == {"ok": True}
     deep = conforms("/api/health", "get", httpx.get(f"{stack.producer_url}/api/health?deep=1"))
-    assert deep["ok"] and set(deep["checks"]) == {"redis", "db"}
+    assert deep["ok"] and set(deep["checks"]) == {"redis", "db", "storage"}
 
 
 def test_the_producer_serves_this_document_at_api_openapi_json(stack: Stack) -> None:
