@@ -8,8 +8,11 @@ the job's `steps` when it succeeds, so a retry of step 3 never runs steps 1 and 
 `on_success` is the executor's one call into this module: after a step's result validated, it
 keeps it (`cs_advance_step`: the next step, its own retry budget, the job queued) and publishes
 the next step's message, deduplicated by job and step. The last step's success finishes the job
-with every step's result. A failure or cancel follows the refund rule for the whole job: the
-finished steps' results are readable in the job, so they count as delivered output.
+with every step's result. A step whose `stop_when` holds for its result ends the pipeline there:
+the job succeeds with the results of the steps that ran (null for the others) and `stopped_by`
+naming that step (null when every step ran), and is charged as submitted: the step's verdict is
+delivered output. A failure or cancel follows the refund rule for the whole job: the finished
+steps' results are readable in the job, so they count as delivered output.
 """
 
 from __future__ import annotations
@@ -38,15 +41,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("cs.pipelines")
 
 LEASE_LOST = "lease_lost"  # lib.executor's code: write nothing more, let the broker redeliver
+STOPPED_BY = "stopped_by"  # a pipeline's result: the step that ended it early, else None
 
 
 @dataclass(frozen=True)
 class Step:
     """One step: a registered kind, and its input from the pipeline's input and the results
-    of the steps before it (by kind)."""
+    of the steps before it (by kind). `stop_when`, if set, is asked about the step's own result
+    (validated by its kind's result model, as JSON): True ends the pipeline after this step."""
 
     kind: str
     build: Callable[[Any, dict[str, Any]], dict[str, Any]]
+    stop_when: Callable[[dict[str, Any]], bool] | None = None
+
+    def stops(self, result: dict[str, Any]) -> bool:
+        """Whether the pipeline ends after this step, given the step's `result`."""
+        return self.stop_when is not None and bool(self.stop_when(result))
 
 
 @dataclass(frozen=True)
@@ -75,8 +85,10 @@ class Pipeline:
 
 
 def on_success(executor: Executor, job: Job, lease: Lease, payload: dict[str, Any]) -> Any:
-    """What the executor finishes the job with: `payload` for a kind, every step's result for
-    a pipeline's last step; None when a pipeline's step was kept and its next step queued.
+    """What the executor finishes the job with: `payload` for a kind; for a pipeline's last
+    step, or a step whose `stop_when` holds, every step's result by kind (None for the steps
+    that did not run) and `stopped_by` (that step's kind, or None after the last step); None
+    when a pipeline's step was kept and its next step queued.
 
     Raises StreamClosed (cancelled meanwhile) and RetryableError(lease_lost) (another attempt
     holds the job), as the executor expects of its own writes."""
@@ -86,9 +98,14 @@ def on_success(executor: Executor, job: Job, lease: Lease, payload: dict[str, An
     pipeline: Pipeline | None = handler.pipeline if handler is not None else None
     if handler is None or pipeline is None:
         return payload
-    name = pipeline.steps[lease.step].kind
+    step = pipeline.steps[lease.step]
+    name = step.kind
     if lease.step + 1 >= len(pipeline.steps):
-        return {**lease.steps, name: payload}
+        return {**lease.steps, name: payload, STOPPED_BY: None}
+    if step.stops(payload):
+        log.info("pipeline stopped", extra={"job_id": job.id, "step": lease.step, "kind": name})
+        unrun = {later.kind: None for later in pipeline.steps[lease.step + 1 :]}
+        return {**lease.steps, name: payload, **unrun, STOPPED_BY: name}
     if lease.events is not None:  # the step's held text, before its result is kept
         lease.events.settle()
     outcome = executor.store.advance_step(

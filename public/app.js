@@ -500,6 +500,28 @@
       titledList("Missing keywords", r.missing_keywords, { class: "keywords" }));
   }
 
+  // A pipeline's audit: its summary and issues (why a stopped pipeline ran no match).
+  function renderAudit(a) {
+    const issues = el("ul");
+    for (const i of (a && a.issues) || []) {
+      issues.append(el("li", null, el("strong", null, String(i.severity || "")), ": ",
+        String(i.problem || ""), el("span", { class: "hint" }, ` (${i.fix || ""})`)));
+    }
+    return el("div", { class: "audit" },
+      el("p", { class: "summary" }, String((a && a.summary) || "")),
+      a && a.issues && a.issues.length ? issues : null);
+  }
+
+  function renderFromImage(r) {
+    if (r.stopped_by || !r.job_match) {
+      return el("div", { id: "pipeline-stopped" },
+        el("h3", null, `Stopped by ${r.stopped_by || "an earlier step"}: no match was run`),
+        renderAudit(r.pre_match_audit));
+    }
+    return el("div", null, renderMatch(r.job_match),
+      el("h3", null, "Pre-match audit"), renderAudit(r.pre_match_audit));
+  }
+
   function renderCustomize(r) {
     const changes = el("ul");
     for (const c of r.changes || []) {
@@ -534,7 +556,7 @@
     let content;
     if (job.status === "succeeded" && job.result) {
       const render = { job_match: renderMatch, resume_customize: renderCustomize,
-        interview_prep: renderPrep }[job.kind];
+        interview_prep: renderPrep, match_from_image: renderFromImage }[job.kind];
       content = render ? render(job.result) : el("pre", null, JSON.stringify(job.result, null, 2));
     } else if (job.status === "failed") {
       content = el("p", null, job.error ? `${job.error.message} (${job.error.code})` : "The job failed.");

@@ -413,6 +413,28 @@ def test_a_pipeline_from_a_screenshot_uploads_it_and_shows_each_step(
     expect(page.locator("#stage")).to_contain_text("step 4/4: job_match")
     expect(page.locator("#result-section")).to_be_visible()
     expect(page.locator("#coins")).to_have_text("1")  # the pipeline costs 4 coins, once
+    expect(page.locator("#match-score")).to_have_text(re.compile(r"^\d{1,3}$"))
     job = saved_job(page)
     registry()["match_from_image"].result_model.model_validate(job["result"])
     shot(page, "browser-pipeline-result")
+
+
+def test_a_pipeline_its_audit_stopped_shows_the_audit_and_no_match(
+    page: Page, stack: Stack
+) -> None:
+    sign_in(page)
+    page.get_by_label("Resume").fill(RESUME + " [[llm:audit_stop]]")  # proceed: false
+    page.get_by_label("Kind").select_option("match_from_image")
+    page.get_by_label("Job posting screenshot").set_input_files(str(SCREENSHOT))
+    page.get_by_role("button", name="Run").click()
+    wait_for_status(page, "succeeded")
+
+    job = saved_job(page)
+    assert job["result"]["stopped_by"] == "pre_match_audit" and job["result"]["job_match"] is None
+    stopped = page.locator("#pipeline-stopped")
+    expect(stopped).to_contain_text("Stopped by pre_match_audit: no match was run")
+    expect(stopped).to_contain_text(job["result"]["pre_match_audit"]["summary"])
+    expect(page.locator("#match-score")).to_have_count(0)
+    expect(page.locator("#stage")).to_contain_text("step 3/4: pre_match_audit")
+    expect(page.locator("#coins")).to_have_text("1")  # charged as submitted
+    shot(page, "browser-pipeline-stopped")

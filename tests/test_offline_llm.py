@@ -35,6 +35,7 @@ from helpers.offline_llm import (
 
 from lib.handlers import registry
 from lib.handlers.base import detect_language
+from lib.handlers.pre_match_audit import AuditResult
 from scripts.fakes.offline_llm import REFUSAL
 
 pytestmark = pytest.mark.timeout(30)
@@ -294,6 +295,23 @@ def test_an_invalid_json_once_marker_spoils_only_the_first_answer_to_that_user_m
     answer = llm.stream(messages=repair, response_format=schema_format(Review)).content
 
     Review.model_validate_json(answer)
+
+
+def test_booleans_answer_true_and_an_audit_stop_marker_turns_the_audit_against_the_match(
+    llm: Llm,
+) -> None:
+    def audit(text: str) -> AuditResult:
+        content = llm.stream(messages=user(text), response_format=schema_format(AuditResult))
+        return AuditResult.model_validate_json(content.content)
+
+    # Seeded from the messages: five messages, twenty booleans that a coin would not all set.
+    for seed in ("alpha", "beta", "gamma", "delta", "epsilon"):
+        go = audit(f"{seed} {RESUME}")
+        assert go.proceed and go.resume_is_resume and go.job_description_is_job
+        assert go.same_language
+        stop = audit(f"{seed} {RESUME} [[llm:audit_stop]]")
+        assert not stop.proceed and not stop.job_description_is_job
+        assert stop.resume_is_resume and stop.same_language
 
 
 def test_a_refuse_marker_streams_a_refusal_instead_of_content(llm: Llm) -> None:

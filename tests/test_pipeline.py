@@ -19,6 +19,7 @@ from werkzeug.test import TestResponse
 
 from lib.errors import AppError
 from lib.handlers import registry
+from lib.pipelines import Step
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, sign
 from lib.queue.wire import message_body
 from lib.service import Producer, Submitted
@@ -97,10 +98,48 @@ def test_a_pipeline_runs_each_step_as_its_own_delivery_and_is_charged_once(
         "succeeded"
     )
     assert db.ledger(submitted.job.id) == [("debit", -4)]
+    assert row["result"]["stopped_by"] is None and row["result"]["pre_match_audit"]["proceed"]
     # Nobody watched, yet each step's text was written before the next step began.
-    assert texts_by_step(env, submitted.job.id) == row["result"]
+    assert {**texts_by_step(env, submitted.job.id), "stopped_by": None} == row["result"]
     assert deliver(env, submitted, user).status_code == 200  # a late duplicate changes nothing
     assert db.job(submitted.job.id)["result"] == row["result"]
+
+
+def test_an_audit_that_says_do_not_proceed_ends_the_pipeline_before_the_match(
+    producer: Producer, make_worker: Callable[..., WorkerEnv], storage_url: str, db: Db
+) -> None:
+    env = make_worker()
+    # The resume reaches steps 3 and 4 only: the audit answers proceed: false.
+    user, submitted = submit(producer, storage_url, RESUME + " [[llm:audit_stop]]")
+
+    for _ in STEPS[:-1]:
+        assert deliver(env, submitted, user).status_code == 200
+
+    row = db.job(submitted.job.id)
+    assert row["status"] == "succeeded"
+    registry()["match_from_image"].result_model.model_validate(row["result"])
+    assert row["result"]["stopped_by"] == "pre_match_audit" and row["result"]["job_match"] is None
+    assert row["result"]["pre_match_audit"]["proceed"] is False
+    ran = texts_by_step(env, submitted.job.id)
+    assert row["result"] == ran | {"job_match": None, "stopped_by": "pre_match_audit"}
+    assert [e.data["status"] for e in env.stream(submitted.job.id) if e.type == "status"][-1] == (
+        "succeeded"
+    )
+    # Charged as submitted: the audit's verdict is the delivered output.
+    assert db.ledger(submitted.job.id) == [("debit", -4)] and db.coins(user) == 1
+    assert deliver(env, submitted, user).status_code == 200  # a late delivery runs no step 4
+    assert step_events(env, submitted.job.id) == list(enumerate(STEPS[:-1]))
+    assert db.job(submitted.job.id)["result"] == row["result"]
+
+
+def test_only_the_audit_step_has_a_stop_predicate_and_it_stops_on_proceed_false() -> None:
+    pipeline = registry()["match_from_image"].pipeline
+    assert pipeline is not None
+    steps = pipeline.steps
+    audit = {"proceed": False, "summary": "Not a job posting."}
+    assert [step.stops(audit) for step in steps] == [False, False, True, False]
+    assert not steps[2].stops({**audit, "proceed": True})
+    assert Step("job_match", lambda _i, _s: {}).stop_when is None
 
 
 def test_a_retried_step_never_runs_the_steps_before_it_again(

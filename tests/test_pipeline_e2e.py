@@ -46,14 +46,14 @@ def user(stack: Stack) -> User:
     return User(stack.producer_url)
 
 
-def submit(user: User) -> dict[str, Any]:
+def submit(user: User, resume: str = RESUME) -> dict[str, Any]:
     path = upload_via_api(user, images.png(width=64, height=32))
     with user.client() as client:
         response = client.post(
             "/api/jobs",
             json={
                 "kind": "match_from_image",
-                "input": {"image": {"path": path}, "resume_text": RESUME},
+                "input": {"image": {"path": path}, "resume_text": resume},
             },
         )
     assert response.status_code == 202, response.text
@@ -94,6 +94,22 @@ def test_a_pipeline_streams_each_step_and_succeeds_charged_once(stack: Stack, us
     final = user.job(body["job"]["id"])
     registry()["match_from_image"].result_model.model_validate(final["result"])
     assert user.me()["coins"] == 1
+
+
+def test_an_audit_against_the_match_ends_the_pipeline_after_three_steps_charged_once(
+    stack: Stack, user: User
+) -> None:
+    body = submit(user, RESUME + " [[llm:audit_stop]]")  # the audit answers proceed: false
+
+    stream = follow(stack.producer_url, body["events_url"], timeout=120)
+
+    assert [e.data["name"] for e in stream if e.type == "step"] == STEPS[:-1]
+    assert terminal_count(stream) == 1 and stream[-1].data["status"] == "succeeded"
+    final = user.job(body["job"]["id"])
+    registry()["match_from_image"].result_model.model_validate(final["result"])
+    assert final["result"]["stopped_by"] == "pre_match_audit"
+    assert final["result"]["job_match"] is None
+    assert user.me()["coins"] == 1  # charged as submitted
 
 
 def test_a_worker_sigkilled_in_step_2_resumes_at_step_2(stack: Stack, user: User) -> None:

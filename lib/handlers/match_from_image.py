@@ -2,12 +2,14 @@
 
 ocr_extract (the posting's text) → job_summary → pre_match_audit (with that summary) →
 job_match, each step its own message with its own attempts (lib/pipelines.py). Submitted,
-charged, cancelled and streamed once; the result holds every step's result by kind.
+charged, cancelled and streamed once; the result holds every step's result by kind. An audit
+that answers `proceed: false` ends the pipeline before job_match (no match is worth paying a
+model call for): the job succeeds with `job_match` null and `stopped_by: "pre_match_audit"`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,10 +39,20 @@ def fields(job_input: MatchFromImageInput) -> dict[str, str]:
 
 
 class MatchFromImageResult(BaseModel):
+    # The job's result always carries every key (lib/pipelines.py), null or not.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     ocr_extract: OcrResult
     job_summary: JobSummaryResult
     pre_match_audit: AuditResult
-    job_match: MatchResult
+    job_match: MatchResult | None = Field(
+        None, description="Null when the pipeline stopped before it (see stopped_by)."
+    )
+    stopped_by: Literal["pre_match_audit"] | None = Field(
+        None,
+        description="The step that ended the pipeline early (pre_match_audit: its proceed was "
+        "false, its summary and issues say why); null when every step ran.",
+    )
 
 
 def _posting(steps: dict[str, Any]) -> str:
@@ -62,6 +74,8 @@ PIPELINE = Pipeline(
                 "job_description": _posting(s),
                 "job_summary": s["job_summary"],
             },
+            # "Audit, and only then match": a meaningless match is not worth a model call.
+            stop_when=lambda audit: not audit["proceed"],
         ),
         Step(
             "job_match",

@@ -6,7 +6,9 @@ valid instance of that schema. Markers in the message text script faults (SPEC "
 `[[llm:fail=CODE]]`, `[[llm:fail_once=CODE]]`, `[[llm:hang]]`, `[[llm:slow=MS]]`,
 `[[llm:invalid_json]]`, `[[llm:invalid_json_once]]` (the first answer to a user message only)
 and `[[llm:refuse]]`; for benchmarks, `[[llm:tokens=N]]` lengthens a schema answer to at least
-N tokens with an extra `notes` field, which result models ignore.
+N tokens with an extra `notes` field, which result models ignore. Booleans answer true, except
+`proceed` and `job_description_is_job` under `[[llm:audit_stop]]` (an audit that ends a
+`match_from_image` pipeline before its match).
 
 Image parts (`{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}`) are
 accepted; the markers are read from the image's bytes too (a PNG's tEXt chunk carries them), and

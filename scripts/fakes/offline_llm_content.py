@@ -32,6 +32,9 @@ _EN_WORDS = "led team delivered project improved system design customer data gro
 _ZH_WORDS = "负责 项目 团队 经验 提升 设计 开发 优化 系统 用户 数据 成果 沟通 管理".split()
 # Recursive schemas (a tree of sections) stop growing past this depth: nullable and empty wins.
 _MAX_DEPTH = 6
+# A boolean answers true (an audit lets the match run), except these under [[llm:audit_stop]]:
+# the audit of a screenshot that is no job posting, which ends match_from_image before job_match.
+_AUDIT_STOP_FALSE = frozenset({"proceed", "job_description_is_job"})
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Faults:
     invalid_json_once: bool = False
     refuse: bool = False
     unreadable: bool = False
+    audit_stop: bool = False
 
 
 def parse_faults(text: str) -> Faults:
@@ -59,7 +63,14 @@ def parse_faults(text: str) -> Faults:
             found["slow_ms"] = float(arg)
         elif name == "tokens" and re.fullmatch(r"\d{1,6}", arg):
             found["tokens"] = int(arg)
-        elif name in ("hang", "invalid_json", "invalid_json_once", "refuse", "unreadable"):
+        elif name in (
+            "hang",
+            "invalid_json",
+            "invalid_json_once",
+            "refuse",
+            "unreadable",
+            "audit_stop",
+        ):
             found[name] = True
     return Faults(**found)
 
@@ -157,8 +168,10 @@ def parse_request(body: bytes) -> ChatRequest:
 class Writer:
     """Deterministic text and JSON-schema instances built from the words of one message."""
 
-    def __init__(self, seed: str, source: str) -> None:
+    def __init__(self, seed: str, source: str, falsy: frozenset[str] = frozenset()) -> None:
+        """`falsy`: the names of the boolean properties that answer false (the rest: true)."""
         self.rng = random.Random(int(seed[:16], 16))
+        self.falsy = falsy
         self.root: dict[str, Any] = {}
         clean = _ANY_MARKER.sub(" ", source)
         runs = _CJK_RUN.findall(clean)
@@ -245,7 +258,7 @@ class Writer:
             "string": self._string,
             "integer": lambda s, _n, _d: self._number(s, integer=True),
             "number": lambda s, _n, _d: self._number(s, integer=False),
-            "boolean": lambda _s, _n, _d: self.rng.random() < 0.5,
+            "boolean": lambda _s, n, _d: n not in self.falsy,
             "null": lambda _s, _n, _d: None,
         }
 
@@ -340,7 +353,7 @@ class Writer:
 
 def render(req: ChatRequest, faults: Faults) -> str:
     """The assistant's text for `req`: a schema instance, a JSON object, or prose."""
-    writer = Writer(req.key, req.last_user)
+    writer = Writer(req.key, req.last_user, _AUDIT_STOP_FALSE if faults.audit_stop else frozenset())
     if faults.invalid_json and req.wants_json:
         return (
             '{"result": "' + writer.sentence() + '" then the model rambles: ' + writer.paragraph(30)
