@@ -52,7 +52,9 @@ def reconcile() -> Response:
         from lib.reconcile import Reconciler
 
         service = producer()
-        summary = Reconciler(settings, service.store, service.state, service.publisher).run()
+        summary = Reconciler(
+            settings, service.store, service.state, service.publisher, storage=service.storage
+        ).run()
     except Replayed:
         log.warning("rejected a replayed reconcile signature")
         return _refuse("this Upstash-Signature was already used")

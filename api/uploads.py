@@ -29,6 +29,6 @@ def create_upload() -> tuple[Response, int]:
         service.storage,
         user_id,
         body,
-        count=lambda: count_upload(service.state, user_id, settings.uploads_per_hour),
+        count=lambda path: count_upload(service.state, user_id, settings.uploads_per_hour, path),
     )
     return jsonify(uploaded), 201

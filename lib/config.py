@@ -197,6 +197,12 @@ class Settings(BaseModel):
     # Signed upload URLs one user may get per hour (POST /api/uploads); past it, 429
     # rate_limited: each URL lets its holder store up to IMAGE_MAX_BYTES in the bucket.
     uploads_per_hour: int = Field(30, ge=1, le=10_000)
+    # How long an image outlives the last job that names it (hours; 0: deleted at the next
+    # reconciler run after the job ends). A day lets the user look at what they sent and
+    # resubmit it after a failure; the images are screenshots of resumes and postings, so not
+    # longer by default (docs/security.md). Uploads no job names go UPLOAD_ORPHAN_SECONDS after
+    # their URL was handed out (lib/retention.py).
+    image_retention_hours: int = Field(24, ge=0, le=24 * 365)
 
     # Worker process model (worker/gunicorn.conf.py). HOST empty binds loopback in development
     # and every interface otherwise (the Docker image).

@@ -74,11 +74,11 @@ def new_upload(
     storage: Storage,
     user_id: str,
     body: Any,
-    count: Callable[[], None] = lambda: None,
+    count: Callable[[str], None] = lambda path: None,
 ) -> dict[str, Any]:
     """A signed upload URL for one new image of `user_id`, under a fresh path of theirs.
-    `count` is called once the request is valid, before the URL is signed (the user's quota,
-    `count_upload`).
+    `count(path)` is called once the request is valid, before the URL is signed (the user's
+    quota and the upload's record for the retention sweep, `count_upload`).
 
     Raises InputError (400, bad body), AppError 415 (not PNG/JPEG/WebP), 413 (declared size
     over IMAGE_MAX_BYTES), RateLimitError (from `count`), UnavailableError (Storage down)."""
@@ -94,8 +94,8 @@ def new_upload(
         raise _unsupported(req.content_type)
     if req.size is not None:
         _check_size(req.size, settings.image_max_bytes)
-    count()
     path = f"{user_id}/{uuid.uuid4().hex}.{ext}"
+    count(path)
     signed = storage.sign_upload(path)
     return {
         "bucket": settings.storage_bucket,
@@ -107,13 +107,18 @@ def new_upload(
     }
 
 
-def count_upload(state: State, user_id: str, limit: int) -> None:
-    """Count one signed upload URL for the user in the current hour (one Lua call). Raises
-    RateLimitError (429 rate_limited, Retry-After when the window closes) past `limit`."""
+def count_upload(state: State, user_id: str, limit: int, path: str) -> None:
+    """Count one signed upload URL for the user in the current hour and, within the limit,
+    record `path` as issued (the retention sweep deletes it if no job names it); one Lua call.
+    Raises RateLimitError (429 rate_limited, Retry-After when the window closes) past `limit`."""
+    import time
+
     from lib.state import scripts
 
     count, left_ms = state.backend.run(
-        scripts.COUNT_WINDOW, [state.keys.uploads(user_id)], [UPLOAD_WINDOW_MS]
+        scripts.COUNT_UPLOAD,
+        [state.keys.uploads(user_id), state.keys.uploads_issued()],
+        [UPLOAD_WINDOW_MS, limit, path, int(time.time() * 1000)],
     )
     if int(count) <= limit:
         return

@@ -13,7 +13,8 @@ tier, and heals:
 - a job past its retry budget (attempts >= JOB_RETRIES + 1; its failure callback was lost), or
   re-published RECONCILE_MAX_HEALS times already: failed, and the refund rule applied once;
 - admission slots: members whose deadline passed are dropped, and those of terminal jobs freed;
-- jobs whose submit died between insert and publish (the worker's sweeper does it too).
+- jobs whose submit died between insert and publish (the worker's sweeper does it too);
+- uploaded images no job needs any more (lib/retention.py), when Storage is configured.
 
 Each re-publish goes to a live worker box (lib/boxes.py: the listed box with the most free
 capacity whose heartbeat is fresh, else the first of WORKER_URLS), never to the dead box that
@@ -31,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lib.boxes import Registry, destination
 from lib.config import Settings
@@ -41,6 +42,9 @@ from lib.models import ErrorCode, JobStatus
 from lib.queue.producer import Publisher
 from lib.state import State
 from lib.store import Store
+
+if TYPE_CHECKING:
+    from lib.storage import Storage
 
 log = logging.getLogger("cs.reconcile")
 
@@ -61,6 +65,8 @@ class Summary:
     swept: int = 0
     publish_errors: int = 0
     deferred: int = 0
+    images_deleted: int = 0
+    uploads_deleted: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -89,12 +95,14 @@ class Reconciler:
         state: State,
         publisher: Publisher,
         ready: Callable[[str], bool] | None = None,
+        storage: Storage | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.state = state
         self.publisher = publisher
         self._ready = ready or worker_ready
+        self.storage = storage
         self._up: dict[str, bool] = {}
         self._registry = Registry(state)
 
@@ -119,6 +127,7 @@ class Reconciler:
         self._jobs(summary)
         self._admissions(summary)
         self._sweep(summary)
+        self._images(summary)
         return summary
 
     # Jobs --------------------------------------------------------------------------------------
@@ -268,6 +277,21 @@ class Reconciler:
         finished = self.store.get_job(job_id, user_id)
         if finished is not None:
             close_stream(self.state, finished)
+
+    # Images ------------------------------------------------------------------------------------
+    def _images(self, summary: Summary) -> None:
+        if self.storage is None:
+            return
+        from lib.retention import sweep
+
+        try:
+            swept = sweep(self.settings, self.store, self.state, self.storage)
+        except AppError as exc:
+            # The jobs were healed; the images wait for the next run.
+            log.warning("the image retention sweep failed", extra={"code": exc.code})
+            return
+        summary.images_deleted = swept.images_deleted
+        summary.uploads_deleted = swept.uploads_deleted
 
     # Never enqueued ----------------------------------------------------------------------------
     def _sweep(self, summary: Summary) -> None:

@@ -3,10 +3,13 @@
 Through supabase-py's storage client (`storage3`, supabase/supabase-py
 src/storage/src/storage3/_sync/file_api.py) with the service-role key: `create_signed_upload_url`
 (POST /object/upload/sign/<bucket>/<path>, a token valid for 2 hours) and `download`
-(GET /object/<bucket>/<path>). The submit's check reads only the object's first bytes: one GET
-of the same object with a `Range` header, sent on the client's own session. Storage answers it
-with 206 and `Content-Range: bytes 0-N/<size>` (supabase/storage src/storage/renderer/renderer.ts
-sets `Accept-Ranges: bytes` and forwards the range to the backend).
+(GET /object/<bucket>/<path>); the reconciler's retention sweep uses `remove` (DELETE
+/object/<bucket>, `{"prefixes": [names]}`: exact names, a missing one skipped, the deleted rows
+answered; supabase/storage src/http/routes/object/deleteObjects.ts) and tests `list` (POST
+/object/list/<bucket>, `{prefix, limit, offset, sortBy}`). The submit's check reads only the
+object's first bytes: one GET of the same object with a `Range` header, sent on the client's
+own session. Storage answers it with 206 and `Content-Range: bytes 0-N/<size>` (supabase/storage
+src/storage/renderer/renderer.ts sets `Accept-Ranges: bytes` and forwards the range).
 
 Storage's object routes answer errors with HTTP 400 and the real status in the body's
 `statusCode` (supabase/storage src/http/error-handler.ts): a missing object is
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cs.storage")
 
+# Names per DELETE: Storage's MAX_OBJECTS_PER_REQUEST when its hard limits are on
+# (src/storage/limits.ts `enforceDeleteObjectsLimit`) is 1,000; we stay well under it.
+REMOVE_BATCH = 100
 _CONTENT_RANGE = re.compile(r"^bytes \d+-\d+/(\d+)$")
 
 
@@ -71,6 +77,25 @@ class Storage:
         """The whole object. Raises NotFoundError, UnavailableError."""
         with _mapped(path):
             return self._client.from_(self.bucket).download(path)
+
+    def remove(self, paths: list[str]) -> list[str]:
+        """Delete the objects named `paths` (at most REMOVE_BATCH) in one request; the names
+        that were deleted. A name with no object is skipped, so a repeated call is harmless.
+        Raises UnavailableError (Storage down or refusing)."""
+        if not paths:
+            return []
+        if len(paths) > REMOVE_BATCH:
+            raise ValueError(f"at most {REMOVE_BATCH} objects per request")
+        with _mapped("remove"):
+            rows = self._client.from_(self.bucket).remove(list(paths))
+        return [str(row.get("name")) for row in rows or [] if isinstance(row, dict)]
+
+    def list(self, folder: str, limit: int = 100) -> list[str]:
+        """The names of the objects directly in `folder` (at most `limit`, by name).
+        Raises UnavailableError."""
+        with _mapped(folder):
+            rows = self._client.from_(self.bucket).list(folder, {"limit": limit})
+        return [str(row["name"]) for row in rows or [] if row.get("id") is not None]
 
     def head(self, path: str, length: int) -> tuple[bytes, int]:
         """The object's first `length` bytes and its total size, in one request.

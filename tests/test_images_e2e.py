@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from helpers import images
 from helpers.stack import User, follow, terminal_count
 from helpers.storage import upload_via_api
@@ -140,13 +141,17 @@ def test_upload_urls_are_limited_per_user_and_hour_with_a_429_that_says_when(
 ) -> None:
     # Each URL lets its holder store up to IMAGE_MAX_BYTES: UPLOADS_PER_HOUR (30) per user.
     with user.client() as client:
-        statuses = [
-            client.post("/api/uploads", json={"content_type": "image/png"}).status_code
-            for _ in range(30)
+        granted = [
+            client.post("/api/uploads", json={"content_type": "image/png"}) for _ in range(30)
         ]
         refused = client.post("/api/uploads", json={"content_type": "image/png"})
         bad = client.post("/api/uploads", json={"content_type": "text/html"})
-    assert statuses == [201] * 30
+    assert [r.status_code for r in granted] == [201] * 30
+    # Each granted URL's path is recorded for the retention sweep, in the quota's own Lua call.
+    issued = redis.Redis.from_url(stack.env["REDIS_URL"]).zmscore(
+        f"{stack.env.get('REDIS_PREFIX', 'cs:')}uploads:issued", [r.json()["path"] for r in granted]
+    )
+    assert None not in issued
     error = refused.json()["error"]
     assert (refused.status_code, error["code"]) == (429, "rate_limited")
     retry_after = int(refused.headers["Retry-After"])

@@ -236,3 +236,110 @@ def test_ping_answers_for_the_bucket_and_fails_for_a_missing_one_a_wrong_key_or_
         with pytest.raises(error):
             other.ping()
         other.close()
+
+
+def uploaded(client: SyncStorageClient, storage_url: str, path: str) -> None:
+    token = client.from_(BUCKET).create_signed_upload_url(path)["token"]
+    put_signed(storage_url, path, token, images.png(), "image/png")
+
+
+def test_remove_deletes_the_named_objects_answers_them_and_skips_missing_ones(
+    client: SyncStorageClient, storage_url: str, storage: Storage
+) -> None:
+    folder = str(uuid.uuid4())
+    kept, gone = f"{folder}/{uuid.uuid4().hex}.png", f"{folder}/{uuid.uuid4().hex}.png"
+    uploaded(client, storage_url, kept)
+    uploaded(client, storage_url, gone)
+    missing = f"{folder}/{uuid.uuid4().hex}.png"
+
+    rows = client.from_(BUCKET).remove([gone, missing])
+
+    assert [row["name"] for row in rows] == [gone]  # the rows deleted; the missing one skipped
+    assert storage.list(folder) == [kept.split("/")[1]]
+    assert client.from_(BUCKET).remove([gone]) == []  # again: nothing, and no error
+    assert storage.remove([gone, missing]) == []
+
+
+def test_remove_takes_exact_names_never_a_folder(
+    client: SyncStorageClient, storage_url: str, storage: Storage
+) -> None:
+    folder = str(uuid.uuid4())
+    path = f"{folder}/{uuid.uuid4().hex}.png"
+    uploaded(client, storage_url, path)
+
+    assert client.from_(BUCKET).remove([folder, f"{folder}/"]) == []
+
+    assert storage.list(folder) == [path.split("/")[1]]
+
+
+def test_list_answers_a_folders_entries_by_name_with_limit_and_offset(
+    client: SyncStorageClient, storage_url: str
+) -> None:
+    folder = str(uuid.uuid4())
+    names = sorted(f"{uuid.uuid4().hex}.png" for _ in range(3))
+    for name in names:
+        uploaded(client, storage_url, f"{folder}/{name}")
+
+    listed = client.from_(BUCKET).list(folder)
+    page = client.from_(BUCKET).list(folder, {"limit": 1, "offset": 1})
+    top = client.from_(BUCKET).list("", {"limit": 100_000})
+
+    assert [e["name"] for e in listed] == names
+    assert listed[0]["metadata"]["size"] == len(images.png())
+    assert [e["name"] for e in page] == names[1:2]
+    assert next(e for e in top if e["name"] == folder)["id"] is None  # a folder has no row
+
+
+@pytest.mark.parametrize(
+    ("method", "route", "body", "message"),
+    [
+        ("DELETE", "object", {}, "must have required property 'prefixes'"),
+        ("DELETE", "object", {"prefixes": []}, "fewer than 1 items"),
+        ("DELETE", "object", {"prefixes": "a/b.png"}, "must be array"),
+        ("POST", "object/list", {}, "must have required property 'prefix'"),
+        ("POST", "object/list", {"prefix": "", "limit": 0}, "limit must be >= 1"),
+        ("POST", "object/list", {"prefix": "", "sortBy": {"column": "size"}}, "allowed values"),
+    ],
+)
+def test_a_body_storages_schema_refuses_is_a_400(
+    storage_url: str, method: str, route: str, body: dict[str, object], message: str
+) -> None:
+    response = httpx.request(
+        method,
+        f"{storage_url}/{route}/{BUCKET}",
+        json=body,
+        headers={"Authorization": f"Bearer {SERVICE_ROLE_KEY}"},
+    )
+    assert response.status_code == 400
+    assert response.json()["statusCode"] == "400"
+    assert message in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "not-a-jwt",
+        jwt.encode({"role": "authenticated", "sub": str(uuid.uuid4())}, DEV_JWT_SECRET, "HS256"),
+    ],
+    ids=["no key", "garbage", "a user's token"],
+)
+def test_list_and_remove_refuse_anything_but_the_service_key(
+    client: SyncStorageClient, storage_url: str, storage: Storage, key: str
+) -> None:
+    path = new_path()
+    uploaded(client, storage_url, path)
+    headers = {"apikey": key, "Authorization": f"Bearer {key}"} if key else {}
+    with SyncStorageClient(
+        storage_url + "/", headers, http_client=httpx.Client(timeout=10)
+    ) as other:
+        with pytest.raises(StorageApiError) as caught:
+            other.from_(BUCKET).remove([path])
+        assert refusal(caught)[0] in ("400", "403")
+        with pytest.raises(StorageApiError):
+            other.from_(BUCKET).list(path.split("/")[0])
+    wrong = Storage(storage_url, key or "x", BUCKET)
+    with pytest.raises(UnavailableError):
+        wrong.remove([path])
+    wrong.close()
+    assert storage.list(path.split("/")[0]) == [path.split("/")[1]]  # still there

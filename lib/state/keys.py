@@ -41,6 +41,8 @@ slot on clustered Redis. TTLs:
 | `stats:waits`                | hash   | none: waits per `<tier>:<model>` (the worker's /metrics) |
 | `uploads:<user id>`          | string | 1 h from the user's first upload URL in the window;      |
 |                              |        | upload URLs handed out in it (UPLOADS_PER_HOUR)          |
+| `uploads:issued`             | zset   | none (one): each upload path handed out, scored by ms;  |
+|                              |        | removed by the reconciler's retention sweep             |
 | `queue:{<tier>:<model>}:view`| hash   | max(2 x LEASE_TTL, 10 min), refreshed on each update: |
 |                              |        | `<job id>:k` kind, `:t0` holder start ms, `:q` last view |
 | `queue:{<tier>:<model>}:svc` | hash   | none: kind -> service time (ms, moving average)        |
@@ -143,6 +145,10 @@ class Keys:
     def uploads(self, user_id: str) -> str:
         """The user's signed upload URLs in the current hour (POST /api/uploads)."""
         return f"{self.prefix}uploads:{user_id}"
+
+    def uploads_issued(self) -> str:
+        """Every upload path handed out, scored by when (ms), until the retention sweep."""
+        return f"{self.prefix}uploads:issued"
 
     def wait_stats(self) -> str:
         return f"{self.prefix}stats:waits"

@@ -16,6 +16,15 @@
 - `GET /storage/v1/object[/authenticated]/<bucket>/<path>` (the key): the bytes, with
   `Accept-Ranges: bytes`; a `Range: bytes=a-b` gets 206 and `Content-Range`.
 - `GET /storage/v1/object/info[/authenticated]/<bucket>/<path>` (the key): InfoRenderer's JSON.
+- `POST /storage/v1/object/list/<bucket>` (the key), storage3's `list(path, options)`: body
+  `{prefix, limit, offset, sortBy: {column, order}, search}`, `prefix` required, `limit` >= 1,
+  `offset` >= 0, `sortBy.column` one of name/updated_at/created_at/last_accessed_at
+  (src/http/routes/object/listObjects.ts). The prefix is a folder (src/storage/object.ts
+  `searchObjects` appends `/`); answers its direct entries, a subfolder as `{name, id: null, ...}`.
+- `DELETE /storage/v1/object/<bucket>` (the key), storage3's `remove(paths)`: body
+  `{"prefixes": [names]}`, at least one (src/http/routes/object/deleteObjects.ts). Each prefix
+  is an exact object name (the database's `deleteObjects`: `name = ANY($2)`), not a folder;
+  names with no object are skipped. Answers 200 with the rows deleted (`[]` when none was).
 - `GET /storage/v1/bucket/<id>` (the key), and `GET /storage/v1/status` for health checks.
 - CORS for any origin, as Storage allows browsers to upload to a signed URL from any page.
 
@@ -285,6 +294,115 @@ def info(bucket_id: str, name: str) -> dict[str, Any]:
     }
 
 
+def _body(required: str) -> dict[str, Any]:
+    """The JSON body, or Storage's answer to a body its route schema refuses (Fastify's
+    validation error: HTTP 400, src/http/error-handler.ts)."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or required not in body:
+        raise StorageError("400", "Error", f"body must have required property '{required}'")
+    return body
+
+
+def _invalid(message: str) -> StorageError:
+    return StorageError("400", "Error", message)
+
+
+_SORT_COLUMNS = ("name", "updated_at", "created_at", "last_accessed_at")
+
+
+def _list_options(body: dict[str, Any]) -> tuple[str, int, int, str, bool]:
+    prefix, limit, offset = body["prefix"], body.get("limit", 100), body.get("offset", 0)
+    sort = body.get("sortBy") or {"column": "name"}
+    if not isinstance(prefix, str):
+        raise _invalid("body/prefix must be string")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise _invalid("body/limit must be >= 1")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise _invalid("body/offset must be >= 0")
+    if not isinstance(sort, dict) or sort.get("column") not in _SORT_COLUMNS:
+        raise _invalid("body/sortBy/column must be equal to one of the allowed values")
+    if sort.get("order", "asc") not in ("asc", "desc"):
+        raise _invalid("body/sortBy/order must be equal to one of the allowed values")
+    return prefix, limit, offset, str(sort["column"]), sort.get("order") == "desc"
+
+
+def list_objects(bucket_id: str) -> Response:
+    state = _state()
+    _service_role(state)
+    bucket = _bucket(state, bucket_id)
+    prefix, limit, offset, column, descending = _list_options(_body("prefix"))
+    folder = state.root / bucket.id / prefix.strip("/") if prefix.strip("/") else None
+    root = folder or state.root / bucket.id
+    if folder is not None:
+        _object_path(state, bucket, prefix.strip("/"))  # no climbing out of the bucket
+    entries: list[dict[str, Any]] = []
+    for child in sorted(root.iterdir()) if root.is_dir() else []:
+        if child.is_dir():
+            entries.append(
+                {
+                    "name": child.name,
+                    "id": None,
+                    "updated_at": None,
+                    "created_at": None,
+                    "last_accessed_at": None,
+                    "metadata": None,
+                }
+            )
+        elif child.is_file() and not child.name.endswith((".meta.json", ".part")):
+            meta = _meta(child)
+            entries.append(
+                {
+                    "name": child.name,
+                    "id": meta["id"],
+                    "updated_at": meta["created_at"],
+                    "created_at": meta["created_at"],
+                    "last_accessed_at": meta["created_at"],
+                    "metadata": {
+                        "size": meta["size"],
+                        "mimetype": meta["mimetype"],
+                        "eTag": meta["eTag"],
+                    },
+                }
+            )
+    entries.sort(key=lambda e: (e[column] is not None, e[column] or ""), reverse=descending)
+    return Response(json.dumps(entries[offset : offset + limit]), mimetype="application/json")
+
+
+def delete_objects(bucket_id: str) -> Response:
+    state = _state()
+    _service_role(state)
+    bucket = _bucket(state, bucket_id)
+    prefixes = _body("prefixes")["prefixes"]
+    if not isinstance(prefixes, list) or not all(isinstance(p, str) for p in prefixes):
+        raise _invalid("body/prefixes must be array")
+    if not prefixes:
+        raise _invalid("body/prefixes must NOT have fewer than 1 items")
+    deleted = []
+    for name in dict.fromkeys(prefixes):
+        try:
+            path = _object_path(state, bucket, name)
+        except StorageError:
+            continue  # matches no row (Storage does not check the names it deletes)
+        if not path.is_file():
+            continue  # no such row: Storage deletes nothing for it and says nothing
+        meta = _meta(path)
+        path.unlink()
+        path.with_name(path.name + ".meta.json").unlink(missing_ok=True)
+        deleted.append(
+            {
+                "bucket_id": bucket.id,
+                "name": name,
+                "id": meta["id"],
+                "owner": None,
+                "created_at": meta["created_at"],
+                "updated_at": meta["created_at"],
+                "last_accessed_at": meta["created_at"],
+                "metadata": {"size": meta["size"], "mimetype": meta["mimetype"]},
+            }
+        )
+    return Response(json.dumps(deleted), mimetype="application/json")
+
+
 def bucket_info(bucket_id: str) -> dict[str, Any]:
     state = _state()
     _service_role(state)
@@ -329,6 +447,8 @@ def create_app(
     app.add_url_rule(
         f"{prefix}/object/upload/sign/<bucket_id>/<path:name>", "upload", upload, methods=["PUT"]
     )
+    app.add_url_rule(f"{prefix}/object/list/<bucket_id>", "list", list_objects, methods=["POST"])
+    app.add_url_rule(f"{prefix}/object/<bucket_id>", "remove", delete_objects, methods=["DELETE"])
     for route in ("info/authenticated", "info"):
         app.add_url_rule(f"{prefix}/object/{route}/<bucket_id>/<path:name>", route, info)
     for route in ("object/authenticated", "object"):
