@@ -293,7 +293,9 @@ def test_tail_resumes_after_the_last_event_seen_without_repeating(cs: Cli) -> No
 
 
 def test_watch_follows_every_active_job_in_one_stream_across_reconnects(cs: Cli) -> None:
-    jobs = [cs.submit(resume=RESUME + " [[llm:slow=40]]").stdout.strip() for _ in range(2)]
+    # The user stream follows active jobs only: slow enough that both are still running when
+    # `cs watch` connects, even on a loaded machine (at 40 ms a token one had ended).
+    jobs = [cs.submit(resume=RESUME + " [[llm:slow=100]]").stdout.strip() for _ in range(2)]
     watched = jsonl(cs.ok("watch", "--dev", "--until-done", "--jsonl").stdout)
     for job_id in jobs:  # across the server's 1 s cuts: each job exactly as its own stream
         own = jsonl(cs.ok("tail", "--dev", "--from-start", "--jsonl", job_id).stdout)

@@ -181,7 +181,8 @@ def test_cancel_while_queued_refunds_and_the_delivery_is_acknowledged(
 
 
 def test_quota_exhausted_when_coins_and_free_jobs_run_out(stack: Stack, user: User) -> None:
-    slow = RESUME + " [[llm:slow=30]]"
+    # Slow enough to be still running after the two free jobs, even on a loaded machine.
+    slow = RESUME + " [[llm:slow=200]]"
     ids = [
         submitted(user.submit(k, resume=slow))["job"]["id"]  # type: ignore[index]
         for k in ("interview_prep", "resume_customize", "job_match")

@@ -33,9 +33,11 @@ def stack(local_stack: Callable[..., AbstractContextManager[Stack]]) -> Iterator
         "pipeline",
         OFFLINE_LLM_TOKENS_PER_SECOND="100",
         LEASE_TTL_SECONDS="2",
-        # As the e2e stack: the killed attempt's lease (2 s) outlives a few busy redeliveries.
+        # The killed attempt's lease (2 s) outlives a few busy redeliveries, and the retries
+        # (18 s in all; the plan allows 5) outlast a worker restart on a loaded machine (6 s of
+        # them did not).
         JOB_RETRIES="5",
-        JOB_RETRY_DELAY="400 * (1 + retried)",
+        JOB_RETRY_DELAY="1200 * (1 + retried)",
         WORKER_DRAIN_SECONDS="1",
     ) as running:
         yield running
