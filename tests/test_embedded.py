@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import redis
 
@@ -31,3 +33,13 @@ def test_redis_servers_started_at_the_same_moment_each_get_their_own_port() -> N
     finally:
         for server in servers:
             server.stop()
+
+
+def test_a_free_port_is_below_the_ephemeral_range_that_outgoing_connections_take_from() -> None:
+    # A port from that range could go to any client's connection before our server binds it.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [embedded.free_port() for _ in range(20)]
+    assert all(1024 < port < low for port in ports), ports
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free indeed

