@@ -97,6 +97,12 @@ def test_a_box_with_no_room_gets_no_new_jobs(boxes_stack: Stack) -> None:
             reg.beat(first, "busy", 8, 8)
             stop.wait(0.3)
 
+    # An earlier test's last attempts are counted in /metrics just after their terminal event;
+    # a box announces them ended after that, so an idle fleet has counted everything.
+    wait_for(
+        lambda: len(reg.live()) == 2 and all(b.running == 0 for b in reg.live().values()),
+        what="both boxes idle",
+    )
     holder = threading.Thread(target=hold_the_first_box_full, daemon=True)
     holder.start()
     try:

@@ -201,5 +201,6 @@ def test_each_pipeline_step_is_a_registered_kind_and_its_result_holds_each_steps
         handler = handlers.registry()[name]
         steps = [step.kind for step in handler.pipeline.steps]
         assert all(kind in KINDS - PIPELINES for kind in steps)
-        assert list(handler.result_model.model_fields) == steps
+        # Every step's result by kind, then which step ended the pipeline early (if one did).
+        assert list(handler.result_model.model_fields) == [*steps, "stopped_by"]
         assert handler.step_kind(0) == steps[0] and handler.step_kind(len(steps) - 1) == steps[-1]
