@@ -195,8 +195,10 @@ def test_a_resume_cursor_that_is_not_a_stream_id_never_breaks_the_stream(
 def _before_now(cursor: str) -> bool:
     # A well-formed id after the job's last entry legitimately waits for more (heartbeats until
     # SSE_MAX_SECONDS); "$" means the same. Everything else must be answered at once.
+    # ASCII digits only, as the server reads ids ("²".isdigit() is true, int("²") raises).
     millis = cursor.split("-")[0].strip()
-    return cursor.strip() != "$" and not (millis.isdigit() and int(millis) > 1_000_000_000)
+    well_formed = millis.isascii() and millis.isdigit()
+    return cursor.strip() != "$" and not (well_formed and int(millis) > 1_000_000_000)
 
 
 @settings(FUZZ, report_multiple_bugs=False)
