@@ -23,6 +23,7 @@ from lib.state import State
 from lib.state.rest import RestBackend
 from lib.state.tcp import TcpBackend
 from scripts.bench.common import (
+    BASELINE,
     Bench,
     body,
     command_delta,
@@ -91,15 +92,32 @@ def _one_costed_job(bench: Bench, viewer: bool, markers: str, timeout: float) ->
 # Before one plain XADD per watched flush (docs/performance.md, the run of 2026-11-29): one
 # viewer of the same job cost 1,406 commands against 44 unwatched, about 3.5 per flush (the
 # EMIT script's EVALSHA, EXISTS and XADD, and the viewer's XREAD).
-BEFORE_PER_FLUSH = {"commands_one_viewer": 1406, "commands_no_viewer": 44, "per_flush": 3.5}
+# In this bench's count, what one viewer added per delta event before (main at 572e50e,
+# 2026-12-04: (1,443 - 52) / about 340 flushes).
+BEFORE_PER_FLUSH = {
+    "commands_one_viewer": 1406,
+    "commands_no_viewer": 44,
+    "per_flush": 3.5,
+    "per_delta_event": 4.1,
+}
+# The watched flush interval of each side (`DELTA_FLUSH_MS`: our default, the baseline's).
+FLUSH_MS = {
+    "ours": int(Settings.model_fields["delta_flush_ms"].default),
+    "baseline": int(BASELINE["DELTA_FLUSH_MS"]),
+}
 # A new connection's handshake (redis-py 5): in either job's count when its pool opened one.
 HANDSHAKE = ("hello", "client|setinfo", "ping")
 
 
-def per_flush(unwatched: dict[str, Any], watched: dict[str, Any]) -> dict[str, Any]:
+def per_flush(
+    unwatched: dict[str, Any], watched: dict[str, Any], seconds: int, flush_ms: int
+) -> dict[str, Any]:
     """What one viewer adds per flush: the watched job's commands less the unwatched one's,
-    over the watched job's flushes (its delta events), in all and by command."""
+    over the watched job's flushes (its delta events), in all and by command. Also the issue's
+    count, which set the target: all of the watched job's commands over the flushes its flush
+    interval allows (`seconds` / `flush_ms`: 1,406 / 400 = 3.5 before)."""
     flushes = max(1, watched["flushes"])
+    nominal = seconds * 1000 // flush_ms
     added = {
         name: round((count - unwatched["by_command"].get(name, 0)) / flushes, 3)
         for name, count in watched["by_command"].items()
@@ -115,6 +133,11 @@ def per_flush(unwatched: dict[str, Any], watched: dict[str, Any]) -> dict[str, A
     return {
         "flushes": watched["flushes"],
         "commands": round((watched["commands"] - unwatched["commands"]) / flushes, 2),
+        "issue_count": {
+            "nominal_flushes": nominal,
+            "flush_ms": flush_ms,
+            "commands": round(watched["commands"] / nominal, 2),
+        },
         "by_command": {k: v for k, v in sorted(added.items(), key=lambda kv: -kv[1]) if v},
         "upkeep_commands": upkeep,
         "viewer_s": watched.get("viewer_s"),
@@ -154,7 +177,9 @@ def cost(benches: dict[str, Bench], quick: bool) -> dict[str, Any]:
         run["usd_per_1000_jobs"] = dollars_per_1000(run["commands"], run["qstash_messages"])
     out["failed_job_qstash_messages"] = failing["qstash"].get("deliveries", 0)
     for name in ("ours", "baseline"):
-        out[f"{name}_per_flush"] = per_flush(out[f"{name}-0"], out[f"{name}-1"])
+        out[f"{name}_per_flush"] = per_flush(
+            out[f"{name}-0"], out[f"{name}-1"], seconds, FLUSH_MS[name]
+        )
     out["before_per_flush"] = BEFORE_PER_FLUSH
     out["ratio_no_viewer"] = ratio(out["baseline-0"]["commands"], out["ours-0"]["commands"])
     out["ratio_one_viewer"] = ratio(out["baseline-1"]["commands"], out["ours-1"]["commands"])
