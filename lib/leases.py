@@ -2,7 +2,7 @@
 
 `Leases.start()` starts the heartbeat (renews every held lease and its admission deadlines in
 one round trip) and the watch listener (a new viewer of a held job starts its streaming at
-once); `stop()` ends both. Nothing runs until `start()`.
+once, and its last viewer leaving stops it at once); `stop()` ends both. Nothing runs until `start()`.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ class Leases:
                                 continue
                             if signal.done:  # a cancel: the attempt stops at its next check
                                 lease.done = signal.done
-                            else:
+                            else:  # a new viewer (its transport), or the last one left
                                 lease.watch = signal.watch
             except Exception:  # noqa: BLE001 - Redis down: the heartbeat still reports viewers
                 log.warning("watch channel unavailable; viewers are noticed at the next heartbeat")

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from lib import images, userstream
+from lib import images, jobstream, userstream
 from lib.boxes import destination
 from lib.config import Settings
 from lib.errors import (
@@ -32,9 +31,9 @@ from lib.errors import (
     QuotaError,
     UnavailableError,
 )
-from lib.events import HeldStream, close_stream, data, emit_terminal, is_terminal, sse_frame
+from lib.events import HeldStream, close_stream, data, emit_terminal
 from lib.models import ErrorCode, EventType, Job, JobStatus, Me, StreamStatus, SubmitRequest
-from lib.state import WATCH_REFRESH, State
+from lib.state import State
 from lib.store import Cancel, Store
 
 if TYPE_CHECKING:  # the api/ functions import these only when they build a Producer
@@ -43,11 +42,6 @@ if TYPE_CHECKING:  # the api/ functions import these only when they build a Prod
     from lib.storage import Storage
 
 log = logging.getLogger("cs.producer")
-
-# SSE_READ_MODE=poll (the benchmark's baseline): the original design's XRANGE interval, doubled
-# while the stream is idle up to POLL_MAX, back to POLL_FIRST when an entry arrives.
-POLL_FIRST = 0.4
-POLL_MAX = 8.0
 
 
 def _field_errors(exc: ValidationError, prefix: str = "") -> dict[str, str]:
@@ -349,49 +343,17 @@ class Producer:
         max_seconds: float | None = None,
         heartbeat: float | None = None,
     ) -> Iterator[str]:
-        """SSE frames of a job's events after `after`, ending after the terminal status or at
-        `max_seconds` (the client reconnects with Last-Event-ID). Waits by blocking read, and
-        marks the job as watched meanwhile, so the worker flushes its output promptly."""
-        max_s = max_seconds if max_seconds is not None else self.settings.sse_max_seconds
-        beat = heartbeat if heartbeat is not None else self.settings.sse_heartbeat_seconds
-        deadline = time.monotonic() + max_s
-        cursor = after or "0"
-        poll = self.settings.sse_read_mode == "poll"
-        transport = self.state.backend.transport
-        watched = -WATCH_REFRESH
-        idle = POLL_FIRST
-        spoke = time.monotonic()
-        yield "retry: 1000\n\n"
-        while True:
-            now = time.monotonic()
-            remaining = deadline - now
-            if remaining <= 0:
-                return
-            if poll:  # the original design, the benchmark's baseline: XRANGE, then sleep
-                entries = self.state.read(job_id, cursor)
-                if not entries:
-                    time.sleep(min(idle, remaining))
-                    idle = min(idle * 2, POLL_MAX)
-                    if time.monotonic() - spoke >= beat:
-                        spoke = time.monotonic()
-                        yield ": keep-alive\n\n"
-                    continue
-                idle = POLL_FIRST
-                spoke = time.monotonic()
-            else:
-                if now - watched >= WATCH_REFRESH:
-                    self.state.watch(job_id, transport)
-                    watched = now
-                entries = self.state.wait(job_id, cursor, timeout=min(beat, remaining))
-                if not entries:
-                    yield ": keep-alive\n\n"
-                    continue
-            for entry_id, fields in entries:
-                event_type, payload = fields.get("t", ""), fields.get("d", "{}")
-                yield sse_frame(entry_id, event_type, payload)
-                cursor = entry_id
-                if is_terminal(event_type, payload):
-                    return
+        """SSE frames of a job's events after `after` (lib.jobstream), ending after the
+        terminal status or at `max_seconds` (the client reconnects with Last-Event-ID). Count it
+        with `hold_stream`."""
+        return jobstream.frames(
+            self.state,
+            job_id,
+            after,
+            max_seconds=self.settings.sse_max_seconds if max_seconds is None else max_seconds,
+            heartbeat=self.settings.sse_heartbeat_seconds if heartbeat is None else heartbeat,
+            poll=self.settings.sse_read_mode == "poll",
+        )
 
     def user_stream(self, user_id: str, after: str | None) -> Iterator[str]:
         """SSE frames of all the user's active jobs (lib.userstream); InputError for a bad

@@ -16,15 +16,18 @@ with its terminal event; it is never found again, because the index cursor is al
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from lib.errors import InputError
+from lib.errors import AppError, InputError
 from lib.events import is_terminal, sse_frame
 from lib.state import WATCH_REFRESH, State, scripts
+
+log = logging.getLogger("cs.producer")
 
 # How many jobs the user's index keeps (approximately: XADD MAXLEN ~): far more than any user may
 # have active at once (USER_MAX_ACTIVE_*), so no active job falls out of it.
@@ -110,16 +113,39 @@ def frames(
     event), until `max_seconds` (the client reconnects with Last-Event-ID). Marks the jobs as
     watched, so their workers flush output promptly. Raises InputError for a bad cursor."""
     cursor = _own(state, user_id, Cursor.decode(after)) if after else _active_jobs(state, user_id)
+    deadline = time.monotonic() + max_seconds
+    watched: dict[str, float] = {}  # the active jobs this stream counted itself in as a viewer
+    try:
+        yield "retry: 1000\n\n"
+        yield from _follow(state, user_id, cursor, deadline, heartbeat, watched)
+    finally:
+        # The jobs still active when the stream ends (its client went away, or max_seconds):
+        # one viewer less for each, so a job nobody else watches stops flushing at once.
+        if watched:
+            try:
+                state.close_viewers(list(watched))
+            except AppError:
+                log.warning("could not count a viewer out; its watch lapses by itself")
+
+
+def _follow(
+    state: State,
+    user_id: str,
+    cursor: Cursor,
+    deadline: float,
+    heartbeat: float,
+    watched: dict[str, float],
+) -> Iterator[str]:
     index_key = state.keys.user_jobs(user_id)
     channel = state.keys.user_notify(user_id)
     transport = state.backend.transport
-    deadline = time.monotonic() + max_seconds
-    watched: dict[str, float] = {}
-    yield "retry: 1000\n\n"
     while (remaining := deadline - time.monotonic()) > 0:
         now = time.monotonic()
         for job_id in cursor.jobs:
-            if now - watched.get(job_id, -WATCH_REFRESH) >= WATCH_REFRESH:
+            if job_id not in watched:
+                state.open_viewer(job_id, transport)
+                watched[job_id] = now
+            elif now - watched[job_id] >= WATCH_REFRESH:
                 state.watch(job_id, transport)
                 watched[job_id] = now
         streams = {index_key: cursor.index}

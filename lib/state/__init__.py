@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any, Literal
 
 from lib.state import scripts
@@ -18,7 +16,6 @@ from lib.state.backend import Entry, RedisBackend, pairs
 from lib.state.keys import Keys
 from lib.state.queue_view import QueueView, QueueViewState
 from lib.state.results import (
-    CLOSED_PREFIX,
     Acquire,
     Acquisition,
     Renewal,
@@ -26,6 +23,7 @@ from lib.state.results import (
     refusal,
 )
 from lib.state.streams import StreamSlotsState
+from lib.state.viewers import WATCH_TTL_MS, ViewersState
 from lib.state.waits import ModelSlotsState, SlotTake, Take
 
 __all__ = [
@@ -40,6 +38,7 @@ __all__ = [
     "Signal",
     "SlotTake",
     "Take",
+    "WATCH_TTL_MS",
     "from_settings",
 ]
 
@@ -50,12 +49,8 @@ STREAM_SLOT_TTL = 45.0
 # The longest an event stream lives (SSE_MAX_SECONDS's default plus one heartbeat), for the
 # stream-slot set's TTL (lib/state/streams.py).
 STREAM_LIFE = 295.0
-# How long a live SSE reader's presence lasts after its last refresh; readers refresh it every
-# WATCH_REFRESH seconds, the slot's cadence, so at least every 15 + SSE_HEARTBEAT_SECONDS (<= 15)
-# = 30 s (a blocking read returns at least every heartbeat). The TTL is not longer on purpose: a
-# viewer that left keeps its job flushing until the key lapses (and the worker's next heartbeat),
-# about 7 XADDs a second, far more than the one SET per refresh a longer TTL would save.
-WATCH_TTL_MS = 45_000
+# How often a live SSE reader refreshes its presence (`watch`, lib/state/viewers.py): the slot's
+# cadence.
 WATCH_REFRESH = STREAM_SLOT_TTL / 3
 
 
@@ -67,7 +62,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class State(ModelSlotsState, QueueViewState, StreamSlotsState):
+class State(ModelSlotsState, QueueViewState, StreamSlotsState, ViewersState):
     """Domain operations over a `RedisBackend`."""
 
     def __init__(
@@ -319,36 +314,6 @@ class State(ModelSlotsState, QueueViewState, StreamSlotsState):
                 return None
             raise
         return str(entry) if entry else None
-
-    def watch(self, job_id: str, transport: str) -> bool:
-        """Mark the job as watched by a live SSE reader for WATCH_TTL_MS. A new viewer (the key
-        was not set) is also announced on the watch channel, so the worker running the job
-        starts streaming at once rather than at its next heartbeat. Returns True when new.
-        One command per refresh, two when the viewer is new."""
-        before = self.backend.command(
-            "SET", self.keys.watch(job_id), transport, "PX", WATCH_TTL_MS, "GET"
-        )
-        if before is None:
-            self.backend.command("PUBLISH", self.keys.watch_channel(), f"{job_id} {transport}")
-        return before is None
-
-    def announce_closed(self, job_id: str, status: str) -> None:
-        """Tell the worker running the job, at once, that its stream was closed (a cancel):
-        PUBLISHed on the watch channel every worker listens to, so the attempt stops within
-        moments instead of at its next lease heartbeat. One command."""
-        self.backend.command(
-            "PUBLISH", self.keys.watch_channel(), f"{job_id} {CLOSED_PREFIX}{status}"
-        )
-
-    def watchers(self, stop: threading.Event) -> Iterator[Signal]:
-        """Each new viewer announced by `watch` and each closing announced by
-        `announce_closed`, as a `Signal`, until `stop`."""
-        for message in self.backend.listen(self.keys.watch_channel(), stop):
-            job_id, _, value = message.partition(" ")
-            if value.startswith(CLOSED_PREFIX):
-                yield Signal(job_id, None, value.removeprefix(CLOSED_PREFIX))
-            else:
-                yield Signal(job_id, value or "tcp", None)
 
     def read(self, job_id: str, after: str = "0", count: int = 500) -> list[Entry]:
         return self.backend.read(self.keys.events(job_id), after, count)

@@ -8,11 +8,15 @@ slot on clustered Redis. TTLs:
 | `job:{id}:ev`                | stream | EVENTS_TTL_SECONDS (>= 24 h), refreshed on each status |
 | `job:{id}:done`              | string | EVENTS_TTL_SECONDS; terminal status = cancel flag     |
 | `job:{id}:lease`             | string | LEASE_TTL_SECONDS, renewed by the running attempt      |
-| `job:{id}:watch`             | string | WATCH_TTL (45 s), refreshed by each live SSE reader   |
+| `job:{id}:watch`             | string | WATCH_TTL (45 s), refreshed by each live SSE reader;  |
+|                              |        | deleted when its last viewer leaves                   |
+| `job:{id}:viewers`           | string | a stream's longest life (340 s) from each opening:    |
+|                              |        | how many event streams watch the job                  |
 | `job:{id}:notify`            | pubsub | (a channel, not a key)                                |
 | `job:{id}:owner`             | string | EVENTS_TTL_SECONDS; its user's notify channel          |
 | `job:{id}:qv`                | string | as `queue:...:view`: its last `queue` event's version   |
 | `watch`                      | pubsub | (a channel): "<job id> <transport>" per new viewer,   |
+|                              |        | "<job id> left" when its last viewer leaves,          |
 |                              |        | "<job id> closed:<status>" when a cancel closes it     |
 | `user:{uid}:jobs`            | stream | EVENTS_TTL_SECONDS; one entry (`j`: job id) per job    |
 | `user:{uid}:notify`          | pubsub | (a channel): new entries of the user's jobs (REST)     |
@@ -72,6 +76,10 @@ class Keys:
 
     def watch(self, job_id: str) -> str:
         return f"{self.prefix}job:{{{job_id}}}:watch"
+
+    def viewers(self, job_id: str) -> str:
+        """How many event streams watch the job (lib/state/viewers.py)."""
+        return f"{self.prefix}job:{{{job_id}}}:viewers"
 
     def queue_version(self, job_id: str) -> str:
         """Detached mode: the version of the last `queue` event written for the job."""

@@ -49,10 +49,13 @@ class Acquisition(NamedTuple):
 
 # A watch-channel message "<job id> closed:<status>" says the job's stream was closed.
 CLOSED_PREFIX = "closed:"
+# A watch-channel message "<job id> left" says the job's last viewer left.
+LEFT = "left"
 
 
 class Signal(NamedTuple):
-    """One message of the watch channel: a new viewer (`watch`) or a closed stream (`done`)."""
+    """One message of the watch channel: a new viewer (`watch`), a closed stream (`done`), or
+    neither: the last viewer left."""
 
     job_id: str
     watch: str | None
