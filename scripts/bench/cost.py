@@ -51,7 +51,11 @@ def _wait_terminal(bench: Bench, job_id: str, headers: dict[str, str], timeout: 
     return "timeout"
 
 
-def _one_costed_job(bench: Bench, viewer: bool, markers: str, timeout: float) -> dict[str, Any]:
+def _one_costed_job(
+    bench: Bench, viewer: bool, markers: str, timeout: float, leave_after: float | None = None
+) -> dict[str, Any]:
+    """One job's Redis commands and QStash messages, unwatched or with one SSE viewer from
+    submit to its end, or to `leave_after` seconds (the viewer leaves; the job runs on)."""
     client = bench.redis()
     user, headers = new_user()
     broker_before = bench.broker_stats()
@@ -71,7 +75,9 @@ def _one_costed_job(bench: Bench, viewer: bool, markers: str, timeout: float) ->
                     if sse.data and is_terminal(sse.event, json.loads(sse.data)):
                         status = json.loads(sse.data)["status"]
                         break
-        else:
+                    if leave_after is not None and time.monotonic() - opened >= leave_after:
+                        break
+        if status == "timeout":
             status = _wait_terminal(bench, job_id, headers, timeout)
         viewed = time.monotonic() - opened  # the viewer's stream: its upkeep's refreshes
     # The worker releases the lease and the slots right after the terminal event.
@@ -166,6 +172,16 @@ def cost(benches: dict[str, Bench], quick: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
             f"{name}-{viewer}": future.result() for (name, viewer), future in futures.items()
         }
+    # A viewer who leaves a sixth of the way in (10 s of 60): what the job costs after that.
+    with ThreadPoolExecutor(2) as pool:
+        leaving = {
+            name: pool.submit(
+                _one_costed_job, benches[f"{name}-1"], True, markers, seconds * 4, seconds / 6
+            )
+            for name in ("ours", "baseline")
+        }
+        for name, future in leaving.items():
+            out[f"{name}-left"] = future.result()
     # QStash messages of a job that fails after its retries (JOB_RETRIES=3, 1 s apart).
     bench = benches["ours-0"]
     failing = _one_costed_job(bench, False, "[[llm:fail=500]]", 60)

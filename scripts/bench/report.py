@@ -155,6 +155,14 @@ def _streaming_rows(results: dict[str, Any]) -> Rows:
                 f"{b.get('upkeep_commands')} ({b.get('viewer_s')} s)",
                 "",
             )
+        if "ours-left" in c:
+            o, b = c["ours-left"], c["baseline-left"]
+            row(
+                f"Redis commands per job, a viewer who leaves after {c['seconds'] // 6} s",
+                f"{o['commands']} (unwatched {c['ours-0']['commands']})",
+                f"{b['commands']} (x{ratio(b['commands'], o['commands'])})",
+                "",
+            )
         row("QStash messages per successful job", c["ours-0"]["qstash_messages"], "", "1")
         row("QStash messages per failed job (3 retries)", c["failed_job_qstash_messages"], "", "")
     for rate, runs in results.get("sweep", {}).items():
