@@ -12,7 +12,8 @@ listed box is live (no announcement yet, Redis emptied), it publishes to the fir
 as a single-box deployment always did. The reconciler re-publishes a dead box's jobs the same way
 (`Registry.pick`), so they go to a live box.
 
-The layout of the `boxes` hash is in lib/state/keys.py and the scripts in lib/state/scripts.py.
+The layout of the `boxes` hash is in lib/state/keys.py and the scripts in
+lib/state/scripts/boxes.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 `Leases.start()` starts the heartbeat (renews every held lease and its admission deadlines in
 one round trip) and the watch listener (a new viewer of a held job starts its streaming at
-once, and its last viewer leaving stops it at once); `stop()` ends both. Nothing runs until `start()`.
+once, and its last viewer leaving stops it at once); `stop()` ends both. Nothing runs until
+`start()`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Live job state in Redis: admission, leases, per-job event streams and the cancel flag.
 
-Every step that touches more than one key is one Lua script (`lib/state/scripts.py`), so it is
+Every step that touches more than one key is one Lua script (`lib/state/scripts/`), so it is
 atomic and identical on both adapters (TCP `redis`, Upstash REST `upstash-redis`).
 """
 

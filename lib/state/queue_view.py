@@ -1,5 +1,6 @@
 """Detached mode's live queue view: each waiting job's position within its tier and model, the
-jobs ahead of it and an ETA from measured service times (lib/state/scripts.py QUEUE_VIEW).
+jobs ahead of it and an ETA from measured service times (lib/state/scripts/queue_view.py
+QUEUE_VIEW).
 
 A `State` mixin. The worker calls `queue_update` when a job of a (tier, model) starts, ends or
 waits; the script answers the waiters whose view changed, and `emit_queue` writes their `queue`

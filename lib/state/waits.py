@@ -1,5 +1,5 @@
 """Detached mode's model slots: at most N jobs per (tier, model) at once across every worker
-process, and an ordered wait for the rest (lib/state/scripts.py TAKE_SLOT, RELEASE_SLOT).
+process, and an ordered wait for the rest (lib/state/scripts/waits.py TAKE_SLOT, RELEASE_SLOT).
 
 A `State` mixin: it uses the state's backend, keys and lease TTL. Slot holders lapse with the
 job's lease unless renewed (`renew_slots`, from the lease heartbeat), so the slots of a killed

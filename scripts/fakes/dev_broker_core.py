@@ -2,7 +2,8 @@
 
 It knows nothing of HTTP requests to itself: `scripts.fakes.dev_broker` parses the QStash REST
 API into `Message`s and serialises the answers; `scripts.fakes.dev_broker_model` holds the
-formats and rules.
+formats and rules. This module schedules and admits messages (flow control, the plan's
+parallelism); `scripts.fakes.dev_broker_delivery` sends each attempt and settles its outcome.
 
 Threads: one scheduler thread, plus one daemon thread per in-flight delivery attempt, because a
 delivery to the worker is held open for the whole job (minutes) and hundreds may be open at once.
@@ -20,32 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
-
-from lib.queue.backoff import backoff_seconds
 from lib.queue.plans import DEFAULT_PLAN, Plan, plan
-from lib.queue.signing import sign
-from scripts.fakes.dev_broker_model import (
-    Message,
-    Outcome,
-    RuleError,
-    body_fields,
-    callback_body,
-    epoch_ms,
-    evaluate_retry_delay,
-    message_json,
-    new_message_id,
-    retry_after_seconds,
-    safe_url,
-)
+from scripts.fakes.dev_broker_delivery import Deliveries, http_attempt
+from scripts.fakes.dev_broker_model import Message, Outcome, message_json, safe_url
 
 log = logging.getLogger("dev_broker")
 
 DEDUP_WINDOW_SECONDS = 600.0
 # Finished messages stay readable through GET /v2/messages for as long as a duplicate is refused.
 RETENTION_SECONDS = DEDUP_WINDOW_SECONDS
-# Above this, QStash applies its own backoff instead of the Retry-After value.
-MAX_RETRY_DELAY_SECONDS = 86400.0
 
 STAT_NAMES = (
     "published",
@@ -68,35 +52,7 @@ class _FlowState:
     waiting: deque[str] = field(default_factory=deque)
 
 
-def http_attempt(msg: Message, headers: dict[str, str]) -> Outcome:
-    """Send one delivery attempt; never raises: any failure to get a response is an Outcome.
-
-    `msg.timeout` (Upstash-Timeout, at most the plan's response-time limit) bounds the whole
-    response, as QStash aborts an attempt that does not return within it: no answer within it,
-    or a body still arriving past it, is a failed attempt like a transport error.
-    """
-    deadline = time.monotonic() + msg.timeout
-    try:
-        with requests.request(
-            msg.method,
-            msg.url,
-            data=msg.body,
-            headers=headers,
-            timeout=(min(msg.timeout, 10.0), msg.timeout),
-            allow_redirects=False,
-            stream=True,
-        ) as resp:
-            chunks = []
-            for chunk in resp.iter_content(65536):
-                chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    return Outcome(None, error="Timeout: the response outlived the timeout")
-            return Outcome(resp.status_code, dict(resp.headers), b"".join(chunks))
-    except Exception as exc:  # noqa: BLE001 - a dead worker can fail in many ways; all are retried
-        return Outcome(None, error=f"{type(exc).__name__}: delivery failed")
-
-
-class Broker:
+class Broker(Deliveries):
     """An in-memory QStash: publish, scheduled signed delivery, retries, DLQ and callbacks.
 
     `time_scale` multiplies every relative delay the broker computes or is given: the default
@@ -318,104 +274,3 @@ class Broker:
         ]
         for message_id in expired:
             del self._messages[message_id]
-
-    # -- delivery ---------------------------------------------------------------------------
-
-    def _attempt(self, msg: Message) -> None:
-        headers = {
-            **msg.headers,
-            "User-Agent": "Upstash-QStash",
-            "Upstash-Message-Id": msg.message_id,
-            "Upstash-Retried": str(msg.retried),
-            "Upstash-Signature": sign(self.signing_key, msg.url, msg.body),
-        }
-        outcome = self._send(msg, headers)
-        log.info(
-            "deliver msg=%s dest=%s attempt=%d status=%s",
-            msg.message_id,
-            safe_url(msg.url),
-            msg.retried + 1,
-            outcome.status if outcome.status is not None else "transport-error",
-        )
-        with self._cond:
-            if not self._stopped:
-                self._settle(msg, outcome)
-
-    def _settle(self, msg: Message, outcome: Outcome) -> None:
-        self._flow_release(msg)
-        status = outcome.status
-        if status is not None and msg.callback:
-            self._spawn_callback(msg, outcome, None)
-        if status is not None and 200 <= status < 300:
-            self._counts["delivered"] += 1
-            self._finish(msg, "DELIVERED")
-            return
-        flags = {name.lower(): value for name, value in outcome.headers.items()}
-        non_retryable = (
-            status == 489 and flags.get("upstash-nonretryable-error", "").lower() == "true"
-        )
-        if msg.state == "CANCEL_REQUESTED":
-            self._finish(msg, "CANCELLED")
-        elif non_retryable or msg.retried >= msg.max_retries:
-            self._fail(msg, outcome)
-        else:
-            delay = self._retry_delay(msg, outcome)
-            msg.retried += 1
-            msg.state = "RETRY"
-            self._counts["retried"] += 1
-            self._push(msg.message_id, time.time() + delay)
-
-    def _retry_delay(self, msg: Message, outcome: Outcome) -> float:
-        given = retry_after_seconds(outcome.headers, time.time())
-        if given is not None and given <= MAX_RETRY_DELAY_SECONDS:
-            return given
-        if msg.retry_delay:
-            try:
-                millis = evaluate_retry_delay(msg.retry_delay, msg.retried)
-                return min(max(millis, 0.0) / 1000.0, MAX_RETRY_DELAY_SECONDS) * self.time_scale
-            except RuleError:
-                pass
-        return backoff_seconds(msg.retried + 1) * self.time_scale
-
-    def _finish(self, msg: Message, state: str) -> None:
-        if state == "CANCELLED":
-            self._counts["cancelled"] += 1
-        msg.state = state
-        msg.finished_at = time.time()
-
-    def _fail(self, msg: Message, outcome: Outcome) -> None:
-        self._counts["failed"] += 1
-        self._finish(msg, "ERROR")
-        dlq_id = f"{epoch_ms(time.time())}-{next(self._seq)}"
-        entry = message_json(msg)
-        entry.update(
-            dlqId=dlq_id,
-            responseStatus=outcome.status or 0,
-            responseHeader={name: [value] for name, value in outcome.headers.items()},
-            **body_fields(
-                outcome.body or outcome.error.encode(), "responseBody", "responseBodyBase64"
-            ),
-        )
-        self._dlq[dlq_id] = entry
-        if msg.failure_callback:
-            self._spawn_callback(msg, outcome, dlq_id)
-
-    def _spawn_callback(self, msg: Message, outcome: Outcome, dlq_id: str | None) -> None:
-        failure = dlq_id is not None
-        url = msg.failure_callback if failure else msg.callback
-        assert url is not None
-        forwarded = msg.failure_callback_headers if failure else msg.callback_headers
-        retries = msg.failure_callback_retries if failure else msg.callback_retries
-        self._counts["callbacks"] += 1
-        self._enqueue(
-            Message(
-                message_id=new_message_id(),
-                url=url,
-                method="POST",
-                body=callback_body(msg, outcome, dlq_id),
-                headers={**forwarded, "Content-Type": "application/json"},
-                max_retries=msg.max_retries if retries is None else retries,
-                not_before=time.time(),
-                timeout=msg.timeout,
-            )
-        )

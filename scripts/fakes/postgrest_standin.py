@@ -27,92 +27,24 @@ import hmac
 import json
 import logging
 import os
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from flask import Flask, Response, current_app, request
-from psycopg import sql
-from psycopg.types.json import Json, Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 from werkzeug.serving import make_server
 
 from scripts.fakes.pacing import ENV_DELAY, PACING, Paced
+from scripts.fakes.postgrest_calls import call_routine, sql_error
+from scripts.fakes.postgrest_routines import SCHEMA, RpcError, RpcState, resolve
 
 log = logging.getLogger("postgrest_standin")
 
 EXTENSION = "postgrest_standin"
-SCHEMA = "public"
 _JSON = "application/json; charset=utf-8"
 # Query parameters PostgREST reads itself on GET /rpc; everything else is an argument.
 _RESERVED_QUERY = frozenset({"select", "order", "limit", "offset", "columns", "on_conflict"})
-_ROUTINES_SQL = """
-select p.proname, p.proretset, p.prorettype = 'pg_catalog.void'::regtype, p.pronargdefaults,
-       coalesce(p.proargnames, '{}'), coalesce(p.proargmodes::text[], '{}'),
-       array(select format_type(t.oid, null)
-             from unnest(p.proargtypes::oid[]) with ordinality as t(oid, n) order by t.n)
-from pg_proc p
-where p.pronamespace = %s::regnamespace and p.proname = %s and p.prokind = 'f'
-order by p.oid
-"""
-
-
-@dataclass(frozen=True)
-class Param:
-    """One input parameter of a SQL function."""
-
-    name: str  # "" when unnamed
-    type: str  # as format_type() prints it, usable in a cast
-    variadic: bool = False
-
-
-@dataclass(frozen=True)
-class Routine:
-    """One overload of a function in the exposed schema, as PostgREST's schema cache holds it."""
-
-    name: str
-    params: tuple[Param, ...]
-    required: int  # the leading parameters without a default
-    returns_set: bool
-    returns_void: bool
-
-    def accepts(self, keys: set[str]) -> bool:
-        """Whether named arguments `keys` cover every required parameter and nothing unknown."""
-        names = {p.name for p in self.params}
-        needed = {p.name for p in self.params[: self.required]}
-        return "" not in needed and keys <= names and needed <= keys
-
-    def takes_whole_body(self) -> bool:
-        only = self.params[0] if len(self.params) == 1 else None
-        return only is not None and not only.name and only.type in ("json", "jsonb")
-
-    def signature(self) -> str:
-        args = ", ".join(f"{p.name} => {p.type}" for p in self.params)
-        return f"{SCHEMA}.{self.name}({args})"
-
-
-class RpcError(Exception):
-    """A PostgREST-style error answer."""
-
-    def __init__(
-        self, status: int, code: str, message: str, details: str | None = None,
-        hint: str | None = None,
-    ) -> None:  # fmt: skip
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.details, self.hint = details, hint
-
-
-@dataclass
-class _State:
-    pool: ConnectionPool
-    key: str
-    db_role: str | None
-    claims: str
-    routines: dict[str, tuple[Routine, ...]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def create_app(
@@ -143,7 +75,7 @@ def create_app(
     )
     claims = _claims(service_role_key) or {"role": db_role or "service_role"}
     app = Flask(__name__)
-    app.extensions[EXTENSION] = _State(pool, service_role_key, db_role, json.dumps(claims))
+    app.extensions[EXTENSION] = RpcState(pool, service_role_key, db_role, json.dumps(claims))
     app.register_error_handler(RpcError, _error_response)
     app.add_url_rule("/rest/v1/rpc/<fn>", view_func=_rpc, methods=["GET", "POST"])
     app.add_url_rule(
@@ -160,8 +92,8 @@ def close(app: Flask) -> None:
     app.extensions[EXTENSION].pool.close()
 
 
-def _state() -> _State:
-    state: _State = current_app.extensions[EXTENSION]
+def _state() -> RpcState:
+    state: RpcState = current_app.extensions[EXTENSION]
     return state
 
 
@@ -184,7 +116,7 @@ def _error_response(exc: RpcError) -> Response:
     return Response(json.dumps(body), status=exc.status, content_type=_JSON, headers=headers)
 
 
-def _authenticate(state: _State) -> None:
+def _authenticate(state: RpcState) -> None:
     supplied = [request.headers.get("apikey", "")]
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
@@ -218,14 +150,14 @@ def _rpc(fn: str) -> Response:
         )  # fmt: skip
     args = _arguments()
     try:
-        routine = _resolve(state, fn, args)
-        result = _call(state, routine, args, read_only=request.method in ("GET", "HEAD"))
+        routine = resolve(state, fn, args)
+        result = call_routine(state, routine, args, read_only=request.method in ("GET", "HEAD"))
     except psycopg.Error as exc:
         if exc.sqlstate == "42883":
             # The function changed under the cache; the next call reads pg_proc again.
             with state.lock:
                 state.routines.pop(fn, None)
-        raise _sql_error(exc) from exc
+        raise sql_error(exc) from exc
     except PoolTimeout as exc:
         raise RpcError(
             504, "PGRST003", "Timed out acquiring connection from connection pool."
@@ -247,165 +179,6 @@ def _arguments() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise RpcError(400, "PGRST102", "Empty or invalid json")
     return body
-
-
-def _routines(state: _State, fn: str, *, refresh: bool) -> tuple[tuple[Routine, ...], bool]:
-    """The overloads of `public.<fn>` and whether they were just read from pg_proc.
-
-    The cache is used unless `refresh` or nothing is cached yet; a missing function is never
-    cached, so one created later is found without a reload.
-    """
-    with state.lock:
-        cached = state.routines.get(fn)
-    if cached is not None and not refresh:
-        return cached, False
-    with state.pool.connection() as conn:
-        rows = conn.execute(_ROUTINES_SQL, (SCHEMA, fn)).fetchall()
-    found = tuple(_routine(*row) for row in rows)
-    with state.lock:
-        if found:
-            state.routines[fn] = found
-        else:
-            state.routines.pop(fn, None)
-    return found, True
-
-
-def _routine(
-    name: str, retset: bool, void: bool, ndefaults: int, names: list[str], modes: list[str],
-    types: list[str],
-) -> Routine:  # fmt: skip
-    # proargnames and proargmodes also list OUT/TABLE columns; proargtypes only the inputs.
-    modes = modes or ["i"] * len(types)
-    inputs = [(names[i] if i < len(names) else "", m) for i, m in enumerate(modes) if m in "ibv"]
-    params = tuple(
-        Param(name=n, type=t, variadic=m == "v") for (n, m), t in zip(inputs, types, strict=True)
-    )
-    return Routine(name, params, len(params) - ndefaults, retset, void)
-
-
-def _resolve(state: _State, fn: str, args: dict[str, Any]) -> Routine:
-    """Pick the overload PostgREST would call for these named arguments.
-
-    Raises RpcError 404 PGRST202 when none fits, 300 PGRST203 when several do.
-    """
-    keys = set(args)
-    routines, fresh = _routines(state, fn, refresh=False)
-    found = _pick(routines, keys)
-    if found is None and not fresh:
-        # The cache may predate a changed signature (PostgREST would need a schema reload).
-        routines, _ = _routines(state, fn, refresh=True)
-        found = _pick(routines, keys)
-    if found is not None:
-        return found
-    names = ", ".join(sorted(keys))
-    searched = f" with parameter{'s' if len(keys) > 1 else ''} {names}" if keys else ""
-    known = routines and ", ".join(sorted(p.name for p in routines[0].params))
-    raise RpcError(
-        404, "PGRST202",
-        f"Could not find the function {SCHEMA}.{fn}({names}) in the schema cache",
-        details=f"Searched for the function {SCHEMA}.{fn}{searched} or with a single unnamed "
-        "json/jsonb parameter, but no matches were found in the schema cache.",
-        hint=f"Perhaps you meant to call the function {SCHEMA}.{fn}({known})" if routines else None,
-    )  # fmt: skip
-
-
-def _pick(routines: tuple[Routine, ...], keys: set[str]) -> Routine | None:
-    matches = [r for r in routines if r.accepts(keys)]
-    matches = matches or [r for r in routines if r.takes_whole_body()]
-    if len(matches) > 1:
-        raise RpcError(
-            300, "PGRST203",
-            "Could not choose the best candidate function between: "
-            + ", ".join(r.signature() for r in matches),
-            hint="Try renaming the parameters or the function itself in the database so "
-            "function overloading can be resolved",
-        )  # fmt: skip
-    return matches[0] if matches else None
-
-
-def _call(state: _State, routine: Routine, args: dict[str, Any], *, read_only: bool) -> str:
-    """Run the function in its own transaction; returns the result as JSON text."""
-    function = sql.Identifier(SCHEMA, routine.name)
-    if routine.takes_whole_body() and not routine.accepts(set(args)):
-        params: list[Any] = [_adapt(routine.params[0], args)]
-        call = sql.SQL("{}({}::{})").format(
-            function, sql.Placeholder(), sql.SQL(routine.params[0].type)
-        )
-    else:
-        given = [p for p in routine.params if p.name in args]
-        params = [_adapt(p, args[p.name]) for p in given]
-        call = sql.SQL("{}({})").format(
-            function,
-            sql.SQL(", ").join(
-                sql.SQL("{}{} => {}::{}").format(
-                    sql.SQL("variadic " if p.variadic else ""),
-                    sql.Identifier(p.name),
-                    sql.Placeholder(),
-                    sql.SQL(p.type),  # from format_type(), so already a valid type name
-                )
-                for p in given
-            ),
-        )
-    if routine.returns_void:
-        query = sql.SQL("select {}").format(call)
-    elif routine.returns_set:
-        query = sql.SQL("select coalesce(json_agg(_r), '[]')::text from {} as _r").format(call)
-    else:
-        query = sql.SQL("select to_json(_r)::text from {} as _r").format(call)
-    with state.pool.connection() as conn, conn.transaction():
-        if read_only:
-            conn.execute("set transaction read only")
-        # What PostgREST sets per request: the claims, then the role to run as.
-        conn.execute(
-            "select set_config('request.jwt.claims', %s, true),"
-            " set_config('request.method', %s, true)",
-            (state.claims, request.method),
-        )
-        if state.db_role:
-            conn.execute("select set_config('role', %s, true)", (state.db_role,))
-        row = conn.execute(query, params).fetchone()
-    text = row[0] if row else None
-    return "null" if text is None else str(text)
-
-
-def _adapt(param: Param, value: Any) -> Any:
-    """A JSON argument value as a query parameter for `param`; the SQL casts it to the type."""
-    if value is None:
-        return None
-    if param.type == "jsonb":
-        return Jsonb(value)
-    if param.type == "json":
-        return Json(value)
-    if isinstance(value, dict) or (isinstance(value, list) and not param.type.endswith("]")):
-        # Postgres parses the JSON text into the parameter's type, as json_to_record would.
-        return json.dumps(value)
-    return value
-
-
-def _sql_error(exc: psycopg.Error) -> RpcError:
-    diag = exc.diag
-    code = exc.sqlstate
-    if code is None:
-        return RpcError(503, "PGRST000", "Database connection error", details=str(exc))
-    message = diag.message_primary or str(exc)
-    return RpcError(_status(code), code, message, diag.message_detail, diag.message_hint)
-
-
-# SQLSTATE → HTTP status, most specific first (PostgREST's documented table; 42501 is 403
-# because a service-role caller is authenticated). Anything else is 400.
-_STATUS_BY_CODE = {"23503": 409, "23505": 409, "25006": 405, "53400": 500, "P0001": 400,
-                   "42883": 404, "42P01": 404, "42P17": 500, "42501": 403}  # fmt: skip
-_STATUS_BY_CLASS = {"08": 503, "09": 500, "0L": 403, "0P": 403, "25": 500, "28": 403, "2D": 500,
-                    "38": 500, "39": 500, "3B": 500, "40": 500, "53": 503, "54": 500, "55": 500,
-                    "57": 500, "58": 500, "F0": 500, "HV": 500, "P0": 500, "XX": 500}  # fmt: skip
-
-
-def _status(sqlstate: str) -> int:
-    if sqlstate in _STATUS_BY_CODE:
-        return _STATUS_BY_CODE[sqlstate]
-    if sqlstate.startswith("PT") and sqlstate[2:].isdigit():
-        return int(sqlstate[2:])
-    return _STATUS_BY_CLASS.get(sqlstate[:2], 400)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,7 +38,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
 import redis
 from flask import Flask, Response, current_app, request
@@ -50,6 +49,13 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
 from scripts.fakes.pacing import ENV_DELAY, PACING, Paced
+from scripts.fakes.upstash_commands import (
+    CommandError,
+    body_json,
+    parse_command,
+    parse_commands,
+    path_args,
+)
 from scripts.fakes.upstash_faults import Command, Fault, FaultSwitch
 from scripts.fakes.upstash_wire import Arg, Reply, render, run, sse_events
 
@@ -59,23 +65,6 @@ EXTENSION = "upstash_standin"
 FAULT_PATH = "/_standin/fault"
 KEEPALIVE_SECONDS = 15.0
 _JSON = "application/json"
-# Upstash REST serves none of these ("REST - Redis API Compatibility" in the docs): blocking
-# commands, optimistic locking, pub/sub beyond PUBLISH/PUBSUB, and connection state that a
-# stateless request cannot keep. SHUTDOWN and friends would take the shared test server down.
-_REFUSED = frozenset(
-    {
-        "BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP",
-        "WATCH", "UNWATCH", "MULTI", "EXEC", "DISCARD",
-        "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE",
-        "MONITOR", "SELECT", "AUTH", "HELLO", "QUIT", "RESET", "CLIENT", "WAIT", "WAITAOF",
-        "SYNC", "PSYNC", "REPLICAOF", "SLAVEOF", "SHUTDOWN", "DEBUG",
-    }
-)  # fmt: skip
-_BLOCK_OPTION_COMMANDS = frozenset({"XREAD", "XREADGROUP"})
-
-
-class _CommandError(Exception):
-    """A command that is refused or malformed before it reaches Redis."""
 
 
 class _VerbatimErrorParser(_RESP2Parser):
@@ -196,11 +185,11 @@ def _request_commands() -> list[Command]:
         return []
     try:
         if path == "/":
-            return [_command(_body_json())]
+            return [parse_command(body_json())]
         if path in ("/pipeline", "/multi-exec"):
-            return [c for c in _commands(_body_json()) if not isinstance(c, _CommandError)]
-        return [_command(_path_args())]
-    except _CommandError:
+            return [c for c in parse_commands(body_json()) if not isinstance(c, CommandError)]
+        return [parse_command(path_args())]
+    except CommandError:
         return []
 
 
@@ -228,16 +217,16 @@ def _redis_down(exc: Exception) -> Response:
 
 def _single() -> Response:
     try:
-        command = _command(_body_json())
-    except _CommandError as exc:
+        command = parse_command(body_json())
+    except CommandError as exc:
         return _json({"error": str(exc)}, 400)
     return _one(command)
 
 
 def _path_form(_: str) -> Response:
     try:
-        command = _command(_path_args())
-    except _CommandError as exc:
+        command = parse_command(path_args())
+    except CommandError as exc:
         return _json({"error": str(exc)}, 400)
     return _one(command)
 
@@ -251,24 +240,24 @@ def _one(command: tuple[Arg, ...]) -> Response:
 
 def _pipeline() -> Response:
     try:
-        commands = _commands(_body_json())
-    except _CommandError as exc:
+        commands = parse_commands(body_json())
+    except CommandError as exc:
         return _json({"error": str(exc)}, 400)
     # A refused command fails alone; the others still run, in order, as in Upstash.
-    replies = iter(run(_state().pool, [c for c in commands if not isinstance(c, _CommandError)]))
-    return _json([_entry(c if isinstance(c, _CommandError) else next(replies)) for c in commands])
+    replies = iter(run(_state().pool, [c for c in commands if not isinstance(c, CommandError)]))
+    return _json([_entry(c if isinstance(c, CommandError) else next(replies)) for c in commands])
 
 
 def _multi_exec() -> Response:
     try:
-        parsed = _commands(_body_json())
-        refused = next((c for c in parsed if isinstance(c, _CommandError)), None)
+        parsed = parse_commands(body_json())
+        refused = next((c for c in parsed if isinstance(c, CommandError)), None)
         if refused is not None:
             raise refused
-    except _CommandError as exc:
+    except CommandError as exc:
         # One unsupported command discards the whole transaction, as documented.
         return _json({"error": str(exc)}, 400)
-    commands = [c for c in parsed if not isinstance(c, _CommandError)]
+    commands = [c for c in parsed if not isinstance(c, CommandError)]
     replies = run(_state().pool, [("MULTI",), *commands, ("EXEC",)])
     queued, outcome = replies[1:-1], replies[-1]
     if isinstance(outcome, ResponseError):
@@ -304,78 +293,8 @@ def _base64() -> bool:
     return request.headers.get("Upstash-Encoding", "").lower() == "base64"
 
 
-def _body_json() -> Any:
-    try:
-        return json.loads(request.get_data() or b"null")
-    except ValueError:
-        raise _CommandError("ERR the request body is not valid JSON") from None
-
-
-def _commands(body: Any) -> list[tuple[Arg, ...] | _CommandError]:
-    if not isinstance(body, list) or not body:
-        raise _CommandError("ERR the body must be a non-empty JSON array of commands")
-    parsed: list[tuple[Arg, ...] | _CommandError] = []
-    for item in body:
-        try:
-            parsed.append(_command(item))
-        except _CommandError as exc:
-            parsed.append(exc)
-    return parsed
-
-
-def _command(body: Any) -> tuple[Arg, ...]:
-    """Validate one command (a list of scalars) and turn its arguments into Redis strings."""
-    if not isinstance(body, list) or not body:
-        raise _CommandError('ERR a command is a non-empty JSON array, e.g. ["GET", "key"]')
-    args = tuple(_arg(value) for value in body)
-    name = args[0].decode() if isinstance(args[0], bytes) else args[0]
-    name = name.upper()
-    if name in _REFUSED or (name in _BLOCK_OPTION_COMMANDS and _has_block_option(args)):
-        raise _CommandError(f"ERR Command is not available: '{name}'")
-    return args
-
-
-def _has_block_option(args: tuple[Arg, ...]) -> bool:
-    # Options come before STREAMS; after it, "block" could be a key name.
-    for arg in args[1:]:
-        word = arg.upper() if isinstance(arg, str) else ""
-        if word == "STREAMS":
-            return False
-        if word == "BLOCK":
-            return True
-    return False
-
-
-def _arg(value: Any) -> Arg:
-    # bool before int: JSON true is a Python bool, which is also an int.
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (str, bytes)):
-        return value
-    if isinstance(value, (int, float)):
-        return str(value)
-    raise _CommandError("ERR command arguments must be strings or numbers")
-
-
-def _path_args() -> list[Arg]:
-    """The path form's command: path segments, then the POST body, then query parameters."""
-    raw = str(request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or "")
-    if raw.startswith("/"):
-        # Undecoded path, so an escaped "/" (%2F) stays inside its argument.
-        args: list[Arg] = [unquote(s) for s in raw.split("?", 1)[0].split("/")[1:]]
-    else:
-        args = list(request.path.split("/")[1:])
-    body = request.get_data()
-    if request.method in ("POST", "PUT") and body:
-        args.append(body)
-    for key, value in request.args.items(multi=True):
-        if key != "_token":
-            args.extend([key, value] if value else [key])
-    return args
-
-
-def _entry(reply: Reply | _CommandError) -> dict[str, Any]:
-    if isinstance(reply, (ResponseError, _CommandError)):
+def _entry(reply: Reply | CommandError) -> dict[str, Any]:
+    if isinstance(reply, (ResponseError, CommandError)):
         return {"error": str(reply)}
     return {"result": render(reply, _base64())}
 
