@@ -17,33 +17,10 @@ from lib.state.scripts.uploads import COUNT_UPLOAD
 from lib.state.scripts.viewers import LEAVE_VIEWER, OPEN_VIEWER
 from lib.state.scripts.waits import RELEASE_SLOT, RENEW_SLOT, TAKE_SLOT
 
-ALL = (
-    ADMIT,
-    ACQUIRE,
-    RENEW,
-    RELEASE,
-    EMIT,
-    LIVE,
-    HOLD_STREAM,
-    ADMISSION_SCAN,
-    USER_JOB,
-    PICK_BOX,
-    BOX_BEAT,
-    TAKE_SLOT,
-    RELEASE_SLOT,
-    RENEW_SLOT,
-    QUEUE_VIEW,
-    QUEUE_EMIT,
-    COUNT_UPLOAD,
-    OPEN_VIEWER,
-    LEAVE_VIEWER,
-)
-
 __all__ = [
     "ACQUIRE",
     "ADMISSION_SCAN",
     "ADMIT",
-    "ALL",
     "BOX_BEAT",
     "COUNT_UPLOAD",
     "EMIT",
