@@ -33,7 +33,7 @@ KINDS = ["job_match", "resume_customize", "interview_prep"]
 
 @pytest.fixture
 def stack(e2e_stack: Stack) -> Stack:
-    """The suite below runs once on each profile (conftest.py `e2e_stack`)."""
+    """The suite below runs once on each profile (tests/fixtures/stacks.py `e2e_stack`)."""
     return e2e_stack
 
 

@@ -1,4 +1,4 @@
-"""Plain helpers for the tests, defined once (every fixture is in tests/conftest.py).
+"""Plain helpers for the tests, defined once (the shared fixtures are in tests/fixtures/).
 
 - `net`: free ports, serving a WSGI app on loopback, waiting on a condition.
 - `stack`: driving a running stack over HTTP as the front end does (`User`, SSE `events`).
