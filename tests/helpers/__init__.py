@@ -5,5 +5,5 @@
 - `worker`: the in-process worker's environment and signed QStash deliveries to it.
 - `broker`: the dev broker harness's recording destination and running broker.
 - `backends`: reads and steps only tests need, straight on Redis and Postgres (`live_for_user`,
-  `open_streams`, `renew`, `refund`).
+  `open_streams`, `renew`, `refund`, `balance`), and the contract suites' `new_id` and `submit`.
 """
