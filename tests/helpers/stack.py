@@ -136,3 +136,8 @@ def text_of_last_attempt(stream: list[Event]) -> str:
         elif event.type == "delta" and event.data["attempt"] == attempt:
             text += event.data["text"]
     return text
+
+
+def submitted(response: httpx.Response) -> dict[str, object]:
+    assert response.status_code == 202, response.text
+    return response.json()  # type: ignore[no-any-return]
