@@ -6,4 +6,5 @@
 - `broker`: the dev broker harness's recording destination and running broker.
 - `backends`: reads and steps only tests need, straight on Redis and Postgres (`live_for_user`,
   `open_streams`, `renew`, `refund`, `balance`), and the contract suites' `new_id` and `submit`.
+- `config`, `cli`, `browser`: the helpers of the lib/config.py, `cs` and demo page suites.
 """
