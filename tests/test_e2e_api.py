@@ -15,6 +15,7 @@ from fixtures import e2e_suite
 from helpers.stack import (
     RESUME,
     User,
+    assert_logs_clean,
     follow,
     submitted,
 )
@@ -205,3 +206,13 @@ def test_listing_pages_newest_first(user: User) -> None:
     rest = user.get(f"/api/jobs?limit=2&before={page['next_before']}").json()
     assert [j["id"] for j in rest["jobs"]] == [ids[0]]
     assert user.get("/api/jobs?limit=0").status_code == 400
+
+
+def test_no_log_line_of_a_refusal_carries_a_token_a_key_or_resume_text(
+    stack: Stack, user: User
+) -> None:
+    """Last in this module: its stack's logs hold every refusal above (quota, 429s, invalid and
+    malformed input, another user's 404s, the broker down at submit)."""
+    body = submitted(user.submit("job_match"))
+    follow(stack.producer_url, body["events_url"])  # type: ignore[arg-type]
+    assert_logs_clean(stack, body["job"]["id"])  # type: ignore[index]
