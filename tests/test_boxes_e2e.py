@@ -1,6 +1,6 @@
-"""End to end with two worker boxes (conftest.py `boxes_stack`: two gunicorn workers on two ports,
-WORKER_URLS listing both, the reconciler on its schedule): jobs spread, a full box is passed
-over, and when one box dies under load every job still ends on the other."""
+"""End to end with two worker boxes (fixtures/stacks.py `boxes_stack`: two gunicorn workers on two
+ports, WORKER_URLS listing both, the reconciler on its schedule): jobs spread, a full box is
+passed over, and when one box dies under load every job still ends on the other."""
 
 from __future__ import annotations
 

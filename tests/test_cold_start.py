@@ -16,8 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import SERVICE_ROLE_KEY, UPSTASH_TOKEN
-from helpers.net import free_port
+from helpers.net import SERVICE_ROLE_KEY, UPSTASH_TOKEN, free_port
 
 from lib.auth import mint_access_token
 

@@ -1,7 +1,7 @@
 """The dev broker, driven through the official qstash SDK against a real recording destination:
 delivery, retries, the DLQ and the failure callback.
 
-The harness (broker, destination, signature checks) is in conftest.py and helpers/broker.py.
+The harness (broker, destination, signature checks) is in fixtures/fakes.py and helpers/broker.py.
 """
 
 from __future__ import annotations

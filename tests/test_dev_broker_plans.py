@@ -1,7 +1,7 @@
 """The dev broker keeps QStash's account rules: callback retries and the plan's limits.
 
 Each rule is checked against what upstash/docs documents (cited in scripts/fakes/dev_broker.py
-and lib/queue/plans.py), through the official qstash SDK, with the harness in conftest.py and
+and lib/queue/plans.py), through the official qstash SDK, with the harness in fixtures/fakes.py and
 helpers/broker.py.
 """
 

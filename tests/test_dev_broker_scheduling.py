@@ -2,7 +2,7 @@
 deduplication, delays, flow control, cancels, auth, broken destinations, callbacks, and the
 broker's own lifecycle.
 
-The harness (broker, destination, signature checks) is in conftest.py and helpers/broker.py.
+The harness (broker, destination, signature checks) is in fixtures/fakes.py and helpers/broker.py.
 """
 
 from __future__ import annotations

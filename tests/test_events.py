@@ -2,7 +2,8 @@
 
 Batching runs against the real test Redis (TCP); time is a plain settable clock passed as
 `clock=`, so "250 ms later" is exact and instant (0.125 s steps are exact in binary). The
-fixtures (`state`, `clock`, `job_id`) are in conftest.py, the helpers in helpers/events.py.
+fixtures (`state`, `clock`, `job_id`) are in fixtures/inprocess.py, the helpers in
+helpers/events.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """lib/events.py's `JobEvents` flush policy (watched, unwatched, by tokens) and what it records as
 delivered (the refund rule), against the real test Redis (TCP) on a settable clock.
 
-The fixtures (`state`, `clock`, `job_id`) are in conftest.py, the helpers in helpers/events.py.
+The fixtures (`state`, `clock`, `job_id`) are in fixtures/inprocess.py, the helpers in
+helpers/events.py.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 replay, forged unsigned headers, and what `/readyz` tells a stranger.
 
 The worker runs in-process on the real executor, Redis, Postgres and offline LLM
-(`tests/conftest.py` `make_worker`), served over a real loopback socket where the test needs to
-control what reaches the wire: a request's headers are sent and its body is not, so an answer that
-arrives proves the body was never waited for.
+(`tests/fixtures/inprocess.py` `make_worker`), served over a real loopback socket where the test
+needs to control what reaches the wire: a request's headers are sent and its body is not, so an
+answer that arrives proves the body was never waited for.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def stack(e2e_stack: Stack) -> Stack:
-    """Once on each profile (conftest.py `e2e_stack`)."""
+    """Once on each profile (tests/fixtures/stacks.py `e2e_stack`)."""
     return e2e_stack
 
 

@@ -1,4 +1,4 @@
-"""Isolation beyond test_e2e's 404s: another user's job is indistinguishable from no job at all.
+"""Isolation beyond test_e2e_api's 404s: another user's job is indistinguishable from no job at all.
 
 For every endpoint that names a job, user B gets byte-for-byte the answer for a job id that
 does not exist when the job is user A's; B's attempts change nothing of A's; job ids are random

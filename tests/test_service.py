@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def env(make_producer: Callable[..., ProducerEnv]) -> ProducerEnv:
-    """The producer (conftest.py's `env` is a worker)."""
+    """The producer (fixtures/inprocess.py's `env` is a worker)."""
     return make_producer()
 
 

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import SERVICE_ROLE_KEY, UPSTASH_TOKEN
 from flask import Flask
 from helpers import images
-from helpers.net import free_port, serve_wsgi
+from helpers.net import SERVICE_ROLE_KEY, UPSTASH_TOKEN, free_port, serve_wsgi
 from helpers.storage import upload_direct
 
 from lib import config, state, store

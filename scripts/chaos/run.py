@@ -1,7 +1,7 @@
 """`make chaos`: fault injection under load on the real local stack, then invariants.
 
 For each scenario, once per execution mode (`--mode inline|detached|both`, default both: the
-worker's EXECUTION_MODE, `MODE_ENV` below; with both, the two modes run at the same time in
+worker's EXECUTION_MODE, `scenarios.MODE_ENV`; with both, the two modes run at the same time in
 two child processes, each on its own Redis and Postgres, unless `--serial`: most of a scenario
 is waiting on outages and streaming jobs, so the pair takes little longer than one mode), it
 starts a fresh stack
@@ -11,7 +11,8 @@ several seconds each, injects the scenario's fault
 while they run, waits until every job is terminal (within the scenario's time budget), and
 checks the invariants of `scripts.chaos.check` over Postgres and Redis. The clock-skew scenarios
 run the worker under libfaketime (`scripts.chaos.clock`; `scripts/install-faketime` installs it).
-It prints one row per scenario and exits 1 when any invariant was violated.
+It prints one row per scenario and exits 1 when any invariant was violated. The scenarios and the
+settings they run with are `scripts.chaos.scenarios`; the table and figures, `scripts.chaos.report`.
 
     .venv/bin/python -m scripts.chaos [--mode inline|detached|both] [--only NAME ...] [--jobs 240]
         [--users 60] [--list]
@@ -25,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import re
 import subprocess
@@ -35,13 +34,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict
 from urllib.parse import urlsplit
 
-from scripts.chaos.boxes import BOX_KILL_ENV, abandon_dead_box, kill_one_box
 from scripts.chaos.check import check
 from scripts.chaos.clock import SkewedStack, WorkerClock
 from scripts.chaos.faults import (
@@ -50,240 +45,23 @@ from scripts.chaos.faults import (
     Infra,
     Schedule,
     broker_stats,
-    cut_redis,
-    llm_markers,
-    no_fault,
-    pause_redis,
-    postgres_outage,
-    redis_outage,
-    restart_postgres,
-    sigkill_twice,
-    sigterm_once,
     wait_broker_idle,
 )
-from scripts.chaos.load import KINDS, PIPELINE_KINDS, LeaseWatch, Load, Marker, plan_jobs
+from scripts.chaos.load import LeaseWatch, Load, plan_jobs
 from scripts.chaos.proxy import Proxy
-from scripts.chaos.reconcile import RECONCILE_ENV, WORKERS_DOWN_ENV, broker_drops, workers_down
-from scripts.chaos.skew import (
-    Skew,
-    check_skew,
-    redrive_dead_letters,
-    skewed,
-    skewed_and_killed,
-    step_after_dead_letters,
-    step_after_refusals,
-)
+from scripts.chaos.report import Row, evidence, machine, plain, print_table
+from scripts.chaos.scenarios import BASE_ENV, MODE_ENV, MODES, SCENARIOS, Scenario
+from scripts.chaos.skew import check_skew
 from scripts.stack.devstack import ROOT, Ports
 
 OUT = ROOT / ".devstack" / "chaos"
+
+
 # Seconds per execution mode in which scenarios may start (both modes run at once): a scenario
 # starts while its mode has run less than this, and then has its own budget, so a mode ends
 # within about 18.5 minutes (the longest budget is 150 s). Counting each budget in full before
 # starting skipped the last scenario of a run that took 15 minutes (box-kill: 31 s of its 60).
 TOTAL_BUDGET = 16 * 60
-
-# Admission and coins sized so that every submit is admitted; the rest is the production shape
-# at a realistic pace (25 tokens/s: a job streams for 10-25 s).
-BASE_ENV = {
-    "OPENAI_API_KEY": "",
-    "QSTASH_URL": "",
-    "QSTASH_MODE": "broker",
-    "APP_ENV": "development",
-    "LOG_FORMAT": "json",
-    "LOG_LEVEL": "INFO",
-    "INITIAL_COINS": "100",
-    "QUEUE_MAX_PAID": "5000",
-    "QUEUE_MAX_FREE": "1000",
-    "USER_MAX_ACTIVE_PAID": "10",
-    "USER_MAX_ACTIVE_FREE": "5",
-    "FREE_DAILY_JOBS": "100",
-    "LLM_MAX_CONCURRENCY_PAID": "500",
-    "LLM_MAX_CONCURRENCY_FREE": "500",
-    # Limits by contract: config and the dev broker enforce none of a plan's (lib/queue/plans.py).
-    "QSTASH_PLAN": "enterprise",
-    "OFFLINE_LLM_TOKENS_PER_SECOND": "25",
-    "JOB_RETRIES": "8",
-    "JOB_RETRY_DELAY": "1000 + 1000 * retried",
-    "DEV_BROKER_TIME_SCALE": "1",
-    "LEASE_TTL_SECONDS": "10",
-    "WORKER_DRAIN_SECONDS": "3",
-    "WEB_CONCURRENCY": "2",
-    "GUNICORN_THREADS": "256",
-}
-
-
-# EXECUTION_MODE=detached (lib/detached.py): after its 200 nothing but the worker's own
-# re-publish or the reconciler moves a job, so the reconciler's schedule ticks every 6 s (a
-# `* * * * *` cron at DEV_BROKER_TIME_SCALE 0.1, unless a scenario scales time itself). The retry
-# delay is ten times BASE_ENV's in QStash's time, so its retries are as far apart in real time as
-# inline's: at 0.1 with BASE_ENV's delay, a job's 8 retries were spent in 3.6 s, less than a
-# SIGKILLed worker may take to come back on a loaded machine (jobs failed, never started).
-DETACHED_ENV = {
-    "EXECUTION_MODE": "detached",
-    "RECONCILE_CRON": "* * * * *",
-    "DEV_BROKER_TIME_SCALE": "0.1",
-    "JOB_RETRY_DELAY": "10000 + 10000 * retried",
-}
-# Each mode says its EXECUTION_MODE: detached is the default, inline must be asked for.
-MODE_ENV = {"inline": {"EXECUTION_MODE": "inline"}, "detached": DETACHED_ENV}
-MODES = tuple(MODE_ENV)
-
-# The outage scenarios run on QStash's own retry policy: the production retry count, its default
-# backoff (no JOB_RETRY_DELAY), and the worker's outage answers carrying no Retry-After. At this
-# scale, 5 minutes of QStash time are 6 s and the backoff is 0.24 s, 3 s, 36 s.
-OUTAGE_ENV = {"JOB_RETRIES": "3", "JOB_RETRY_DELAY": "", "DEV_BROKER_TIME_SCALE": "0.02"}
-
-
-@dataclass
-class Scenario:
-    name: str
-    title: str
-    schedule: Schedule
-    budget: float  # seconds from the stack's start to the end of the drain
-    overrides: dict[str, str] = field(default_factory=dict)
-    marker: Marker | None = None
-    duplicates: bool = False
-    proxy: bool = False
-    max_attempts: int | None = None
-    skew: Skew | None = None  # the worker runs under libfaketime
-    after_drain: Schedule | None = None  # a step once every job ended (e.g. a DLQ redrive)
-    # A step once every job ended, before the broker must be idle (retire a dead box).
-    before_idle: Schedule | None = None
-    kinds: tuple[str, ...] = KINDS  # the mix of kinds submitted
-
-
-def _all_fail(index: int, rng: random.Random) -> tuple[str, str]:
-    return "", "failed"
-
-
-SCENARIOS = [
-    Scenario("sigkill", "worker SIGKILLed twice", sigkill_twice, 130),
-    Scenario("sigterm", "worker SIGTERM, then restart", sigterm_once, 110),
-    # Pipelines (match_from_image: four steps, four messages each) among plain jobs, the worker
-    # SIGKILLed twice mid-run: each step resumes where it stood, each job is charged once. A kill
-    # between a step's end and the publish of the next step loses that message: the reconciler
-    # re-publishes it, so it runs here as in broker-drop (its thresholds scaled down), with the
-    # retries as far apart in real time as BASE_ENV's.
-    Scenario(
-        "pipeline",
-        "pipelines among jobs, worker SIGKILLed twice",
-        sigkill_twice,
-        130,
-        overrides={
-            **RECONCILE_ENV,
-            "JOB_RETRY_DELAY": "20000 + 20000 * retried",
-            "OFFLINE_LLM_TOKENS_PER_SECOND": "60",
-        },
-        kinds=PIPELINE_KINDS,
-    ),
-    Scenario("redis-pause", "Redis SIGSTOP 5 s", pause_redis, 100),
-    Scenario("redis-cut", "Redis connections cut (proxy)", cut_redis, 100, proxy=True),
-    Scenario("pg-restart", "Postgres restarted mid-run", restart_postgres, 100),
-    Scenario(
-        "redis-outage",
-        "Redis down 5 min of QStash time",
-        redis_outage,
-        150,
-        overrides=OUTAGE_ENV,
-        proxy=True,
-    ),
-    Scenario(
-        "pg-outage",
-        "Postgres down 5 min of QStash time",
-        postgres_outage,
-        150,
-        overrides=OUTAGE_ENV,
-    ),
-    Scenario(
-        "redeliver",
-        "2-5 deliveries per message",
-        no_fault,
-        100,
-        overrides={"JOB_RETRIES": "3"},  # the production default: busy answers use it up
-        duplicates=True,
-        max_attempts=1,
-    ),
-    Scenario(
-        "llm-faults",
-        "LLM 503 once, 500 always, hangs",
-        no_fault,
-        110,
-        overrides={"LLM_READ_TIMEOUT_SECONDS": "3", "JOB_RETRIES": "3"},
-        marker=llm_markers,
-    ),
-    # Clock skew: only the worker's clock moves (scripts/chaos/clock.py). A signature is valid
-    # from its `nbf` (the broker's now) for 5 minutes, so a fast worker is within it at any
-    # tolerance while a slow one needs QSTASH_CLOCK_TOLERANCE_SECONDS above its lag.
-    Scenario(
-        "skew-ahead",
-        "worker clock +60 s (tolerance 30 s), SIGKILL once",
-        skewed_and_killed,
-        110,
-        skew=Skew(60, ends_at=60, refused=False),
-    ),
-    Scenario(
-        "skew-behind",
-        "worker clock -60 s, tolerance 90 s",
-        skewed,
-        100,
-        overrides={"QSTASH_CLOCK_TOLERANCE_SECONDS": "90"},
-        skew=Skew(-60, ends_at=-60, refused=False),
-        max_attempts=1,
-    ),
-    Scenario(
-        "skew-refused",
-        "worker clock -60 s > tolerance 30 s, then corrected",
-        step_after_refusals,
-        120,
-        overrides={"JOB_RETRIES": "12"},  # the refusals must not use up the retries
-        skew=Skew(-60, ends_at=0, refused=True),
-        max_attempts=1,
-    ),
-    Scenario(
-        "skew-dlq",
-        "worker clock -60 s through every retry, then DLQ redrive",
-        step_after_dead_letters,
-        100,
-        # The production retry count; the dev broker's backoff scaled so that the failure
-        # callbacks' second retry (30 s instead of 148 s) comes after the correction.
-        overrides={"JOB_RETRIES": "3", "DEV_BROKER_TIME_SCALE": "0.2"},
-        skew=Skew(-60, ends_at=0, refused=True),
-        marker=_all_fail,
-        after_drain=redrive_dead_letters,
-        max_attempts=0,
-    ),
-    # Healed by the reconciler alone (scripts/chaos/reconcile.py).
-    Scenario("broker-drop", "broker loses 20 accepted messages", broker_drops, 110, RECONCILE_ENV),
-    Scenario(
-        "workers-down",
-        "every worker down 10 min of QStash time",
-        workers_down,
-        150,
-        WORKERS_DOWN_ENV,
-    ),
-    # Scale-out (scripts/chaos/boxes.py): the reconciler moves a dead box's jobs to the other.
-    Scenario(
-        "box-kill",
-        "1 of 2 worker boxes SIGKILLed for good",
-        kill_one_box,
-        60,
-        BOX_KILL_ENV,
-        before_idle=abandon_dead_box,
-    ),
-]
-
-
-@dataclass
-class Row:
-    scenario: str
-    title: str
-    accepted: int = 0
-    submitted: int = 0
-    peak_running: int = 0
-    faults: list[str] = field(default_factory=list)
-    violations: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def say(message: str) -> None:
@@ -371,7 +149,7 @@ def run_scenario(
         if proxy:
             proxy.stop()
     row.seconds = round(time.monotonic() - started, 1)
-    _evidence(row, log_dir)
+    evidence(row, log_dir)
     return row
 
 
@@ -427,81 +205,6 @@ def _guarded(schedule: Schedule, ctx: FaultContext) -> None:
 
 
 _MARKER = re.compile(r"\[\[llm:([a-z_]+)")
-_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def _evidence(row: Row, log_dir: Path) -> None:
-    """For the first jobs named in violations, keep their log lines in evidence.txt."""
-    ids = list(dict.fromkeys(m for v in row.violations for m in _JOB_ID.findall(v)))[:5]
-    if not ids:
-        return
-    lines = []
-    for path in sorted(log_dir.glob("*.log")):
-        for line in path.read_text(errors="replace").splitlines():
-            if any(job_id in line for job_id in ids):
-                lines.append(f"{path.stem}: {line}")
-    (log_dir / "evidence.txt").write_text("\n".join(lines) + "\n")
-
-
-def print_table(rows: list[Row]) -> None:
-    width = 52
-    head = (
-        f"{'scenario':<12} {'jobs':>5} {'peak':>5} {'retried':>7}  {'faults injected':<{width}}"
-        f" {'viol.':>5} {'secs':>6}"
-    )
-    print("\n" + head + "\n" + "-" * len(head))
-    for row in rows:
-        faults = "; ".join(row.faults) or "-"
-        retried = row.stats.get("retried", "-")
-        print(
-            f"{row.scenario:<12} {row.accepted:>5} {row.peak_running:>5} {retried:>7}"
-            f"  {faults[:width]:<{width}} {len(row.violations):>5} {row.seconds:>6.1f}"
-        )
-        for extra in _wrap(faults[width:], width):
-            print(f"{'':<34}{extra}")
-    print("(jobs: accepted; peak: most running at once; retried: jobs that took > 1 attempt)")
-    for row in rows:
-        for kind, examples in kinds_of(row.violations).items():
-            print(f"  {row.scenario}: {len(examples)} x {kind}")
-            for example in list(dict.fromkeys(examples))[:2]:
-                print(f"      e.g. {example}")
-
-
-def kinds_of(violations: list[str]) -> dict[str, list[str]]:
-    """Group violations by their text with ids and figures blanked, most frequent first."""
-    groups: dict[str, list[str]] = {}
-    for text in violations:
-        kind = re.sub(r"\d+(\.\d+)?", "N", _JOB_ID.sub("<id>", text))
-        groups.setdefault(kind, []).append(text)
-    return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    return [text[i : i + width] for i in range(0, len(text), width)]
-
-
-def machine() -> dict[str, Any]:
-    mem_kb = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal:")
-    )
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "mem_total_gb": round(mem_kb / 1024 / 1024, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready: mapping keys become strings."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -555,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total {total}s")
     results = {"meta": {**machine(), "total_seconds": total}, "rows": [asdict(r) for r in rows]}
     name = "results.json" if args.mode == "both" else f"results-{args.mode}.json"
-    (OUT / name).write_text(json.dumps(_plain(results), indent=1, default=str) + "\n")
+    (OUT / name).write_text(json.dumps(plain(results), indent=1, default=str) + "\n")
     return 1 if any(r.violations for r in rows) else 0
 
 

@@ -21,6 +21,9 @@ Two profiles (`--profile`, `make dev PROFILE=...`):
   The worker runs as on the VPS: TCP Redis and psycopg, logged in as a role capped at 15
   connections, as Supabase's smallest session pooler caps its clients
   (scripts/stack/cloud_profile.py).
+
+Which components start, and how, is scripts/stack/plan.py; a component as a child process, the
+ports and stopping process groups, scripts/stack/components.py.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -42,11 +45,17 @@ from dotenv import dotenv_values
 from lib.config import DEV_JWT_SECRET
 from lib.queue.signing import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN
 from lib.store import migrate
-from scripts.stack import cloud_profile, embedded
+from scripts.stack import cloud_profile, embedded, plan
+from scripts.stack.components import (
+    ROOT,
+    STATE_DIR,
+    Component,
+    Ports,
+    group_target,
+    server_targets,
+    stop_all,
+)
 from scripts.stack.watchdog import Watchdog
-
-ROOT = Path(__file__).resolve().parents[2]
-STATE_DIR = ROOT / ".devstack"
 
 PROFILES = ("local", "cloud")
 # How long `make dev` waits on Ctrl-C before it kills what is still running.
@@ -55,43 +64,6 @@ DEV_STOP_GRACE = 3.0
 
 def say(message: str) -> None:
     print(f"[devstack] {message}", flush=True)
-
-
-@dataclass
-class Component:
-    name: str
-    argv: list[str]
-    health_url: str
-    env: dict[str, str] = field(default_factory=dict)  # on top of the stack's environment
-    health_headers: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-
-
-@dataclass
-class Ports:
-    producer: int = 3000
-    worker: int = 8080
-    broker: int = 8081
-    llm: int = 8400
-    upstash: int = 8079
-    postgrest: int = 8078
-    worker2: int = 8082  # the second worker box (WORKERS=2)
-    storage: int = 8077
-
-    @classmethod
-    def free(cls) -> Ports:
-        """Free loopback ports for every component (tests, or a second stack beside a first)."""
-        return cls(*(embedded.free_port() for _ in fields(cls)))
-
-
-def _group(proc: subprocess.Popen[bytes]) -> str:
-    return f"pg {proc.pid} {int(signal.SIGKILL)}"
-
-
-def _server_targets(server: embedded.Embedded) -> list[str]:
-    targets = [f"pid {server.pid} {int(server.kill_signal)}"] if server.pid else []
-    return targets + ([f"rm {server.scratch}"] if server.scratch else [])
 
 
 @dataclass
@@ -219,120 +191,14 @@ class Stack:
         return env
 
     def _plan(self) -> list[Component]:
-        py = sys.executable
-        gunicorn = [py, "-m", "gunicorn"]
-        plan = []
-        if self.use_offline_llm:
-            plan.append(
-                Component(
-                    "llm",
-                    [py, "-m", "scripts.fakes.offline_llm", "--port", str(self.ports.llm)],
-                    f"http://127.0.0.1:{self.ports.llm}/healthz",
-                )
-            )
-        if self.use_broker:
-            plan.append(
-                Component(
-                    "broker",
-                    [py, "-m", "scripts.fakes.dev_broker", "--port", str(self.ports.broker)],
-                    f"{self.broker_url}/healthz",
-                )
-            )
-        if self.use_storage:
-            plan.append(self._storage())
-        if self.cloud:
-            plan += self._standins()
-        for index, url in enumerate(self.worker_urls):
-            port = url.rsplit(":", 1)[1]
-            plan.append(
-                Component(
-                    "worker" if index == 0 else f"worker{index + 1}",
-                    [*gunicorn, "-c", "worker/gunicorn.conf.py", "worker.wsgi:app"],
-                    f"{url}/readyz",
-                    env={
-                        **(
-                            cloud_profile.worker_env(self.env["DATABASE_URL"]) if self.cloud else {}
-                        ),
-                        **({"WORKER_URL": url, "PORT": port} if index else {}),
-                    },
-                )
-            )
-        plan.append(
-            Component(
-                "producer",
-                [
-                    *gunicorn,
-                    "--bind",
-                    f"127.0.0.1:{self.ports.producer}",
-                    "--worker-class",
-                    "gthread",
-                    "--threads",
-                    # Each open SSE stream holds a thread (Vercel runs one instance per stream).
-                    self.env.get("PRODUCER_THREADS", "64"),
-                    "--workers",
-                    "1",
-                    "--graceful-timeout",
-                    "5",
-                    # Vercel routes rewrites with the rewritten path in backend-framework
-                    # projects; the cloud profile does so, the local one keeps the original.
-                    "api._local:rewritten_app" if self.cloud else "api._local:app",
-                ],
-                f"{self.producer_url}/api/health?deep=1",
-                env=(
-                    cloud_profile.producer_env(self.upstash_url, self.postgrest_url)
-                    if self.cloud
-                    else {}
-                ),
-            )
-        )
-        return plan
-
-    def _storage(self) -> Component:
-        """The Storage stand-in (scripts/fakes/storage_standin.py), objects under .devstack/,
-        its bucket limited as docs/deploy.md sets the real one up."""
-        root = Path(self.env.get("STORAGE_STANDIN_ROOT") or STATE_DIR / "storage")
-        return Component(
-            "storage",
-            [
-                sys.executable,
-                "-m",
-                "scripts.fakes.storage_standin",
-                "--port",
-                str(self.ports.storage),
-                "--root",
-                str(root),
-                "--jwt-secret",
-                DEV_JWT_SECRET,
-            ],
-            f"{self.storage_url}/status",
-        )
-
-    def _standins(self) -> list[Component]:
-        """The Upstash REST and PostgREST stand-ins, in front of the stack's real servers."""
-        py = sys.executable
-        token, key = cloud_profile.UPSTASH_TOKEN, cloud_profile.SERVICE_ROLE_KEY
-        return [
-            Component(
-                "upstash",
-                [py, "-m", "scripts.fakes.upstash_standin", "--port", str(self.ports.upstash)],
-                f"{self.upstash_url}/ping",
-                env={"UPSTASH_REDIS_REST_TOKEN": token},
-                health_headers={"Authorization": f"Bearer {token}"},
-            ),
-            Component(
-                "postgrest",
-                [py, "-m", "scripts.fakes.postgrest_standin", "--port", str(self.ports.postgrest)],
-                f"{self.postgrest_url}/rest/v1/rpc/cs_ping",
-                env={"SUPABASE_SERVICE_ROLE_KEY": key},
-                health_headers={"apikey": key},
-            ),
-        ]
+        """The components to start, in order (scripts/stack/plan.py)."""
+        return plan.components(self)
 
     # Lifecycle ---------------------------------------------------------------------------------
     def _adopt(self, server: embedded.Embedded) -> None:
         self._servers.append(server)
         if self._watchdog:
-            for target in _server_targets(server):
+            for target in server_targets(server):
                 self._watchdog.watch(target)
 
     def start(self, timeout: float = 60.0) -> Stack:
@@ -386,7 +252,7 @@ class Stack:
             start_new_session=True,
         )
         if self._watchdog:
-            self._watchdog.watch(_group(component.proc))
+            self._watchdog.watch(group_target(component.proc))
 
     def wait_healthy(self, component: Component, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -411,9 +277,9 @@ class Stack:
         """Start a component again (after it died or was killed) and wait until healthy."""
         component = self.component(name)
         if component.proc:
-            _stop_all([component.proc], grace=30.0)
+            stop_all([component.proc], grace=30.0)
             if self._watchdog:
-                self._watchdog.forget(_group(component.proc))
+                self._watchdog.forget(group_target(component.proc))
         component.restarts += 1
         self._spawn(component)
         self.wait_healthy(component, timeout)
@@ -437,7 +303,7 @@ class Stack:
     def stop(self, grace: float = 30.0) -> None:
         """Stop every component at once with SIGTERM, SIGKILL what still runs after `grace`
         seconds, then stop the embedded servers."""
-        _stop_all([c.proc for c in reversed(self.components) if c.proc], grace)
+        stop_all([c.proc for c in reversed(self.components) if c.proc], grace)
         for server in reversed(self._servers):
             server.stop()
         self._servers.clear()
@@ -464,27 +330,6 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _stop_all(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
-    """SIGTERM every process group at once; SIGKILL those still running after `grace` s."""
-    running = [proc for proc in procs if proc.poll() is None]
-    for proc in running:
-        _signal_group(proc, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for proc in running:
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait(5)
-
-
-def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
-    try:
-        os.killpg(proc.pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,20 @@
-"""Reads and steps only tests need, straight on the backends (the product never calls them)."""
+"""Reads and steps only tests need, straight on the backends (the product never calls them), and
+the contract suites' shorthands (test_state*.py, test_store*.py): fresh ids, a submit with the
+store suite's defaults, a user's balance read straight from Postgres.
+"""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
+
+import psycopg
+
+INPUT = {"resume_text": "r", "job_description": "d"}
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
 
 
 def live_for_user(state: Any, user_id: str, tier: str) -> int:
@@ -55,3 +67,34 @@ class Counting:
     def command(self, *args: Any) -> Any:
         self.calls.append(("command", str(args[0]).upper()))
         return self.backend.command(*args)
+
+
+def submit(
+    store: Any,
+    user: str,
+    *,
+    tier: str = "paid",
+    cost: int = 2,
+    key: str | None = None,
+    digest: str = "h",
+) -> dict[str, Any]:
+    return store.submit(
+        job_id=new_id(),
+        user_id=user,
+        kind="job_match",
+        tier=tier,
+        cost=cost,
+        input=INPUT,
+        idempotency_key=key,
+        request_hash=digest,
+    )
+
+
+def balance(database_url: str, user: str) -> tuple[int, int]:
+    """(coins, sum of the ledger) for a user, read straight from Postgres."""
+    with psycopg.connect(database_url) as conn:
+        coins = conn.execute("select coins from cs_balances where user_id = %s", (user,)).fetchone()
+        ledger = conn.execute(
+            "select coalesce(sum(amount), 0) from cs_ledger where user_id = %s", (user,)
+        ).fetchone()
+    return int(coins[0]) if coins else 0, int(ledger[0]) if ledger else 0

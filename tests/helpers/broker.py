@@ -1,7 +1,7 @@
 """The dev broker's test harness: a recording destination and a running broker.
 
-The fixtures that start them on one loopback server are in conftest.py (`mounts`, `make_broker`,
-`broker`, `dest`); the broker runs at time_scale=0.001, so
+The fixtures that start them on one loopback server are in fixtures/fakes.py (`mounts`,
+`make_broker`, `broker`, `dest`); the broker runs at time_scale=0.001, so
 the documented backoff (12 s, 2 min 28 s, ...) takes milliseconds. Every request the destination
 receives is checked with both `qstash.Receiver` and `lib.queue.receiver.verify`; the `dest`
 fixture fails the test if any signature did not verify.
@@ -159,7 +159,7 @@ _mount_ids = itertools.count()
 
 
 def mount(mounts: tuple[str, DispatcherMiddleware], app: Any) -> tuple[str, str]:
-    """Mount `app` on the module's shared server (conftest.py `mounts`) under a fresh prefix;
+    """Mount `app` on the module's shared server (fixtures/fakes.py `mounts`) under a fresh prefix;
     returns its base URL and the prefix."""
     url, dispatcher = mounts
     prefix = f"/m{next(_mount_ids)}"

@@ -1,5 +1,5 @@
 """Detached mode's test harness: an in-process worker served on a loopback port, and a dev broker
-that delivers to it. The fixture that builds them (`make_detached`) is in conftest.py.
+that delivers to it. The fixture that builds them (`make_detached`) is in fixtures/inprocess.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The offline LLM's test harness: a running app (`Llm`), what a stream delivered, and the schemas
-the tests ask for. The fixtures that start it (`serve`, `llm`) are in conftest.py.
+the tests ask for. The fixtures that start it (`serve`, `llm`) are in fixtures/fakes.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The producer (lib/service.py) built in-process on the real services, and what its tests send.
 
-`ProducerEnv` is what conftest.py's `make_producer` builds: the real `QStashPublisher` (the official
-SDK) publishing to the project's QStash-compatible dev broker.
+`ProducerEnv` is what fixtures/inprocess.py's `make_producer` builds: the real `QStashPublisher`
+(the official SDK) publishing to the project's QStash-compatible dev broker.
 """
 
 from __future__ import annotations

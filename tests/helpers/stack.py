@@ -136,3 +136,18 @@ def text_of_last_attempt(stream: list[Event]) -> str:
         elif event.type == "delta" and event.data["attempt"] == attempt:
             text += event.data["text"]
     return text
+
+
+def submitted(response: httpx.Response) -> dict[str, object]:
+    assert response.status_code == 202, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def assert_logs_clean(stack: Any, job_id: str) -> None:
+    """Every log file of `stack` names `job_id` (the logs are there, and about jobs) and
+    carries no token, signature, resume or job-description text."""
+    assert stack.log_dir is not None
+    text = "\n".join(p.read_text(errors="replace") for p in stack.log_dir.glob("*.log"))
+    assert job_id in text
+    for secret in ("eyJ", "sig_", "Bearer ", RESUME[:40], "settlement service", JD[:30]):
+        assert secret not in text, f"{secret!r} found in the logs"

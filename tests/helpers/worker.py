@@ -1,8 +1,8 @@
 """The worker, built in-process, and what the worker tests do to it: QStash deliveries, signed.
 
-`WorkerEnv` is what the `make_worker` fixture (conftest.py) builds: real Redis and Postgres, the
-offline LLM, and the worker's Flask app, driven through Flask's test client. `Db` reads the test
-database straight through psycopg.
+`WorkerEnv` is what the `make_worker` fixture (fixtures/inprocess.py) builds: real Redis and
+Postgres, the offline LLM, and the worker's Flask app, driven through Flask's test client. `Db`
+reads the test database straight through psycopg.
 """
 
 from __future__ import annotations
