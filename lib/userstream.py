@@ -125,7 +125,11 @@ def frames(
             try:
                 state.close_viewers(list(watched))
             except AppError:
-                log.warning("could not count a viewer out; its watch lapses by itself")
+                for job_id in watched:
+                    log.warning(
+                        "could not count a viewer out; its watch lapses by itself",
+                        extra={"job_id": job_id},
+                    )
 
 
 def _follow(
