@@ -2,8 +2,8 @@
 
 The endpoint is public (monitors call it without credentials), and a deep check reaches Redis,
 the database and Storage: each a request of a service billed per request. So an instance runs
-at most one deep check per `DEEP_CHECK_TTL_S` and answers every caller in between with that
-check's result and its age (`age_s`); callers that arrive while a check runs wait for it
+at most one deep check per HEALTH_CACHE_SECONDS (10) and answers every caller in between with
+that check's result and its age (`age_s`); callers that arrive while a check runs wait for it
 rather than starting their own. A flood of `?deep=1` then costs each dependency one request per
 instance per 10 s, while a monitor calling every minute always sees a fresh check.
 """
@@ -20,8 +20,6 @@ from flask import Response, jsonify, request
 from api._common import create_app, producer
 
 app = create_app(__name__)
-
-DEEP_CHECK_TTL_S = 10.0
 
 
 def _check(fn: Callable[[], object]) -> dict[str, object]:
@@ -42,10 +40,13 @@ def _run_checks() -> dict[str, dict[str, object]]:
 
 
 class DeepChecks:
-    """The latest deep check of this instance, run again once older than `ttl` seconds; one at
-    a time (the lock is held while it runs, so concurrent callers share it)."""
+    """The latest deep check of this instance, run again once older than `ttl` seconds
+    (HEALTH_CACHE_SECONDS unless given); one at a time (the lock is held while it runs, so
+    concurrent callers share it)."""
 
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ttl: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl = ttl
         self.clock = clock
         self._lock = threading.Lock()
@@ -54,6 +55,8 @@ class DeepChecks:
 
     def latest(self) -> tuple[dict[str, dict[str, object]], float]:
         """The checks and their age in seconds."""
+        if self.ttl is None:
+            self.ttl = producer().settings.health_cache_seconds
         with self._lock:
             if self._checks is None or self.clock() - self._at >= self.ttl:
                 self._checks = _run_checks()
@@ -61,7 +64,7 @@ class DeepChecks:
             return self._checks, self.clock() - self._at
 
 
-deep_checks = DeepChecks(DEEP_CHECK_TTL_S)
+deep_checks = DeepChecks()
 
 
 @app.get("/api/health")

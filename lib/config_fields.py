@@ -194,6 +194,9 @@ class SettingsFields(BaseModel):
     sse_heartbeat_seconds: float = Field(15.0, gt=0, le=15)
     # Open event streams per user, of both endpoints; past it, 429 stream_limit.
     sse_max_streams_per_user: int = Field(4, ge=1)
+    # How long one producer instance answers the public `/api/health?deep=1` with its last check
+    # (each check is a request to Redis, the database and Storage); 0 checks on every call.
+    health_cache_seconds: float = Field(10.0, ge=0, le=300)
     # "block": wait for events with a blocking read or a subscription (the SPEC's way). "poll":
     # the original design, XRANGE every 400 ms backing off to 8 s, kept only as the baseline of
     # `make bench`; refused in production.

@@ -44,16 +44,20 @@ class Clock:
 CLOCK = Clock()
 
 
-@pytest.fixture
-def health(base_settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+@pytest.fixture(params=[{}])
+def health(
+    request: pytest.FixtureRequest, base_settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ModuleType]:
+    """api/health.py configured through its environment (base settings, then the test's own
+    `request.param`), with a fresh deep-check cache on the test's clock."""
     import api._common
 
-    for name, value in base_settings.items():
+    for name, value in {**base_settings, **request.param}.items():
         monkeypatch.setenv(name.upper(), str(value))
     config.settings.cache_clear()
     api._common.producer.cache_clear()
     module = importlib.import_module("api.health")
-    monkeypatch.setattr(module, "deep_checks", module.DeepChecks(module.DEEP_CHECK_TTL_S, CLOCK))
+    monkeypatch.setattr(module, "deep_checks", module.DeepChecks(clock=CLOCK))
     CLOCK.now = 1000.0
     service = api._common.producer()
     service.state.backend = CountingPings(service.state.backend)
@@ -81,15 +85,29 @@ def test_a_flood_of_deep_checks_reaches_redis_once(health: ModuleType) -> None:
     assert health.producer().state.backend.pings == 1
 
 
-def test_the_check_runs_again_once_older_than_its_ttl(health: ModuleType) -> None:
+def test_the_check_runs_again_once_older_than_health_cache_seconds(health: ModuleType) -> None:
     first = deep(health).json
-    CLOCK.now += health.DEEP_CHECK_TTL_S - 0.5
+    CLOCK.now += 9.5  # HEALTH_CACHE_SECONDS is 10 by default
     cached = deep(health).json
     CLOCK.now += 0.5
     fresh = deep(health).json
 
     assert (first["age_s"], cached["age_s"], fresh["age_s"]) == (0, 9.5, 0)
     assert health.producer().state.backend.pings == 2
+
+
+@pytest.mark.parametrize("health", [{"health_cache_seconds": 0}], indirect=True)
+def test_with_health_cache_seconds_0_every_call_checks(health: ModuleType) -> None:
+    answers = [deep(health).json for _ in range(3)]
+
+    assert [a["age_s"] for a in answers] == [0, 0, 0]
+    assert health.producer().state.backend.pings == 3
+
+
+def test_a_cache_time_out_of_range_is_refused(base_settings: dict[str, Any]) -> None:
+    for wrong in (-1, 301):
+        with pytest.raises(config.ConfigError, match="HEALTH_CACHE_SECONDS"):
+            config.load("api", **{**base_settings, "health_cache_seconds": wrong})
 
 
 def test_liveness_reaches_no_dependency(health: ModuleType) -> None:
