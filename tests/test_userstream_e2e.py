@@ -175,21 +175,28 @@ def test_a_cancelled_job_keeps_the_output_delivered_before_the_cancel(stack: Sta
     assert job["result"]["partial"].startswith(shown) and shown
 
 
-@pytest.mark.parametrize("which", ["job", "user"])
-def test_a_viewer_that_leaves_stops_the_jobs_streaming_at_once(stack: Stack, which: str) -> None:
-    """The last viewer out says so: the worker holds the rest of the output and writes it with
-    the result, instead of flushing for the up to 45 s the watch key would have lasted."""
+def test_viewers_who_leave_stop_the_jobs_streaming_at_once(stack: Stack) -> None:
+    """The job's stream and the user's stream both watch one job, then both leave: the last one
+    out says so, and the worker holds the rest of the output and writes it with the result,
+    instead of flushing for the up to 45 s the watch key would have lasted."""
     user = User(stack.producer_url)
     body = submit(user, RESUME + " [[llm:slow=20]] [[llm:tokens=300]]")  # about 6 s
     job_id = body["job"]["id"]  # type: ignore[index]
-    url = body["events_url"] if which == "job" else user.me()["events_url"]
-    seen = user_stream(
-        stack.producer_url,
-        url,  # type: ignore[arg-type]
-        lambda seen: sum(e.type == "delta" for e in seen) >= 3,
+
+    def three_deltas(seen: list[Event]) -> bool:
+        return sum(e.type == "delta" for e in seen) >= 3
+
+    views: list[list[Event]] = []
+    other = threading.Thread(
+        target=lambda: views.append(
+            user_stream(stack.producer_url, user.me()["events_url"], three_deltas)
+        )
     )
+    other.start()
+    views.append(user_stream(stack.producer_url, body["events_url"], three_deltas))  # type: ignore[arg-type]
+    other.join(60)
     left = time.time()
-    assert seen[-1].data["job_id"] == job_id
+    assert [view[-1].data["job_id"] for view in views] == [job_id, job_id]
     wait_for(lambda: user.job(job_id)["status"] == "succeeded", 60, what="the job to end")
 
     auth = {"Authorization": f"Bearer {user.token}"}
@@ -197,6 +204,6 @@ def test_a_viewer_that_leaves_stops_the_jobs_streaming_at_once(stack: Stack, whi
     deltas = [e for e in written if e.type == "delta"]
     result = next(e for e in written if e.type == "result")
     late = [e for e in deltas if left + 1.0 < e.data["ts"] < result.data["ts"] - 0.05]
-    assert late == [], f"{len(late)} flushes more than 1 s after the viewer left"
+    assert late == [], f"{len(late)} flushes more than 1 s after the viewers left"
     assert deltas[-1].data["ts"] >= result.data["ts"] - 0.05  # the rest, with the result
-    assert result.data["ts"] - left > 2.0  # the job ran on long after the viewer left
+    assert result.data["ts"] - left > 2.0  # the job ran on long after its viewers left
