@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lib.events import JobEvents
-from lib.state import State
+from lib.state import Renewal, State
 
 log = logging.getLogger("cs.executor")
 
@@ -38,6 +38,9 @@ class Lease:
     admitted: float = field(default_factory=time.monotonic)
     # The transport of a live SSE reader ("tcp", "rest"), or None: the flush policy reads it.
     watch: str | None = None
+    # When the watch channel last changed `watch` (a viewer came, or the last one left): a
+    # heartbeat sent before then read the key before that change, so its answer is not applied.
+    watch_heard: float = 0.0
     # The attempt's event writer, so a retry writes what it holds.
     events: JobEvents | None = None
     # Output delivered by earlier attempts of this delivery (a repair's first attempt), and the
@@ -128,14 +131,21 @@ class Leases:
                     self.state.renew_slots(slots)
                 except Exception:  # Redis down: the slots lapse with the leases
                     log.warning("model slot renewal failed", extra={"running": len(slots)})
-            for lease, again, (ok, done, watch) in zip(held, refresh, answers, strict=True):
-                if ok:
-                    lease.renewed = sent
-                    if again:
-                        lease.admitted = sent
-                lease.lost = lease.lost or not ok
-                lease.done = lease.done or done  # a cancel heard meanwhile stays heard
-                lease.watch = watch
+            with self._lock:  # the listener changes `watch` under it too
+                for lease, again, answer in zip(held, refresh, answers, strict=True):
+                    self._apply(lease, again, answer, sent)
+
+    @staticmethod
+    def _apply(lease: Lease, again: bool, answer: Renewal, sent: float) -> None:
+        ok, done, watch = answer
+        if ok:
+            lease.renewed = sent
+            if again:
+                lease.admitted = sent
+        lease.lost = lease.lost or not ok
+        lease.done = lease.done or done  # a cancel heard meanwhile stays heard
+        if lease.watch_heard < sent:  # else the channel's news is newer than this read
+            lease.watch = watch
 
     def _listen(self) -> None:
         delay = 1.0
@@ -151,6 +161,7 @@ class Leases:
                                 lease.done = signal.done
                             else:  # a new viewer (its transport), or the last one left
                                 lease.watch = signal.watch
+                                lease.watch_heard = time.monotonic()
             except Exception:  # noqa: BLE001 - Redis down: the heartbeat still reports viewers
                 log.warning("watch channel unavailable; viewers are noticed at the next heartbeat")
                 self._stop.wait(delay)
