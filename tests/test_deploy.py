@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import re
 import stat
+import subprocess
 from pathlib import Path
 
+import pathspec
 import yaml
 
 from lib.config import Settings, load
@@ -108,10 +110,32 @@ def test_vercelignore_keeps_secrets_logs_and_dev_only_code_out_of_the_upload() -
         "*.log",
         "api/dev.py",
         "pyproject.toml",
-        "worker/",
-        "tests/",
+        "/worker/",
+        "/tests/",
     } <= patterns
     assert not patterns & {"api/", "lib/", "requirements.txt", ".python-version", "public/"}
+
+
+def test_vercelignore_uploads_every_file_the_producer_imports() -> None:
+    """Every tracked file of api/ and lib/ (but the dev-only ones) reaches the functions: a
+    pattern meant for a root folder must not match a package of lib/ of the same name (a bare
+    `scripts/` left out lib/state/scripts/, and every function failed to import)."""
+    ignore = pathspec.GitIgnoreSpec.from_lines((ROOT / ".vercelignore").read_text().splitlines())
+    tracked = subprocess.run(
+        ["git", "ls-files", "api", "lib", "public", "requirements.txt", "vercel.json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    dev_only = {"api/dev.py"}
+    left_out = [
+        path
+        for path in tracked
+        if ignore.match_file(path) and path not in dev_only and not path.startswith("lib/cli/")
+    ]
+    assert len(tracked) > 50 and left_out == []
+    assert ignore.match_file("scripts/check-deploy") and ignore.match_file("api/dev.py")
 
 
 def test_the_production_compose_publishes_only_caddy_and_rotates_logs() -> None:
