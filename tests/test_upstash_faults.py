@@ -18,6 +18,8 @@ from helpers.net import serve_wsgi, wait_for
 from upstash_redis import Redis as UpstashRedis
 from upstash_redis.errors import UpstashError
 
+from lib.errors import UnavailableError
+from lib.state.rest import RestBackend
 from scripts.fakes import upstash_standin
 from scripts.fakes.upstash_faults import DAILY_LIMIT_ERROR, Fault
 
@@ -174,3 +176,22 @@ def test_a_fault_limited_to_a_command_spares_the_other_commands() -> None:
     assert switch.take([["EVALSHA", "0" * 40, "0"]]) is None
     assert switch.take([["xadd", "k", "*", "f", "v"]]) is not None
     assert switch.take([["XADD", "k", "*", "f", "v"]]) is None  # times=1: used up
+
+
+def test_a_subscription_that_does_not_confirm_is_a_hang_only_past_the_clients_timeout(
+    standin: Standin, redis_prefix: str
+) -> None:
+    """A wait shorter than the client's timeout that sees no confirmation reads instead (the
+    caller's heartbeat comes first); one as long as the timeout calls it a hang."""
+    backend = RestBackend(standin.url, TOKEN, timeout=0.5)
+    stream, channel = f"{redis_prefix}ev", f"{redis_prefix}notify"
+    backend.command("XADD", stream, "*", "t", "status")
+    try:
+        upstash_standin.set_fault(standin.app, Fault("hang", times=1))  # the subscription
+        assert backend.wait(stream, channel, "0-1", 0.2, 10) != []
+        upstash_standin.set_fault(standin.app, Fault("hang", times=1))
+        with pytest.raises(UnavailableError):
+            backend.wait(stream, channel, "0-1", 0.5, 10)
+    finally:
+        upstash_standin.set_fault(standin.app, None)
+        backend.close()

@@ -157,7 +157,10 @@ class RestBackend:
                     if time.monotonic() >= deadline:
                         break
         except httpx.ReadTimeout as exc:
-            if not confirmed:  # no answer at all is a hang, not a quiet channel
+            # No answer at all in the client's timeout is a hang, not a quiet channel. A wait
+            # shorter than that (a short SSE heartbeat) may end before a slow confirmation:
+            # it reads, which still fails loudly when Redis is down.
+            if not confirmed and timeout >= self._timeout:
                 raise UnavailableError("redis is unavailable") from exc
         except _DOWN as exc:
             raise UnavailableError("redis is unavailable") from exc
