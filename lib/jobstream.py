@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from lib.errors import AppError
 from lib.events import is_terminal, sse_frame
@@ -40,7 +40,7 @@ def frames(
     seconds while nothing happens."""
     deadline = time.monotonic() + max_seconds
     cursor = after or "0"
-    viewer = _Viewer(state, job_id)
+    viewer = Viewer(state)
     idle = POLL_FIRST
     spoke = time.monotonic()
     try:
@@ -58,7 +58,7 @@ def frames(
                 idle = POLL_FIRST
                 spoke = time.monotonic()
             else:
-                viewer.mark()
+                viewer.mark([job_id])
                 entries = state.wait(job_id, cursor, timeout=min(heartbeat, remaining))
                 if not entries:
                     yield ": keep-alive\n\n"
@@ -68,40 +68,45 @@ def frames(
                 yield sse_frame(entry_id, event_type, payload)
                 cursor = entry_id
                 if is_terminal(event_type, payload):
-                    viewer.ended = True
+                    viewer.ended(job_id)
                     return
     finally:
         viewer.close()
 
 
-class _Viewer:
-    """This stream as a viewer of the job: counted in at its first read, its presence refreshed
-    every WATCH_REFRESH s, counted out at its end unless the job ended first."""
+class Viewer:
+    """An event stream as a viewer of jobs: counted in at its first look at each, its presence
+    refreshed every WATCH_REFRESH s, counted out at its end (one round trip) for each job that
+    did not end first (lib/state/viewers.py). The job stream and the user stream both use it."""
 
-    def __init__(self, state: State, job_id: str) -> None:
+    def __init__(self, state: State) -> None:
         self.state = state
-        self.job_id = job_id
         self.transport = state.backend.transport
-        self.marked: float | None = None
-        self.ended = False  # the job's terminal event went out: nothing to stop
+        self.marked: dict[str, float] = {}  # job id -> when this stream last marked it
 
-    def mark(self) -> None:
+    def mark(self, job_ids: Iterable[str]) -> None:
         now = time.monotonic()
-        if self.marked is None:
-            self.state.open_viewer(self.job_id, self.transport)
-        elif now - self.marked >= WATCH_REFRESH:
-            self.state.watch(self.job_id, self.transport)
-        else:
-            return
-        self.marked = now
+        for job_id in job_ids:
+            if job_id not in self.marked:
+                self.state.open_viewer(job_id, self.transport)
+            elif now - self.marked[job_id] >= WATCH_REFRESH:
+                self.state.watch(job_id, self.transport)
+            else:
+                continue
+            self.marked[job_id] = now
+
+    def ended(self, job_id: str) -> None:
+        """The job's terminal event went out: nothing to stop at the stream's end."""
+        self.marked.pop(job_id, None)
 
     def close(self) -> None:
-        if self.marked is None or self.ended:
+        if not self.marked:
             return
         try:
-            self.state.close_viewers([self.job_id])
+            self.state.close_viewers(list(self.marked))
         except AppError:
-            log.warning(
-                "could not count a viewer out; its watch lapses by itself",
-                extra={"job_id": self.job_id},
-            )
+            for job_id in self.marked:
+                log.warning(
+                    "could not count a viewer out; its watch lapses by itself",
+                    extra={"job_id": job_id},
+                )

@@ -16,18 +16,16 @@ with its terminal event; it is never found again, because the index cursor is al
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from lib.errors import AppError, InputError
+from lib.errors import InputError
 from lib.events import is_terminal, sse_frame
-from lib.state import WATCH_REFRESH, State, scripts
-
-log = logging.getLogger("cs.producer")
+from lib.jobstream import Viewer
+from lib.state import State, scripts
 
 # How many jobs the user's index keeps (approximately: XADD MAXLEN ~): far more than any user may
 # have active at once (USER_MAX_ACTIVE_*), so no active job falls out of it.
@@ -114,22 +112,14 @@ def frames(
     watched, so their workers flush output promptly. Raises InputError for a bad cursor."""
     cursor = _own(state, user_id, Cursor.decode(after)) if after else _active_jobs(state, user_id)
     deadline = time.monotonic() + max_seconds
-    watched: dict[str, float] = {}  # the active jobs this stream counted itself in as a viewer
+    viewer = Viewer(state)
     try:
         yield "retry: 1000\n\n"
-        yield from _follow(state, user_id, cursor, deadline, heartbeat, watched)
+        yield from _follow(state, user_id, cursor, deadline, heartbeat, viewer)
     finally:
         # The jobs still active when the stream ends (its client went away, or max_seconds):
         # one viewer less for each, so a job nobody else watches stops flushing at once.
-        if watched:
-            try:
-                state.close_viewers(list(watched))
-            except AppError:
-                for job_id in watched:
-                    log.warning(
-                        "could not count a viewer out; its watch lapses by itself",
-                        extra={"job_id": job_id},
-                    )
+        viewer.close()
 
 
 def _follow(
@@ -138,20 +128,12 @@ def _follow(
     cursor: Cursor,
     deadline: float,
     heartbeat: float,
-    watched: dict[str, float],
+    viewer: Viewer,
 ) -> Iterator[str]:
     index_key = state.keys.user_jobs(user_id)
     channel = state.keys.user_notify(user_id)
-    transport = state.backend.transport
     while (remaining := deadline - time.monotonic()) > 0:
-        now = time.monotonic()
-        for job_id in cursor.jobs:
-            if job_id not in watched:
-                state.open_viewer(job_id, transport)
-                watched[job_id] = now
-            elif now - watched[job_id] >= WATCH_REFRESH:
-                state.watch(job_id, transport)
-                watched[job_id] = now
+        viewer.mark(cursor.jobs)
         streams = {index_key: cursor.index}
         streams.update({state.keys.events(j): e for j, e in cursor.jobs.items()})
         found = state.backend.wait_many(streams, channel, min(heartbeat, remaining), READ_COUNT)
@@ -168,5 +150,5 @@ def _follow(
                 cursor.jobs[job_id] = entry_id
                 if is_terminal(event_type, payload):
                     del cursor.jobs[job_id]
-                    watched.pop(job_id, None)
+                    viewer.ended(job_id)
                 yield sse_frame(cursor.encode(), event_type, payload)
